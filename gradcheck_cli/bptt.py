@@ -1,0 +1,360 @@
+"""Backpropagation through time for PyTorch's RNN, LSTM and GRU stacks.
+
+The maths is PyTorch's (``torch.nn.RNN``, ``LSTM``, ``GRU`` documentation), with x_t the
+layer's input, h_{t-1} its previous hidden state (zero at t = 0) and σ the logistic sigmoid:
+
+    rnn   h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh),   act = tanh or relu
+
+    lstm  i, f, g, o = σ, σ, tanh, σ  of  W_ih x_t + b_ih + W_hh h_{t-1} + b_hh  (gate blocks)
+          c_t = f ⊙ c_{t-1} + i ⊙ g
+          h_t = o ⊙ tanh(c_t)
+
+    gru   r, z = σ of the r, z blocks of  W_ih x_t + b_ih + W_hh h_{t-1} + b_hh
+          n    = tanh(W_in x_t + b_in + r ⊙ (W_hn h_{t-1} + b_hn))
+          h_t  = (1 - z) ⊙ n + z ⊙ h_{t-1}
+
+A linear head reads the top layer: y_t = W h_t + b. The loss is taken on y_t at every step
+or only at the last.
+
+Layout: time-major everywhere in the core. A sequence is ``(T, B, features)``; gate arrays
+are ``(T, B, G*H)`` with the gate blocks in PyTorch's order.
+
+Structure: BPTT as the textbook has it. The forward pass unrolls each layer in time and
+caches what the backward pass needs; the backward pass runs the steps in reverse carrying
+``dh_next`` (and ``dc_next``), the gradient arriving from step t+1. The input projections
+of all steps are one matrix product before the loop, and the weight gradients one product
+over all steps after it: only the recurrent product ``h_{t-1} W_hh^T`` is per step.
+
+This module measures and never intervenes: it returns raw gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model import Architecture, Params
+
+
+@dataclass
+class LayerCache:
+    """What one layer's backward pass needs from its forward pass.
+
+    x: ``(T, B, in)`` the layer's input. h: ``(T, B, H)`` its hidden states.
+    gates: ``(T, B, G*H)`` activated gates (lstm i, f, g, o; gru r, z, n); empty for rnn.
+    c, tanh_c: ``(T, B, H)`` lstm cell states and their tanh.
+    hn: ``(T, B, H)`` gru's ``W_hn h_{t-1} + b_hn``.
+    """
+
+    x: np.ndarray
+    h: np.ndarray
+    gates: np.ndarray | None = None
+    c: np.ndarray | None = None
+    tanh_c: np.ndarray | None = None
+    hn: np.ndarray | None = None
+
+
+@dataclass
+class Forward:
+    """The unrolled forward pass: per-layer caches and the head's outputs ``(T, B, O)``."""
+
+    layers: list[LayerCache]
+    outputs: np.ndarray
+
+
+@dataclass
+class Backward:
+    """Gradients of the loss.
+
+    params: name -> gradient, same shapes as the parameters (empty when not asked for).
+    hidden: per layer, ``(T, B, H)``: the total dL/dh_t, what ``h_t.grad`` holds in an
+        unrolled autograd loop (the direct path from step t plus the recurrent path from t+1).
+    cell: per layer, ``(T, B, H)``: dL/dc_t for lstm; None for other cells.
+    """
+
+    params: dict[str, np.ndarray]
+    hidden: list[np.ndarray]
+    cell: list[np.ndarray] | None
+
+
+@dataclass
+class BPTTResult:
+    loss: float
+    forward: Forward
+    grads: Backward
+
+
+def sigmoid(a: np.ndarray) -> np.ndarray:
+    """Logistic sigmoid in the form that does not overflow: 0.5 * (1 + tanh(a / 2))."""
+    out = np.multiply(a, 0.5)
+    np.tanh(out, out=out)
+    out += 1.0
+    out *= 0.5
+    return out
+
+
+def _layer_params(params: Params, k: int) -> tuple[np.ndarray, np.ndarray,
+                                                    np.ndarray | None, np.ndarray | None]:
+    return (params[f"rnn.weight_ih_l{k}"], params[f"rnn.weight_hh_l{k}"],
+            params.get(f"rnn.bias_ih_l{k}"), params.get(f"rnn.bias_hh_l{k}"))
+
+
+def _project(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """``x W^T + b`` for every step at once: one ``(T*B, in) @ (in, out)`` product."""
+    T, B, n_in = x.shape
+    out = x.reshape(T * B, n_in) @ w.T
+    if b is not None:
+        out += b
+    return out.reshape(T, B, w.shape[0])
+
+
+# ----------------------------------------------------------------------------- forward
+
+def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
+                  b_ih: np.ndarray | None, b_hh: np.ndarray | None) -> LayerCache:
+    """Unroll one layer over the sequence ``x`` of shape ``(T, B, in)``."""
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    dtype = x.dtype
+    xp = _project(x, w_ih, b_ih)            # input projections of every step: (T, B, G*H)
+    if b_hh is not None and arch.cell != "gru":
+        xp += b_hh                          # both biases add outside the gates: fold them
+        b_hh = None                         # (gru's b_hn sits inside r ⊙ (...): kept per step)
+    w_hh_t = np.ascontiguousarray(w_hh.T)   # (H, G*H), so each step is h_prev @ w_hh_t
+    h = np.empty((T, B, H), dtype=dtype)
+    h_prev = np.zeros((B, H), dtype=dtype)
+    cache = LayerCache(x=x, h=h)
+
+    if arch.cell == "rnn":
+        for t in range(T):
+            a = xp[t]
+            a += h_prev @ w_hh_t
+            if b_hh is not None:
+                a += b_hh
+            if arch.nonlinearity == "tanh":
+                np.tanh(a, out=h[t])
+            else:
+                np.maximum(a, 0.0, out=h[t])
+            h_prev = h[t]
+        return cache
+
+    gates = xp  # activated in place, step by step
+    if arch.cell == "lstm":
+        c = np.empty((T, B, H), dtype=dtype)
+        tanh_c = np.empty((T, B, H), dtype=dtype)
+        c_prev = np.zeros((B, H), dtype=dtype)
+        for t in range(T):
+            a = gates[t]
+            a += h_prev @ w_hh_t
+            if b_hh is not None:
+                a += b_hh
+            i, f, g, o = (a[:, k * H:(k + 1) * H] for k in range(4))
+            i[...] = sigmoid(i)
+            f[...] = sigmoid(f)
+            np.tanh(g, out=g)
+            o[...] = sigmoid(o)
+            np.multiply(f, c_prev, out=c[t])       # c_t = f ⊙ c_{t-1} + i ⊙ g
+            c[t] += i * g
+            np.tanh(c[t], out=tanh_c[t])
+            np.multiply(o, tanh_c[t], out=h[t])    # h_t = o ⊙ tanh(c_t)
+            h_prev, c_prev = h[t], c[t]
+        cache.gates, cache.c, cache.tanh_c = gates, c, tanh_c
+        return cache
+
+    # gru
+    hn = np.empty((T, B, H), dtype=dtype)
+    for t in range(T):
+        hp = h_prev @ w_hh_t                       # W_hh h_{t-1} (+ b_hh): (B, 3H)
+        if b_hh is not None:
+            hp += b_hh
+        a = gates[t]
+        r, z, n = (a[:, k * H:(k + 1) * H] for k in range(3))
+        r += hp[:, :H]
+        z += hp[:, H:2 * H]
+        r[...] = sigmoid(r)
+        z[...] = sigmoid(z)
+        hn[t] = hp[:, 2 * H:]
+        n += r * hn[t]                             # n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))
+        np.tanh(n, out=n)
+        np.multiply(1.0 - z, n, out=h[t])          # h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+        h[t] += z * h_prev
+        h_prev = h[t]
+    cache.gates, cache.hn = gates, hn
+    return cache
+
+
+def forward(arch: Architecture, params: Params, x: np.ndarray) -> Forward:
+    """Run the stack and the head over ``x`` of shape ``(T, B, input_size)``."""
+    layers = []
+    inputs = x
+    for k in range(arch.num_layers):
+        cache = forward_layer(arch, inputs, *_layer_params(params, k))
+        layers.append(cache)
+        inputs = cache.h
+    outputs = _project(inputs, params["head.weight"], params.get("head.bias"))
+    return Forward(layers=layers, outputs=outputs)
+
+
+# ----------------------------------------------------------------------------- loss
+
+def loss_and_output_grad(outputs: np.ndarray, targets: np.ndarray, kind: str,
+                         timesteps: str) -> tuple[float, np.ndarray]:
+    """The loss and its gradient with respect to the head's outputs ``(T, B, O)``.
+
+    mse: mean of squared errors over every element covered. cross_entropy: mean over every
+    (sequence, step) covered of -log softmax(y)[target], via a stable log-softmax.
+    ``timesteps``: ``all`` covers every step, ``last`` only the final one.
+    """
+    d_out = np.zeros_like(outputs)
+    covered = slice(None) if timesteps == "all" else slice(-1, None)
+    y, target = outputs[covered], targets[covered]
+    if kind == "mse":
+        diff = y - target
+        loss = float(np.mean(diff * diff))
+        d_out[covered] = diff * (2.0 / diff.size)
+        return loss, d_out
+    # cross_entropy: log p = y - logsumexp(y), computed with the max subtracted
+    shifted = y - y.max(axis=-1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    log_p = shifted - log_norm
+    count = target.size
+    picked = np.take_along_axis(log_p, target[..., None], axis=-1)
+    loss = float(-picked.sum() / count)
+    grad = np.exp(log_p)                                   # softmax
+    np.put_along_axis(grad, target[..., None],
+                      np.take_along_axis(grad, target[..., None], axis=-1) - 1.0, axis=-1)
+    d_out[covered] = grad / count
+    return loss, d_out
+
+
+# ----------------------------------------------------------------------------- backward
+
+def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
+                   w_ih: np.ndarray, w_hh: np.ndarray, *, param_grads: bool = True,
+                   input_grad: bool = True):
+    """Backpropagate through one layer.
+
+    dh_direct: ``(T, B, H)``, the gradient reaching each h_t from outside the recurrence
+    (the head, or the layer above). Returns ``(grads, dx, dh, dc)``: parameter gradients
+    ``(dW_ih, dW_hh, db_ih, db_hh)`` or None, dL/dx ``(T, B, in)`` or None, the total
+    dL/dh_t ``(T, B, H)`` and, for lstm, dL/dc_t.
+    """
+    T, B, H = cache.h.shape
+    dtype = cache.h.dtype
+    G = w_hh.shape[0]
+    dh = np.empty_like(dh_direct)                  # total dL/dh_t, as recorded
+    d_gates = np.empty((T, B, G), dtype=dtype)     # dL/d(pre-activation), input side
+    d_hp = d_gates                                 # dL/d(W_hh h_{t-1} + b_hh); differs for gru
+    dh_next = np.zeros((B, H), dtype=dtype)        # gradient into h_t from step t+1
+    dc = None
+
+    if arch.cell == "rnn":
+        h = cache.h
+        for t in reversed(range(T)):
+            np.add(dh_direct[t], dh_next, out=dh[t])          # direct path + recurrent path
+            if arch.nonlinearity == "tanh":                    # backprop through tanh
+                np.multiply(dh[t], 1.0 - h[t] * h[t], out=d_gates[t])
+            else:                                              # backprop through relu
+                np.multiply(dh[t], h[t] > 0, out=d_gates[t])
+            dh_next = d_gates[t] @ w_hh                        # into h_{t-1} through W_hh
+
+    elif arch.cell == "lstm":
+        gates, c, tanh_c = cache.gates, cache.c, cache.tanh_c
+        dc = np.empty_like(dh_direct)                          # total dL/dc_t, as recorded
+        dc_next = np.zeros((B, H), dtype=dtype)                # f_{t+1} ⊙ dL/dc_{t+1}
+        zeros = np.zeros((B, H), dtype=dtype)
+        for t in reversed(range(T)):
+            np.add(dh_direct[t], dh_next, out=dh[t])
+            i, f, g, o = (gates[t, :, k * H:(k + 1) * H] for k in range(4))
+            tc = tanh_c[t]
+            c_prev = c[t - 1] if t > 0 else zeros
+            # h_t = o ⊙ tanh(c_t): into c_t, plus what c_{t+1} sends back through f_{t+1}
+            np.multiply(dh[t] * o, 1.0 - tc * tc, out=dc[t])
+            dc[t] += dc_next
+            da = d_gates[t]
+            di, df, dg, do = (da[:, k * H:(k + 1) * H] for k in range(4))
+            np.multiply(dc[t] * g, i * (1.0 - i), out=di)      # through σ of the input gate
+            np.multiply(dc[t] * c_prev, f * (1.0 - f), out=df)  # through σ of the forget gate
+            np.multiply(dc[t] * i, 1.0 - g * g, out=dg)         # through tanh of the candidate
+            np.multiply(dh[t] * tc, o * (1.0 - o), out=do)      # through σ of the output gate
+            dc_next = dc[t] * f                                 # into c_{t-1}
+            dh_next = da @ w_hh                                 # into h_{t-1} through W_hh
+
+    else:  # gru
+        gates, hn, h = cache.gates, cache.hn, cache.h
+        d_hp = np.empty((T, B, G), dtype=dtype)
+        zeros = np.zeros((B, H), dtype=dtype)
+        for t in reversed(range(T)):
+            np.add(dh_direct[t], dh_next, out=dh[t])
+            r, z, n = (gates[t, :, k * H:(k + 1) * H] for k in range(3))
+            h_prev = h[t - 1] if t > 0 else zeros
+            dar, daz, dan = (d_gates[t, :, k * H:(k + 1) * H] for k in range(3))
+            # h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+            np.multiply(dh[t] * (1.0 - z), 1.0 - n * n, out=dan)    # through tanh of n
+            np.multiply(dh[t] * (h_prev - n), z * (1.0 - z), out=daz)  # through σ of z
+            np.multiply(dan * hn[t], r * (1.0 - r), out=dar)         # n's r ⊙ (W_hn h + b_hn)
+            d_hp[t, :, :2 * H] = d_gates[t, :, :2 * H]
+            np.multiply(dan, r, out=d_hp[t, :, 2 * H:])              # into W_hn h + b_hn
+            dh_next = dh[t] * z + d_hp[t] @ w_hh                    # into h_{t-1}: direct + W_hh
+
+    grads = None
+    if param_grads:
+        # Weight gradients summed over all steps as one product each.
+        in_size = cache.x.shape[2]
+        flat_d = d_gates.reshape(T * B, G)
+        flat_hp = d_hp.reshape(T * B, G)
+        d_w_ih = flat_d.T @ cache.x.reshape(T * B, in_size)
+        d_w_hh = d_hp[1:].reshape((T - 1) * B, G).T @ cache.h[:-1].reshape((T - 1) * B, H)
+        grads = (d_w_ih, d_w_hh, flat_d.sum(axis=0), flat_hp.sum(axis=0))
+    dx = _project(d_gates, w_ih.T, None) if input_grad else None
+    return grads, dx, dh, dc
+
+
+def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.ndarray, *,
+             param_grads: bool = True) -> Backward:
+    """Backpropagate ``d_outputs`` (dL/dy, ``(T, B, O)``) through the head and every layer.
+
+    With ``param_grads=False`` only the hidden (and cell) state gradients are computed.
+    """
+    T, B, O = d_outputs.shape
+    top = fwd.layers[-1].h
+    grads: dict[str, np.ndarray] = {}
+    if param_grads:
+        flat = d_outputs.reshape(T * B, O)
+        grads["head.weight"] = flat.T @ top.reshape(T * B, -1)
+        if arch.head_bias:
+            grads["head.bias"] = flat.sum(axis=0)
+    dh_direct = _project(d_outputs, params["head.weight"].T, None)   # into the top layer
+    hidden: list[np.ndarray] = [None] * arch.num_layers  # type: ignore[list-item]
+    cell: list[np.ndarray] = [None] * arch.num_layers    # type: ignore[list-item]
+    for k in reversed(range(arch.num_layers)):
+        w_ih, w_hh, _, _ = _layer_params(params, k)
+        layer_grads, dx, hidden[k], cell[k] = backward_layer(
+            arch, fwd.layers[k], dh_direct, w_ih, w_hh,
+            param_grads=param_grads, input_grad=k > 0)
+        if layer_grads is not None:
+            d_w_ih, d_w_hh, d_b_ih, d_b_hh = layer_grads
+            grads[f"rnn.weight_ih_l{k}"] = d_w_ih
+            grads[f"rnn.weight_hh_l{k}"] = d_w_hh
+            if arch.bias:
+                grads[f"rnn.bias_ih_l{k}"] = d_b_ih
+                grads[f"rnn.bias_hh_l{k}"] = d_b_hh
+        dh_direct = dx
+    ordered = {name: grads[name] for name in params if name in grads}
+    return Backward(params=ordered, hidden=hidden, cell=cell if arch.cell == "lstm" else None)
+
+
+def bptt(arch: Architecture, params: Params, x: np.ndarray, targets: np.ndarray,
+         loss_kind: str = "mse", timesteps: str = "all") -> BPTTResult:
+    """Forward, loss and backward: the loss, every parameter's gradient, and dL/dh_t."""
+    fwd = forward(arch, params, x)
+    loss, d_out = loss_and_output_grad(fwd.outputs, targets, loss_kind, timesteps)
+    return BPTTResult(loss=loss, forward=fwd, grads=backward(arch, params, fwd, d_out))
+
+
+def loss_value(arch: Architecture, params: Params, x: np.ndarray, targets: np.ndarray,
+               loss_kind: str = "mse", timesteps: str = "all") -> float:
+    """The loss alone (for finite differences)."""
+    fwd = forward(arch, params, x)
+    return loss_and_output_grad(fwd.outputs, targets, loss_kind, timesteps)[0]

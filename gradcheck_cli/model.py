@@ -1,0 +1,191 @@
+"""Parameters of a recurrent stack and its linear head, in PyTorch's names and shapes.
+
+The model is what ``nn.Module`` with an ``rnn`` (``nn.RNN``/``nn.LSTM``/``nn.GRU``,
+``batch_first=True``) and a ``head`` (``nn.Linear``) holds in its ``state_dict``:
+
+    rnn.weight_ih_l{k}  (G*H, in_k)   in_0 = input_size, in_k = hidden_size for k > 0
+    rnn.weight_hh_l{k}  (G*H, H)
+    rnn.bias_ih_l{k}    (G*H,)        when bias
+    rnn.bias_hh_l{k}    (G*H,)        when bias
+    head.weight         (output_size, H)
+    head.bias           (output_size,) when head_bias
+
+with G = 1 (rnn), 4 (lstm: gates i, f, g, o) or 3 (gru: gates r, z, n).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputFileError
+
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+Params = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The shape of the model: everything BPTT needs besides the parameter values."""
+
+    cell: str
+    input_size: int
+    hidden_size: int
+    output_size: int
+    num_layers: int = 1
+    nonlinearity: str = "tanh"
+    bias: bool = True
+    head_bias: bool = True
+
+    @classmethod
+    def from_spec(cls, model) -> Architecture:  # model: spec.ModelSpec
+        return cls(cell=model.cell, input_size=model.input_size, hidden_size=model.hidden_size,
+                   output_size=model.output_size, num_layers=model.num_layers,
+                   nonlinearity=model.nonlinearity, bias=model.bias, head_bias=model.head_bias)
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.cell]
+
+    def layer_input_size(self, layer: int) -> int:
+        return self.input_size if layer == 0 else self.hidden_size
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's PyTorch name and shape, in ``state_dict`` order."""
+        g, h = self.gates * self.hidden_size, self.hidden_size
+        shapes: dict[str, tuple[int, ...]] = {}
+        for k in range(self.num_layers):
+            shapes[f"rnn.weight_ih_l{k}"] = (g, self.layer_input_size(k))
+            shapes[f"rnn.weight_hh_l{k}"] = (g, h)
+            if self.bias:
+                shapes[f"rnn.bias_ih_l{k}"] = (g,)
+                shapes[f"rnn.bias_hh_l{k}"] = (g,)
+        shapes["head.weight"] = (self.output_size, h)
+        if self.head_bias:
+            shapes["head.bias"] = (self.output_size,)
+        return shapes
+
+    def parameter_count(self) -> int:
+        return sum(int(np.prod(s)) for s in self.parameter_shapes().values())
+
+    def describe(self) -> str:
+        cell = f"rnn ({self.nonlinearity})" if self.cell == "rnn" else self.cell
+        layers = f"{self.num_layers} layer{'s' if self.num_layers > 1 else ''}"
+        return f"{cell}, {layers}, hidden {self.hidden_size}"
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+def _block(scheme: str, gain: float, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    """One gate's (rows, cols) block of a weight matrix; rows is the hidden size."""
+    if scheme in ("pytorch", "uniform"):
+        bound = gain / np.sqrt(rows)
+        return rng.uniform(-bound, bound, size=(rows, cols))
+    if scheme == "orthogonal":
+        # QR of a Gaussian matrix, signs fixed so the result is Haar-distributed
+        # (as torch.nn.init.orthogonal_ does).
+        a = rng.standard_normal((max(rows, cols), min(rows, cols)))
+        q, r = np.linalg.qr(a)
+        q *= np.sign(np.diag(r))
+        q = q if rows >= cols else q.T
+        return gain * q[:rows, :cols]
+    if scheme == "xavier_uniform":
+        bound = gain * np.sqrt(6.0 / (rows + cols))
+        return rng.uniform(-bound, bound, size=(rows, cols))
+    if scheme == "xavier_normal":
+        return rng.normal(0.0, gain * np.sqrt(2.0 / (rows + cols)), size=(rows, cols))
+    if scheme == "normal":
+        return rng.normal(0.0, gain / np.sqrt(cols), size=(rows, cols))
+    if scheme == "identity":
+        return gain * np.eye(rows, cols)
+    raise ValueError(f"unknown init scheme {scheme!r}")
+
+
+def init_params(arch: Architecture, init, rng: np.random.Generator,
+                dtype: np.dtype | type = np.float64) -> Params:
+    """Fresh parameters for ``arch`` following ``init`` (a :class:`spec.InitSpec`).
+
+    Every scheme is applied to each gate's block separately, so an orthogonal or identity
+    ``W_hh`` is orthogonal (identity) for every gate. The head is ``nn.Linear``'s default.
+    """
+    h = arch.hidden_size
+    bound = 1.0 / np.sqrt(h)
+    params: Params = {}
+    for name, shape in arch.parameter_shapes().items():
+        if name.startswith("rnn.weight_"):
+            scheme, gain = init.for_input() if "_ih_" in name else init.for_recurrent()
+            blocks = [_block(scheme, gain, h, shape[1], rng) for _ in range(arch.gates)]
+            value = np.concatenate(blocks, axis=0)
+        elif name.startswith("rnn.bias_"):
+            value = (np.zeros(shape) if init.bias == "zeros"
+                     else rng.uniform(-bound, bound, size=shape))
+            if init.forget_bias is not None:
+                value[h:2 * h] = init.forget_bias if "_ih_" in name else 0.0
+        else:  # nn.Linear's default: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), ...)
+            value = rng.uniform(-bound, bound, size=shape)
+        params[name] = value.astype(dtype)
+    return params
+
+
+# ----------------------------------------------------------------------------- weights files
+
+def read_npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from an open .npy stream, leaving the data unread."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f".npy format version {version} is not supported")
+    return tuple(shape), dtype
+
+
+def _npz_headers(path: Path, where: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Names, shapes and dtypes of an .npz's arrays, read from headers without loading data."""
+    headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with archive.open(member) as fh:
+                    shape, dtype = read_npy_header(fh)
+                headers[member[:-4]] = (tuple(shape), dtype)
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise InputFileError(f"{where}: {path.name} is not a readable .npz file ({exc})") from None
+    return headers
+
+
+def check_weights_file(path: Path, arch: Architecture, where: str) -> None:
+    """Check that ``path`` holds exactly ``arch``'s parameters with the right shapes."""
+    headers = _npz_headers(path, where)
+    expected = arch.parameter_shapes()
+    for name, shape in expected.items():
+        if name not in headers:
+            raise InputFileError(f"{where}: {path.name} has no tensor {name} (expected shape "
+                                 f"{list(shape)}); it holds {', '.join(sorted(headers)) or 'none'}")
+        got, dtype = headers[name]
+        if dtype.hasobject:
+            raise InputFileError(f"{where}: {path.name}: {name} holds Python objects; "
+                                 "only numeric arrays are read (no pickle)")
+        if dtype.kind not in "fiu":
+            raise InputFileError(f"{where}: {path.name}: {name} has dtype {dtype}, "
+                                 "expected floating point")
+        if got != shape:
+            raise InputFileError(f"{where}: {path.name}: {name} has shape {list(got)}, "
+                                 f"expected {list(shape)} for this model")
+    extra = sorted(set(headers) - set(expected))
+    if extra:
+        raise InputFileError(f"{where}: {path.name} holds tensors this model does not have: "
+                             f"{', '.join(extra)}")
+
+
+def load_weights(path: Path, arch: Architecture, dtype: np.dtype | type) -> Params:
+    """Read a checked weights file (see :func:`check_weights_file`), never unpickling."""
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: np.asarray(archive[name], dtype=dtype) for name in arch.parameter_shapes()}

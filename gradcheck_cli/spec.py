@@ -1,0 +1,563 @@
+"""The YAML spec: parsed once, at the edge, into frozen dataclasses.
+
+Every key of the spec is a field of one of the dataclasses below; its type annotation and
+``metadata`` (a one-line ``doc``, and bounds) are the single source for the loader's
+validation, for ``gradcheck schema config`` and for the key reference in README.
+
+Errors name the file, the line and the key path (``config.yaml:7: model.hiden_size: unknown
+key (did you mean 'hidden_size'?)``); values from ``--set`` name the override instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import SpecError
+
+MAX_SPEC_BYTES = 1_000_000
+"""A spec is a few hundred bytes; anything this large is not one."""
+
+MAX_SPEC_NODES = 10_000
+"""Bounds the YAML tree, aliases counted at every use, so an alias bomb is refused early."""
+
+Key = tuple[str, ...]
+
+
+def _meta(doc: str, **bounds: float) -> dict[str, Any]:
+    return {"doc": doc, **bounds}
+
+
+def _opt(default: Any, doc: str, **bounds: float) -> Any:
+    if isinstance(default, type) and dataclasses.is_dataclass(default):
+        return field(default_factory=default, metadata=_meta(doc, **bounds))
+    return field(default=default, metadata=_meta(doc, **bounds))
+
+
+def _req(doc: str, **bounds: float) -> Any:
+    return field(metadata=_meta(doc, **bounds))
+
+
+# ----------------------------------------------------------------------------- the spec
+
+InitScheme = Literal["pytorch", "uniform", "orthogonal", "xavier_uniform", "xavier_normal",
+                     "normal", "identity"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightInit:
+    """How one kind of weight matrix (input W_ih or recurrent W_hh) is initialised."""
+
+    scheme: InitScheme | None = _opt(None, "initialiser; defaults to model.init.scheme")
+    gain: float | None = _opt(None, "scale factor; defaults to model.init.gain", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InitSpec:
+    """Initialisation, used when no weights file is given.
+
+    Schemes, each applied to every gate's block separately and multiplied by ``gain``:
+    ``pytorch`` U(-1/sqrt(H), 1/sqrt(H)) as torch.nn.RNN/LSTM/GRU do; ``uniform`` the same
+    bound; ``orthogonal`` a random orthogonal matrix; ``xavier_uniform`` and
+    ``xavier_normal`` Glorot's; ``normal`` N(0, 1/fan_in); ``identity`` the identity
+    (recurrent weights only, as in Le et al. 2015's IRNN).
+    """
+
+    scheme: InitScheme = _opt("pytorch", "initialiser for input and recurrent weights")
+    gain: float = _opt(1.0, "scale factor for input and recurrent weights", minimum=0)
+    input: WeightInit = _opt(WeightInit, "override for the input weights W_ih")
+    recurrent: WeightInit = _opt(WeightInit, "override for the recurrent weights W_hh")
+    bias: Literal["pytorch", "zeros"] = _opt(
+        "pytorch", "biases: PyTorch's U(-1/sqrt(H), 1/sqrt(H)), or zeros")
+    forget_bias: float | None = _opt(
+        None, "LSTM only: the forget gate's total bias (set in bias_ih; bias_hh's is 0)")
+
+    def for_input(self) -> tuple[str, float]:
+        return (self.input.scheme or self.scheme,
+                self.gain if self.input.gain is None else self.input.gain)
+
+    def for_recurrent(self) -> tuple[str, float]:
+        return (self.recurrent.scheme or self.scheme,
+                self.gain if self.recurrent.gain is None else self.recurrent.gain)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """The recurrent stack (PyTorch's nn.RNN/LSTM/GRU, batch_first) and its linear head."""
+
+    cell: Literal["rnn", "lstm", "gru"] = _req("recurrent cell")
+    nonlinearity: Literal["tanh", "relu"] = _opt("tanh", "rnn only: the cell's nonlinearity")
+    input_size: int = _req("features per input step", minimum=1)
+    hidden_size: int = _req("hidden units per layer", minimum=1)
+    num_layers: int = _opt(1, "stacked recurrent layers", minimum=1)
+    output_size: int = _req("outputs of the linear head (classes for cross_entropy)", minimum=1)
+    bias: bool = _opt(True, "the recurrent layers have bias_ih and bias_hh")
+    head_bias: bool = _opt(True, "the linear head has a bias")
+    init: InitSpec = _opt(InitSpec, "initialisation when no weights file is given")
+    weights: Path | None = _opt(None, ".npz of trained weights in PyTorch names")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Distribution:
+    """Random data drawn from the seed."""
+
+    distribution: Literal["normal", "uniform"] = _opt(
+        "normal", "normal: N(0, scale^2); uniform: U(-scale, scale) (classes for cross_entropy)")
+    scale: float = _opt(1.0, "standard deviation (normal) or bound (uniform)", exclusiveMinimum=0)
+
+
+DataSource = Union[Distribution, Path]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SequenceSpec:
+    """The batch of sequences BPTT runs on."""
+
+    length: int | None = _opt(None, "time steps; taken from the inputs file when one is given",
+                              minimum=1)
+    batch_size: int | None = _opt(None, "sequences per batch (default 16, or the inputs file's)",
+                                  minimum=1)
+    inputs: DataSource = _opt(
+        Distribution, "random inputs, or a .npy of shape [batch, length, input_size]")
+    targets: DataSource | None = _opt(
+        None, "random targets, or a .npy: [batch, length, output_size] floats for mse, "
+              "[batch, length] integer classes for cross_entropy")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossSpec:
+    """The loss on the head's outputs."""
+
+    kind: Literal["mse", "cross_entropy"] = _opt("mse", "mse or cross_entropy")
+    timesteps: Literal["all", "last"] = _opt("all", "a loss at every step, or only at the last")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Thresholds:
+    """Where a gradient's change across the sequence becomes a finding.
+
+    Both compare ||dL_T/dh_0|| with ||dL_T/dh_{T-1}||: the gradient of the last step's loss
+    as it reaches the first hidden state, relative to where it started.
+    """
+
+    vanishing: float = _opt(1e-6, "ratio below which the gradient has vanished",
+                            exclusiveMinimum=0, exclusiveMaximum=1)
+    exploding: float = _opt(100.0, "ratio above which the gradient has exploded",
+                            exclusiveMinimum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spec:
+    """A model, a sequence task and a loss: everything one BPTT run needs."""
+
+    seed: int = _opt(0, "seed for initialisation and random data", minimum=0)
+    dtype: Literal["float64", "float32"] = _opt("float64", "precision of the whole run")
+    model: ModelSpec = _req("the recurrent model")
+    sequence: SequenceSpec = _req("the sequence task")
+    loss: LossSpec = _opt(LossSpec, "the loss")
+    thresholds: Thresholds = _opt(Thresholds, "verdict thresholds")
+    source: str = field(default="<spec>", compare=False, metadata={"internal": True})
+
+    @property
+    def length(self) -> int:
+        assert self.sequence.length is not None, "resolved by load"
+        return self.sequence.length
+
+    @property
+    def batch_size(self) -> int:
+        assert self.sequence.batch_size is not None, "resolved by load"
+        return self.sequence.batch_size
+
+
+DEFAULT_BATCH_SIZE = 16
+
+
+# ----------------------------------------------------------------------------- reading YAML
+
+def read_yaml(path: Path) -> tuple[Any, dict[Key, int]]:
+    """Parse ``path`` safely into plain Python values and the line of every key."""
+    name = str(path)
+    if not path.exists():
+        raise SpecError("file not found", where=name)
+    if path.is_dir():
+        raise SpecError("is a directory, not a spec file", where=name)
+    try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"{size} bytes is too large for a spec (limit {MAX_SPEC_BYTES})",
+                            where=name)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror}", where=name) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError("not a text file (not UTF-8): is this a YAML spec?", where=name) from None
+    if "\x00" in text:
+        raise SpecError("not a text file (contains NUL bytes): is this a YAML spec?", where=name)
+    return parse_yaml(text, name)
+
+
+def parse_yaml(text: str, name: str = "<spec>") -> tuple[Any, dict[Key, int]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f"{name}:{mark.line + 1}" if mark else name
+        raise SpecError(f"not valid YAML: {exc.problem or exc.context}", where=line) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"not valid YAML: {exc}", where=name) from None
+    if node is None:
+        raise SpecError("the file is empty; `gradcheck init` writes a starter spec", where=name)
+    lines: dict[Key, int] = {}
+    budget = [MAX_SPEC_NODES]
+    return _plain(node, (), lines, budget, name), lines
+
+
+_scalar_loader = yaml.SafeLoader("")
+
+
+def _plain(node: yaml.Node, key: Key, lines: dict[Key, int], budget: list[int], name: str) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise SpecError(f"more than {MAX_SPEC_NODES} YAML nodes (aliases counted at each use): "
+                        "not a spec", where=f"{name}:{node.start_mark.line + 1}")
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            where = f"{name}:{key_node.start_mark.line + 1}"
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise SpecError("a key must be a plain name", where=where)
+            k = str(_scalar_loader.construct_object(key_node))
+            if k in out:
+                raise SpecError(f"duplicate key (first on line {lines[(*key, k)]})",
+                                where=where, key=".".join((*key, k)))
+            lines[(*key, k)] = key_node.start_mark.line + 1
+            out[k] = _plain(value_node, (*key, k), lines, budget, name)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_plain(item, (*key, str(i)), lines, budget, name)
+                for i, item in enumerate(node.value)]
+    return _scalar_loader.construct_object(node)
+
+
+def apply_overrides(data: Any, overrides: Sequence[str]) -> tuple[Any, dict[Key, str]]:
+    """Apply ``--set key.path=value`` overrides; returns the data and each override's origin."""
+    origins: dict[Key, str] = {}
+    if not overrides:
+        return data, origins
+    if not isinstance(data, dict):
+        return data, origins
+    for item in overrides:
+        where = f"--set {item}"
+        dotted, sep, text = item.partition("=")
+        if not sep or not dotted.strip():
+            raise SpecError("expected KEY.PATH=VALUE, for example model.hidden_size=64",
+                            where=where)
+        key = tuple(part.strip() for part in dotted.split("."))
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise SpecError(f"cannot parse the value {text!r}", where=where) from None
+        node = data
+        for depth, part in enumerate(key[:-1]):
+            child = node.get(part)
+            if child is None or not isinstance(child, dict):
+                if child is not None:
+                    raise SpecError(f"{'.'.join(key[:depth + 1])} is not a section",
+                                    where=where)
+                child = node[part] = {}
+            node = child
+        node[key[-1]] = value
+        origins[key] = where
+    return data, origins
+
+
+# ----------------------------------------------------------------------------- validation
+
+class _Context:
+    def __init__(self, name: str, base_dir: Path, lines: Mapping[Key, int],
+                 origins: Mapping[Key, str]):
+        self.name = name
+        self.base_dir = base_dir
+        self.lines = lines
+        self.origins = origins
+
+    def where(self, key: Key) -> str:
+        for depth in range(len(key), 0, -1):
+            prefix = key[:depth]
+            if prefix in self.origins:
+                return self.origins[prefix]
+            if prefix in self.lines:
+                return f"{self.name}:{self.lines[prefix]}"
+        return self.name
+
+    def fail(self, key: Key, message: str) -> typing.NoReturn:
+        raise SpecError(message, where=self.where(key), key=".".join(key) or None)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    return repr(value)
+
+
+def _check_bounds(ctx: _Context, key: Key, value: float, meta: Mapping[str, Any]) -> None:
+    if "minimum" in meta and value < meta["minimum"]:
+        ctx.fail(key, f"must be at least {meta['minimum']:g}, got {value:g}")
+    if "exclusiveMinimum" in meta and value <= meta["exclusiveMinimum"]:
+        ctx.fail(key, f"must be greater than {meta['exclusiveMinimum']:g}, got {value:g}")
+    if "exclusiveMaximum" in meta and value >= meta["exclusiveMaximum"]:
+        ctx.fail(key, f"must be less than {meta['exclusiveMaximum']:g}, got {value:g}")
+
+
+def _convert(ctx: _Context, key: Key, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Union or (origin is not None and type(None) in args):
+        options = [a for a in args if a is not type(None)]
+        if value is None:
+            if type(None) in args:
+                return None
+            ctx.fail(key, "needs a value")
+        if len(options) == 1:
+            return _convert(ctx, key, value, options[0], meta)
+        section = next(a for a in options if dataclasses.is_dataclass(a))
+        if isinstance(value, dict):
+            return _build(ctx, key, value, section)
+        if isinstance(value, str):
+            return _convert(ctx, key, value, Path, meta)
+        ctx.fail(key, f"must be a mapping (random data) or a file path, got {_describe(value)}")
+    if origin is Literal:
+        if value not in args:
+            near = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint_text = f" (did you mean {near[0]!r}?)" if near else ""
+            ctx.fail(key, f"must be one of {', '.join(map(str, args))}; "
+                          f"got {_describe(value)}{hint_text}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            ctx.fail(key, f"must be a mapping of keys, got {_describe(value)}")
+        return _build(ctx, key, value, typing.cast(type, hint))
+    if hint is bool:
+        if not isinstance(value, bool):
+            ctx.fail(key, f"must be true or false, got {_describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            ctx.fail(key, f"must be a whole number, got {_describe(value)}")
+        _check_bounds(ctx, key, value, meta)
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                ctx.fail(key, f"must be a number, got {_describe(value)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            ctx.fail(key, f"must be a number, got {_describe(value)}")
+        value = float(value)
+        if not math.isfinite(value):
+            ctx.fail(key, f"must be a finite number, got {value}")
+        _check_bounds(ctx, key, value, meta)
+        return value
+    if hint is Path:
+        if not isinstance(value, str) or not value.strip():
+            ctx.fail(key, f"must be a file path, got {_describe(value)}")
+        path = (ctx.base_dir / value).resolve() if not Path(value).is_absolute() else Path(value)
+        if not path.exists():
+            ctx.fail(key, f"file not found: {value} (paths are relative to the spec's folder)")
+        if path.is_dir():
+            ctx.fail(key, f"{value} is a directory, not a file")
+        return path
+    raise AssertionError(f"unhandled spec type {hint!r} at {'.'.join(key)}")
+
+
+def _build(ctx: _Context, key: Key, data: dict[str, Any], cls: type) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for name in data:
+        if name not in fields:
+            near = difflib.get_close_matches(str(name), list(fields), n=1, cutoff=0.6)
+            hint_text = f" (did you mean {near[0]!r}?)" if near else ""
+            ctx.fail((*key, str(name)), f"unknown key{hint_text}; "
+                                        f"valid keys: {', '.join(fields)}")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        sub = (*key, name)
+        if name in data:
+            values[name] = _convert(ctx, sub, data[name], hints[name], f.metadata)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            ctx.fail(sub, f"missing required key ({f.metadata['doc']})")
+    return cls(**values)
+
+
+def spec_from_data(data: Any, *, name: str = "<spec>", base_dir: Path | None = None,
+                   lines: Mapping[Key, int] | None = None,
+                   origins: Mapping[Key, str] | None = None) -> Spec:
+    """Validate plain data (as YAML gives it) into a :class:`Spec`."""
+    ctx = _Context(name, base_dir or Path.cwd(), lines or {}, origins or {})
+    if not isinstance(data, dict):
+        ctx.fail((), f"the spec must be a mapping of keys (model:, sequence:, ...), "
+                     f"got {_describe(data)}")
+    spec = _build(ctx, (), data, Spec)
+    return _resolve(ctx, spec, name)
+
+
+def _resolve(ctx: _Context, spec: Spec, name: str) -> Spec:
+    """Cross-key checks and defaults that depend on other keys."""
+    from . import data as data_files  # the file checks read .npy headers only
+
+    model, seq, loss = spec.model, spec.sequence, spec.loss
+    if model.cell != "rnn" and "nonlinearity" in _given(ctx, ("model",)):
+        ctx.fail(("model", "nonlinearity"), f"applies to cell: rnn only, not {model.cell}")
+    init = model.init
+    if init.forget_bias is not None:
+        if model.cell != "lstm":
+            ctx.fail(("model", "init", "forget_bias"), "applies to cell: lstm only")
+        if not model.bias:
+            ctx.fail(("model", "init", "forget_bias"), "needs model.bias: true")
+    if init.for_input()[0] == "identity":
+        ctx.fail(("model", "init", "input", "scheme"),
+                 "identity applies to the recurrent weights only")
+    if loss.kind == "cross_entropy" and model.output_size < 2:
+        ctx.fail(("model", "output_size"), "cross_entropy needs at least 2 classes")
+
+    length, batch = seq.length, seq.batch_size
+    if isinstance(seq.inputs, Path):
+        shape = data_files.check_inputs_file(seq.inputs, model.input_size,
+                                             ctx.where(("sequence", "inputs")))
+        batch, length = _agree(ctx, ("sequence", "batch_size"), batch, shape[0], seq.inputs), \
+            _agree(ctx, ("sequence", "length"), length, shape[1], seq.inputs)
+    if length is None:
+        ctx.fail(("sequence", "length"), "missing required key (time steps), "
+                                         "needed when the inputs are random")
+    batch = batch if batch is not None else DEFAULT_BATCH_SIZE
+
+    targets = seq.targets
+    if targets is None:
+        targets = Distribution(distribution="uniform" if loss.kind == "cross_entropy"
+                               else "normal")
+    elif isinstance(targets, Path):
+        data_files.check_targets_file(targets, loss.kind, batch, length, model.output_size,
+                                      ctx.where(("sequence", "targets")))
+    elif loss.kind == "cross_entropy" and targets.distribution != "uniform":
+        ctx.fail(("sequence", "targets", "distribution"),
+                 "cross_entropy targets are classes: use distribution: uniform")
+    if model.weights is not None:
+        from .model import Architecture, check_weights_file
+        check_weights_file(model.weights, Architecture.from_spec(model),
+                           ctx.where(("model", "weights")))
+    sequence = dataclasses.replace(seq, length=length, batch_size=batch, targets=targets)
+    return dataclasses.replace(spec, sequence=sequence, source=name)
+
+
+def _given(ctx: _Context, section: Key) -> set[str]:
+    keys = set(ctx.lines) | set(ctx.origins)
+    return {k[len(section)] for k in keys if len(k) > len(section) and k[:len(section)] == section}
+
+
+def _agree(ctx: _Context, key: Key, stated: int | None, actual: int, path: Path) -> int:
+    if stated is not None and stated != actual:
+        ctx.fail(key, f"is {stated} but {path.name} holds {actual}")
+    return actual
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
+    """Read, validate and resolve a spec file; raises :class:`SpecError` on any problem."""
+    path = Path(path)
+    data, lines = read_yaml(path)
+    data, origins = apply_overrides(data, overrides)
+    return spec_from_data(data, name=str(path), base_dir=path.resolve().parent,
+                          lines=lines, origins=origins)
+
+
+# ----------------------------------------------------------------------------- JSON Schema
+
+def _type_schema(hint: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Union or (origin is not None and type(None) in args):
+        options = [_type_schema(a, meta) for a in args if a is not type(None)]
+        if type(None) in args:
+            options.append({"type": "null"})
+        return options[0] if len(options) == 1 else {"anyOf": options}
+    if origin is Literal:
+        return {"enum": list(args)}
+    if dataclasses.is_dataclass(hint):
+        return _section_schema(typing.cast(type, hint))
+    bounds = {k: meta[k] for k in ("minimum", "exclusiveMinimum", "exclusiveMaximum") if k in meta}
+    if hint is bool:
+        return {"type": "boolean"}
+    if hint is int:
+        return {"type": "integer", **bounds}
+    if hint is float:
+        return {"type": "number", **bounds}
+    if hint is Path:
+        return {"type": "string", "description": "a file path, relative to the spec's folder"}
+    raise AssertionError(f"unhandled spec type {hint!r}")
+
+
+def _section_schema(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    props: dict[str, Any] = {}
+    required = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        prop = _type_schema(hints[f.name], f.metadata)
+        prop = {"description": f.metadata["doc"], **prop}
+        if f.default is not dataclasses.MISSING and f.default is not None:
+            prop["default"] = f.default
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required.append(f.name)
+        props[f.name] = prop
+    schema: dict[str, Any] = {"type": "object", "description": (cls.__doc__ or "").split("\n")[0],
+                              "properties": props, "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a spec file."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://gradcheck.dev/schema/config.json",
+            "title": "gradcheck spec", **_section_schema(Spec)}
+
+
+def spec_keys() -> list[tuple[str, str, Any]]:
+    """Every key path with its doc and default, in file order: the reference in README."""
+    out: list[tuple[str, str, Any]] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            path = f"{prefix}{f.name}"
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out.append((path, f.metadata["doc"], default))
+            hint = hints[f.name]
+            if dataclasses.is_dataclass(hint):
+                walk(typing.cast(type, hint), path + ".")
+            elif typing.get_origin(hint) is Union:
+                for arg in typing.get_args(hint):
+                    if dataclasses.is_dataclass(arg):
+                        walk(arg, path + ".")
+    walk(Spec, "")
+    return out
