@@ -97,6 +97,9 @@ def main():
         unrolled_loss, dh, dc = unrolled_hidden_grads(model, cell, nonlinearity, layers, bias,
                                                       x, target, kind, timesteps)
         assert abs(unrolled_loss - loss.item()) < 1e-12
+        for key, value in (("cell", cell), ("nonlinearity", nonlinearity), ("loss", kind),
+                           ("timesteps", timesteps)):
+            out[f"{name}/meta/{key}"] = np.array(value)
         out[f"{name}/x"] = x.numpy()
         out[f"{name}/targets"] = target.numpy()
         out[f"{name}/loss"] = np.array(loss.item())

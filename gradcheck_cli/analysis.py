@@ -1,0 +1,212 @@
+"""From a spec to a :class:`~gradcheck_cli.report.Report`: measurements and verdicts.
+
+The measurements are the core's raw gradients, summarised; nothing here changes them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .bptt import Backward, Forward, backward, forward, loss_and_output_grad
+from .clip import sample_global_norms, suggest_clip
+from .data import Batches
+from .model import Architecture, Params, init_params, load_weights
+from .report import Finding, LayerStats, ModelSummary, ParameterStats, Report
+from .spec import Spec
+
+Progress = Callable[[int, int], None]
+
+SIGNAL = "dL_T/dh_t: the gradient of the last step's loss with respect to each hidden state"
+
+
+def model_parameters(spec: Spec) -> tuple[Architecture, Params]:
+    """The architecture and its parameters: the weights file's, or a seeded initialisation."""
+    arch = Architecture.from_spec(spec.model)
+    if spec.model.weights is not None:
+        return arch, load_weights(spec.model.weights, arch, spec.dtype)
+    rng = np.random.default_rng([spec.seed, 0])
+    return arch, init_params(arch, spec.model.init, rng, spec.dtype)
+
+
+def step_norms(grad: np.ndarray) -> np.ndarray:
+    """``||grad[t]||`` (Frobenius over batch and features) for each step t, in float64."""
+    flat = grad.reshape(grad.shape[0], -1).astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->i", flat, flat))
+        overflowed = np.isinf(norms) & np.isfinite(flat).all(axis=1)
+        for t in np.flatnonzero(overflowed):        # huge but finite: rescale before squaring
+            scale = np.abs(flat[t]).max()
+            norms[t] = scale * np.linalg.norm(flat[t] / scale)
+    return norms
+
+
+def array_norm(a: np.ndarray) -> float:
+    return float(step_norms(a.reshape(1, -1))[0])
+
+
+def fit_growth(norms: np.ndarray) -> float | None:
+    """Per-step growth factor going back in time: exp of the slope of log ||g_t|| against
+    the distance T-1-t, by least squares over the finite, non-zero norms."""
+    distance = np.arange(len(norms))[::-1].astype(np.float64)
+    usable = np.isfinite(norms) & (norms > 0)
+    if usable.sum() < 2:
+        return None
+    slope = np.polyfit(distance[usable], np.log(norms[usable]), 1)[0]
+    return float(np.exp(slope))
+
+
+def horizon(growth: float | None, vanishing: float, exploding: float) -> float | None:
+    """Steps back until a gradient changing by ``growth`` per step crosses a threshold."""
+    if growth is None or growth == 1.0 or not math.isfinite(growth):
+        return None
+    if growth < 1.0:
+        return math.log(vanishing) / math.log(growth) if growth > 0 else 0.0
+    return math.log(exploding) / math.log(growth)
+
+
+def layer_stats(arch: Architecture, grads: Backward, last: Backward, spec: Spec) -> list[LayerStats]:
+    th = spec.thresholds
+    layers = []
+    for k in range(arch.num_layers):
+        signal = step_norms(last.hidden[k])
+        growth = fit_growth(signal)
+        start, end = signal[-1], signal[0]
+        with np.errstate(all="ignore"):
+            ratio = float(end / start) if start > 0 and np.isfinite(start) else None
+        layers.append(LayerStats(
+            index=k,
+            hidden_grad_norm=step_norms(grads.hidden[k]).tolist(),
+            cell_grad_norm=step_norms(grads.cell[k]).tolist() if grads.cell else None,
+            last_step_grad_norm=signal.tolist(),
+            growth_factor=growth,
+            ratio=ratio,
+            horizon=horizon(growth, th.vanishing, th.exploding),
+        ))
+    return layers
+
+
+def _first_non_finite(arrays: list[np.ndarray], reverse: bool) -> int | None:
+    """The first step (last, with ``reverse``) at which any of ``arrays`` is not finite."""
+    bad = np.zeros(arrays[0].shape[0], dtype=bool)
+    for a in arrays:
+        bad |= ~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+    steps = np.flatnonzero(bad)
+    if steps.size == 0:
+        return None
+    return int(steps[-1] if reverse else steps[0])
+
+
+def non_finite_finding(params: Params, fwd: Forward, loss: float, grads: Backward) -> Finding | None:
+    """Where NaN or Inf first appeared, in the order the computation runs."""
+    def finding(message: str, **where) -> Finding:
+        return Finding(code="non_finite", severity="error",
+                       message=f"non-finite values (NaN/Inf) first appear in {message}", **where)
+
+    for name, value in params.items():
+        if not np.isfinite(value).all():
+            return finding(f"the weights: {name}", parameter=name)
+    for k, cache in enumerate(fwd.layers):
+        states = [cache.h] + ([cache.c] if cache.c is not None else [])
+        t = _first_non_finite(states, reverse=False)
+        if t is not None:
+            return finding(f"the forward pass: layer {k}'s hidden state at step {t}",
+                           layer=k, timestep=t)
+    if not math.isfinite(loss) or not np.isfinite(fwd.outputs).all():
+        return finding("the loss (the head's outputs overflow)")
+    for k in reversed(range(len(grads.hidden))):
+        states = [grads.hidden[k]] + ([grads.cell[k]] if grads.cell else [])
+        t = _first_non_finite(states, reverse=True)
+        if t is not None:
+            return finding(f"the backward pass: dL/dh at layer {k}, step {t}",
+                           layer=k, timestep=t)
+    for name, g in grads.params.items():
+        if not np.isfinite(g).all():
+            return finding(f"the gradient of {name}", parameter=name)
+    return None
+
+
+def temporal_findings(layers: list[LayerStats], spec: Spec) -> list[Finding]:
+    """exploding / vanishing verdicts per layer, from the last step's gradient over time."""
+    th = spec.thresholds
+    steps = spec.length - 1
+    out = []
+    for layer in layers:
+        g, ratio = layer.growth_factor, layer.ratio
+        if ratio is None or g is None or steps == 0:
+            continue
+        values = {"ratio": ratio, "growth_factor": g, "horizon": layer.horizon}
+        if ratio > th.exploding and g > 1.0:
+            out.append(Finding(
+                code="exploding", severity="error", layer=layer.index, values=values,
+                message=(f"layer {layer.index}: the last step's gradient grows {ratio:.3g}× "
+                         f"going back {steps} steps (×{g:.3f} per step; threshold "
+                         f"{th.exploding:g}×): clip gradients or lower the recurrent gain")))
+        elif ratio < th.vanishing and g < 1.0:
+            reach = f"~{layer.horizon:.0f}" if layer.horizon is not None else "a few"
+            out.append(Finding(
+                code="vanishing", severity="warning", layer=layer.index, values=values,
+                message=(f"layer {layer.index}: the last step's gradient shrinks to "
+                         f"{ratio:.3g} of its size {steps} steps back (×{g:.3f} per step): "
+                         f"dependencies longer than {reach} steps get almost no signal")))
+    return out
+
+
+def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
+                 progress: Progress | None = None) -> Report:
+    """Run BPTT on the spec's batch, measure, judge, and sample norms for clipping."""
+    arch, params = model_parameters(spec)
+    batches = Batches(spec)
+    x, targets = batches.draw(0)
+    with np.errstate(all="ignore"):
+        fwd = forward(arch, params, x)
+        loss, d_out = loss_and_output_grad(fwd.outputs, targets, spec.loss.kind,
+                                           spec.loss.timesteps)
+        grads = backward(arch, params, fwd, d_out)
+        if spec.loss.timesteps == "last":
+            last = grads
+        else:  # the last step's loss alone: its gradient reaches earlier steps only in time
+            d_last = np.zeros_like(d_out)
+            d_last[-1] = d_out[-1]
+            last = backward(arch, params, fwd, d_last, param_grads=False)
+        layers = layer_stats(arch, grads, last, spec)
+        param_stats = [ParameterStats(name=name, shape=list(g.shape), grad_norm=array_norm(g),
+                                      grad_max_abs=float(np.abs(g).max()),
+                                      weight_norm=array_norm(params[name]))
+                       for name, g in grads.params.items()]
+        global_norm = math.sqrt(sum(p.grad_norm ** 2 for p in param_stats))
+
+    findings = []
+    broken = non_finite_finding(params, fwd, loss, grads)
+    if broken is not None:
+        findings.append(broken)
+    findings += temporal_findings(layers, spec)
+
+    clip = None
+    if trials > 0:
+        norms = sample_global_norms(arch, params, batches, spec, trials, progress)
+        clip = suggest_clip(norms, clip_percentile)
+
+    model = spec.model
+    return Report(
+        gradcheck_version=__version__,
+        config=spec.source,
+        dtype=spec.dtype,
+        model=ModelSummary(cell=model.cell,
+                           nonlinearity=model.nonlinearity if model.cell == "rnn" else None,
+                           input_size=model.input_size, hidden_size=model.hidden_size,
+                           num_layers=model.num_layers, output_size=model.output_size,
+                           parameter_count=arch.parameter_count(),
+                           weights=str(Path(model.weights).name) if model.weights else None),
+        length=spec.length, batch_size=spec.batch_size,
+        loss_kind=spec.loss.kind, loss_timesteps=spec.loss.timesteps,
+        thresholds={"vanishing": spec.thresholds.vanishing,
+                    "exploding": spec.thresholds.exploding},
+        loss=loss, global_grad_norm=global_norm,
+        parameters=param_stats, layers=layers, findings=findings, clip=clip,
+        gradients=grads.params,
+    )

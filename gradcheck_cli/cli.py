@@ -1,0 +1,256 @@
+"""The command line: parse options, call the core, pick a renderer, set the exit status.
+
+Exit status: 0 nothing at or above --fail-on; 1 findings at or above it (verify: a gradient
+disagrees); 2 bad usage, a bad spec or input file, or an internal error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import GradcheckError
+
+EXIT_STATUS_HELP = """\b
+Exit status:
+  0  healthy: no finding at or above --fail-on
+  1  findings at or above --fail-on (verify: a gradient disagrees)
+  2  bad usage, a bad spec or input file, or an internal error
+"""
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _stderr(message: str) -> None:
+    click.echo(message, err=True)
+
+
+class GradcheckGroup(click.Group):
+    """Turns every failure into one line on stderr and the documented exit status."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except GradcheckError as exc:
+            _stderr(f"error: {exc}")
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            _stderr("interrupted")
+            ctx.exit(130)
+        except Exception as exc:  # a bug of ours: say so, and never exit 1 (a finding)
+            if ctx.params.get("debug"):
+                _stderr(traceback.format_exc().rstrip())
+            _stderr(f"internal error (a bug in gradcheck {__version__}): "
+                    f"{type(exc).__name__}: {exc}; rerun with --debug for the traceback")
+            ctx.exit(2)
+
+
+def _overrides_option(f):
+    return click.option(
+        "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+        help="Override a spec value, e.g. --set model.hidden_size=128 (repeatable).")(f)
+
+
+def _load(config: Path, overrides: tuple[str, ...]):
+    from .spec import load_spec
+    return load_spec(config, overrides)
+
+
+def _use_color() -> bool:
+    return (sys.stdout.isatty() and "NO_COLOR" not in os.environ
+            and os.environ.get("TERM") != "dumb")
+
+
+def _width() -> int:
+    import shutil
+    return shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
+
+
+def _emit(text: str, output: Path | None) -> None:
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    from .files import write_text
+    write_text(output, text)
+    _stderr(f"wrote {output}")
+
+
+@click.group(cls=GradcheckGroup, context_settings=CONTEXT, epilog=EXIT_STATUS_HELP)
+@click.version_option(__version__, "-V", "--version", prog_name="gradcheck")
+@click.option("--debug", is_flag=True, help="On an internal error, print the traceback.")
+def cli(debug: bool) -> None:
+    """Diagnose exploding and vanishing gradients in recurrent networks (RNN, LSTM, GRU)
+    before you train them: BPTT in NumPy on a YAML spec of your model and task."""
+
+
+@cli.command(epilog=EXIT_STATUS_HELP)
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
+              default="table", show_default=True, help="Report format.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
+              help="Write the report to FILE (atomically) instead of stdout.")
+@click.option("--save-grads", type=click.Path(path_type=Path), metavar="FILE.npz",
+              help="Save every parameter's gradient under its PyTorch name.")
+@click.option("--trials", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Independent batches sampled for the clip suggestion (0: none).")
+@click.option("--clip-percentile", type=click.FloatRange(0, 100, min_open=True),
+              default=10.0, show_default=True,
+              help="Percentile of the sampled norms suggested as max_norm (AutoClip's rule).")
+@click.option("--fail-on", type=click.Choice(["warning", "error", "never"]), default="error",
+              show_default=True, help="Lowest finding severity that makes the exit status 1.")
+@click.option("--vanishing", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              metavar="RATIO", help="Vanishing threshold (overrides thresholds.vanishing).")
+@click.option("--exploding", type=click.FloatRange(1, min_open=True), metavar="RATIO",
+              help="Exploding threshold (overrides thresholds.exploding).")
+@click.option("--all-steps", is_flag=True, help="Table and Markdown: list every time step.")
+@_overrides_option
+def analyze(config: Path, fmt: str, output: Path | None, save_grads: Path | None, trials: int,
+            clip_percentile: float, fail_on: str, vanishing: float | None,
+            exploding: float | None, all_steps: bool, overrides: tuple[str, ...]) -> None:
+    """Run BPTT on CONFIG and report gradient health: per-step gradient norms, how they
+    grow or shrink through time, exploding/vanishing findings and a clip value."""
+    extra = [f"thresholds.{name}={value!r}" for name, value in
+             (("vanishing", vanishing), ("exploding", exploding)) if value is not None]
+    spec = _load(config, overrides + tuple(extra))
+
+    from .analysis import analyze_spec
+    from .render import RenderOptions, render
+
+    with _progress(trials) as progress:
+        report = analyze_spec(spec, trials=trials, clip_percentile=clip_percentile,
+                              progress=progress)
+    color = output is None and fmt == "table" and _use_color()
+    text = render(report, fmt, RenderOptions(color=color, width=_width() if output is None
+                                             else 100, all_steps=all_steps))
+    if save_grads is not None:
+        from .files import write_npz
+        write_npz(save_grads, report.gradients)
+        _stderr(f"wrote {save_grads}")
+    _emit(text, output)
+    sys.exit(1 if report.fails(fail_on) else 0)
+
+
+class _progress:
+    """A progress bar on stderr for the trials, only when stderr is a terminal."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.bar = None
+
+    def __enter__(self):
+        if self.total < 2 or not sys.stderr.isatty():
+            return None
+        from rich.console import Console
+        from rich.progress import Progress
+        self.bar = Progress(console=Console(stderr=True), transient=True)
+        self.bar.start()
+        task = self.bar.add_task("sampling gradient norms", total=self.total)
+        return lambda done, total: self.bar.update(task, completed=done)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@cli.command(epilog=EXIT_STATUS_HELP)
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--entries", type=click.IntRange(min=1), default=25, show_default=True,
+              help="Entries checked per parameter, drawn at random (seeded).")
+@click.option("--all-entries", is_flag=True, help="Check every entry of every parameter.")
+@click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=1e-4,
+              show_default=True, help="Largest relative error that passes.")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Output format.")
+@_overrides_option
+def verify(config: Path, entries: int, all_entries: bool, tolerance: float, fmt: str,
+           overrides: tuple[str, ...]) -> None:
+    """Check BPTT's gradients on CONFIG against central finite differences in float64,
+    and print the worst relative error per parameter.
+
+    An entry whose estimate disagrees is retried at steps down to 1e-9; where no step gives
+    a converged estimate (chaotic dynamics, relu kinks) it is reported as inconclusive.
+    Exit status 0 only when every parameter is verified."""
+    spec = _load(config, overrides)
+    from .finite_diff import verify_spec
+
+    checks = verify_spec(spec, max_entries=None if all_entries else entries, tolerance=tolerance)
+    if fmt == "json":
+        click.echo(json.dumps({
+            "config": str(config), "tolerance": tolerance,
+            "passed": all(c.status == "ok" for c in checks),
+            "parameters": {c.name: {"status": c.status, "checked": c.checked, "size": c.size,
+                                    "inconclusive": c.inconclusive,
+                                    "worst_error": c.worst_error,
+                                    "worst_index": list(c.worst_index),
+                                    "analytic": c.analytic, "numeric": c.numeric}
+                           for c in checks}}, indent=2))
+    else:
+        from .render.verify import render_verify
+        click.echo(render_verify(str(config), checks, tolerance, _use_color(), _width()),
+                   nl=False)
+    sys.exit(0 if all(c.status == "ok" for c in checks) else 1)
+
+
+@cli.command()
+@click.argument("configs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_overrides_option
+def validate(configs: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
+    """Check spec files and the files they name, without running BPTT (fast: for
+    pre-commit). Exit status 0 when all are valid, 2 otherwise."""
+    from .model import Architecture
+    bad = 0
+    for config in configs:
+        try:
+            spec = _load(config, overrides)
+        except GradcheckError as exc:
+            _stderr(f"error: {exc}")
+            bad += 1
+            continue
+        arch = Architecture.from_spec(spec.model)
+        click.echo(f"ok: {config}: {arch.describe()} · {spec.length} steps × batch "
+                   f"{spec.batch_size} · {arch.parameter_count():,} parameters")
+    if bad:
+        sys.exit(2)
+
+
+@cli.command()
+@click.argument("path", default="gradcheck.yaml", type=click.Path(path_type=Path))
+@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm",
+              show_default=True, help="Recurrent cell of the starter model.")
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+def init(path: Path, cell: str, force: bool) -> None:
+    """Write a commented starter spec to PATH ('-' for stdout)."""
+    from .starter import starter_spec
+    if str(path) == "-":
+        click.echo(starter_spec(cell), nl=False)
+        return
+    if path.exists() and not force:
+        raise GradcheckError(f"{path} exists; choose another name or pass --force")
+    from .files import write_text
+    write_text(path, starter_spec(cell, path.name))
+    _stderr(f"wrote {path}; next: gradcheck analyze {path}")
+
+
+@cli.command()
+@click.argument("which", type=click.Choice(["config", "report"]))
+def schema(which: str) -> None:
+    """Print the JSON Schema of a spec file (config) or of `analyze --format json` (report)."""
+    if which == "config":
+        from .spec import spec_json_schema
+        data = spec_json_schema()
+    else:
+        from .report import report_json_schema
+        data = report_json_schema()
+    click.echo(json.dumps(data, indent=2))
+
+
+def main() -> None:
+    cli(prog_name="gradcheck")

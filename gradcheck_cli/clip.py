@@ -1,0 +1,80 @@
+"""Gradient-clipping suggestions from sampled global gradient norms.
+
+The suggestion follows AutoClip (Seetharaman et al., 2020, "AutoClip: Adaptive Gradient
+Clipping for Source Separation Networks"): clip at the p-th percentile of the gradient norms
+seen, p = 10 in the paper. Here the norms are sampled at the spec's weights over independent
+batches, before any training; AutoClip proper recomputes the percentile as training runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from .bptt import bptt
+from .model import Architecture, Params
+from .report import ClipCandidate, ClipSuggestion
+
+PERCENTILES = (10, 25, 50, 75, 90, 99)
+CONVENTIONAL = (1.0, 5.0)
+"""max_norm values often used without measurement; shown for comparison."""
+
+
+def global_norm(grads: dict[str, np.ndarray]) -> float:
+    """The norm of all gradients together, as ``torch.nn.utils.clip_grad_norm_`` returns it."""
+    total = 0.0
+    for g in grads.values():
+        flat = g.ravel().astype(np.float64)
+        total += float(np.dot(flat, flat))
+    return math.sqrt(total)
+
+
+def sample_global_norms(arch: Architecture, params: Params, batches, spec, trials: int,
+                        progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Global gradient norms over ``trials`` independent batches (draws 1..trials)."""
+    norms = np.empty(trials)
+    for k in range(trials):
+        x, targets = batches.draw(k + 1)
+        with np.errstate(all="ignore"):
+            result = bptt(arch, params, x, targets, spec.loss.kind, spec.loss.timesteps)
+            norms[k] = global_norm(result.grads.params)
+        if progress is not None:
+            progress(k + 1, trials)
+    return norms
+
+
+def fraction_clipped(norms: np.ndarray, max_norm: float) -> float:
+    """Share of the sampled gradients that norm clipping at ``max_norm`` would rescale."""
+    return float(np.mean(norms > max_norm))
+
+
+def suggest_clip(norms: np.ndarray, percentile: float = 10.0) -> ClipSuggestion:
+    """AutoClip's rule on the sampled norms, with the distribution and a few candidates."""
+    finite = norms[np.isfinite(norms)]
+    stats = {f"p{p}": float(np.percentile(finite, p)) if finite.size else math.nan
+             for p in PERCENTILES}
+    stats["min"] = float(finite.min()) if finite.size else math.nan
+    stats["max"] = float(finite.max()) if finite.size else math.nan
+    suggested = float(np.percentile(finite, percentile)) if finite.size else math.nan
+    candidates = [ClipCandidate(max_norm=suggested, label=f"p{percentile:g} (suggested)",
+                                fraction_clipped=fraction_clipped(norms, suggested))]
+    for label in ("p50", "p90"):
+        candidates.append(ClipCandidate(max_norm=stats[label], label=label,
+                                        fraction_clipped=fraction_clipped(norms, stats[label])))
+    for value in CONVENTIONAL:
+        candidates.append(ClipCandidate(max_norm=value, label="conventional",
+                                        fraction_clipped=fraction_clipped(norms, value)))
+    rule = (f"AutoClip (Seetharaman et al., 2020): the {percentile:g}th percentile of "
+            f"{len(norms)} sampled global gradient norms; at this max_norm "
+            f"{candidates[0].fraction_clipped:.0%} of them would be rescaled")
+    pytorch = ("torch.nn.utils.clip_grad_norm_(model.parameters(), "
+               f"max_norm={_round_sig(suggested)})")
+    return ClipSuggestion(trials=len(norms), percentile=percentile, max_norm=suggested,
+                          norm_percentiles=stats, candidates=candidates, rule=rule,
+                          pytorch=pytorch)
+
+
+def _round_sig(value: float, digits: int = 3) -> str:
+    return "float('nan')" if not math.isfinite(value) else f"{value:.{digits}g}"

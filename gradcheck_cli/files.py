@@ -1,0 +1,49 @@
+"""Writing outputs atomically: a temporary file in the same folder, renamed into place.
+
+An interrupted or failed run leaves the previous file as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from .errors import GradcheckError
+
+
+def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise GradcheckError(f"{path}: is a directory; give a file name")
+    if not folder.is_dir():
+        raise GradcheckError(f"{path}: the folder {folder} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise GradcheckError(f"{path}: cannot write: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise GradcheckError(f"{path}: cannot write: {exc.strerror}") from None
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Save ``arrays`` as an uncompressed .npz under their names (PyTorch's, for gradients)."""
+    _atomic(path, lambda fh: np.savez(fh, **arrays))

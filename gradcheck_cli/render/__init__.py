@@ -1,0 +1,44 @@
+"""One renderer per output format, chosen here and only here.
+
+Each renderer is a function ``(report, options) -> str``; the CLI decides where the text goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..report import Report
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    color: bool = False
+    width: int = 100
+    all_steps: bool = False
+
+
+def _table(report: Report, options: RenderOptions) -> str:
+    from .table import render_table
+    return render_table(report, options)
+
+
+def _json(report: Report, options: RenderOptions) -> str:
+    return report.to_json() + "\n"
+
+
+def _markdown(report: Report, options: RenderOptions) -> str:
+    from .markdown import render_markdown
+    return render_markdown(report, options)
+
+
+RENDERERS: dict[str, Callable[[Report, RenderOptions], str]] = {
+    "table": _table,
+    "json": _json,
+    "markdown": _markdown,
+}
+FORMATS = tuple(RENDERERS)
+
+
+def render(report: Report, fmt: str, options: RenderOptions | None = None) -> str:
+    return RENDERERS[fmt](report, options or RenderOptions())

@@ -1,0 +1,77 @@
+"""The report as GitHub-flavoured Markdown, for a CI job summary or a pull-request comment."""
+
+from __future__ import annotations
+
+from ..report import Report
+from . import RenderOptions
+from .common import growth_text, horizon_text, num, steps_to_show, title, verdict
+
+ICON = {"error": "❌", "warning": "⚠️"}
+
+
+def _table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> list[str]:
+    align = align or ["---"] * len(header)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def render_markdown(report: Report, options: RenderOptions) -> str:
+    out = [f"## gradcheck: `{report.config}`", "", title(report), ""]
+    if report.findings:
+        out += _table(["", "severity", "code", "finding"],
+                      [[ICON[f.severity], f.severity, f"`{f.code}`", f.message]
+                       for f in report.findings])
+    else:
+        out.append(f"✅ **healthy**: over {report.length} steps the gradient neither explodes "
+                   "nor vanishes.")
+    out += ["", f"**loss** {num(report.loss, 5)} · **global grad norm** "
+                f"{num(report.global_grad_norm, 5)}", ""]
+
+    out += ["### Through time", "",
+            f"‖dL_T/dh_t‖: the gradient of the last step's loss, going back "
+            f"{report.length - 1} steps.", ""]
+    out += _table(["layer", "growth / step", "ratio at step 0", "horizon", "verdict"],
+                  [[str(layer.index), growth_text(layer), num(layer.ratio),
+                    horizon_text(layer), verdict(report, layer)] for layer in report.layers],
+                  ["--:", "--:", "--:", "--:", "---"])
+
+    steps = steps_to_show(report.length, options.all_steps)
+    header = ["step"]
+    for layer in report.layers:
+        header.append(f"‖dL/dh‖ l{layer.index}")
+        if layer.cell_grad_norm is not None:
+            header.append(f"‖dL/dc‖ l{layer.index}")
+        header.append(f"‖dL_T/dh‖ l{layer.index}")
+    rows = []
+    for t in steps:
+        row = [str(t)]
+        for layer in report.layers:
+            row.append(num(layer.hidden_grad_norm[t]))
+            if layer.cell_grad_norm is not None:
+                row.append(num(layer.cell_grad_norm[t]))
+            row.append(num(layer.last_step_grad_norm[t]))
+        rows.append(row)
+    out += ["", "<details><summary>Per step "
+                f"({len(steps)} of {report.length} steps)</summary>", ""]
+    out += _table(header, rows, ["--:"] * len(header))
+    out += ["", "</details>", "", "### Parameters", ""]
+    out += _table(["name", "shape", "grad norm", "max \\|grad\\|", "weight norm"],
+                  [[f"`{p.name}`", "×".join(map(str, p.shape)), num(p.grad_norm),
+                    num(p.grad_max_abs), num(p.weight_norm)] for p in report.parameters],
+                  ["---", "---", "--:", "--:", "--:"])
+    out += ["", "### Clipping", ""]
+    clip = report.clip
+    if clip is None:
+        out.append("No trials sampled (`--trials 0`).")
+    else:
+        pct = clip.norm_percentiles
+        out.append(f"Global grad norm over {clip.trials} sampled batches: " + ", ".join(
+            f"{k} {num(pct[k])}" for k in ("min", "p10", "p50", "p90", "max")) + ".")
+        out.append("")
+        out += _table(["max_norm", "from", "clips"],
+                      [[num(c.max_norm), c.label, f"{c.fraction_clipped:.0%}"]
+                       for c in clip.candidates], ["--:", "---", "--:"])
+        out += ["", f"Suggested **max_norm {num(clip.max_norm)}**: {clip.rule}.", "",
+                "```python", clip.pytorch, "```"]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,151 @@
+"""The terminal report: rich tables and a log-scale chart of the gradient through time."""
+
+from __future__ import annotations
+
+import io
+import math
+
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from ..report import LayerStats, Report
+from . import RenderOptions
+from .common import bar, growth_text, horizon_text, log_range, num, steps_to_show, title, verdict
+
+SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
+
+
+def _findings(report: Report) -> Table | Text:
+    if not report.findings:
+        return Text(f"✓ healthy: over {report.length} steps the gradient neither explodes nor "
+                    f"vanishes (thresholds {report.thresholds['vanishing']:g} and "
+                    f"{report.thresholds['exploding']:g}×)", style="bold green")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title_justify="left")
+    table.add_column("severity")
+    table.add_column("code")
+    table.add_column("finding", overflow="fold")
+    for f in report.findings:
+        mark = "✗" if f.severity == "error" else "!"
+        table.add_row(Text(f"{mark} {f.severity}", style=SEVERITY_STYLE[f.severity]),
+                      Text(f.code, style=SEVERITY_STYLE[f.severity]), f.message)
+    return table
+
+
+def _summary(report: Report) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("loss", num(report.loss, 5))
+    table.add_row("global grad norm", f"{num(report.global_grad_norm, 5)}   "
+                                      "(what clip_grad_norm_ returns, before clipping)")
+    return table
+
+
+def _layers(report: Report) -> Table:
+    steps = report.length - 1
+    table = Table(title=f"Through time: ‖dL_T/dh_t‖, the last step's loss, going back "
+                        f"{steps} steps", box=box.SIMPLE_HEAD, title_justify="left",
+                  title_style="bold")
+    table.add_column("layer", justify="right")
+    table.add_column("growth / step", justify="right")
+    table.add_column(f"ratio at step 0", justify="right")
+    table.add_column("horizon", justify="right")
+    table.add_column("verdict")
+    for layer in report.layers:
+        v = verdict(report, layer)
+        table.add_row(str(layer.index), growth_text(layer), num(layer.ratio),
+                      horizon_text(layer),
+                      Text(v, style="green" if v == "healthy" else "bold red"))
+    return table
+
+
+def _charted_layer(report: Report) -> LayerStats:
+    """The layer whose gradient changes most across the sequence."""
+    def change(layer: LayerStats) -> float:
+        if layer.ratio is None:
+            return -1.0
+        return abs(math.log(layer.ratio)) if 0 < layer.ratio < math.inf else math.inf
+    return max(reversed(report.layers), key=change)
+
+
+def _per_step(report: Report, all_steps: bool) -> Table:
+    steps = steps_to_show(report.length, all_steps)
+    charted = _charted_layer(report)
+    low, high = log_range(charted.last_step_grad_norm)
+    shown = "every step" if len(steps) == report.length else \
+        f"{len(steps)} of {report.length} steps; --all-steps shows every one"
+    table = Table(title=f"Per step ({shown})", box=box.SIMPLE_HEAD, title_justify="left",
+                  title_style="bold")
+    table.add_column("step", justify="right")
+    for layer in report.layers:
+        table.add_column(f"‖dL/dh‖ l{layer.index}", justify="right")
+        if layer.cell_grad_norm is not None:
+            table.add_column(f"‖dL/dc‖ l{layer.index}", justify="right")
+    table.add_column(f"‖dL_T/dh‖ l{charted.index}", justify="right")
+    table.add_column(f"log scale {num(low)} … {num(high)}", no_wrap=True)
+    for t in steps:
+        row = [str(t)]
+        for layer in report.layers:
+            row.append(num(layer.hidden_grad_norm[t]))
+            if layer.cell_grad_norm is not None:
+                row.append(num(layer.cell_grad_norm[t]))
+        value = charted.last_step_grad_norm[t]
+        row += [num(value), bar(value, low, high, width=20)]
+        table.add_row(*row)
+    return table
+
+
+def _parameters(report: Report) -> Table:
+    table = Table(title="Parameters", box=box.SIMPLE_HEAD, title_justify="left",
+                  title_style="bold")
+    table.add_column("name")
+    table.add_column("shape")
+    table.add_column("grad norm", justify="right")
+    table.add_column("max |grad|", justify="right")
+    table.add_column("weight norm", justify="right")
+    for p in report.parameters:
+        table.add_row(p.name, "×".join(map(str, p.shape)), num(p.grad_norm),
+                      num(p.grad_max_abs), num(p.weight_norm))
+    return table
+
+
+def _clip(report: Report) -> Group | Text:
+    clip = report.clip
+    if clip is None:
+        return Text("Clipping: no trials sampled (--trials 0)", style="dim")
+    pct = clip.norm_percentiles
+    dist = "  ".join(f"{k} {num(pct[k])}" for k in ("min", "p10", "p50", "p90", "max"))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("max_norm", justify="right")
+    table.add_column("from")
+    table.add_column("clips", justify="right")
+    for c in clip.candidates:
+        table.add_row(num(c.max_norm), c.label, f"{c.fraction_clipped:.0%}")
+    return Group(
+        Text(f"Clipping: global grad norm over {clip.trials} sampled batches", style="bold"),
+        Text(f"  {dist}"),
+        table,
+        Text(f"suggested max_norm {num(clip.max_norm)}: {clip.rule}"),
+        Text(clip.pytorch, style="cyan"),
+    )
+
+
+def render_table(report: Report, options: RenderOptions) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=options.width, force_terminal=options.color,
+                      color_system="standard" if options.color else None,
+                      no_color=not options.color, highlight=False, emoji=False)
+    console.print(Text(f"gradcheck {report.gradcheck_version} · {report.config}", style="bold"))
+    console.print(title(report))
+    console.print()
+    console.print(_findings(report))
+    console.print()
+    console.print(_summary(report))
+    console.print()
+    console.print(_layers(report))
+    console.print(_per_step(report, options.all_steps))
+    console.print(_parameters(report))
+    console.print(_clip(report))
+    return buffer.getvalue()

@@ -1,0 +1,255 @@
+"""The gradient-health report: plain data that every renderer and the JSON schema share."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+Severity = Literal["warning", "error"]
+SEVERITY_RANK = {"never": 3, "error": 2, "warning": 1}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A verdict: a stable ``code``, its ``severity``, a one-line message, the numbers."""
+
+    code: str
+    severity: Severity
+    message: str
+    layer: int | None = None
+    timestep: int | None = None
+    parameter: str | None = None
+    values: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ParameterStats:
+    name: str
+    shape: list[int]
+    grad_norm: float
+    grad_max_abs: float
+    weight_norm: float
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Per-timestep gradient norms of one layer (index 0 is the bottom layer).
+
+    hidden_grad_norm[t]: ||dL/dh_t||, the total gradient of the loss reaching h_t.
+    cell_grad_norm[t]: ||dL/dc_t|| (lstm only).
+    last_step_grad_norm[t]: ||dL_T/dh_t||, the gradient of the last step's loss alone:
+        only the recurrent path carries it back, so its change with distance is the
+        network's, not the loss's.
+    growth_factor: per-step factor of last_step_grad_norm going back in time, from a least
+        squares fit of its logarithm (< 1 shrinking, > 1 growing).
+    ratio: last_step_grad_norm[0] / last_step_grad_norm[T-1], measured.
+    horizon: steps back until the fitted gradient crosses the vanishing (growth < 1) or
+        exploding (growth > 1) threshold; None when it never does.
+    """
+
+    index: int
+    hidden_grad_norm: list[float]
+    cell_grad_norm: list[float] | None
+    last_step_grad_norm: list[float]
+    growth_factor: float | None
+    ratio: float | None
+    horizon: float | None
+
+
+@dataclass(frozen=True)
+class ClipCandidate:
+    max_norm: float
+    label: str
+    fraction_clipped: float
+
+
+@dataclass(frozen=True)
+class ClipSuggestion:
+    trials: int
+    percentile: float
+    max_norm: float
+    norm_percentiles: dict[str, float]
+    candidates: list[ClipCandidate]
+    rule: str
+    pytorch: str
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    cell: str
+    nonlinearity: str | None
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    output_size: int
+    parameter_count: int
+    weights: str | None
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything ``gradcheck analyze`` found. ``to_json`` gives the published JSON."""
+
+    gradcheck_version: str
+    config: str
+    dtype: str
+    model: ModelSummary
+    length: int
+    batch_size: int
+    loss_kind: str
+    loss_timesteps: str
+    thresholds: dict[str, float]
+    loss: float
+    global_grad_norm: float
+    parameters: list[ParameterStats]
+    layers: list[LayerStats]
+    findings: list[Finding]
+    clip: ClipSuggestion | None
+    schema_version: int = SCHEMA_VERSION
+    gradients: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        """No finding of severity ``error``."""
+        return not any(f.severity == "error" for f in self.findings)
+
+    def worst_severity(self) -> str | None:
+        ranks = [SEVERITY_RANK[f.severity] for f in self.findings]
+        return None if not ranks else ("error" if max(ranks) == 2 else "warning")
+
+    def fails(self, fail_on: str) -> bool:
+        """Whether a finding is at or above ``fail_on`` (``warning``, ``error`` or ``never``)."""
+        threshold = SEVERITY_RANK[fail_on]
+        return any(SEVERITY_RANK[f.severity] >= threshold for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("gradients")
+        data["parameters"] = {p.pop("name"): p for p in data["parameters"]}
+        ordered = {"schema_version": data.pop("schema_version"), **data}
+        return _strict(ordered)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """Strict JSON (RFC 8259): non-finite numbers are written as null."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# ----------------------------------------------------------------------------- JSON Schema
+
+_NUMBER = {"type": ["number", "null"]}
+_NUMBERS = {"type": "array", "items": _NUMBER}
+
+
+def report_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of ``gradcheck analyze --format json``."""
+    finding = {
+        "type": "object",
+        "required": ["code", "severity", "message"],
+        "properties": {
+            "code": {"type": "string", "description": "stable identifier: exploding, "
+                     "vanishing, non_finite"},
+            "severity": {"enum": ["warning", "error"]},
+            "message": {"type": "string"},
+            "layer": {"type": ["integer", "null"]},
+            "timestep": {"type": ["integer", "null"]},
+            "parameter": {"type": ["string", "null"]},
+            "values": {"type": "object", "additionalProperties": _NUMBER},
+        },
+    }
+    parameter = {
+        "type": "object",
+        "required": ["shape", "grad_norm", "grad_max_abs", "weight_norm"],
+        "properties": {"shape": {"type": "array", "items": {"type": "integer"}},
+                       "grad_norm": _NUMBER, "grad_max_abs": _NUMBER, "weight_norm": _NUMBER},
+    }
+    layer = {
+        "type": "object",
+        "required": ["index", "hidden_grad_norm", "cell_grad_norm", "last_step_grad_norm",
+                     "growth_factor", "ratio", "horizon"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0},
+            "hidden_grad_norm": {**_NUMBERS, "description": "||dL/dh_t|| per timestep"},
+            "cell_grad_norm": {"anyOf": [_NUMBERS, {"type": "null"}],
+                               "description": "||dL/dc_t|| per timestep (lstm)"},
+            "last_step_grad_norm": {**_NUMBERS,
+                                    "description": "||dL_T/dh_t|| per timestep"},
+            "growth_factor": _NUMBER, "ratio": _NUMBER, "horizon": _NUMBER,
+        },
+    }
+    clip = {
+        "type": ["object", "null"],
+        "required": ["trials", "percentile", "max_norm", "norm_percentiles", "candidates",
+                     "rule", "pytorch"],
+        "properties": {
+            "trials": {"type": "integer", "minimum": 1},
+            "percentile": {"type": "number"},
+            "max_norm": _NUMBER,
+            "norm_percentiles": {"type": "object", "additionalProperties": _NUMBER},
+            "candidates": {"type": "array", "items": {
+                "type": "object", "required": ["max_norm", "label", "fraction_clipped"],
+                "properties": {"max_norm": _NUMBER, "label": {"type": "string"},
+                               "fraction_clipped": {"type": "number", "minimum": 0,
+                                                    "maximum": 1}}}},
+            "rule": {"type": "string"},
+            "pytorch": {"type": "string"},
+        },
+    }
+    model = {
+        "type": "object",
+        "required": ["cell", "input_size", "hidden_size", "num_layers", "output_size",
+                     "parameter_count"],
+        "properties": {"cell": {"enum": ["rnn", "lstm", "gru"]},
+                       "nonlinearity": {"type": ["string", "null"]},
+                       "input_size": {"type": "integer"}, "hidden_size": {"type": "integer"},
+                       "num_layers": {"type": "integer"}, "output_size": {"type": "integer"},
+                       "parameter_count": {"type": "integer"},
+                       "weights": {"type": ["string", "null"]}},
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://gradcheck.dev/schema/report.json",
+        "title": "gradcheck analyze report",
+        "type": "object",
+        "required": ["schema_version", "gradcheck_version", "config", "dtype", "model",
+                     "length", "batch_size", "loss_kind", "loss_timesteps", "thresholds",
+                     "loss", "global_grad_norm", "parameters", "layers", "findings", "clip"],
+        "properties": {
+            "schema_version": {"const": SCHEMA_VERSION},
+            "gradcheck_version": {"type": "string"},
+            "config": {"type": "string"},
+            "dtype": {"enum": ["float64", "float32"]},
+            "model": model,
+            "length": {"type": "integer", "minimum": 1},
+            "batch_size": {"type": "integer", "minimum": 1},
+            "loss_kind": {"enum": ["mse", "cross_entropy"]},
+            "loss_timesteps": {"enum": ["all", "last"]},
+            "thresholds": {"type": "object", "additionalProperties": {"type": "number"}},
+            "loss": _NUMBER,
+            "global_grad_norm": {**_NUMBER, "description": "what "
+                                 "torch.nn.utils.clip_grad_norm_ returns"},
+            "parameters": {"type": "object", "additionalProperties": parameter},
+            "layers": {"type": "array", "items": layer},
+            "findings": {"type": "array", "items": finding},
+            "clip": clip,
+        },
+        "additionalProperties": False,
+    }
