@@ -223,6 +223,8 @@ def parse_yaml(text: str, name: str = "<spec>") -> tuple[Any, dict[Key, int]]:
 
 
 _scalar_loader = yaml.SafeLoader("")
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map",
+                                                  "seq")}
 
 
 def _plain(node: yaml.Node, key: Key, lines: dict[Key, int], budget: list[int], name: str) -> Any:
@@ -230,6 +232,9 @@ def _plain(node: yaml.Node, key: Key, lines: dict[Key, int], budget: list[int], 
     if budget[0] < 0:
         raise SpecError(f"more than {MAX_SPEC_NODES} YAML nodes (aliases counted at each use): "
                         "not a spec", where=f"{name}:{node.start_mark.line + 1}")
+    if node.tag not in _PLAIN_TAGS:
+        raise SpecError(f"not valid YAML for a spec: the tag {node.tag} is not allowed",
+                        where=f"{name}:{node.start_mark.line + 1}")
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradcheck_cli.analysis import model_parameters
+from gradcheck_cli.clip import fraction_clipped, global_norm, sample_global_norms, suggest_clip
+from gradcheck_cli.data import Batches
+from gradcheck_cli.spec import load_spec
+from tests.conftest import SAMPLES
+
+
+def test_suggestion_is_autoclips_percentile():
+    norms = np.arange(1.0, 101.0)  # 1..100
+    clip = suggest_clip(norms, percentile=10)
+    assert clip.max_norm == pytest.approx(np.percentile(norms, 10))
+    assert clip.norm_percentiles["p50"] == pytest.approx(50.5)
+    assert clip.norm_percentiles["min"] == 1.0 and clip.norm_percentiles["max"] == 100.0
+    suggested = clip.candidates[0]
+    assert suggested.fraction_clipped == pytest.approx(0.9)
+    assert "max_norm=10.9" in clip.pytorch and clip.pytorch.startswith(
+        "torch.nn.utils.clip_grad_norm_(model.parameters(), ")
+    conventional = [c for c in clip.candidates if c.label == "conventional"]
+    assert [(c.max_norm, c.fraction_clipped) for c in conventional] == [(1.0, 0.99),
+                                                                       (5.0, 0.95)]
+    assert suggest_clip(norms, percentile=50).max_norm == pytest.approx(50.5)
+
+
+def test_fraction_clipped():
+    norms = np.array([0.5, 1.0, 2.0, 4.0])
+    assert fraction_clipped(norms, 1.0) == 0.5
+    assert fraction_clipped(norms, 10.0) == 0.0
+
+
+def test_non_finite_norms_are_left_out_of_the_percentiles():
+    clip = suggest_clip(np.array([1.0, 2.0, np.inf, 3.0]), 50)
+    assert clip.max_norm == pytest.approx(2.0)
+    assert clip.candidates[0].fraction_clipped == 0.5  # inf is clipped too
+
+
+def test_global_norm_is_clip_grad_norms():
+    grads = {"a": np.array([[3.0, 0.0]]), "b": np.array([4.0])}
+    assert global_norm(grads) == 5.0
+
+
+def test_trials_are_independent_and_reproducible():
+    spec = load_spec(SAMPLES[0])
+    arch, params = model_parameters(spec)
+    norms = sample_global_norms(arch, params, Batches(spec), spec, 5)
+    again = sample_global_norms(arch, params, Batches(spec), spec, 5)
+    np.testing.assert_array_equal(norms, again)
+    assert len(set(norms.tolist())) == 5
+    calls = []
+    sample_global_norms(arch, params, Batches(spec), spec, 3, lambda d, t: calls.append((d, t)))
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_file_data_trials_resample_the_files_sequences(tmp_path, write_spec, rng):
+    np.save(tmp_path / "x.npy", rng.normal(size=(6, 5, 2)))
+    np.save(tmp_path / "y.npy", rng.integers(0, 3, size=(6, 5)))
+    spec = load_spec(write_spec("""\
+        model: {cell: gru, input_size: 2, hidden_size: 3, output_size: 3}
+        sequence: {inputs: x.npy, targets: y.npy}
+        loss: {kind: cross_entropy}
+    """))
+    batches = Batches(spec)
+    x0, y0 = batches.draw(0)
+    np.testing.assert_array_equal(x0, np.load(tmp_path / "x.npy").swapaxes(0, 1))
+    x1, y1 = batches.draw(1)
+    rows = [int(np.flatnonzero((x0[0] == x1[0, b]).all(axis=1))[0]) for b in range(6)]
+    np.testing.assert_array_equal(y1, y0[:, rows])
