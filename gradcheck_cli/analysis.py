@@ -69,7 +69,8 @@ def horizon(growth: float | None, vanishing: float, exploding: float) -> float |
     return math.log(exploding) / math.log(growth)
 
 
-def layer_stats(arch: Architecture, grads: Backward, last: Backward, spec: Spec) -> list[LayerStats]:
+def layer_stats(arch: Architecture, grads: Backward, last: Backward,
+                spec: Spec) -> list[LayerStats]:
     th = spec.thresholds
     layers = []
     for k in range(arch.num_layers):
@@ -101,7 +102,8 @@ def _first_non_finite(arrays: list[np.ndarray], reverse: bool) -> int | None:
     return int(steps[-1] if reverse else steps[0])
 
 
-def non_finite_finding(params: Params, fwd: Forward, loss: float, grads: Backward) -> Finding | None:
+def non_finite_finding(params: Params, fwd: Forward, loss: float,
+                       grads: Backward) -> Finding | None:
     """Where NaN or Inf first appeared, in the order the computation runs."""
     def finding(message: str, **where) -> Finding:
         return Finding(code="non_finite", severity="error",

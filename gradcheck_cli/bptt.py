@@ -317,11 +317,11 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
 
     With ``param_grads=False`` only the hidden (and cell) state gradients are computed.
     """
-    T, B, O = d_outputs.shape
+    T, B, n_out = d_outputs.shape
     top = fwd.layers[-1].h
     grads: dict[str, np.ndarray] = {}
     if param_grads:
-        flat = d_outputs.reshape(T * B, O)
+        flat = d_outputs.reshape(T * B, n_out)
         grads["head.weight"] = flat.T @ top.reshape(T * B, -1)
         if arch.head_bias:
             grads["head.bias"] = flat.sum(axis=0)

@@ -22,7 +22,7 @@ model:
     scheme: pytorch       # pytorch | uniform | orthogonal | xavier_uniform | xavier_normal | normal
     gain: 1.0
     recurrent: {{scheme: orthogonal, gain: 1.0}}   # override for W_hh (identity too)
-{forget_bias}  # weights: trained.npz    # trained weights in PyTorch names (rnn.weight_ih_l0, head.weight, ...)
+{forget_bias}  # weights: trained.npz    # trained weights, PyTorch names (rnn.weight_ih_l0, ...)
 
 sequence:
   length: 100             # time steps to unroll

@@ -127,7 +127,7 @@ def test_last_step_signal_is_the_last_steps_loss_alone():
     every = analyze_spec(spec_from_data(data), trials=0)
     data["loss"] = {"timesteps": "last"}
     last = analyze_spec(spec_from_data(data), trials=0)
-    for a, b in zip(every.layers, last.layers):
+    for a, b in zip(every.layers, last.layers, strict=True):
         np.testing.assert_allclose(np.array(a.last_step_grad_norm) * 20,
                                    b.hidden_grad_norm, rtol=1e-10)
         np.testing.assert_allclose(b.last_step_grad_norm, b.hidden_grad_norm, rtol=1e-12)
@@ -155,7 +155,7 @@ def test_per_step_norms_are_those_of_the_core():
 
 
 def test_lstm_reports_cell_state_gradients():
-    report = analyze_spec(load_spec([s for s in SAMPLES if "lstm_healthy" in s.name][0]),
+    report = analyze_spec(load_spec(next(s for s in SAMPLES if "lstm_healthy" in s.name)),
                           trials=0)
     assert all(layer.cell_grad_norm is not None and len(layer.cell_grad_norm) == 50
                for layer in report.layers)

@@ -75,7 +75,7 @@ def test_hidden_and_cell_gradients_match_finite_differences(rng, cell, nonlinear
                 offsets = {(k, t, kind): offset}
                 exact = (grads.hidden if kind == "h" else grads.cell)[k][t]
 
-                def f():
+                def f(offsets=offsets):
                     return naive_loss(arch, params, x, targets, loss, timesteps, offsets)
 
                 for index in np.ndindex(B, H):

@@ -16,7 +16,7 @@ def steps_to_show(length: int, all_steps: bool) -> list[int]:
     """Every step, or evenly spaced steps always including the first and the last."""
     if all_steps or length <= SUMMARY_ROWS:
         return list(range(length))
-    return sorted({int(round(s)) for s in np.linspace(0, length - 1, SUMMARY_ROWS)})
+    return sorted(set(np.linspace(0, length - 1, SUMMARY_ROWS).round().astype(int).tolist()))
 
 
 def num(value: float | None, digits: int = 3) -> str:
@@ -66,7 +66,7 @@ def bar(value: float | None, low: float, high: float, width: int = 24) -> str:
     if high <= low:
         return "█" * width
     share = (math.log10(value) - math.log10(low)) / (math.log10(high) - math.log10(low))
-    eighths = int(round(max(0.0, min(1.0, share)) * width * 8))
+    eighths = round(max(0.0, min(1.0, share)) * width * 8)
     full, part = divmod(eighths, 8)
     return "█" * full + (" ▏▎▍▌▋▊▉"[part] if part else "") or "▏"
 

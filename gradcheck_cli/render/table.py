@@ -12,7 +12,17 @@ from rich.text import Text
 
 from ..report import LayerStats, Report
 from . import RenderOptions
-from .common import bar, growth_text, horizon_text, log_range, num, steps_to_show, title, verdict
+from .common import (
+    SUMMARY_ROWS,
+    bar,
+    growth_text,
+    horizon_text,
+    log_range,
+    num,
+    steps_to_show,
+    title,
+    verdict,
+)
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
 
@@ -44,13 +54,10 @@ def _summary(report: Report) -> Table:
 
 
 def _layers(report: Report) -> Table:
-    steps = report.length - 1
-    table = Table(title=f"Through time: ‖dL_T/dh_t‖, the last step's loss, going back "
-                        f"{steps} steps", box=box.SIMPLE_HEAD, title_justify="left",
-                  title_style="bold")
+    table = Table(box=box.SIMPLE_HEAD)
     table.add_column("layer", justify="right")
     table.add_column("growth / step", justify="right")
-    table.add_column(f"ratio at step 0", justify="right")
+    table.add_column("ratio at step 0", justify="right")
     table.add_column("horizon", justify="right")
     table.add_column("verdict")
     for layer in report.layers:
@@ -74,10 +81,7 @@ def _per_step(report: Report, all_steps: bool) -> Table:
     steps = steps_to_show(report.length, all_steps)
     charted = _charted_layer(report)
     low, high = log_range(charted.last_step_grad_norm)
-    shown = "every step" if len(steps) == report.length else \
-        f"{len(steps)} of {report.length} steps; --all-steps shows every one"
-    table = Table(title=f"Per step ({shown})", box=box.SIMPLE_HEAD, title_justify="left",
-                  title_style="bold")
+    table = Table(box=box.SIMPLE_HEAD)
     table.add_column("step", justify="right")
     for layer in report.layers:
         table.add_column(f"‖dL/dh‖ l{layer.index}", justify="right")
@@ -98,8 +102,7 @@ def _per_step(report: Report, all_steps: bool) -> Table:
 
 
 def _parameters(report: Report) -> Table:
-    table = Table(title="Parameters", box=box.SIMPLE_HEAD, title_justify="left",
-                  title_style="bold")
+    table = Table(box=box.SIMPLE_HEAD)
     table.add_column("name")
     table.add_column("shape")
     table.add_column("grad norm", justify="right")
@@ -144,8 +147,15 @@ def render_table(report: Report, options: RenderOptions) -> str:
     console.print()
     console.print(_summary(report))
     console.print()
+    bold = "bold"
+    console.print(Text(f"Through time: ‖dL_T/dh_t‖, the gradient of the last step's loss, "
+                       f"going back {report.length - 1} steps", style=bold))
     console.print(_layers(report))
+    shown = "every step" if options.all_steps or report.length <= SUMMARY_ROWS else \
+        f"{SUMMARY_ROWS} of {report.length} steps; --all-steps shows every one"
+    console.print(Text(f"Per step ({shown})", style=bold))
     console.print(_per_step(report, options.all_steps))
+    console.print(Text("Parameters", style=bold))
     console.print(_parameters(report))
     console.print(_clip(report))
     return buffer.getvalue()

@@ -1,0 +1,109 @@
+"""Renderers, tested without the CLI on hand-built reports."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jsonschema
+import pytest
+
+from gradcheck_cli.render import FORMATS, RENDERERS, RenderOptions, render
+from gradcheck_cli.render.common import bar, num, steps_to_show
+from gradcheck_cli.report import report_json_schema
+from tests.reports import EXPLODING, VANISHING, make_report
+
+WIDE = RenderOptions(width=160)
+
+
+def test_every_format_is_reachable_and_renders():
+    assert set(FORMATS) == {"table", "json", "markdown"} == set(RENDERERS)
+    for fmt in FORMATS:
+        assert "0.75" in render(make_report(), fmt, WIDE)
+
+
+def test_json_is_strict_and_conforms_to_the_schema():
+    text = render(make_report(findings=[EXPLODING]), "json")
+
+    def refuse(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    data = json.loads(text, parse_constant=refuse)
+    jsonschema.validate(data, report_json_schema())
+    assert data["parameters"]["head.bias"]["grad_norm"] is None  # inf → null
+    assert data["parameters"]["rnn.weight_hh_l0"]["shape"] == [16, 4]
+    assert data["findings"][0]["code"] == "exploding"
+    assert data["layers"][1]["index"] == 1 and len(data["layers"][1]["hidden_grad_norm"]) == 5
+    assert data["clip"]["max_norm"] == 0.42
+    assert next(iter(data)) == "schema_version"
+
+
+def test_json_schema_rejects_what_it_should():
+    data = json.loads(make_report().to_json())
+    del data["loss"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, report_json_schema())
+
+
+def test_table_healthy_reads_as_healthy():
+    text = render(make_report(), "table", WIDE)
+    assert "✓ healthy" in text and "error" not in text
+    assert "lstm, 2 layers, hidden 4 · 5 steps × batch 2 · mse at every step" in text
+    for column in ("‖dL/dh‖ l0", "‖dL/dc‖ l1", "growth / step", "horizon", "max_norm"):
+        assert column in text
+    assert "torch.clip_line(0.42)" in text and "88%" in text
+    assert "\x1b[" not in text  # no colour unless asked
+
+
+def test_table_shows_findings_with_severity():
+    text = render(make_report(findings=[EXPLODING, VANISHING]), "table", WIDE)
+    assert "✗ error" in text and "exploding" in text and "! warning" in text
+    assert EXPLODING.message in text and "healthy" not in text.split("Parameters")[0][:400]
+
+
+def test_table_colour_only_when_asked():
+    assert "\x1b[" in render(make_report(findings=[EXPLODING]), "table",
+                             RenderOptions(color=True, width=160))
+
+
+def test_long_sequences_are_summarised_unless_all_steps():
+    report = make_report(length=10_000, layers=1, cell="gru")
+    short = render(report, "table", WIDE)
+    assert "21 of 10000 steps; --all-steps shows every one" in short
+    assert len(short.splitlines()) < 90
+    full = render(report, "table", RenderOptions(width=160, all_steps=True))
+    assert "every step" in full and len(full.splitlines()) > 10_000
+    md = render(report, "markdown", RenderOptions(all_steps=False))
+    assert "(21 of 10000 steps)" in md
+
+
+def test_markdown_is_github_flavoured():
+    text = render(make_report(findings=[VANISHING]), "markdown")
+    assert text.startswith("## gradcheck: `specs/model.yaml`")
+    assert "| ⚠️ | warning | `vanishing` | layer 0: the gradient shrinks to 1e-09 |" in text
+    assert "| layer | growth / step | ratio at step 0 | horizon | verdict |" in text
+    assert "```python\ntorch.clip_line(0.42)\n```" in text
+    assert "<details>" in text and "`rnn.weight_hh_l0`" in text
+    healthy = render(make_report(clip=False), "markdown")
+    assert "✅ **healthy**" in healthy and "No trials sampled" in healthy
+
+
+def test_steps_to_show():
+    assert steps_to_show(5, False) == [0, 1, 2, 3, 4]
+    shown = steps_to_show(1000, False)
+    assert shown[0] == 0 and shown[-1] == 999 and len(shown) == 21
+    assert steps_to_show(1000, True) == list(range(1000))
+
+
+@pytest.mark.parametrize("value,text", [(None, "—"), (math.nan, "nan"), (math.inf, "inf"),
+                                        (0.0, "0"), (0.0123, "0.0123"), (1.5e-7, "1.50e-07"),
+                                        (12345.0, "1.23e+04")])
+def test_num(value, text):
+    assert num(value) == text
+
+
+def test_bar_is_log_scaled():
+    assert bar(1e-6, 1e-6, 1.0, width=6) == "▏"
+    assert bar(1e-3, 1e-6, 1.0, width=6) == "███"
+    assert bar(1.0, 1e-6, 1.0, width=6) == "██████"
+    assert bar(0.0, 1e-6, 1.0) == "·" and bar(math.inf, 1e-6, 1.0) == "?"
