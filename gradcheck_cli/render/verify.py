@@ -19,9 +19,9 @@ def render_verify(config: str, checks: list[ParameterCheck], tolerance: float, c
     console = Console(file=buffer, width=width, force_terminal=color,
                       color_system="standard" if color else None, no_color=not color,
                       highlight=False, emoji=False)
-    table = Table(title=f"Finite-difference check of {config} (float64, central differences)",
-                  box=box.SIMPLE_HEAD, title_justify="left", title_style="bold",
-                  show_edge=False, pad_edge=False)
+    console.print(Text(f"Finite-difference check of {config} (float64, central differences)",
+                       style="bold"))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     unsure = any(c.inconclusive for c in checks)
     table.add_column("parameter", no_wrap=True)
     table.add_column("checked", justify="right")

@@ -1,0 +1,42 @@
+"""The docs are part of the feature: they must say what the code does."""
+
+from __future__ import annotations
+
+import re
+
+from gradcheck_cli import __version__
+from gradcheck_cli.cli import cli
+from gradcheck_cli.spec import spec_keys
+from tests.conftest import ROOT, SAMPLES
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_documents_every_spec_key():
+    missing = [key for key, _, _ in spec_keys() if f"`{key}`" not in README]
+    assert not missing
+
+
+def test_readme_documents_every_command():
+    assert all(f"gradcheck {name}" in README for name in cli.commands)
+
+
+def test_readme_names_every_sample_config():
+    assert all(f"`{p.name}`" in README for p in SAMPLES)
+    named = set(re.findall(r"`(\w+_(?:healthy|exploding|vanishing)\.yaml)`", README))
+    assert named == {p.name for p in SAMPLES}
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    command = 'pip install ".[test]" && python -m pytest -q'
+    assert f"```bash\n{command}\n```" in README
+    assert command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_changelog_has_an_unreleased_section():
+    assert "\n## Unreleased\n" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_version_is_single_sourced():
+    assert "version = attr: gradcheck_cli.__version__" in (ROOT / "setup.cfg").read_text()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", __version__)
