@@ -28,9 +28,9 @@ def model_parameters(spec: Spec) -> tuple[Architecture, Params]:
     """The architecture and its parameters: the weights file's, or a seeded initialisation."""
     arch = Architecture.from_spec(spec.model)
     if spec.model.weights is not None:
-        return arch, load_weights(spec.model.weights, arch, spec.dtype)
+        return arch, load_weights(spec.model.weights, arch, np.dtype(spec.dtype))
     rng = np.random.default_rng([spec.seed, 0])
-    return arch, init_params(arch, spec.model.init, rng, spec.dtype)
+    return arch, init_params(arch, spec.model.init, rng, np.dtype(spec.dtype))
 
 
 def step_norms(grad: np.ndarray) -> np.ndarray:

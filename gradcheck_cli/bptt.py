@@ -261,6 +261,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
 
     elif arch.cell == "lstm":
         gates, c, tanh_c = cache.gates, cache.c, cache.tanh_c
+        assert gates is not None and c is not None and tanh_c is not None
         dc = np.empty_like(dh_direct)                          # total dL/dc_t, as recorded
         dc_next = np.zeros((B, H), dtype=dtype)                # f_{t+1} ⊙ dL/dc_{t+1}
         zeros = np.zeros((B, H), dtype=dtype)
@@ -283,6 +284,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
 
     else:  # gru
         gates, hn, h = cache.gates, cache.hn, cache.h
+        assert gates is not None and hn is not None
         d_hp = np.empty((T, B, G), dtype=dtype)
         zeros = np.zeros((B, H), dtype=dtype)
         for t in reversed(range(T)):

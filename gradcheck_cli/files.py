@@ -16,7 +16,7 @@ import numpy as np
 from .errors import GradcheckError
 
 
-def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def _atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
@@ -46,4 +46,4 @@ def write_text(path: Path, text: str) -> None:
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Save ``arrays`` as an uncompressed .npz under their names (PyTorch's, for gradients)."""
-    _atomic(path, lambda fh: np.savez(fh, **arrays))
+    _atomic(path, lambda fh: np.savez(fh, **dict(arrays)))  # type: ignore[arg-type]

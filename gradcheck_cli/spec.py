@@ -242,11 +242,12 @@ def _plain(node: yaml.Node, key: Key, lines: dict[Key, int], budget: list[int], 
             if not isinstance(key_node, yaml.ScalarNode):
                 raise SpecError("a key must be a plain name", where=where)
             k = str(_scalar_loader.construct_object(key_node))
+            full = (*key, k)
             if k in out:
-                raise SpecError(f"duplicate key (first on line {lines[(*key, k)]})",
-                                where=where, key=".".join((*key, k)))
-            lines[(*key, k)] = key_node.start_mark.line + 1
-            out[k] = _plain(value_node, (*key, k), lines, budget, name)
+                raise SpecError(f"duplicate key (first on line {lines[full]})",
+                                where=where, key=".".join(full))
+            lines[full] = key_node.start_mark.line + 1
+            out[k] = _plain(value_node, full, lines, budget, name)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_plain(item, (*key, str(i)), lines, budget, name)
@@ -341,7 +342,7 @@ def _convert(ctx: _Context, key: Key, value: Any, hint: Any, meta: Mapping[str, 
             return _convert(ctx, key, value, options[0], meta)
         section = next(a for a in options if dataclasses.is_dataclass(a))
         if isinstance(value, dict):
-            return _build(ctx, key, value, section)
+            return _build(ctx, key, value, typing.cast(type, section))
         if isinstance(value, str):
             return _convert(ctx, key, value, Path, meta)
         ctx.fail(key, f"must be a mapping (random data) or a file path, got {_describe(value)}")
@@ -563,6 +564,6 @@ def spec_keys() -> list[tuple[str, str, Any]]:
             elif typing.get_origin(hint) is Union:
                 for arg in typing.get_args(hint):
                     if dataclasses.is_dataclass(arg):
-                        walk(arg, path + ".")
+                        walk(typing.cast(type, arg), path + ".")
     walk(Spec, "")
     return out

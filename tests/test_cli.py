@@ -259,3 +259,31 @@ def test_python_dash_m(tmp_path):
     result = subprocess.run([sys.executable, "-m", "gradcheck_cli", "schema", "config"],
                             capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert result.returncode == 0 and json.loads(result.stdout)["title"] == "gradcheck spec"
+
+
+def test_colour_only_on_a_terminal_without_no_color(monkeypatch):
+    import sys
+
+    from gradcheck_cli import cli as cli_module
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert cli_module._use_color()
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not cli_module._use_color()
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
+    assert not cli_module._use_color()
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    import sys
+
+    from gradcheck_cli.cli import _progress
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    with _progress(100) as progress:
+        assert progress is None
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    with _progress(100) as progress:
+        assert callable(progress)
+        progress(50, 100)

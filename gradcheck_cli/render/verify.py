@@ -22,10 +22,10 @@ def render_verify(config: str, checks: list[ParameterCheck], tolerance: float, c
     console.print(Text(f"Finite-difference check of {config} (float64, central differences)",
                        style="bold"))
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    unsure = any(c.inconclusive for c in checks)
+    any_unsure = any(c.inconclusive for c in checks)
     table.add_column("parameter", no_wrap=True)
     table.add_column("checked", justify="right")
-    if unsure:
+    if any_unsure:
         table.add_column("unsure", justify="right")
     table.add_column("worst err", justify="right")
     table.add_column("at")
@@ -34,7 +34,7 @@ def render_verify(config: str, checks: list[ParameterCheck], tolerance: float, c
     table.add_column("status", no_wrap=True)
     style = {"ok": "green", "fail": "bold red", "inconclusive": "yellow"}
     for c in checks:
-        row = [c.name, f"{c.checked}/{c.size}"] + ([str(c.inconclusive)] if unsure else [])
+        row = [c.name, f"{c.checked}/{c.size}"] + ([str(c.inconclusive)] if any_unsure else [])
         error = "—" if c.worst_error is None else f"{c.worst_error:.2e}"
         table.add_row(*row, error, str(list(c.worst_index)), num(c.analytic, 5),
                       num(c.numeric, 5), Text(c.status, style=style[c.status]))
