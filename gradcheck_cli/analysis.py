@@ -15,7 +15,7 @@ from . import __version__
 from .bptt import Backward, Forward, backward, forward, loss_and_output_grad
 from .clip import sample_global_norms, suggest_clip
 from .data import Batches
-from .model import Architecture, Params, init_params, load_weights
+from .model import Architecture, Params, init_params
 from .report import Finding, LayerStats, ModelSummary, ParameterStats, Report
 from .spec import Spec
 
@@ -27,8 +27,10 @@ SIGNAL = "dL_T/dh_t: the gradient of the last step's loss with respect to each h
 def model_parameters(spec: Spec) -> tuple[Architecture, Params]:
     """The architecture and its parameters: the weights file's, or a seeded initialisation."""
     arch = Architecture.from_spec(spec.model)
-    if spec.model.weights is not None:
-        return arch, load_weights(spec.model.weights, arch, np.dtype(spec.dtype))
+    if spec.model.checkpoint is not None:
+        from .weights import load
+        loaded = load(spec.model.checkpoint, np.dtype(spec.dtype))
+        return arch, {name: loaded[name] for name in arch.parameter_shapes()}
     rng = np.random.default_rng([spec.seed, 0])
     return arch, init_params(arch, spec.model.init, rng, np.dtype(spec.dtype))
 
@@ -43,6 +45,21 @@ def step_norms(grad: np.ndarray) -> np.ndarray:
             scale = np.abs(flat[t]).max()
             norms[t] = scale * np.linalg.norm(flat[t] / scale)
     return norms
+
+
+def aligned_step_norms(grad: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """:func:`step_norms` with every sequence aligned at its own last valid step.
+
+    Entry T-1-d holds the norm over the sequences of their gradient d steps before their
+    end; with whole sequences this is plain ``step_norms``.
+    """
+    if lengths is None:
+        return step_norms(grad)
+    T = grad.shape[0]
+    aligned = np.zeros_like(grad)
+    for b, length in enumerate(lengths):
+        aligned[T - length:, b] = grad[:length, b]
+    return step_norms(aligned)
 
 
 def array_norm(a: np.ndarray) -> float:
@@ -69,12 +86,12 @@ def horizon(growth: float | None, vanishing: float, exploding: float) -> float |
     return math.log(exploding) / math.log(growth)
 
 
-def layer_stats(arch: Architecture, grads: Backward, last: Backward,
-                spec: Spec) -> list[LayerStats]:
+def layer_stats(arch: Architecture, grads: Backward, last: Backward, spec: Spec,
+                lengths: np.ndarray | None = None) -> list[LayerStats]:
     th = spec.thresholds
     layers = []
     for k in range(arch.num_layers):
-        signal = step_norms(last.hidden[k])
+        signal = aligned_step_norms(last.hidden[k], lengths)
         growth = fit_growth(signal)
         start, end = signal[-1], signal[0]
         with np.errstate(all="ignore"):
@@ -102,8 +119,8 @@ def _first_non_finite(arrays: list[np.ndarray], reverse: bool) -> int | None:
     return int(steps[-1] if reverse else steps[0])
 
 
-def non_finite_finding(params: Params, fwd: Forward, loss: float,
-                       grads: Backward) -> Finding | None:
+def non_finite_finding(params: Params, fwd: Forward, loss: float, grads: Backward,
+                       names: dict[str, str]) -> Finding | None:
     """Where NaN or Inf first appeared, in the order the computation runs."""
     def finding(message: str, **where) -> Finding:
         return Finding(code="non_finite", severity="error",
@@ -111,7 +128,7 @@ def non_finite_finding(params: Params, fwd: Forward, loss: float,
 
     for name, value in params.items():
         if not np.isfinite(value).all():
-            return finding(f"the weights: {name}", parameter=name)
+            return finding(f"the weights: {names[name]}", parameter=names[name])
     for k, cache in enumerate(fwd.layers):
         states = [cache.h] + ([cache.c] if cache.c is not None else [])
         t = _first_non_finite(states, reverse=False)
@@ -128,7 +145,7 @@ def non_finite_finding(params: Params, fwd: Forward, loss: float,
                            layer=k, timestep=t)
     for name, g in grads.params.items():
         if not np.isfinite(g).all():
-            return finding(f"the gradient of {name}", parameter=name)
+            return finding(f"the gradient of {names[name]}", parameter=names[name])
     return None
 
 
@@ -158,32 +175,66 @@ def temporal_findings(layers: list[LayerStats], spec: Spec) -> list[Finding]:
     return out
 
 
+def last_step_output_grad(d_out: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """The part of dL/dy that comes from each sequence's last (valid) step's loss."""
+    T, B = d_out.shape[:2]
+    ends = np.full(B, T - 1) if lengths is None else np.asarray(lengths) - 1
+    d_last = np.zeros_like(d_out)
+    d_last[ends, np.arange(B)] = d_out[ends, np.arange(B)]
+    return d_last
+
+
+def notes_for(spec: Spec) -> list[str]:
+    """What the user should know about how the run was set up."""
+    notes = []
+    checkpoint = spec.model.checkpoint
+    if checkpoint is not None:
+        found = f"recurrent module {checkpoint.rnn_prefix or '(no prefix)'}"
+        found += f", head {checkpoint.head_prefix or '(no prefix)'}" \
+            if checkpoint.head_prefix is not None else ", no head"
+        notes.append(f"weights from {checkpoint.path.name}: {found}; {checkpoint.ignored} "
+                     "other tensors ignored")
+        if checkpoint.half:
+            notes.append(f"{len(checkpoint.half)} half-precision tensors (float16/bfloat16) "
+                         f"were upcast to {spec.dtype} for analysis: "
+                         f"{', '.join(checkpoint.half)}")
+    if not spec.model.head:
+        notes.append("no head: the loss is taken on the top layer's hidden state")
+    if spec.sequence.lengths is not None or spec.sequence.mask is not None:
+        notes.append("padded sequences: the steps after each sequence's length take no loss; "
+                     "the last step's gradient is aligned at each sequence's own end")
+    return notes
+
+
 def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
                  progress: Progress | None = None) -> Report:
     """Run BPTT on the spec's batch, measure, judge, and sample norms for clipping."""
     arch, params = model_parameters(spec)
+    checkpoint = spec.model.checkpoint
+    names = dict(checkpoint.names) if checkpoint is not None else {n: n for n in params}
     batches = Batches(spec)
-    x, targets = batches.draw(0)
+    batch = batches.draw(0)
+    lengths = batch.lengths
     with np.errstate(all="ignore"):
-        fwd = forward(arch, params, x)
-        loss, d_out = loss_and_output_grad(fwd.outputs, targets, spec.loss.kind,
-                                           spec.loss.timesteps)
+        fwd = forward(arch, params, batch.x)
+        loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
+                                           spec.loss.timesteps, lengths)
         grads = backward(arch, params, fwd, d_out)
         if spec.loss.timesteps == "last":
             last = grads
         else:  # the last step's loss alone: its gradient reaches earlier steps only in time
-            d_last = np.zeros_like(d_out)
-            d_last[-1] = d_out[-1]
-            last = backward(arch, params, fwd, d_last, param_grads=False)
-        layers = layer_stats(arch, grads, last, spec)
-        param_stats = [ParameterStats(name=name, shape=list(g.shape), grad_norm=array_norm(g),
+            last = backward(arch, params, fwd, last_step_output_grad(d_out, lengths),
+                            param_grads=False)
+        layers = layer_stats(arch, grads, last, spec, lengths)
+        param_stats = [ParameterStats(name=names[name], shape=list(g.shape),
+                                      grad_norm=array_norm(g),
                                       grad_max_abs=float(np.abs(g).max()),
                                       weight_norm=array_norm(params[name]))
                        for name, g in grads.params.items()]
         global_norm = math.sqrt(sum(p.grad_norm ** 2 for p in param_stats))
 
     findings = []
-    broken = non_finite_finding(params, fwd, loss, grads)
+    broken = non_finite_finding(params, fwd, loss, grads, names)
     if broken is not None:
         findings.append(broken)
     findings += temporal_findings(layers, spec)
@@ -198,11 +249,11 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         gradcheck_version=__version__,
         config=spec.source,
         dtype=spec.dtype,
-        model=ModelSummary(cell=model.cell,
-                           nonlinearity=model.nonlinearity if model.cell == "rnn" else None,
-                           input_size=model.input_size, hidden_size=model.hidden_size,
-                           num_layers=model.num_layers, output_size=model.output_size,
-                           parameter_count=arch.parameter_count(),
+        model=ModelSummary(cell=arch.cell,
+                           nonlinearity=arch.nonlinearity if arch.cell == "rnn" else None,
+                           input_size=arch.input_size, hidden_size=arch.hidden_size,
+                           num_layers=arch.num_layers, output_size=arch.output_size,
+                           head=arch.head, parameter_count=arch.parameter_count(),
                            weights=str(Path(model.weights).name) if model.weights else None),
         length=spec.length, batch_size=spec.batch_size,
         loss_kind=spec.loss.kind, loss_timesteps=spec.loss.timesteps,
@@ -210,5 +261,6 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
                     "exploding": spec.thresholds.exploding},
         loss=loss, global_grad_norm=global_norm,
         parameters=param_stats, layers=layers, findings=findings, clip=clip,
-        gradients=grads.params,
+        notes=notes_for(spec),
+        gradients={names[name]: g for name, g in grads.params.items()},
     )

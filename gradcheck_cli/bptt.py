@@ -13,8 +13,8 @@ layer's input, h_{t-1} its previous hidden state (zero at t = 0) and σ the logi
           n    = tanh(W_in x_t + b_in + r ⊙ (W_hn h_{t-1} + b_hn))
           h_t  = (1 - z) ⊙ n + z ⊙ h_{t-1}
 
-A linear head reads the top layer: y_t = W h_t + b. The loss is taken on y_t at every step
-or only at the last.
+A linear head reads the top layer: y_t = W h_t + b (without a head, y_t = h_t). The loss
+is taken on y_t at every step or only at the last; for padded sequences, only on valid steps.
 
 Layout: time-major everywhere in the core. A sequence is ``(T, B, features)``; gate arrays
 are ``(T, B, G*H)`` with the gate blocks in PyTorch's order.
@@ -192,22 +192,41 @@ def forward(arch: Architecture, params: Params, x: np.ndarray) -> Forward:
         cache = forward_layer(arch, inputs, *_layer_params(params, k))
         layers.append(cache)
         inputs = cache.h
-    outputs = _project(inputs, params["head.weight"], params.get("head.bias"))
+    outputs = _project(inputs, params["head.weight"], params.get("head.bias")) \
+        if arch.head else inputs
     return Forward(layers=layers, outputs=outputs)
 
 
 # ----------------------------------------------------------------------------- loss
 
+def covered_steps(T: int, B: int, timesteps: str,
+                  lengths: np.ndarray | None) -> np.ndarray:
+    """``(T, B)`` booleans: the (step, sequence) pairs that take a loss.
+
+    ``all``: every valid step; ``last``: each sequence's last valid step. Padded steps
+    (t >= lengths[b]) never do.
+    """
+    ends = np.full(B, T) if lengths is None else np.asarray(lengths)
+    steps = np.arange(T)[:, None]
+    return steps < ends[None, :] if timesteps == "all" else steps == ends[None, :] - 1
+
+
 def loss_and_output_grad(outputs: np.ndarray, targets: np.ndarray, kind: str,
-                         timesteps: str) -> tuple[float, np.ndarray]:
-    """The loss and its gradient with respect to the head's outputs ``(T, B, O)``.
+                         timesteps: str, lengths: np.ndarray | None = None
+                         ) -> tuple[float, np.ndarray]:
+    """The loss and its gradient with respect to the outputs ``(T, B, O)``.
 
     mse: mean of squared errors over every element covered. cross_entropy: mean over every
     (sequence, step) covered of -log softmax(y)[target], via a stable log-softmax.
-    ``timesteps``: ``all`` covers every step, ``last`` only the final one.
+    ``timesteps``: ``all`` covers every step, ``last`` only the final one; with ``lengths``
+    (valid steps per sequence) padded steps are never covered.
     """
+    T, B = outputs.shape[:2]
+    if lengths is None:  # every sequence is whole: slice instead of masking
+        covered: slice | np.ndarray = slice(None) if timesteps == "all" else slice(-1, None)
+    else:
+        covered = covered_steps(T, B, timesteps, lengths)
     d_out = np.zeros_like(outputs)
-    covered = slice(None) if timesteps == "all" else slice(-1, None)
     y, target = outputs[covered], targets[covered]
     if kind == "mse":
         diff = y - target
@@ -322,12 +341,15 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
     T, B, n_out = d_outputs.shape
     top = fwd.layers[-1].h
     grads: dict[str, np.ndarray] = {}
-    if param_grads:
-        flat = d_outputs.reshape(T * B, n_out)
-        grads["head.weight"] = flat.T @ top.reshape(T * B, -1)
-        if arch.head_bias:
-            grads["head.bias"] = flat.sum(axis=0)
-    dh_direct = _project(d_outputs, params["head.weight"].T, None)   # into the top layer
+    if not arch.head:
+        dh_direct = d_outputs                       # the loss is on the top hidden state
+    else:
+        if param_grads:
+            flat = d_outputs.reshape(T * B, n_out)
+            grads["head.weight"] = flat.T @ top.reshape(T * B, -1)
+            if arch.head_bias:
+                grads["head.bias"] = flat.sum(axis=0)
+        dh_direct = _project(d_outputs, params["head.weight"].T, None)   # into the top layer
     hidden: list[np.ndarray] = [None] * arch.num_layers  # type: ignore[list-item]
     cell: list[np.ndarray] = [None] * arch.num_layers    # type: ignore[list-item]
     for k in reversed(range(arch.num_layers)):
@@ -348,15 +370,17 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
 
 
 def bptt(arch: Architecture, params: Params, x: np.ndarray, targets: np.ndarray,
-         loss_kind: str = "mse", timesteps: str = "all") -> BPTTResult:
+         loss_kind: str = "mse", timesteps: str = "all",
+         lengths: np.ndarray | None = None) -> BPTTResult:
     """Forward, loss and backward: the loss, every parameter's gradient, and dL/dh_t."""
     fwd = forward(arch, params, x)
-    loss, d_out = loss_and_output_grad(fwd.outputs, targets, loss_kind, timesteps)
+    loss, d_out = loss_and_output_grad(fwd.outputs, targets, loss_kind, timesteps, lengths)
     return BPTTResult(loss=loss, forward=fwd, grads=backward(arch, params, fwd, d_out))
 
 
 def loss_value(arch: Architecture, params: Params, x: np.ndarray, targets: np.ndarray,
-               loss_kind: str = "mse", timesteps: str = "all") -> float:
+               loss_kind: str = "mse", timesteps: str = "all",
+               lengths: np.ndarray | None = None) -> float:
     """The loss alone (for finite differences)."""
     fwd = forward(arch, params, x)
-    return loss_and_output_grad(fwd.outputs, targets, loss_kind, timesteps)[0]
+    return loss_and_output_grad(fwd.outputs, targets, loss_kind, timesteps, lengths)[0]

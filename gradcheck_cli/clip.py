@@ -36,9 +36,10 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
     """Global gradient norms over ``trials`` independent batches (draws 1..trials)."""
     norms = np.empty(trials)
     for k in range(trials):
-        x, targets = batches.draw(k + 1)
+        batch = batches.draw(k + 1)
         with np.errstate(all="ignore"):
-            result = bptt(arch, params, x, targets, spec.loss.kind, spec.loss.timesteps)
+            result = bptt(arch, params, batch.x, batch.targets, spec.loss.kind,
+                          spec.loss.timesteps, batch.lengths)
             norms[k] = global_norm(result.grads.params)
         if progress is not None:
             progress(k + 1, trials)

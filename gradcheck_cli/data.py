@@ -1,61 +1,294 @@
-"""Batches of inputs and targets: random draws from the seed, or the user's .npy files.
+"""Batches of inputs and targets: random draws from the seed, or the user's files.
 
-Files are batch-first, as ``batch_first=True`` modules take them: inputs
-``[batch, length, input_size]``, targets ``[batch, length, output_size]`` (mse) or
-``[batch, length]`` integer classes (cross_entropy). The core is time-major, so every
-batch this module returns is ``(length, batch, ...)``.
+Files are ``.npy``, a key of an ``.npz``, or a ``.csv`` of one sequence per row (the simple
+case: one feature per step; rows of unequal length are padded and their lengths kept).
+They are batch-first unless ``sequence.layout: time_first``: inputs ``[batch, length,
+input_size]``, targets ``[batch, length, outputs]`` (mse) or ``[batch, length]`` integer
+classes (cross_entropy), ``lengths`` ``[batch]``, ``mask`` ``[batch, length]``. The core is
+time-major, so every batch this module returns is ``(length, batch, ...)``.
+
+Padded sequences hold their valid steps first: a sequence of length L covers steps
+0 … L-1, and the steps after it take no loss (and so carry no gradient).
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import InputFileError
-from .model import read_npy_header
+from .weights import read_npy_header
+
+SUFFIXES = (".npy", ".npz", ".csv")
 
 
-def _npy_header(path: Path, where: str) -> tuple[tuple[int, ...], np.dtype]:
+@dataclass(frozen=True)
+class Batch:
+    """One batch, time-major. lengths: ``(B,)`` valid steps per sequence, or None (all)."""
+
+    x: np.ndarray
+    targets: np.ndarray
+    lengths: np.ndarray | None = None
+
+
+# ----------------------------------------------------------------------------- reading files
+
+def as_data_file(source: Any):
+    """A file source as a :class:`spec.DataFile` (a bare path has no key)."""
+    from .spec import DataFile
+    return DataFile(file=source) if isinstance(source, Path) else source
+
+
+def _npz_member(source, where: str) -> str:
+    path = source.file
     try:
-        with open(path, "rb") as fh:
-            return read_npy_header(fh)
-    except (ValueError, OSError) as exc:
-        raise InputFileError(f"{where}: {path.name} is not a readable .npy file ({exc})") from None
+        with zipfile.ZipFile(path) as archive:
+            keys = [m[:-4] for m in archive.namelist() if m.endswith(".npy")]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputFileError(f"{where}: {path.name} is not a readable .npz file ({exc})") from None
+    if source.key is not None:
+        if source.key not in keys:
+            raise InputFileError(f"{where}: {path.name} has no array {source.key!r}; it holds "
+                                 f"{', '.join(keys) or 'none'}")
+        return source.key
+    if len(keys) != 1:
+        raise InputFileError(f"{where}: {path.name} holds {len(keys)} arrays "
+                             f"({', '.join(keys) or 'none'}); name one with {{file: "
+                             f"{path.name}, key: ...}}")
+    return keys[0]
 
 
-def check_inputs_file(path: Path, input_size: int, where: str) -> tuple[int, int, int]:
-    """Check an inputs .npy from its header; returns its (batch, length, input_size)."""
-    shape, dtype = _npy_header(path, where)
-    if dtype.hasobject or dtype.kind not in "fiu":
-        raise InputFileError(f"{where}: {path.name} has dtype {dtype}, expected numbers")
-    if len(shape) != 3 or shape[2] != input_size or 0 in shape:
-        raise InputFileError(f"{where}: {path.name} has shape {list(shape)}, expected "
-                             f"[batch, length, {input_size}] (batch-first, input_size "
-                             f"{input_size})")
-    return shape[0], shape[1], shape[2]
+def read_csv(path: Path, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of numbers, padded with zeros to the longest; returns (array, row lengths)."""
+    rows = []
+    try:
+        with open(path, newline="") as fh:
+            for number, row in enumerate(csv.reader(fh), start=1):
+                cells = [c.strip() for c in row]
+                while cells and cells[-1] == "":
+                    cells.pop()
+                if not cells:
+                    continue
+                try:
+                    rows.append([float(c) for c in cells])
+                except ValueError:
+                    bad = next(c for c in cells if not _is_number(c))
+                    raise InputFileError(f"{where}: {path.name}:{number}: {bad!r} is not a "
+                                         "number") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"{where}: {path.name} is not a readable CSV file ({exc})") from None
+    if not rows:
+        raise InputFileError(f"{where}: {path.name} has no rows")
+    lengths = np.array([len(r) for r in rows])
+    array = np.zeros((len(rows), lengths.max()))
+    for i, r in enumerate(rows):
+        array[i, :len(r)] = r
+    return array, lengths
 
 
-def check_targets_file(path: Path, kind: str, batch: int, length: int, output_size: int,
-                       where: str) -> None:
-    """Check a targets .npy against the loss and the inputs' batch and length."""
-    shape, dtype = _npy_header(path, where)
-    if kind == "cross_entropy":
-        expected = [batch, length]
-        if dtype.kind not in "iu":
-            raise InputFileError(f"{where}: {path.name} has dtype {dtype}; cross_entropy "
-                                 "targets are integer class indices")
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def header(source, where: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a file's array: from the header alone for .npy and .npz."""
+    source = as_data_file(source)
+    path = source.file
+    if path.suffix not in SUFFIXES:
+        raise InputFileError(f"{where}: {path.name}: data files are .npy, .npz or .csv")
+    if source.key is not None and path.suffix != ".npz":
+        raise InputFileError(f"{where}: key applies to .npz files only")
+    if path.suffix == ".csv":
+        array, _ = read_csv(path, where)
+        integral = bool(np.all(array == np.round(array)))
+        return array.shape, np.dtype(np.int64 if integral else np.float64)
+    try:
+        if path.suffix == ".npy":
+            with open(path, "rb") as fh:
+                shape, dtype = read_npy_header(fh)
+        else:
+            member = _npz_member(source, where)
+            with zipfile.ZipFile(path) as archive, archive.open(member + ".npy") as fh:
+                shape, dtype = read_npy_header(fh)
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise InputFileError(f"{where}: {path.name} is not a readable {path.suffix} file "
+                             f"({exc})") from None
+    if dtype.hasobject:
+        raise InputFileError(f"{where}: {path.name} holds Python objects; only numeric arrays "
+                             "are read (no pickle)")
+    return shape, dtype
+
+
+def read(source, where: str = "") -> np.ndarray:
+    """The whole array of a (checked) file source, never unpickling."""
+    source = as_data_file(source)
+    path = source.file
+    if path.suffix == ".csv":
+        return read_csv(path, where or path.name)[0]
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            return archive[_npz_member(source, where or path.name)]
+    return np.load(path, allow_pickle=False)
+
+
+# ----------------------------------------------------------------------------- checking a spec
+
+def _batch_first(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    return shape if layout == "batch_first" or len(shape) < 2 else (shape[1], shape[0],
+                                                                    *shape[2:])
+
+
+def _layout_text(dims: list[str], layout: str) -> str:
+    if layout == "time_first" and len(dims) >= 2:
+        dims = [dims[1], dims[0], *dims[2:]]
+    return "[" + ", ".join(dims) + "]"
+
+
+def resolve_sequence(ctx, seq, model, loss):
+    """Check the data files against the model and each other; fill in length, batch size
+    and default targets. Reads headers, and the values of lengths and masks."""
+    from .spec import DEFAULT_BATCH_SIZE, Distribution
+
+    layout = seq.layout
+    length, batch = seq.length, seq.batch_size
+    inputs = seq.inputs
+    if not isinstance(inputs, Distribution):
+        inputs = as_data_file(inputs)
+        where = ctx.where(("sequence", "inputs"))
+        shape, dtype = header(inputs, where)
+        if inputs.file.suffix == ".csv":
+            if model.input_size != 1:
+                ctx.fail(("sequence", "inputs"), f"a CSV holds one feature per step; "
+                                                 f"input_size is {model.input_size}")
+            shape = (*shape, 1)
+        else:
+            shape = _batch_first(shape, layout)
+        if dtype.kind not in "fiu":
+            ctx.fail(("sequence", "inputs"), f"{inputs.file.name} has dtype {dtype}, "
+                                             "expected numbers")
+        if len(shape) != 3 or shape[2] != model.input_size or 0 in shape:
+            got = list(_batch_first(shape, layout)) if inputs.file.suffix != ".csv" else \
+                list(shape)
+            ctx.fail(("sequence", "inputs"), f"{inputs.file.name} has shape {got}, expected "
+                     f"{_layout_text(['batch', 'length', str(model.input_size)], layout)} "
+                     f"(input_size {model.input_size})")
+        batch = _agree(ctx, ("sequence", "batch_size"), batch, shape[0], inputs.file)
+        length = _agree(ctx, ("sequence", "length"), length, shape[1], inputs.file)
+    if length is None:
+        ctx.fail(("sequence", "length"), "missing required key (time steps), needed when "
+                                         "the inputs are random")
+    batch = batch if batch is not None else DEFAULT_BATCH_SIZE
+
+    targets = seq.targets
+    outputs = model.output_size
+    if targets is None:
+        targets = Distribution(distribution="uniform" if loss.kind == "cross_entropy"
+                               else "normal")
+    elif isinstance(targets, Distribution):
+        if loss.kind == "cross_entropy" and targets.distribution != "uniform":
+            ctx.fail(("sequence", "targets", "distribution"),
+                     "cross_entropy targets are classes: use distribution: uniform")
     else:
-        expected = [batch, length, output_size]
-        if dtype.hasobject or dtype.kind not in "fiu":
-            raise InputFileError(f"{where}: {path.name} has dtype {dtype}, expected numbers")
-    if list(shape) != expected:
-        raise InputFileError(f"{where}: {path.name} has shape {list(shape)}, expected "
-                             f"{expected} for {kind} with batch {batch}, length {length}")
+        targets = as_data_file(targets)
+        shape, dtype = header(targets, ctx.where(("sequence", "targets")))
+        is_csv = targets.file.suffix == ".csv"
+        shape = shape if is_csv else _batch_first(shape, layout)
+        if loss.kind == "cross_entropy":
+            expected = [batch, length]
+            if dtype.kind not in "iu":
+                ctx.fail(("sequence", "targets"), f"{targets.file.name} has dtype {dtype}; "
+                                                  "cross_entropy targets are integer class "
+                                                  "indices")
+        else:
+            expected = [batch, length, outputs]
+            if is_csv:
+                shape = (*shape, 1)
+            if dtype.kind not in "fiu":
+                ctx.fail(("sequence", "targets"), f"{targets.file.name} has dtype {dtype}, "
+                                                  "expected numbers")
+        if list(shape) != expected:
+            dims = [str(n) for n in expected]
+            ctx.fail(("sequence", "targets"),
+                     f"{targets.file.name} has shape {list(shape)}, expected "
+                     f"{_layout_text(dims, 'batch_first')} for {loss.kind} with batch "
+                     f"{batch}, length {length}")
+
+    lengths, mask = seq.lengths, seq.mask
+    if lengths is not None and mask is not None:
+        ctx.fail(("sequence", "mask"), "give sequence.lengths or sequence.mask, not both")
+    if lengths is not None:
+        lengths = as_data_file(lengths)
+        _check_lengths(ctx, read_checked(ctx, ("sequence", "lengths"), lengths), batch, length)
+    if mask is not None:
+        mask = as_data_file(mask)
+        values = read_checked(ctx, ("sequence", "mask"), mask)
+        if values.ndim == 2 and mask.file.suffix != ".csv":
+            values = values.T if layout == "time_first" else values
+        lengths_from_mask(ctx, values, batch, length)
+    return dataclasses.replace(seq, length=length, batch_size=batch, inputs=inputs,
+                               targets=targets, lengths=lengths, mask=mask)
 
 
-def _load(path: Path, dtype: np.dtype | type) -> np.ndarray:
-    return np.load(path, allow_pickle=False).astype(dtype, copy=False)
+def read_checked(ctx, key, source) -> np.ndarray:
+    where = ctx.where(key)
+    _, dtype = header(source, where)
+    if dtype.kind not in "iub":
+        ctx.fail(key, f"{source.file.name} has dtype {dtype}, expected integers")
+    return np.asarray(read(source, where))
+
+
+def _check_lengths(ctx, values: np.ndarray, batch: int, length: int) -> None:
+    key = ("sequence", "lengths")
+    if values.shape != (batch,):
+        ctx.fail(key, f"has shape {list(values.shape)}, expected [{batch}] (one length per "
+                      "sequence)")
+    bad = np.flatnonzero((values < 1) | (values > length))
+    if bad.size:
+        ctx.fail(key, f"sequence {bad[0]} has length {values[bad[0]]}, outside [1, {length}]")
+
+
+def lengths_from_mask(ctx, mask: np.ndarray, batch: int, length: int) -> np.ndarray:
+    """Valid lengths from a [batch, length] mask whose ones come first in every row."""
+    key = ("sequence", "mask")
+    if mask.shape != (batch, length):
+        ctx.fail(key, f"has shape {list(mask.shape)}, expected [{batch}, {length}]")
+    if not np.isin(mask, (0, 1)).all():
+        ctx.fail(key, "must hold only 0 (padding) and 1 (valid step)")
+    lengths = mask.sum(axis=1).astype(np.int64)
+    prefix = np.arange(length)[None, :] < lengths[:, None]
+    bad = np.flatnonzero((prefix != mask.astype(bool)).any(axis=1) | (lengths == 0))
+    if bad.size:
+        ctx.fail(key, f"row {bad[0]} is not valid steps followed by padding (the valid steps "
+                      "must come first, and at least one)")
+    return lengths
+
+
+def _agree(ctx, key, stated: int | None, actual: int, path: Path) -> int:
+    if stated is not None and stated != actual:
+        ctx.fail(key, f"is {stated} but {path.name} holds {actual}")
+    return actual
+
+
+# ----------------------------------------------------------------------------- batches
+
+class _NoContext:
+    """Errors found after the spec was resolved (class ranges) name only the file."""
+
+    def where(self, key) -> str:
+        return ".".join(key)
+
+    def fail(self, key, message: str):
+        raise InputFileError(f"{'.'.join(key)}: {message}")
 
 
 class Batches:
@@ -66,20 +299,46 @@ class Batches:
     """
 
     def __init__(self, spec):  # spec: spec.Spec
+        from .spec import Distribution
+
         self.spec = spec
         self.dtype = np.dtype(spec.dtype)
         seq = spec.sequence
-        self._inputs = _load(seq.inputs, self.dtype) if isinstance(seq.inputs, Path) else None
-        self._targets = None
-        if isinstance(seq.targets, Path):
-            is_classes = spec.loss.kind == "cross_entropy"
-            self._targets = _load(seq.targets, np.int64 if is_classes else self.dtype)
-            if is_classes:
-                self._check_classes(self._targets, seq.targets)
+        self.layout = seq.layout
+        self._inputs = self._targets = self._lengths = None
+        if not isinstance(seq.inputs, Distribution):
+            x = self._batch_first_array(seq.inputs)
+            if x.ndim == 2:  # a CSV: one feature per step
+                self._lengths = read_csv(seq.inputs.file, seq.inputs.file.name)[1]
+                x = x[..., None]
+            self._inputs = x.astype(self.dtype)
+        is_classes = spec.loss.kind == "cross_entropy"
+        if not isinstance(seq.targets, Distribution):
+            y = self._batch_first_array(seq.targets)
+            if y.ndim == 2 and not is_classes:
+                y = y[..., None]
+            self._targets = y.astype(np.int64 if is_classes else self.dtype)
+        if seq.lengths is not None:
+            self._lengths = np.asarray(read(seq.lengths), dtype=np.int64)
+        elif seq.mask is not None:
+            mask = self._batch_first_array(seq.mask)
+            self._lengths = lengths_from_mask(_NoContext(), mask, spec.batch_size, spec.length)
+        if self._lengths is not None and (self._lengths == spec.length).all():
+            self._lengths = None
+        if self._targets is not None and is_classes:
+            self._check_classes(self._targets, seq.targets.file)
+
+    def _batch_first_array(self, source) -> np.ndarray:
+        array = read(source)
+        if self.layout == "time_first" and source.file.suffix != ".csv" and array.ndim >= 2:
+            array = array.swapaxes(0, 1)
+        return array
 
     def _check_classes(self, targets: np.ndarray, path: Path) -> None:
         classes = self.spec.model.output_size
-        bad = (targets < 0) | (targets >= classes)
+        valid = np.ones(targets.shape, dtype=bool) if self._lengths is None else \
+            np.arange(targets.shape[1])[None, :] < self._lengths[:, None]
+        bad = valid & ((targets < 0) | (targets >= classes))
         if bad.any():
             b, t = np.argwhere(bad)[0]
             raise InputFileError(f"{path.name}: target class {targets[b, t]} at sequence {b}, "
@@ -89,8 +348,8 @@ class Batches:
     def rng(self, draw: int) -> np.random.Generator:
         return np.random.default_rng([self.spec.seed, 1, draw])
 
-    def draw(self, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Inputs ``(T, B, input_size)`` and targets ``(T, B, output_size)`` or ``(T, B)``."""
+    def draw(self, index: int = 0) -> Batch:
+        """Inputs ``(T, B, input_size)``, targets ``(T, B, outputs)`` or ``(T, B)``."""
         spec, rng = self.spec, self.rng(index)
         T, B = spec.length, spec.batch_size
         model = spec.model
@@ -105,7 +364,13 @@ class Batches:
             y = rng.integers(0, model.output_size, size=(B, T))
         else:
             y = _sample(spec.sequence.targets, rng, (B, T, model.output_size), self.dtype)
-        return np.ascontiguousarray(x.swapaxes(0, 1)), np.ascontiguousarray(y.swapaxes(0, 1))
+        lengths = self._lengths
+        if lengths is not None and rows is not None:
+            lengths = lengths[rows]
+        if isinstance(y, np.ndarray) and y.dtype.kind in "iu" and lengths is not None:
+            y = np.where(np.arange(T)[None, :] < lengths[:, None], y, 0)  # padding: any class
+        return Batch(x=np.ascontiguousarray(x.swapaxes(0, 1)),
+                     targets=np.ascontiguousarray(y.swapaxes(0, 1)), lengths=lengths)
 
 
 def _sample(dist, rng: np.random.Generator, shape: tuple[int, ...],

@@ -106,7 +106,8 @@ def entries_to_check(shape: tuple[int, ...], max_entries: int | None,
 
 
 def check_gradients(arch: Architecture, params: Params, x: np.ndarray, targets: np.ndarray,
-                    loss_kind: str = "mse", timesteps: str = "all", *,
+                    loss_kind: str = "mse", timesteps: str = "all",
+                    lengths: np.ndarray | None = None, *,
                     max_entries: int | None = None, seed: int = 0,
                     tolerance: float = DEFAULT_TOLERANCE,
                     floor: float = DEFAULT_FLOOR) -> list[ParameterCheck]:
@@ -119,13 +120,13 @@ def check_gradients(arch: Architecture, params: Params, x: np.ndarray, targets: 
     x = np.asarray(x, dtype=np.float64)
     if targets.dtype.kind == "f":
         targets = targets.astype(np.float64)
-    result = bptt(arch, params, x, targets, loss_kind, timesteps)
+    result = bptt(arch, params, x, targets, loss_kind, timesteps, lengths)
     analytic = result.grads.params
     floor = floor * max(1.0, abs(result.loss))
     rng = np.random.default_rng(seed)
 
     def loss() -> float:
-        return loss_value(arch, params, x, targets, loss_kind, timesteps)
+        return loss_value(arch, params, x, targets, loss_kind, timesteps, lengths)
 
     results = []
     for name, value in params.items():
@@ -151,7 +152,8 @@ def verify_spec(spec, *, max_entries: int | None = 25,
     from .data import Batches
 
     arch, params = model_parameters(spec)
-    x, targets = Batches(spec).draw(0)
+    batch = Batches(spec).draw(0)
     with np.errstate(all="ignore"):
-        return check_gradients(arch, params, x, targets, spec.loss.kind, spec.loss.timesteps,
-                               max_entries=max_entries, seed=spec.seed, tolerance=tolerance)
+        return check_gradients(arch, params, batch.x, batch.targets, spec.loss.kind,
+                               spec.loss.timesteps, batch.lengths, max_entries=max_entries,
+                               seed=spec.seed, tolerance=tolerance)

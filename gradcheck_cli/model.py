@@ -7,21 +7,18 @@ The model is what ``nn.Module`` with an ``rnn`` (``nn.RNN``/``nn.LSTM``/``nn.GRU
     rnn.weight_hh_l{k}  (G*H, H)
     rnn.bias_ih_l{k}    (G*H,)        when bias
     rnn.bias_hh_l{k}    (G*H,)        when bias
-    head.weight         (output_size, H)
-    head.bias           (output_size,) when head_bias
+    head.weight         (output_size, H)   when there is a head
+    head.bias           (output_size,)      when head_bias
 
-with G = 1 (rnn), 4 (lstm: gates i, f, g, o) or 3 (gru: gates r, z, n).
+with G = 1 (rnn), 4 (lstm: gates i, f, g, o) or 3 (gru: gates r, z, n). Without a head,
+the outputs are the top layer's hidden states themselves.
 """
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-
-from .errors import InputFileError
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
@@ -40,12 +37,15 @@ class Architecture:
     nonlinearity: str = "tanh"
     bias: bool = True
     head_bias: bool = True
+    head: bool = True
 
     @classmethod
-    def from_spec(cls, model) -> Architecture:  # model: spec.ModelSpec
+    def from_spec(cls, model) -> Architecture:  # model: a resolved spec.ModelSpec
+        head = model.head is not False
         return cls(cell=model.cell, input_size=model.input_size, hidden_size=model.hidden_size,
-                   output_size=model.output_size, num_layers=model.num_layers,
-                   nonlinearity=model.nonlinearity, bias=model.bias, head_bias=model.head_bias)
+                   output_size=model.output_size if head else model.hidden_size,
+                   num_layers=model.num_layers, nonlinearity=model.nonlinearity,
+                   bias=model.bias, head_bias=head and model.head_bias, head=head)
 
     @property
     def gates(self) -> int:
@@ -64,9 +64,10 @@ class Architecture:
             if self.bias:
                 shapes[f"rnn.bias_ih_l{k}"] = (g,)
                 shapes[f"rnn.bias_hh_l{k}"] = (g,)
-        shapes["head.weight"] = (self.output_size, h)
-        if self.head_bias:
-            shapes["head.bias"] = (self.output_size,)
+        if self.head:
+            shapes["head.weight"] = (self.output_size, h)
+            if self.head_bias:
+                shapes["head.bias"] = (self.output_size,)
         return shapes
 
     def parameter_count(self) -> int:
@@ -129,63 +130,3 @@ def init_params(arch: Architecture, init, rng: np.random.Generator,
             value = rng.uniform(-bound, bound, size=shape)
         params[name] = value.astype(dtype)
     return params
-
-
-# ----------------------------------------------------------------------------- weights files
-
-def read_npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype from an open .npy stream, leaving the data unread."""
-    version = np.lib.format.read_magic(fh)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-    elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-    else:
-        raise ValueError(f".npy format version {version} is not supported")
-    return tuple(shape), dtype
-
-
-def _npz_headers(path: Path, where: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Names, shapes and dtypes of an .npz's arrays, read from headers without loading data."""
-    headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.namelist():
-                if not member.endswith(".npy"):
-                    continue
-                with archive.open(member) as fh:
-                    shape, dtype = read_npy_header(fh)
-                headers[member[:-4]] = (tuple(shape), dtype)
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise InputFileError(f"{where}: {path.name} is not a readable .npz file ({exc})") from None
-    return headers
-
-
-def check_weights_file(path: Path, arch: Architecture, where: str) -> None:
-    """Check that ``path`` holds exactly ``arch``'s parameters with the right shapes."""
-    headers = _npz_headers(path, where)
-    expected = arch.parameter_shapes()
-    for name, shape in expected.items():
-        if name not in headers:
-            raise InputFileError(f"{where}: {path.name} has no tensor {name} (expected shape "
-                                 f"{list(shape)}); it holds {', '.join(sorted(headers)) or 'none'}")
-        got, dtype = headers[name]
-        if dtype.hasobject:
-            raise InputFileError(f"{where}: {path.name}: {name} holds Python objects; "
-                                 "only numeric arrays are read (no pickle)")
-        if dtype.kind not in "fiu":
-            raise InputFileError(f"{where}: {path.name}: {name} has dtype {dtype}, "
-                                 "expected floating point")
-        if got != shape:
-            raise InputFileError(f"{where}: {path.name}: {name} has shape {list(got)}, "
-                                 f"expected {list(shape)} for this model")
-    extra = sorted(set(headers) - set(expected))
-    if extra:
-        raise InputFileError(f"{where}: {path.name} holds tensors this model does not have: "
-                             f"{', '.join(extra)}")
-
-
-def load_weights(path: Path, arch: Architecture, dtype: np.dtype | type) -> Params:
-    """Read a checked weights file (see :func:`check_weights_file`), never unpickling."""
-    with np.load(path, allow_pickle=False) as archive:
-        return {name: np.asarray(archive[name], dtype=dtype) for name in arch.parameter_shapes()}

@@ -88,6 +88,7 @@ class ModelSummary:
     hidden_size: int
     num_layers: int
     output_size: int
+    head: bool
     parameter_count: int
     weights: str | None
 
@@ -111,6 +112,7 @@ class Report:
     layers: list[LayerStats]
     findings: list[Finding]
     clip: ClipSuggestion | None
+    notes: list[str] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
     gradients: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
@@ -215,12 +217,13 @@ def report_json_schema() -> dict[str, Any]:
     }
     model = {
         "type": "object",
-        "required": ["cell", "input_size", "hidden_size", "num_layers", "output_size",
+        "required": ["cell", "input_size", "hidden_size", "num_layers", "output_size", "head",
                      "parameter_count"],
         "properties": {"cell": {"enum": ["rnn", "lstm", "gru"]},
                        "nonlinearity": {"type": ["string", "null"]},
                        "input_size": {"type": "integer"}, "hidden_size": {"type": "integer"},
                        "num_layers": {"type": "integer"}, "output_size": {"type": "integer"},
+                       "head": {"type": "boolean"},
                        "parameter_count": {"type": "integer"},
                        "weights": {"type": ["string", "null"]}},
     }
@@ -250,6 +253,8 @@ def report_json_schema() -> dict[str, Any]:
             "layers": {"type": "array", "items": layer},
             "findings": {"type": "array", "items": finding},
             "clip": clip,
+            "notes": {"type": "array", "items": {"type": "string"},
+                      "description": "how the run was set up: weights found, upcasts, padding"},
         },
         "additionalProperties": False,
     }

@@ -93,16 +93,28 @@ class InitSpec:
 class ModelSpec:
     """The recurrent stack (PyTorch's nn.RNN/LSTM/GRU, batch_first) and its linear head."""
 
-    cell: Literal["rnn", "lstm", "gru"] = _req("recurrent cell")
+    cell: Literal["rnn", "lstm", "gru"] | None = _opt(
+        None, "recurrent cell (required unless read off the weights)")
     nonlinearity: Literal["tanh", "relu"] = _opt("tanh", "rnn only: the cell's nonlinearity")
-    input_size: int = _req("features per input step", minimum=1)
-    hidden_size: int = _req("hidden units per layer", minimum=1)
+    input_size: int | None = _opt(None, "features per input step", minimum=1)
+    hidden_size: int | None = _opt(None, "hidden units per layer", minimum=1)
     num_layers: int = _opt(1, "stacked recurrent layers", minimum=1)
-    output_size: int = _req("outputs of the linear head (classes for cross_entropy)", minimum=1)
+    output_size: int | None = _opt(
+        None, "outputs of the linear head (classes for cross_entropy)", minimum=1)
     bias: bool = _opt(True, "the recurrent layers have bias_ih and bias_hh")
+    head: bool | None = _opt(
+        None, "a linear head on the top layer (default: yes, or as found in the weights); "
+              "without one the loss is taken on the hidden state")
     head_bias: bool = _opt(True, "the linear head has a bias")
     init: InitSpec = _opt(InitSpec, "initialisation when no weights file is given")
-    weights: Path | None = _opt(None, ".npz of trained weights in PyTorch names")
+    weights: Path | None = _opt(None, "trained weights: .safetensors or .npz, PyTorch names")
+    rnn_prefix: str | None = _opt(
+        None, "the recurrent module's prefix in the weights file (e.g. encoder.lstm); "
+              "found when only one fits")
+    head_prefix: str | None = _opt(
+        None, "the head's prefix in the weights file (e.g. decoder.fc); found when only one "
+              "fits")
+    checkpoint: Any = field(default=None, compare=False, metadata={"internal": True})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,7 +126,16 @@ class Distribution:
     scale: float = _opt(1.0, "standard deviation (normal) or bound (uniform)", exclusiveMinimum=0)
 
 
-DataSource = Union[Distribution, Path]
+@dataclass(frozen=True, kw_only=True)
+class DataFile:
+    """An array in a file: .npy, a key of an .npz, or a .csv of one sequence per row."""
+
+    file: Path = _req("the file, relative to the spec's folder")
+    key: str | None = _opt(None, "the array's name in an .npz (needed when it holds several)")
+
+
+DataSource = Union[Distribution, DataFile, Path]
+FileSource = Union[DataFile, Path]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,10 +147,18 @@ class SequenceSpec:
     batch_size: int | None = _opt(None, "sequences per batch (default 16, or the inputs file's)",
                                   minimum=1)
     inputs: DataSource = _opt(
-        Distribution, "random inputs, or a .npy of shape [batch, length, input_size]")
+        Distribution, "random inputs, or a file of shape [batch, length, input_size]")
     targets: DataSource | None = _opt(
-        None, "random targets, or a .npy: [batch, length, output_size] floats for mse, "
+        None, "random targets, or a file: [batch, length, output_size] floats for mse, "
               "[batch, length] integer classes for cross_entropy")
+    layout: Literal["batch_first", "time_first"] = _opt(
+        "batch_first", "axis order of the data files: [batch, length, ...] or [length, batch, "
+                       "...]")
+    lengths: FileSource | None = _opt(
+        None, "padded sequences: a file of [batch] valid lengths (padding after the valid "
+              "steps)")
+    mask: FileSource | None = _opt(
+        None, "padded sequences: a file of [batch, length] 1 for valid steps, 0 for padding")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -340,12 +369,15 @@ def _convert(ctx: _Context, key: Key, value: Any, hint: Any, meta: Mapping[str, 
             ctx.fail(key, "needs a value")
         if len(options) == 1:
             return _convert(ctx, key, value, options[0], meta)
-        section = next(a for a in options if dataclasses.is_dataclass(a))
+        sections = [a for a in options if dataclasses.is_dataclass(a)]
         if isinstance(value, dict):
+            section = DataFile if "file" in value and DataFile in sections else sections[0]
             return _build(ctx, key, value, typing.cast(type, section))
         if isinstance(value, str):
             return _convert(ctx, key, value, Path, meta)
-        ctx.fail(key, f"must be a mapping (random data) or a file path, got {_describe(value)}")
+        wanted = "a mapping (random data) or a file path" if Distribution in sections else \
+            "a file path, or a mapping {file: ..., key: ...}"
+        ctx.fail(key, f"must be {wanted}, got {_describe(value)}")
     if origin is Literal:
         if value not in args:
             near = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
@@ -380,6 +412,10 @@ def _convert(ctx: _Context, key: Key, value: Any, hint: Any, meta: Mapping[str, 
         if not math.isfinite(value):
             ctx.fail(key, f"must be a finite number, got {value}")
         _check_bounds(ctx, key, value, meta)
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            ctx.fail(key, f"must be a string, got {_describe(value)}")
         return value
     if hint is Path:
         if not isinstance(value, str) or not value.strip():
@@ -421,15 +457,59 @@ def spec_from_data(data: Any, *, name: str = "<spec>", base_dir: Path | None = N
         ctx.fail((), f"the spec must be a mapping of keys (model:, sequence:, ...), "
                      f"got {_describe(data)}")
     spec = _build(ctx, (), data, Spec)
-    return _resolve(ctx, spec, name)
+    return _resolve(ctx, spec, data, name)
 
 
-def _resolve(ctx: _Context, spec: Spec, name: str) -> Spec:
-    """Cross-key checks and defaults that depend on other keys."""
-    from . import data as data_files  # the file checks read .npy headers only
+def _given(data: Mapping[str, Any], key: Key) -> bool:
+    """Whether the user wrote ``key`` (as opposed to taking its default)."""
+    node: Any = data
+    for part in key:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
 
-    model, seq, loss = spec.model, spec.sequence, spec.loss
-    if model.cell != "rnn" and "nonlinearity" in _given(ctx, ("model",)):
+
+def _resolve(ctx: _Context, spec: Spec, data: Mapping[str, Any], name: str) -> Spec:
+    """Cross-key checks, and the values read off weights and data files."""
+    from . import data as data_files
+
+    model = _resolve_model(ctx, spec, data)
+    seq, loss = spec.sequence, spec.loss
+    if loss.kind == "cross_entropy" and model.output_size < 2:
+        ctx.fail(("model", "output_size"), "cross_entropy needs at least 2 classes")
+    sequence = data_files.resolve_sequence(ctx, seq, model, loss)
+    return dataclasses.replace(spec, model=model, sequence=sequence, source=name)
+
+
+_INFERRED = ("cell", "input_size", "hidden_size", "num_layers", "bias", "head", "output_size",
+             "head_bias")
+
+
+def _resolve_model(ctx: _Context, spec: Spec, data: Mapping[str, Any]) -> ModelSpec:
+    model = spec.model
+    if model.weights is not None:
+        model = _model_from_weights(ctx, model, data)
+    else:
+        for key in ("cell", "input_size", "hidden_size"):
+            if getattr(model, key) is None:
+                ctx.fail(("model", key), f"missing required key "
+                                         f"({_field_doc(ModelSpec, key)}), needed without "
+                                         "model.weights")
+        for key in ("rnn_prefix", "head_prefix"):
+            if getattr(model, key) is not None:
+                ctx.fail(("model", key), "applies only with model.weights")
+        head = True if model.head is None else model.head
+        if head and model.output_size is None:
+            ctx.fail(("model", "output_size"), "missing required key (outputs of the linear "
+                                               "head), or set model.head: false")
+        model = dataclasses.replace(model, head=head)
+    if not model.head:
+        if _given(data, ("model", "output_size")) and model.output_size != model.hidden_size:
+            ctx.fail(("model", "output_size"), "applies with a head only (model.head: false "
+                                               "takes the loss on the hidden state)")
+        model = dataclasses.replace(model, output_size=model.hidden_size, head_bias=False)
+    if model.cell != "rnn" and _given(data, ("model", "nonlinearity")):
         ctx.fail(("model", "nonlinearity"), f"applies to cell: rnn only, not {model.cell}")
     init = model.init
     if init.forget_bias is not None:
@@ -440,47 +520,71 @@ def _resolve(ctx: _Context, spec: Spec, name: str) -> Spec:
     if init.for_input()[0] == "identity":
         ctx.fail(("model", "init", "input", "scheme"),
                  "identity applies to the recurrent weights only")
-    if loss.kind == "cross_entropy" and model.output_size < 2:
-        ctx.fail(("model", "output_size"), "cross_entropy needs at least 2 classes")
-
-    length, batch = seq.length, seq.batch_size
-    if isinstance(seq.inputs, Path):
-        shape = data_files.check_inputs_file(seq.inputs, model.input_size,
-                                             ctx.where(("sequence", "inputs")))
-        batch, length = _agree(ctx, ("sequence", "batch_size"), batch, shape[0], seq.inputs), \
-            _agree(ctx, ("sequence", "length"), length, shape[1], seq.inputs)
-    if length is None:
-        ctx.fail(("sequence", "length"), "missing required key (time steps), "
-                                         "needed when the inputs are random")
-    batch = batch if batch is not None else DEFAULT_BATCH_SIZE
-
-    targets = seq.targets
-    if targets is None:
-        targets = Distribution(distribution="uniform" if loss.kind == "cross_entropy"
-                               else "normal")
-    elif isinstance(targets, Path):
-        data_files.check_targets_file(targets, loss.kind, batch, length, model.output_size,
-                                      ctx.where(("sequence", "targets")))
-    elif loss.kind == "cross_entropy" and targets.distribution != "uniform":
-        ctx.fail(("sequence", "targets", "distribution"),
-                 "cross_entropy targets are classes: use distribution: uniform")
-    if model.weights is not None:
-        from .model import Architecture, check_weights_file
-        check_weights_file(model.weights, Architecture.from_spec(model),
-                           ctx.where(("model", "weights")))
-    sequence = dataclasses.replace(seq, length=length, batch_size=batch, targets=targets)
-    return dataclasses.replace(spec, sequence=sequence, source=name)
+    return model
 
 
-def _given(ctx: _Context, section: Key) -> set[str]:
-    keys = set(ctx.lines) | set(ctx.origins)
-    return {k[len(section)] for k in keys if len(k) > len(section) and k[:len(section)] == section}
+def _field_doc(cls: type, name: str) -> str:
+    return next(f.metadata["doc"] for f in dataclasses.fields(cls) if f.name == name)
 
 
-def _agree(ctx: _Context, key: Key, stated: int | None, actual: int, path: Path) -> int:
-    if stated is not None and stated != actual:
-        ctx.fail(key, f"is {stated} but {path.name} holds {actual}")
-    return actual
+def _model_from_weights(ctx: _Context, model: ModelSpec, data: Mapping[str, Any]) -> ModelSpec:
+    """Find the model in the weights file, read its sizes off the tensors, and check them
+    against what the spec states."""
+    from . import weights
+    from .errors import InputFileError
+    from .model import Architecture
+
+    path = typing.cast(Path, model.weights)
+    key = ("model", "weights")
+    try:
+        index = weights.read_index(path)
+        rnn_prefix, head_prefix = weights.locate(index, path, model.rnn_prefix,
+                                                 model.head_prefix, model.head)
+        inferred, names = weights.infer(index, path, rnn_prefix, head_prefix)
+    except InputFileError as exc:
+        ctx.fail(key, str(exc))
+    for field_name in _INFERRED:
+        if field_name not in inferred:
+            continue
+        stated = getattr(model, field_name)
+        explicit = _given(data, ("model", field_name))
+        if explicit and stated is not None and stated != inferred[field_name]:
+            tensor = _evidence(field_name, names, index)
+            ctx.fail(("model", field_name), f"is {_yaml(stated)} but the weights say "
+                                            f"{_yaml(inferred[field_name])} ({tensor})")
+    model = dataclasses.replace(model, **{k: v for k, v in inferred.items()})
+    expected = Architecture.from_spec(model).parameter_shapes()
+    try:
+        weights.check_shapes(index, path, names, expected)
+    except InputFileError as exc:
+        ctx.fail(key, str(exc))
+    half = tuple(sorted(names[c] for c in names if index[names[c]].dtype in weights.HALF_DTYPES))
+    checkpoint = weights.Checkpoint(path=path, rnn_prefix=rnn_prefix, head_prefix=head_prefix,
+                                    names=names, inferred=inferred, half=half,
+                                    ignored=len(set(index) - set(names.values())))
+    return dataclasses.replace(model, checkpoint=checkpoint)
+
+
+def _evidence(field_name: str, names: Mapping[str, str], index: Mapping[str, Any]) -> str:
+    """The tensor that shows a value, with its shape."""
+    canonical = {"cell": "rnn.weight_hh_l0", "hidden_size": "rnn.weight_hh_l0",
+                 "input_size": "rnn.weight_ih_l0", "output_size": "head.weight",
+                 "head": "head.weight"}.get(field_name)
+    if canonical and canonical in names:
+        tensor = index[names[canonical]]
+        return f"{tensor.name} has shape {list(tensor.shape)}"
+    if field_name == "num_layers":
+        layers = sorted({c for c in names if c.startswith("rnn.weight_hh_l")})
+        return f"{len(layers)} layers: " + ", ".join(names[c] for c in layers)
+    if field_name == "bias":
+        return "with bias_ih_l0" if "rnn.bias_ih_l0" in names else "no bias_ih_l0 tensor"
+    if field_name == "head_bias":
+        return "with a head bias" if "head.bias" in names else "no head bias tensor"
+    return "no head tensor found" if field_name == "head" else "the weights file"
+
+
+def _yaml(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
@@ -513,6 +617,8 @@ def _type_schema(hint: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
         return {"type": "integer", **bounds}
     if hint is float:
         return {"type": "number", **bounds}
+    if hint is str:
+        return {"type": "string"}
     if hint is Path:
         return {"type": "string", "description": "a file path, relative to the spec's folder"}
     raise AssertionError(f"unhandled spec type {hint!r}")

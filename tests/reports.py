@@ -21,7 +21,7 @@ def make_report(length: int = 5, findings: list[Finding] | None = None, cell: st
         config="specs/model.yaml",
         dtype="float64",
         model=ModelSummary(cell=cell, nonlinearity=None, input_size=3, hidden_size=4,
-                           num_layers=layers, output_size=2, parameter_count=123,
+                           num_layers=layers, output_size=2, head=True, parameter_count=123,
                            weights=None),
         length=length, batch_size=2, loss_kind="mse", loss_timesteps="all",
         thresholds={"vanishing": 1e-6, "exploding": 100.0},

@@ -140,8 +140,8 @@ def test_per_step_norms_are_those_of_the_core():
     spec = load_spec(SAMPLES[0])
     report = analyze_spec(spec, trials=0)
     arch, params = model_parameters(spec)
-    x, y = Batches(spec).draw(0)
-    result = bptt(arch, params, x, y, spec.loss.kind, spec.loss.timesteps)
+    batch = Batches(spec).draw(0)
+    result = bptt(arch, params, batch.x, batch.targets, spec.loss.kind, spec.loss.timesteps)
     for k, layer in enumerate(report.layers):
         expected = [np.linalg.norm(result.grads.hidden[k][t]) for t in range(spec.length)]
         np.testing.assert_allclose(layer.hidden_grad_norm, expected, rtol=1e-12)

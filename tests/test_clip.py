@@ -64,8 +64,10 @@ def test_file_data_trials_resample_the_files_sequences(tmp_path, write_spec, rng
         loss: {kind: cross_entropy}
     """))
     batches = Batches(spec)
-    x0, y0 = batches.draw(0)
+    first = batches.draw(0)
+    x0, y0 = first.x, first.targets
     np.testing.assert_array_equal(x0, np.load(tmp_path / "x.npy").swapaxes(0, 1))
-    x1, y1 = batches.draw(1)
+    second = batches.draw(1)
+    x1, y1 = second.x, second.targets
     rows = [int(np.flatnonzero((x0[0] == x1[0, b]).all(axis=1))[0]) for b in range(6)]
     np.testing.assert_array_equal(y1, y0[:, rows])

@@ -180,7 +180,7 @@ def test_inputs_file_sets_length_and_batch(write_spec, tmp_path, rng):
     _write_npy(tmp_path / "x.npy", rng.normal(size=(5, 7, 4)))
     spec = load_spec(write_spec(GOOD.replace("  length: 10\n", "  inputs: x.npy\n")))
     assert spec.length == 7 and spec.batch_size == 5
-    assert spec.sequence.inputs == tmp_path / "x.npy"
+    assert spec.sequence.inputs.file == tmp_path / "x.npy"
 
 
 @pytest.mark.parametrize("array,extra,needle", [
@@ -200,7 +200,7 @@ def test_bad_inputs_file(write_spec, tmp_path, array, extra, needle):
 def test_object_arrays_are_never_unpickled(write_spec, tmp_path):
     np.save(tmp_path / "x.npy", np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
     path = write_spec(GOOD.replace("  length: 10\n", "  inputs: x.npy\n"))
-    assert "expected numbers" in _error(path)
+    assert "holds Python objects" in _error(path)
 
 
 def test_not_an_npy_file(write_spec, tmp_path):
@@ -252,21 +252,25 @@ def test_weights_file_round_trips(write_spec, tmp_path):
         np.testing.assert_array_equal(loaded[name], fresh[name])
 
 
-@pytest.mark.parametrize("mutate,needle", [
-    (lambda p: {k: v for k, v in p.items() if k != "rnn.weight_hh_l0"},
-     "w.npz has no tensor rnn.weight_hh_l0 (expected shape [32, 8])"),
-    (lambda p: {**p, "rnn.weight_hh_l0": np.zeros((32, 7))},
-     "w.npz: rnn.weight_hh_l0 has shape [32, 7], expected [32, 8] for this model"),
-    (lambda p: {**p, "decoder.fc.weight": np.zeros(3)},
-     "w.npz holds tensors this model does not have: decoder.fc.weight"),
-    (lambda p: {**p, "head.bias": np.array(["a", "b"])}, "head.bias has dtype <U1"),
-    (lambda p: {**p, "head.bias": np.array([{}, {}], dtype=object)}, "holds Python objects"),
+@pytest.mark.parametrize("mutate,line,needle", [
+    (lambda p: {k: v for k, v in p.items() if k != "rnn.weight_hh_l0"}, 7,
+     "model.weights: w.npz has no recurrent layer (no tensor named *weight_hh_l0)"),
+    (lambda p: {**p, "rnn.weight_hh_l0": np.zeros((32, 7))}, 7,
+     "w.npz: rnn.weight_hh_l0 has shape [32, 7], expected [gates * hidden, hidden]"),
+    (lambda p: {**p, "rnn.weight_hh_l0": np.zeros((24, 8))}, 3,
+     "model.cell: is lstm but the weights say gru (rnn.weight_hh_l0 has shape [24, 8])"),
+    (lambda p: {**p, "rnn.bias_ih_l1": np.zeros(32)}, 7,
+     "w.npz has no tensor rnn.weight_ih_l1 (expected shape [32, 8])"),
+    (lambda p: {**p, "head.bias": np.array(["a", "b"])}, 7,
+     "w.npz: head.bias has dtype str32, expected floating point"),
+    (lambda p: {**p, "head.bias": np.array([{}, {}], dtype=object)}, 7,
+     "holds Python objects"),
 ])
-def test_bad_weights_file(write_spec, tmp_path, mutate, needle):
+def test_bad_weights_file(write_spec, tmp_path, mutate, line, needle):
     path = _weights(tmp_path, GOOD, write_spec, mutate)
     message = _error(path)
     assert needle in message
-    assert f"{path}:7" in message  # the line of model.weights
+    assert message.startswith(f"{path}:{line}: ")
 
 
 def test_json_schema_covers_every_key():

@@ -1,0 +1,267 @@
+"""Trained weights from checkpoints: ``.safetensors`` and ``.npz``, in PyTorch's names.
+
+A checkpoint holds many tensors; the recurrent module's are those under one prefix
+(``encoder.lstm.weight_ih_l0`` has the prefix ``encoder.lstm``) and the head's, if any,
+``PREFIX.weight`` and ``PREFIX.bias``. Prefixes are found when the spec leaves them out and
+only one fits; sizes, cell, depth and bias are read off the tensors' shapes.
+
+Only headers are read to check a file; tensors are read without pickle, and half-precision
+ones (float16, bfloat16) are upcast to the run's dtype.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputFileError
+
+HALF_DTYPES = {"float16", "bfloat16"}
+_GATES_TO_CELL = {1: "rnn", 3: "gru", 4: "lstm"}
+_LAYER_TENSOR = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)$")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a model's parameters are in a weights file, and what was inferred from it.
+
+    names maps each canonical name (``rnn.weight_ih_l0``, ``head.weight``) to the file's.
+    """
+
+    path: Path
+    rnn_prefix: str
+    head_prefix: str | None
+    names: dict[str, str] = field(default_factory=dict)
+    inferred: dict[str, object] = field(default_factory=dict)
+    half: tuple[str, ...] = ()
+    ignored: int = 0
+
+
+def read_npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from an open .npy stream, leaving the data unread."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f".npy format version {version} is not supported")
+    return tuple(shape), dtype
+
+
+def _npz_index(path: Path) -> dict[str, Tensor]:
+    index = {}
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.namelist():
+            if not member.endswith(".npy"):
+                continue
+            with archive.open(member) as fh:
+                shape, dtype = read_npy_header(fh)
+            name = member[:-4]
+            if dtype.hasobject:
+                raise InputFileError(f"{path.name}: {name} holds Python objects; only numeric "
+                                     "arrays are read (no pickle)")
+            index[name] = Tensor(name, shape, dtype.name)
+    return index
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16",
+                       "BF16": "bfloat16", "I64": "int64", "I32": "int32", "I16": "int16",
+                       "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _safetensors_index(path: Path) -> dict[str, Tensor]:
+    from safetensors import safe_open
+    index = {}
+    with safe_open(str(path), framework="numpy") as f:
+        for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            view = f.get_slice(name)
+            dtype = view.get_dtype()
+            index[name] = Tensor(name, tuple(view.get_shape()),
+                                 _SAFETENSORS_DTYPES.get(dtype, dtype.lower()))
+    return index
+
+
+def read_index(path: Path) -> dict[str, Tensor]:
+    """Every tensor's name, shape and dtype, from the file's header alone."""
+    try:
+        if path.suffix == ".safetensors":
+            return _safetensors_index(path)
+        if path.suffix == ".npz":
+            return _npz_index(path)
+    except InputFileError:
+        raise
+    except Exception as exc:  # each library raises its own kinds for a damaged file
+        kind = "safetensors" if path.suffix == ".safetensors" else ".npz"
+        raise InputFileError(f"{path.name} is not a readable {kind} file ({exc})") from None
+    raise InputFileError(f"{path.name}: weights must be a .safetensors or .npz file")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _layer_tensors(index: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The tensors directly under ``prefix`` named like nn.RNN's (weight_ih_l0, ...)."""
+    start = f"{prefix}." if prefix else ""
+    out = {}
+    for name, tensor in index.items():
+        if name.startswith(start) and _LAYER_TENSOR.match(name[len(start):]):
+            out[name[len(start):]] = tensor
+    return out
+
+
+def _rnn_prefixes(index: dict[str, Tensor]) -> list[str]:
+    return sorted(name[: -len("weight_hh_l0")].rstrip(".") for name in index
+                  if name == "weight_hh_l0" or name.endswith(".weight_hh_l0"))
+
+
+def _head_candidates(index: dict[str, Tensor], rnn_prefix: str, hidden: int) -> list[str]:
+    out = []
+    for name, tensor in index.items():
+        if not (name == "weight" or name.endswith(".weight")):
+            continue
+        prefix = name[: -len("weight")].rstrip(".")
+        if prefix == rnn_prefix or (rnn_prefix and prefix.startswith(rnn_prefix + ".")):
+            continue
+        if len(tensor.shape) == 2 and tensor.shape[1] == hidden:
+            out.append(prefix)
+    return sorted(out)
+
+
+def _describe_prefix(prefix: str) -> str:
+    return repr(prefix) if prefix else "'' (no prefix)"
+
+
+def locate(index: dict[str, Tensor], path: Path, rnn_prefix: str | None,
+           head_prefix: str | None, head: bool | None) -> tuple[str, str | None]:
+    """The recurrent module's prefix and the head's (None: no head)."""
+    candidates = _rnn_prefixes(index)
+    if rnn_prefix is None:
+        if not candidates:
+            shown = ", ".join(sorted(index)[:8]) + (", ..." if len(index) > 8 else "")
+            raise InputFileError(f"{path.name} has no recurrent layer (no tensor named "
+                                 f"*weight_hh_l0); it holds {shown or 'nothing'}")
+        if len(candidates) > 1:
+            raise InputFileError(f"{path.name} holds several recurrent modules: "
+                                 f"{', '.join(map(_describe_prefix, candidates))}; "
+                                 "name one in model.rnn_prefix")
+        rnn_prefix = candidates[0]
+    elif rnn_prefix not in candidates:
+        found = ", ".join(map(_describe_prefix, candidates)) or "none"
+        raise InputFileError(f"{path.name} has no tensor {_join(rnn_prefix, 'weight_hh_l0')}; "
+                             f"recurrent modules found: {found}")
+    if head is False:
+        return rnn_prefix, None
+    if head_prefix is not None:
+        if _join(head_prefix, "weight") not in index:
+            raise InputFileError(f"{path.name} has no tensor {_join(head_prefix, 'weight')} "
+                                 "for the head (model.head_prefix)")
+        return rnn_prefix, head_prefix
+    hidden = index[_join(rnn_prefix, "weight_hh_l0")].shape[-1]
+    heads = _head_candidates(index, rnn_prefix, hidden)
+    if len(heads) > 1:
+        raise InputFileError(f"{path.name} holds several possible heads (weights of shape "
+                             f"[*, {hidden}]): {', '.join(map(_describe_prefix, heads))}; name "
+                             "one in model.head_prefix, or set model.head: false")
+    if not heads and head:
+        raise InputFileError(f"{path.name} has no head for hidden size {hidden} (a 2-D "
+                             "*.weight of shape [outputs, hidden]); set model.head: false to "
+                             "take the loss on the hidden state")
+    return rnn_prefix, heads[0] if heads else None
+
+
+def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
+          head_prefix: str | None) -> tuple[dict[str, object], dict[str, str]]:
+    """Architecture values read off the tensors, and canonical -> file names."""
+    tensors = _layer_tensors(index, rnn_prefix)
+    where = _describe_prefix(rnn_prefix)
+    unsupported = [n for n in index if n.startswith(_join(rnn_prefix, "")) and
+                   (n.endswith("_reverse") or "weight_hr_l" in n)]
+    if unsupported:
+        raise InputFileError(f"{path.name}: {unsupported[0]}: bidirectional and projected "
+                             "(proj_size) recurrent modules are not supported")
+    layers = sorted({int(_LAYER_TENSOR.match(n).group(2)) for n in tensors})  # type: ignore[union-attr]
+    if layers != list(range(len(layers))):
+        raise InputFileError(f"{path.name}: the layers under {where} are {layers}, "
+                             "expected 0, 1, 2, ...")
+    w_hh = tensors["weight_hh_l0"]
+    if len(w_hh.shape) != 2 or w_hh.shape[0] % w_hh.shape[1]:
+        raise InputFileError(f"{path.name}: {_join(rnn_prefix, 'weight_hh_l0')} has shape "
+                             f"{list(w_hh.shape)}, expected [gates * hidden, hidden]")
+    hidden = w_hh.shape[1]
+    gates = w_hh.shape[0] // hidden
+    if gates not in _GATES_TO_CELL:
+        raise InputFileError(f"{path.name}: {_join(rnn_prefix, 'weight_hh_l0')} has shape "
+                             f"{list(w_hh.shape)}: {gates} gate blocks is neither rnn (1), "
+                             "gru (3) nor lstm (4)")
+    if "weight_ih_l0" not in tensors or len(tensors["weight_ih_l0"].shape) != 2:
+        raise InputFileError(f"{path.name} has no 2-D tensor "
+                             f"{_join(rnn_prefix, 'weight_ih_l0')}")
+    values: dict[str, object] = {
+        "cell": _GATES_TO_CELL[gates],
+        "hidden_size": hidden,
+        "input_size": tensors["weight_ih_l0"].shape[1],
+        "num_layers": len(layers),
+        "bias": "bias_ih_l0" in tensors,
+        "head": head_prefix is not None,
+    }
+    names = {f"rnn.{n}": _join(rnn_prefix, n) for n in tensors}
+    if head_prefix is not None:
+        head_w = index[_join(head_prefix, "weight")]
+        if len(head_w.shape) != 2:
+            raise InputFileError(f"{path.name}: {head_w.name} has shape {list(head_w.shape)}, "
+                                 "expected [outputs, hidden]")
+        values["output_size"] = head_w.shape[0]
+        values["head_bias"] = _join(head_prefix, "bias") in index
+        names["head.weight"] = head_w.name
+        if values["head_bias"]:
+            names["head.bias"] = _join(head_prefix, "bias")
+    return values, names
+
+
+def check_shapes(index: dict[str, Tensor], path: Path, names: dict[str, str],
+                 expected: dict[str, tuple[int, ...]]) -> None:
+    """Every expected tensor present with its shape and a floating dtype; none extra."""
+    for canonical, shape in expected.items():
+        name = names.get(canonical)
+        if name is None or name not in index:
+            raise InputFileError(f"{path.name} has no tensor {name or canonical} (expected "
+                                 f"shape {list(shape)})")
+        tensor = index[name]
+        if not (tensor.dtype.startswith("float") or tensor.dtype == "bfloat16"):
+            raise InputFileError(f"{path.name}: {name} has dtype {tensor.dtype}, expected "
+                                 "floating point")
+        if tensor.shape != shape:
+            raise InputFileError(f"{path.name}: {name} has shape {list(tensor.shape)}, "
+                                 f"expected {list(shape)} for this model")
+    extra = sorted(set(names) - set(expected))
+    if extra:
+        raise InputFileError(f"{path.name} holds tensors this model does not have: "
+                             f"{', '.join(names[n] for n in extra)}")
+
+
+def load(checkpoint: Checkpoint, dtype: np.dtype) -> dict[str, np.ndarray]:
+    """The model's parameters, under canonical names, in ``dtype``."""
+    wanted = set(checkpoint.names.values())
+    path = checkpoint.path
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        with safe_open(str(path), framework="numpy") as f:
+            raw = {name: f.get_tensor(name) for name in wanted}
+    else:
+        with np.load(path, allow_pickle=False) as archive:
+            raw = {name: archive[name] for name in wanted}
+    return {canonical: np.asarray(raw[name], dtype=np.float64).astype(dtype)
+            for canonical, name in checkpoint.names.items()}
