@@ -476,7 +476,7 @@ def _resolve(ctx: _Context, spec: Spec, data: Mapping[str, Any], name: str) -> S
 
     model = _resolve_model(ctx, spec, data)
     seq, loss = spec.sequence, spec.loss
-    if loss.kind == "cross_entropy" and model.output_size < 2:
+    if loss.kind == "cross_entropy" and (model.output_size or 0) < 2:
         ctx.fail(("model", "output_size"), "cross_entropy needs at least 2 classes")
     sequence = data_files.resolve_sequence(ctx, seq, model, loss)
     return dataclasses.replace(spec, model=model, sequence=sequence, source=name)
@@ -552,7 +552,7 @@ def _model_from_weights(ctx: _Context, model: ModelSpec, data: Mapping[str, Any]
             tensor = _evidence(field_name, names, index)
             ctx.fail(("model", field_name), f"is {_yaml(stated)} but the weights say "
                                             f"{_yaml(inferred[field_name])} ({tensor})")
-    model = dataclasses.replace(model, **{k: v for k, v in inferred.items()})
+    model = dataclasses.replace(model, **typing.cast(dict[str, Any], inferred))
     expected = Architecture.from_spec(model).parameter_shapes()
     try:
         weights.check_shapes(index, path, names, expected)

@@ -74,7 +74,7 @@ def test_checkpoint_without_sizes_is_found_inferred_and_exact(tmp_path, write_sp
     assert model.checkpoint.head_prefix == "decoder.fc"
 
     report = analyze_spec(spec, trials=2)
-    assert [p.name for p in report.parameters][0] == "encoder.lstm.weight_ih_l0"
+    assert report.parameters[0].name == "encoder.lstm.weight_ih_l0"
     assert [p.name for p in report.parameters][-1] == "decoder.fc.bias"
     assert any("upcast to float64" in n and "encoder.lstm.weight_ih_l0" in n for n in report.notes)
     assert any("3 other tensors ignored" in n for n in report.notes)

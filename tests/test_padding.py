@@ -1,0 +1,179 @@
+"""Padded sequences of unequal length: padded steps take no loss and carry no gradient."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradcheck_cli.analysis import analyze_spec, model_parameters
+from gradcheck_cli.bptt import bptt
+from gradcheck_cli.data import Batches
+from gradcheck_cli.errors import GradcheckError
+from gradcheck_cli.finite_diff import check_gradients
+from gradcheck_cli.model import Architecture
+from gradcheck_cli.spec import load_spec
+from tests.conftest import make_problem
+
+LENGTHS = np.array([5, 2, 4])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("loss,timesteps", [("mse", "all"), ("cross_entropy", "last"),
+                                            ("cross_entropy", "all"), ("mse", "last")])
+def test_padded_batch_equals_its_sequences_run_alone(rng, cell, loss, timesteps):
+    arch, params, x, targets = make_problem(rng, cell, loss=loss, T=5, B=3)
+    x[:, 1][2:] = 1e3  # garbage in the padding must not matter
+    padded = bptt(arch, params, x, targets, loss, timesteps, LENGTHS)
+    # The batch loss is a mean over covered elements: each sequence weighs by its count.
+    counts = LENGTHS if timesteps == "all" else np.ones(3)
+    expected = {name: 0.0 for name in params}
+    total = 0.0
+    for b, length in enumerate(LENGTHS):
+        alone = bptt(arch, params, x[:length, b:b + 1], targets[:length, b:b + 1], loss,
+                     timesteps)
+        for name, g in alone.grads.params.items():
+            expected[name] = expected[name] + g * counts[b] / counts.sum()
+        total += alone.loss * counts[b] / counts.sum()
+        for k in range(arch.num_layers):
+            np.testing.assert_allclose(padded.grads.hidden[k][:length, b] * counts.sum(),
+                                       alone.grads.hidden[k][:, 0] * counts[b], rtol=1e-10,
+                                       atol=1e-15)
+            assert not padded.grads.hidden[k][length:, b].any()  # no gradient in padding
+    assert padded.loss == pytest.approx(total, rel=1e-12)
+    for name, g in padded.grads.params.items():
+        np.testing.assert_allclose(g, expected[name], rtol=1e-10, atol=1e-15, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_padded_gradients_match_finite_differences(rng, cell):
+    arch, params, x, targets = make_problem(rng, cell, loss="cross_entropy", T=5, B=3)
+    for c in check_gradients(arch, params, x, targets, "cross_entropy", "all", LENGTHS,
+                             tolerance=1e-5):
+        assert c.status == "ok", c
+
+
+SPEC = """\
+model: {{cell: gru, input_size: 2, hidden_size: 4, output_size: 3}}
+sequence:
+  inputs: x.npy
+  targets: y.npy
+{extra}
+loss: {{kind: cross_entropy}}
+"""
+
+
+@pytest.fixture
+def padded_files(tmp_path, rng):
+    x = rng.normal(size=(3, 5, 2))
+    y = rng.integers(0, 3, size=(3, 5))
+    y[1, 2:] = -100  # PyTorch's ignore_index in the padding is fine
+    mask = (np.arange(5)[None, :] < LENGTHS[:, None]).astype(np.int8)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "lengths.npy", LENGTHS)
+    np.save(tmp_path / "mask.npy", mask)
+    np.savez(tmp_path / "batch.npz", inputs=x, targets=y, lengths=LENGTHS)
+    return x, y
+
+
+def test_lengths_mask_and_npz_keys_agree(write_spec, padded_files):
+    by_lengths = analyze_spec(load_spec(write_spec(SPEC.format(extra="  lengths: lengths.npy"),
+                                                   "a.yaml")), trials=0)
+    by_mask = analyze_spec(load_spec(write_spec(SPEC.format(extra="  mask: mask.npy"),
+                                                "b.yaml")), trials=0)
+    npz = SPEC.replace("x.npy", "{{file: batch.npz, key: inputs}}").replace(
+        "y.npy", "{{file: batch.npz, key: targets}}")
+    by_npz = analyze_spec(load_spec(write_spec(npz.format(
+        extra="  lengths: {file: batch.npz, key: lengths}"), "c.yaml")), trials=0)
+    assert by_lengths.loss == by_mask.loss == by_npz.loss
+    assert by_lengths.global_grad_norm == by_mask.global_grad_norm == by_npz.global_grad_norm
+    assert any("padded sequences" in n for n in by_lengths.notes)
+    hidden = by_lengths.layers[0].hidden_grad_norm
+    assert hidden[-1] > 0  # the longest sequence reaches the last step
+
+
+def test_last_step_signal_is_aligned_at_each_sequences_end(write_spec, padded_files):
+    from gradcheck_cli.analysis import aligned_step_norms
+    grad = np.zeros((5, 3, 2))
+    for b, length in enumerate(LENGTHS):
+        grad[length - 1, b] = [3.0, 4.0]        # 5 at each sequence's last step
+        if length > 1:
+            grad[length - 2, b] = [0.0, 1.0]    # 1 one step before
+    norms = aligned_step_norms(grad, LENGTHS)
+    np.testing.assert_allclose(norms[-1], np.sqrt(3) * 5)
+    np.testing.assert_allclose(norms[-2], np.sqrt(3))
+    np.testing.assert_allclose(norms[:3], 0.0)
+
+
+def test_trials_resample_lengths(write_spec, padded_files):
+    spec = load_spec(write_spec(SPEC.format(extra="  lengths: lengths.npy")))
+    batches = Batches(spec)
+    first, second = batches.draw(0), batches.draw(1)
+    np.testing.assert_array_equal(first.lengths, LENGTHS)
+    x0 = first.x
+    for b in range(3):
+        row = int(np.flatnonzero((x0[0] == second.x[0, b]).all(axis=1))[0])
+        assert second.lengths[b] == LENGTHS[row]
+
+
+def test_time_first_layout(write_spec, tmp_path, padded_files):
+    x, y = padded_files
+    np.save(tmp_path / "xt.npy", x.swapaxes(0, 1))
+    np.save(tmp_path / "yt.npy", y.swapaxes(0, 1))
+    a = analyze_spec(load_spec(write_spec(SPEC.format(extra="  lengths: lengths.npy"),
+                                          "a.yaml")), trials=0)
+    b = analyze_spec(load_spec(write_spec(
+        SPEC.replace("x.npy", "xt.npy").replace("y.npy", "yt.npy").format(
+            extra="  lengths: lengths.npy\n  layout: time_first"), "b.yaml")), trials=0)
+    assert a.loss == b.loss and a.global_grad_norm == b.global_grad_norm
+
+
+def test_ragged_csv_gives_lengths(write_spec, tmp_path):
+    (tmp_path / "x.csv").write_text("0.1,0.2,0.3,0.4\n0.5,0.6\n\n0.7,0.8,0.9\n")
+    (tmp_path / "y.csv").write_text("1,0,2,1\n2,1\n0,0,1\n")
+    spec = load_spec(write_spec("""\
+        model: {cell: lstm, input_size: 1, hidden_size: 3, output_size: 3}
+        sequence: {inputs: x.csv, targets: y.csv}
+        loss: {kind: cross_entropy, timesteps: last}
+    """))
+    assert (spec.batch_size, spec.length) == (3, 4)
+    batch = Batches(spec).draw(0)
+    np.testing.assert_array_equal(batch.lengths, [4, 2, 3])
+    assert batch.x.shape == (4, 3, 1) and batch.x[1, 1, 0] == 0.6
+    arch, params = model_parameters(spec)
+    assert arch == Architecture.from_spec(spec.model)
+    for c in check_gradients(arch, params, batch.x,
+                             batch.targets, "cross_entropy", "last", batch.lengths,
+                             tolerance=1e-5):
+        assert c.status == "ok", c
+
+
+@pytest.mark.parametrize("extra,needle", [
+    ("  lengths: lengths.npy\n  mask: mask.npy", "give sequence.lengths or sequence.mask"),
+    ("  lengths: bad_lengths.npy", "sequence 1 has length 6, outside [1, 5]"),
+    ("  lengths: short.npy", "has shape [2], expected [3]"),
+    ("  mask: holes.npy", "row 0 is not valid steps followed by padding"),
+    ("  mask: x.npy", "has dtype float64, expected integers"),
+    ("  inputs: {file: batch.npz}", "holds 3 arrays (inputs, targets, lengths); name one"),
+    ("  inputs: {file: batch.npz, key: nope}", "has no array 'nope'"),
+    ("  lengths: {file: lengths.npy, key: a}", "key applies to .npz files only"),
+])
+def test_bad_padding_files(write_spec, tmp_path, padded_files, extra, needle):
+    np.save(tmp_path / "bad_lengths.npy", np.array([5, 6, 1]))
+    np.save(tmp_path / "short.npy", np.array([5, 1]))
+    np.save(tmp_path / "holes.npy", np.array([[1, 0, 1, 0, 0], [1] * 5, [1] * 5]))
+    text = SPEC.format(extra=extra)
+    if "inputs:" in extra:
+        text = text.replace("  inputs: x.npy\n", "")
+    with pytest.raises(GradcheckError) as info:
+        load_spec(write_spec(text))
+    assert needle in str(info.value)
+
+
+def test_class_out_of_range_in_a_valid_step_is_refused(write_spec, tmp_path, padded_files):
+    y = np.load(tmp_path / "y.npy")
+    y[2, 1] = 7
+    np.save(tmp_path / "y.npy", y)
+    spec = load_spec(write_spec(SPEC.format(extra="  lengths: lengths.npy")))
+    with pytest.raises(GradcheckError, match="class 7 at sequence 2, step 1"):
+        Batches(spec)
