@@ -92,7 +92,8 @@ def cli(debug: bool) -> None:
 
 
 @cli.command(epilog=EXIT_STATUS_HELP)
-@click.argument("config", type=click.Path(path_type=Path))
+@click.argument("configs", nargs=-1, required=True, type=click.Path(path_type=Path),
+                metavar="CONFIG...")
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
               default="table", show_default=True, help="Report format.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
@@ -112,30 +113,43 @@ def cli(debug: bool) -> None:
               help="Exploding threshold (overrides thresholds.exploding).")
 @click.option("--all-steps", is_flag=True, help="Table and Markdown: list every time step.")
 @_overrides_option
-def analyze(config: Path, fmt: str, output: Path | None, save_grads: Path | None, trials: int,
-            clip_percentile: float, fail_on: str, vanishing: float | None,
+def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads: Path | None,
+            trials: int, clip_percentile: float, fail_on: str, vanishing: float | None,
             exploding: float | None, all_steps: bool, overrides: tuple[str, ...]) -> None:
-    """Run BPTT on CONFIG and report gradient health: per-step gradient norms, how they
-    grow or shrink through time, exploding/vanishing findings and a clip value."""
+    """Run BPTT on each CONFIG and report gradient health: per-step gradient norms, how they
+    grow or shrink through time, exploding/vanishing findings and a clip value.
+
+    With several configs (as a pre-commit hook passes them) the reports follow one another;
+    --format json then writes one JSON object per line."""
+    if save_grads is not None and len(configs) > 1:
+        raise click.UsageError("--save-grads takes one CONFIG")
     extra = [f"thresholds.{name}={value!r}" for name, value in
              (("vanishing", vanishing), ("exploding", exploding)) if value is not None]
-    spec = _load(config, overrides + tuple(extra))
+    specs = [_load(config, overrides + tuple(extra)) for config in configs]
 
     from .analysis import analyze_spec
     from .render import RenderOptions, render
 
-    with _progress(trials) as progress:
-        report = analyze_spec(spec, trials=trials, clip_percentile=clip_percentile,
-                              progress=progress)
     color = output is None and fmt == "table" and _use_color()
-    text = render(report, fmt, RenderOptions(color=color, width=_width() if output is None
-                                             else 100, all_steps=all_steps))
+    options = RenderOptions(color=color, width=_width() if output is None else 100,
+                            all_steps=all_steps)
+    texts, failed = [], False
+    for spec in specs:
+        with _progress(trials) as progress:
+            report = analyze_spec(spec, trials=trials, clip_percentile=clip_percentile,
+                                  progress=progress)
+        failed = failed or report.fails(fail_on)
+        if fmt == "json" and len(specs) > 1:
+            texts.append(report.to_json(indent=None) + "\n")
+        else:
+            texts.append(render(report, fmt, options))
     if save_grads is not None:
         from .files import write_npz
         write_npz(save_grads, report.gradients)
         _stderr(f"wrote {save_grads}")
-    _emit(text, output)
-    sys.exit(1 if report.fails(fail_on) else 0)
+    separator = "" if fmt == "json" else "\n"
+    _emit(separator.join(texts), output)
+    sys.exit(1 if failed else 0)
 
 
 class _progress:
@@ -237,6 +251,33 @@ def init(path: Path, cell: str, force: bool) -> None:
     from .files import write_text
     write_text(path, starter_spec(cell, path.name))
     _stderr(f"wrote {path}; next: gradcheck analyze {path}")
+
+
+@cli.command(epilog=EXIT_STATUS_HELP)
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=0.1,
+              show_default=True,
+              help="How much (relative) a layer's horizon may shrink before it counts as "
+                   "worse.")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
+              default="table", show_default=True, help="Output format.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
+              help="Write the comparison to FILE (atomically) instead of stdout.")
+def compare(baseline: Path, new: Path, tolerance: float, fmt: str,
+            output: Path | None) -> None:
+    """Compare two reports (written by `analyze --format json`): findings, growth factors,
+    loss and norms. Exit status 1 when gradient health got worse: a new or more severe
+    finding, or a layer's horizon (the steps the gradient reaches back before crossing a
+    threshold) shorter by more than --tolerance."""
+    from .compare import compare_reports, read_report
+    from .render.compare import render_comparison
+    comparison = compare_reports(read_report(baseline), read_report(new),
+                                 baseline_name=str(baseline), new_name=str(new),
+                                 tolerance=tolerance)
+    color = output is None and fmt == "table" and _use_color()
+    _emit(render_comparison(comparison, fmt, color, _width()), output)
+    sys.exit(1 if comparison.worse else 0)
 
 
 @cli.command()

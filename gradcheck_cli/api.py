@@ -1,0 +1,57 @@
+"""The Python API: the same report the CLI renders, for a training script or a notebook.
+
+    from gradcheck_cli import analyze
+
+    report = analyze("config.yaml")                 # or a dict shaped like the YAML
+    assert report.ok, [f.message for f in report.findings]
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .analysis import analyze_spec
+from .report import Report
+from .spec import Spec, apply_overrides, load_spec, spec_from_data
+
+
+def analyze(config: str | os.PathLike[str] | Mapping[str, Any] | Spec, *,
+            overrides: Sequence[str] = (), trials: int = 20, clip_percentile: float = 10.0,
+            base_dir: str | os.PathLike[str] | None = None) -> Report:
+    """Run BPTT on a spec and return its gradient-health report.
+
+    Args:
+        config: a spec file's path, a mapping shaped like the YAML file, or a loaded
+            :class:`~gradcheck_cli.spec.Spec`.
+        overrides: ``"key.path=value"`` strings, as ``--set`` takes them.
+        trials: independent batches sampled for the clip suggestion (0: none).
+        clip_percentile: the percentile of the sampled norms suggested as ``max_norm``.
+        base_dir: where relative file paths in a mapping are resolved (default: the
+            current directory; a file's paths are relative to its own folder).
+
+    Returns:
+        A :class:`~gradcheck_cli.report.Report`: ``report.ok`` is False when a finding of
+        severity ``error`` was made; ``report.findings`` lists them all;
+        ``report.to_json()`` is what ``gradcheck analyze --format json`` prints.
+
+    Raises:
+        GradcheckError: the spec or a file it names is invalid (a ``SpecError`` names the
+            key, an ``InputFileError`` the file or tensor).
+    """
+    if trials < 0:
+        raise ValueError("trials must be 0 or more")
+    if not 0 < clip_percentile <= 100:
+        raise ValueError("clip_percentile must be in (0, 100]")
+    if isinstance(config, Spec):
+        spec = config
+    elif isinstance(config, Mapping):
+        data, origins = apply_overrides(copy.deepcopy(dict(config)), overrides)
+        spec = spec_from_data(data, name="<dict>", origins=origins,
+                              base_dir=Path(base_dir) if base_dir is not None else None)
+    else:
+        spec = load_spec(Path(config), overrides)
+    return analyze_spec(spec, trials=trials, clip_percentile=clip_percentile)

@@ -1,0 +1,148 @@
+"""What changed between two reports, and whether gradient health got worse.
+
+Health got worse when a finding appears or rises in severity, or when a layer's horizon
+(how many steps back the gradient reaches before it crosses the vanishing or exploding
+threshold) shrinks by more than the tolerance. Loss, global norm and parameter norms are shown but
+not judged: they move with the data and the loss as much as with the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputFileError
+from .report import SCHEMA_VERSION, SEVERITY_RANK
+
+REQUIRED = ("schema_version", "config", "loss", "global_grad_norm", "parameters", "layers",
+            "findings")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One compared quantity. ``verdict``: worse, better, or same (not judged)."""
+
+    what: str
+    baseline: Any
+    new: Any
+    verdict: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    baseline: str
+    new: str
+    tolerance: float
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def worse(self) -> bool:
+        return any(c.verdict == "worse" for c in self.changes)
+
+    def to_json(self) -> str:
+        data = {"baseline": self.baseline, "new": self.new, "tolerance": self.tolerance,
+                "worse": self.worse, "changes": [asdict(c) for c in self.changes]}
+        return json.dumps(data, indent=2, allow_nan=False)
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """A report written by ``gradcheck analyze --format json``, checked for its shape."""
+    if not path.exists():
+        raise InputFileError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputFileError(f"{path}: is a directory, not a report")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputFileError(f"{path}: not a JSON report ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputFileError(f"{path}: not a gradcheck report (not a JSON object)")
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise InputFileError(f"{path}: not a gradcheck report (missing {', '.join(missing)}); "
+                             "write one with gradcheck analyze --format json")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise InputFileError(f"{path}: report schema_version {data['schema_version']}, this "
+                             f"gradcheck reads {SCHEMA_VERSION}")
+    return data
+
+
+def _finding_key(f: dict[str, Any]) -> tuple:
+    return (f.get("code"), f.get("layer"), f.get("parameter"))
+
+
+def _where(key: tuple) -> str:
+    code, layer, parameter = key
+    place = f" (layer {layer})" if layer is not None else f" ({parameter})" if parameter else ""
+    return f"{code}{place}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or a == 0:
+        return "n/a"
+    return f"×{b / a:.3g}"
+
+
+def compare_reports(baseline: dict[str, Any], new: dict[str, Any], *, baseline_name: str,
+                    new_name: str, tolerance: float = 0.1) -> Comparison:
+    changes: list[Change] = []
+    old_findings = {_finding_key(f): f for f in baseline["findings"]}
+    new_findings = {_finding_key(f): f for f in new["findings"]}
+    for key, f in new_findings.items():
+        before = old_findings.get(key)
+        if before is None:
+            changes.append(Change(f"finding {_where(key)}", None, f["severity"], "worse",
+                                  f"new {f['severity']}: {f['message']}"))
+        elif SEVERITY_RANK[f["severity"]] > SEVERITY_RANK[before["severity"]]:
+            changes.append(Change(f"finding {_where(key)}", before["severity"], f["severity"],
+                                  "worse", f"now {f['severity']}: {f['message']}"))
+    for key, f in old_findings.items():
+        if key not in new_findings:
+            changes.append(Change(f"finding {_where(key)}", f["severity"], None, "better",
+                                  f"gone: {f['message']}"))
+
+    old_layers = {layer["index"]: layer for layer in baseline["layers"]}
+    for layer in new["layers"]:
+        before = old_layers.get(layer["index"])
+        if before is None:
+            continue
+        g0, g1 = before.get("growth_factor"), layer.get("growth_factor")
+        if g0 is None or g1 is None:
+            continue
+        h0, h1 = _reach(before.get("horizon")), _reach(layer.get("horizon"))
+        verdict = "worse" if h1 < h0 / (1 + tolerance) else \
+            "better" if h1 > h0 * (1 + tolerance) else "same"
+        changes.append(Change(
+            f"layer {layer['index']} horizon", before.get("horizon"), layer.get("horizon"),
+            verdict, f"{_steps(h0)} → {_steps(h1)} (growth ×{g0:.4g} → ×{g1:.4g} per step; "
+                     f"ratio at step 0 {_num(before.get('ratio'))} → "
+                     f"{_num(layer.get('ratio'))})"))
+    if len(old_layers) != len(new["layers"]):
+        changes.append(Change("layers", len(old_layers), len(new["layers"]), "same",
+                              "the models have different depths; only shared layers are "
+                              "compared"))
+
+    for what, key in (("loss", "loss"), ("global grad norm", "global_grad_norm")):
+        a, b = baseline.get(key), new.get(key)
+        changes.append(Change(what, a, b, "same", f"{_num(a)} → {_num(b)} ({_ratio(a, b)})"))
+    return Comparison(baseline=baseline_name, new=new_name, tolerance=tolerance,
+                      changes=changes)
+
+
+def _reach(horizon: float | None) -> float:
+    """A horizon of None means the gradient never crosses a threshold: unlimited reach."""
+    return math.inf if horizon is None else horizon
+
+
+def _steps(horizon: float) -> str:
+    return "unlimited" if math.isinf(horizon) else f"{horizon:,.0f} steps"
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4g}"
