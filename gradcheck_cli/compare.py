@@ -126,8 +126,8 @@ def compare_reports(baseline: dict[str, Any], new: dict[str, Any], *, baseline_n
                               "the models have different depths; only shared layers are "
                               "compared"))
 
-    for what, key in (("loss", "loss"), ("global grad norm", "global_grad_norm")):
-        a, b = baseline.get(key), new.get(key)
+    for what, field_name in (("loss", "loss"), ("global grad norm", "global_grad_norm")):
+        a, b = baseline.get(field_name), new.get(field_name)
         changes.append(Change(what, a, b, "same", f"{_num(a)} → {_num(b)} ({_ratio(a, b)})"))
     return Comparison(baseline=baseline_name, new=new_name, tolerance=tolerance,
                       changes=changes)
