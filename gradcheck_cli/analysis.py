@@ -192,12 +192,14 @@ def notes_for(spec: Spec) -> list[str]:
         found = f"recurrent module {checkpoint.rnn_prefix or '(no prefix)'}"
         found += f", head {checkpoint.head_prefix or '(no prefix)'}" \
             if checkpoint.head_prefix is not None else ", no head"
-        notes.append(f"weights from {checkpoint.path.name}: {found}; {checkpoint.ignored} "
-                     "other tensors ignored")
+        ignored = checkpoint.ignored
+        notes.append(f"weights from {checkpoint.path.name}: {found}; {ignored} other "
+                     f"tensor{'' if ignored == 1 else 's'} ignored")
         if checkpoint.half:
-            notes.append(f"{len(checkpoint.half)} half-precision tensors (float16/bfloat16) "
-                         f"were upcast to {spec.dtype} for analysis: "
-                         f"{', '.join(checkpoint.half)}")
+            half = checkpoint.half
+            shown = ", ".join(half[:3]) + (f" and {len(half) - 3} more" if len(half) > 3 else "")
+            notes.append(f"{len(half)} half-precision tensor{'s' if len(half) > 1 else ''} "
+                         f"(float16/bfloat16) upcast to {spec.dtype} for analysis: {shown}")
     if not spec.model.head:
         notes.append("no head: the loss is taken on the top layer's hidden state")
     if spec.sequence.lengths is not None or spec.sequence.mask is not None:

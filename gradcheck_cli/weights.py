@@ -257,6 +257,7 @@ def load(checkpoint: Checkpoint, dtype: np.dtype) -> dict[str, np.ndarray]:
     wanted = set(checkpoint.names.values())
     path = checkpoint.path
     if path.suffix == ".safetensors":
+        import ml_dtypes  # noqa: F401  (gives NumPy the bfloat16 that safetensors hands over)
         from safetensors import safe_open
         with safe_open(str(path), framework="numpy") as f:
             raw = {name: f.get_tensor(name) for name in wanted}

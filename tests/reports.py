@@ -36,6 +36,7 @@ def make_report(length: int = 5, findings: list[Finding] | None = None, cell: st
                            ratio=norms[0] / norms[-1], horizon=61.9)
                 for k in range(layers)],
         findings=findings or [],
+        notes=["weights from w.npz: a note"],
         clip=ClipSuggestion(trials=8, percentile=10.0, max_norm=0.42,
                             norm_percentiles={"p10": 0.42, "p25": 0.5, "p50": 0.6, "p75": 0.7,
                                               "p90": 0.8, "p99": 0.9, "min": 0.4, "max": 0.95},

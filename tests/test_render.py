@@ -52,6 +52,7 @@ def test_table_healthy_reads_as_healthy():
     for column in ("‖dL/dh‖ l0", "‖dL/dc‖ l1", "growth / step", "horizon", "max_norm"):
         assert column in text
     assert "torch.clip_line(0.42)" in text and "88%" in text
+    assert "note: weights from w.npz: a note" in text
     assert "\x1b[" not in text  # no colour unless asked
 
 
@@ -84,6 +85,7 @@ def test_markdown_is_github_flavoured():
     assert "| layer | growth / step | ratio at step 0 | horizon | verdict |" in text
     assert "```python\ntorch.clip_line(0.42)\n```" in text
     assert "<details>" in text and "`rnn.weight_hh_l0`" in text
+    assert "> note: weights from w.npz: a note" in text
     healthy = render(make_report(clip=False), "markdown")
     assert "✅ **healthy**" in healthy and "No trials sampled" in healthy
 

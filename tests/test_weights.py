@@ -181,3 +181,18 @@ def test_bare_nn_module_state_dict_has_no_prefix(tmp_path, write_spec, rng):
     spec = load_spec(write_spec(SPEC.format(file="bare.npz").replace("cross_entropy", "mse")))
     assert spec.model.checkpoint.rnn_prefix == "" and spec.model.head is False
     assert analyze_spec(spec, trials=0).parameters[0].name == "weight_ih_l0"
+
+
+def test_bf16_checkpoint_in_a_fresh_process(tmp_path, rng):
+    """The command line reads bf16 without anything imported beforehand."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    save_file(checkpoint(rng, half=ml_dtypes.bfloat16), tmp_path / "c.safetensors")
+    (tmp_path / "s.yaml").write_text(SPEC.format(file="c.safetensors"))
+    result = subprocess.run([sys.executable, "-m", "gradcheck_cli", "analyze",
+                             str(tmp_path / "s.yaml"), "-f", "json", "--trials", "0"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert any("bfloat16" in note for note in json.loads(result.stdout)["notes"])

@@ -18,6 +18,7 @@ def _table(header: list[str], rows: list[list[str]], align: list[str] | None = N
 
 def render_markdown(report: Report, options: RenderOptions) -> str:
     out = [f"## gradcheck: `{report.config}`", "", title(report), ""]
+    out += [f"> note: {note}" for note in report.notes] + ([""] if report.notes else [])
     if report.findings:
         out += _table(["", "severity", "code", "finding"],
                       [[ICON[f.severity], f.severity, f"`{f.code}`", f.message]

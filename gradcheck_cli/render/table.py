@@ -88,7 +88,7 @@ def _per_step(report: Report, all_steps: bool) -> Table:
         if layer.cell_grad_norm is not None:
             table.add_column(f"‖dL/dc‖ l{layer.index}", justify="right")
     table.add_column(f"‖dL_T/dh‖ l{charted.index}", justify="right")
-    table.add_column(f"log scale {num(low)} … {num(high)}", no_wrap=True)
+    table.add_column("log scale", no_wrap=True)
     for t in steps:
         row = [str(t)]
         for layer in report.layers:
@@ -96,7 +96,7 @@ def _per_step(report: Report, all_steps: bool) -> Table:
             if layer.cell_grad_norm is not None:
                 row.append(num(layer.cell_grad_norm[t]))
         value = charted.last_step_grad_norm[t]
-        row += [num(value), bar(value, low, high, width=20)]
+        row += [num(value), bar(value, low, high, width=16)]
         table.add_row(*row)
     return table
 
@@ -142,6 +142,8 @@ def render_table(report: Report, options: RenderOptions) -> str:
                       no_color=not options.color, highlight=False, emoji=False)
     console.print(Text(f"gradcheck {report.gradcheck_version} · {report.config}", style="bold"))
     console.print(title(report))
+    for note in report.notes:
+        console.print(Text(f"note: {note}", style="dim"))
     console.print()
     console.print(_findings(report))
     console.print()
@@ -153,7 +155,10 @@ def render_table(report: Report, options: RenderOptions) -> str:
     console.print(_layers(report))
     shown = "every step" if options.all_steps or report.length <= SUMMARY_ROWS else \
         f"{SUMMARY_ROWS} of {report.length} steps; --all-steps shows every one"
-    console.print(Text(f"Per step ({shown})", style=bold))
+    charted = _charted_layer(report)
+    low, high = log_range(charted.last_step_grad_norm)
+    console.print(Text(f"Per step ({shown}); the bar is ‖dL_T/dh‖ of layer {charted.index} "
+                       f"on a log scale from {num(low)} to {num(high)}", style=bold))
     console.print(_per_step(report, options.all_steps))
     console.print(Text("Parameters", style=bold))
     console.print(_parameters(report))
