@@ -42,7 +42,8 @@ class LayerCache:
     """What one layer's backward pass needs from its forward pass.
 
     x: ``(T, B, in)`` the layer's input. h: ``(T, B, H)`` its hidden states.
-    gates: ``(T, B, G*H)`` activated gates (lstm i, f, g, o; gru r, z, n); empty for rnn.
+    gates: ``(T, B, G*H)`` activated gates (lstm i, f, g, o; gru r, z, n); for rnn the
+    nonlinearity's output (the same array as h, unless residual through time).
     c, tanh_c: ``(T, B, H)`` lstm cell states and their tanh.
     hn: ``(T, B, H)`` gru's ``W_hn h_{t-1} + b_hn``.
     """
@@ -61,6 +62,9 @@ class Forward:
 
     layers: list[LayerCache]
     outputs: np.ndarray
+    top: np.ndarray | None = None
+    """What the head reads: the top layer's output (its hidden states, plus its input with
+    residual connections across layers)."""
 
 
 @dataclass
@@ -113,10 +117,14 @@ def _project(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
 
 def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
                   b_ih: np.ndarray | None, b_hh: np.ndarray | None) -> LayerCache:
-    """Unroll one layer over the sequence ``x`` of shape ``(T, B, in)``."""
+    """Unroll one layer over the sequence ``x`` of shape ``(T, B, in)``.
+
+    With ``arch.residual_time`` the state is h_t = h_{t-1} + cell(x_t, h_{t-1}).
+    """
     T, B, _ = x.shape
     H = w_hh.shape[1]
     dtype = x.dtype
+    skip = arch.residual_time
     xp = _project(x, w_ih, b_ih)            # input projections of every step: (T, B, G*H)
     if b_hh is not None and arch.cell != "gru":
         xp += b_hh                          # both biases add outside the gates: fold them
@@ -127,16 +135,18 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
     cache = LayerCache(x=x, h=h)
 
     if arch.cell == "rnn":
+        act = np.empty((T, B, H), dtype=dtype) if skip else h   # the cell's own output
         for t in range(T):
             a = xp[t]
             a += h_prev @ w_hh_t
-            if b_hh is not None:
-                a += b_hh
             if arch.nonlinearity == "tanh":
-                np.tanh(a, out=h[t])
+                np.tanh(a, out=act[t])
             else:
-                np.maximum(a, 0.0, out=h[t])
+                np.maximum(a, 0.0, out=act[t])
+            if skip:
+                np.add(h_prev, act[t], out=h[t])   # h_t = h_{t-1} + act(...)
             h_prev = h[t]
+        cache.gates = act
         return cache
 
     gates = xp  # activated in place, step by step
@@ -147,8 +157,6 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
         for t in range(T):
             a = gates[t]
             a += h_prev @ w_hh_t
-            if b_hh is not None:
-                a += b_hh
             i, f, g, o = (a[:, k * H:(k + 1) * H] for k in range(4))
             i[...] = sigmoid(i)
             f[...] = sigmoid(f)
@@ -158,6 +166,8 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
             c[t] += i * g
             np.tanh(c[t], out=tanh_c[t])
             np.multiply(o, tanh_c[t], out=h[t])    # h_t = o ⊙ tanh(c_t)
+            if skip:
+                h[t] += h_prev                     # ... + h_{t-1}
             h_prev, c_prev = h[t], c[t]
         cache.gates, cache.c, cache.tanh_c = gates, c, tanh_c
         return cache
@@ -179,22 +189,33 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
         np.tanh(n, out=n)
         np.multiply(1.0 - z, n, out=h[t])          # h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
         h[t] += z * h_prev
+        if skip:
+            h[t] += h_prev                         # ... + h_{t-1}
         h_prev = h[t]
     cache.gates, cache.hn = gates, hn
     return cache
+
+
+def residual_layers(arch: Architecture) -> list[int]:
+    """Layers whose output carries their input too (out = h + x): those whose input has the
+    hidden size. Layer 0 has none when input_size differs from hidden_size."""
+    if not arch.residual_layers:
+        return []
+    return [k for k in range(arch.num_layers) if arch.layer_input_size(k) == arch.hidden_size]
 
 
 def forward(arch: Architecture, params: Params, x: np.ndarray) -> Forward:
     """Run the stack and the head over ``x`` of shape ``(T, B, input_size)``."""
     layers = []
     inputs = x
+    skips = residual_layers(arch)
     for k in range(arch.num_layers):
         cache = forward_layer(arch, inputs, *_layer_params(params, k))
         layers.append(cache)
-        inputs = cache.h
+        inputs = cache.h + inputs if k in skips else cache.h   # residual across layers
     outputs = _project(inputs, params["head.weight"], params.get("head.bias")) \
         if arch.head else inputs
-    return Forward(layers=layers, outputs=outputs)
+    return Forward(layers=layers, outputs=outputs, top=inputs)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -250,112 +271,139 @@ def loss_and_output_grad(outputs: np.ndarray, targets: np.ndarray, kind: str,
 # ----------------------------------------------------------------------------- backward
 
 def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
-                   w_ih: np.ndarray, w_hh: np.ndarray, *, param_grads: bool = True,
-                   input_grad: bool = True):
-    """Backpropagate through one layer.
+                   w_ih: np.ndarray, w_hh: np.ndarray, *, start: int = 0,
+                   param_grads: bool = True, input_grad: bool = True):
+    """Backpropagate through steps ``start … start + W - 1`` of one layer.
 
-    dh_direct: ``(T, B, H)``, the gradient reaching each h_t from outside the recurrence
-    (the head, or the layer above). Returns ``(grads, dx, dh, dc)``: parameter gradients
-    ``(dW_ih, dW_hh, db_ih, db_hh)`` or None, dL/dx ``(T, B, in)`` or None, the total
-    dL/dh_t ``(T, B, H)`` and, for lstm, dL/dc_t.
+    dh_direct: ``(W, B, H)``, the gradient reaching each h_t from outside the recurrence
+    (the head, or the layer above). Nothing arrives from after the window, and nothing is
+    passed on into h_{start-1} (truncated BPTT cuts there; by default the window is the
+    whole sequence). Returns ``(grads, dx, dh, dc)``: parameter gradients
+    ``(dW_ih, dW_hh, db_ih, db_hh)`` or None, dL/dx ``(W, B, in)`` or None, the total dL/dh_t
+    ``(W, B, H)`` and, for lstm, dL/dc_t.
     """
-    T, B, H = cache.h.shape
+    W, B, H = dh_direct.shape
+    stop = start + W
     dtype = cache.h.dtype
     G = w_hh.shape[0]
+    skip = arch.residual_time
+    zeros = np.zeros((B, H), dtype=dtype)
+    h = cache.h
+
+    def h_before(t: int) -> np.ndarray:
+        return h[t - 1] if t > 0 else zeros
+
     dh = np.empty_like(dh_direct)                  # total dL/dh_t, as recorded
-    d_gates = np.empty((T, B, G), dtype=dtype)     # dL/d(pre-activation), input side
+    d_gates = np.empty((W, B, G), dtype=dtype)     # dL/d(pre-activation), input side
     d_hp = d_gates                                 # dL/d(W_hh h_{t-1} + b_hh); differs for gru
-    dh_next = np.zeros((B, H), dtype=dtype)        # gradient into h_t from step t+1
+    dh_next = zeros                                # gradient into h_t from step t+1
     dc = None
 
     if arch.cell == "rnn":
-        h = cache.h
-        for t in reversed(range(T)):
-            np.add(dh_direct[t], dh_next, out=dh[t])          # direct path + recurrent path
+        act = cache.gates if cache.gates is not None else h
+        for t in reversed(range(start, stop)):
+            w = t - start
+            np.add(dh_direct[w], dh_next, out=dh[w])          # direct path + recurrent path
             if arch.nonlinearity == "tanh":                    # backprop through tanh
-                np.multiply(dh[t], 1.0 - h[t] * h[t], out=d_gates[t])
+                np.multiply(dh[w], 1.0 - act[t] * act[t], out=d_gates[w])
             else:                                              # backprop through relu
-                np.multiply(dh[t], h[t] > 0, out=d_gates[t])
-            dh_next = d_gates[t] @ w_hh                        # into h_{t-1} through W_hh
+                np.multiply(dh[w], act[t] > 0, out=d_gates[w])
+            dh_next = d_gates[w] @ w_hh                        # into h_{t-1} through W_hh
+            if skip:
+                dh_next += dh[w]                               # ... and through h_t = h_{t-1} + ...
 
     elif arch.cell == "lstm":
         gates, c, tanh_c = cache.gates, cache.c, cache.tanh_c
         assert gates is not None and c is not None and tanh_c is not None
         dc = np.empty_like(dh_direct)                          # total dL/dc_t, as recorded
-        dc_next = np.zeros((B, H), dtype=dtype)                # f_{t+1} ⊙ dL/dc_{t+1}
-        zeros = np.zeros((B, H), dtype=dtype)
-        for t in reversed(range(T)):
-            np.add(dh_direct[t], dh_next, out=dh[t])
+        dc_next = zeros                                        # f_{t+1} ⊙ dL/dc_{t+1}
+        for t in reversed(range(start, stop)):
+            w = t - start
+            np.add(dh_direct[w], dh_next, out=dh[w])
             i, f, g, o = (gates[t, :, k * H:(k + 1) * H] for k in range(4))
             tc = tanh_c[t]
             c_prev = c[t - 1] if t > 0 else zeros
             # h_t = o ⊙ tanh(c_t): into c_t, plus what c_{t+1} sends back through f_{t+1}
-            np.multiply(dh[t] * o, 1.0 - tc * tc, out=dc[t])
-            dc[t] += dc_next
-            da = d_gates[t]
+            np.multiply(dh[w] * o, 1.0 - tc * tc, out=dc[w])
+            dc[w] += dc_next
+            da = d_gates[w]
             di, df, dg, do = (da[:, k * H:(k + 1) * H] for k in range(4))
-            np.multiply(dc[t] * g, i * (1.0 - i), out=di)      # through σ of the input gate
-            np.multiply(dc[t] * c_prev, f * (1.0 - f), out=df)  # through σ of the forget gate
-            np.multiply(dc[t] * i, 1.0 - g * g, out=dg)         # through tanh of the candidate
-            np.multiply(dh[t] * tc, o * (1.0 - o), out=do)      # through σ of the output gate
-            dc_next = dc[t] * f                                 # into c_{t-1}
+            np.multiply(dc[w] * g, i * (1.0 - i), out=di)      # through σ of the input gate
+            np.multiply(dc[w] * c_prev, f * (1.0 - f), out=df)  # through σ of the forget gate
+            np.multiply(dc[w] * i, 1.0 - g * g, out=dg)         # through tanh of the candidate
+            np.multiply(dh[w] * tc, o * (1.0 - o), out=do)      # through σ of the output gate
+            dc_next = dc[w] * f                                 # into c_{t-1}
             dh_next = da @ w_hh                                 # into h_{t-1} through W_hh
+            if skip:
+                dh_next += dh[w]                                # ... and through the residual
 
     else:  # gru
-        gates, hn, h = cache.gates, cache.hn, cache.h
+        gates, hn = cache.gates, cache.hn
         assert gates is not None and hn is not None
-        d_hp = np.empty((T, B, G), dtype=dtype)
-        zeros = np.zeros((B, H), dtype=dtype)
-        for t in reversed(range(T)):
-            np.add(dh_direct[t], dh_next, out=dh[t])
+        d_hp = np.empty((W, B, G), dtype=dtype)
+        for t in reversed(range(start, stop)):
+            w = t - start
+            np.add(dh_direct[w], dh_next, out=dh[w])
             r, z, n = (gates[t, :, k * H:(k + 1) * H] for k in range(3))
-            h_prev = h[t - 1] if t > 0 else zeros
-            dar, daz, dan = (d_gates[t, :, k * H:(k + 1) * H] for k in range(3))
+            h_prev = h_before(t)
+            dar, daz, dan = (d_gates[w, :, k * H:(k + 1) * H] for k in range(3))
             # h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
-            np.multiply(dh[t] * (1.0 - z), 1.0 - n * n, out=dan)    # through tanh of n
-            np.multiply(dh[t] * (h_prev - n), z * (1.0 - z), out=daz)  # through σ of z
+            np.multiply(dh[w] * (1.0 - z), 1.0 - n * n, out=dan)    # through tanh of n
+            np.multiply(dh[w] * (h_prev - n), z * (1.0 - z), out=daz)  # through σ of z
             np.multiply(dan * hn[t], r * (1.0 - r), out=dar)         # n's r ⊙ (W_hn h + b_hn)
-            d_hp[t, :, :2 * H] = d_gates[t, :, :2 * H]
-            np.multiply(dan, r, out=d_hp[t, :, 2 * H:])              # into W_hn h + b_hn
-            dh_next = dh[t] * z + d_hp[t] @ w_hh                    # into h_{t-1}: direct + W_hh
+            d_hp[w, :, :2 * H] = d_gates[w, :, :2 * H]
+            np.multiply(dan, r, out=d_hp[w, :, 2 * H:])              # into W_hn h + b_hn
+            dh_next = dh[w] * z + d_hp[w] @ w_hh                    # into h_{t-1}: direct + W_hh
+            if skip:
+                dh_next += dh[w]                                    # ... and the residual
 
     grads = None
     if param_grads:
-        # Weight gradients summed over all steps as one product each.
+        # Weight gradients summed over the window's steps as one product each; W_hh meets
+        # h_{t-1}, which before the window is a constant input (truncated BPTT keeps it).
         in_size = cache.x.shape[2]
-        flat_d = d_gates.reshape(T * B, G)
-        flat_hp = d_hp.reshape(T * B, G)
-        d_w_ih = flat_d.T @ cache.x.reshape(T * B, in_size)
-        d_w_hh = d_hp[1:].reshape((T - 1) * B, G).T @ cache.h[:-1].reshape((T - 1) * B, H)
+        flat_d = d_gates.reshape(W * B, G)
+        flat_hp = d_hp.reshape(W * B, G)
+        d_w_ih = flat_d.T @ cache.x[start:stop].reshape(W * B, in_size)
+        d_w_hh = d_hp[1:].reshape((W - 1) * B, G).T @ h[start:stop - 1].reshape((W - 1) * B, H)
+        if start > 0:
+            d_w_hh += d_hp[0].T @ h[start - 1]
         grads = (d_w_ih, d_w_hh, flat_d.sum(axis=0), flat_hp.sum(axis=0))
     dx = _project(d_gates, w_ih.T, None) if input_grad else None
     return grads, dx, dh, dc
 
 
 def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.ndarray, *,
-             param_grads: bool = True) -> Backward:
+             param_grads: bool = True, window: tuple[int, int] | None = None) -> Backward:
     """Backpropagate ``d_outputs`` (dL/dy, ``(T, B, O)``) through the head and every layer.
 
     With ``param_grads=False`` only the hidden (and cell) state gradients are computed.
+    ``window=(start, stop)`` backpropagates through those steps only (truncated BPTT: no
+    gradient enters from after ``stop`` or leaves into step ``start - 1``); the state
+    gradients returned then cover the window's steps.
     """
     T, B, n_out = d_outputs.shape
-    top = fwd.layers[-1].h
+    start, stop = window if window is not None else (0, T)
+    d_out = d_outputs[start:stop]
+    W = stop - start
+    top = fwd.top if fwd.top is not None else fwd.layers[-1].h
     grads: dict[str, np.ndarray] = {}
     if not arch.head:
-        dh_direct = d_outputs                       # the loss is on the top hidden state
+        dh_direct = d_out                           # the loss is on the top layer's output
     else:
         if param_grads:
-            flat = d_outputs.reshape(T * B, n_out)
-            grads["head.weight"] = flat.T @ top.reshape(T * B, -1)
+            flat = d_out.reshape(W * B, n_out)
+            grads["head.weight"] = flat.T @ top[start:stop].reshape(W * B, -1)
             if arch.head_bias:
                 grads["head.bias"] = flat.sum(axis=0)
-        dh_direct = _project(d_outputs, params["head.weight"].T, None)   # into the top layer
+        dh_direct = _project(d_out, params["head.weight"].T, None)   # into the top layer
+    skips = residual_layers(arch)
     hidden: list[np.ndarray] = [None] * arch.num_layers  # type: ignore[list-item]
     cell: list[np.ndarray] = [None] * arch.num_layers    # type: ignore[list-item]
     for k in reversed(range(arch.num_layers)):
         w_ih, w_hh, _, _ = _layer_params(params, k)
         layer_grads, dx, hidden[k], cell[k] = backward_layer(
-            arch, fwd.layers[k], dh_direct, w_ih, w_hh,
+            arch, fwd.layers[k], dh_direct, w_ih, w_hh, start=start,
             param_grads=param_grads, input_grad=k > 0)
         if layer_grads is not None:
             d_w_ih, d_w_hh, d_b_ih, d_b_hh = layer_grads
@@ -364,9 +412,32 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
             if arch.bias:
                 grads[f"rnn.bias_ih_l{k}"] = d_b_ih
                 grads[f"rnn.bias_hh_l{k}"] = d_b_hh
+        if k in skips and dx is not None:
+            dx += dh_direct                         # out = h + x: the input gets it directly
         dh_direct = dx
     ordered = {name: grads[name] for name in params if name in grads}
     return Backward(params=ordered, hidden=hidden, cell=cell if arch.cell == "lstm" else None)
+
+
+def truncated_bptt(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.ndarray,
+                   k1: int, k2: int) -> dict[str, np.ndarray]:
+    """The parameter gradient of truncated BPTT(k1, k2) (Williams & Peng, 1990), at one set
+    of weights: after every k1 steps (and at the end), the losses of those steps are
+    backpropagated through the last k2 steps only. ``k2 >= k1``; k1 = k2 = k is the usual
+    "detach the state every k steps". The forward pass is the full one: the state still
+    flows across the cuts, only the gradient does not.
+    """
+    T = d_outputs.shape[0]
+    total = {name: np.zeros_like(value) for name, value in params.items()}
+    first = 0
+    for stop in [*range(k1, T, k1), T]:
+        d_window = np.zeros_like(d_outputs)
+        d_window[first:stop] = d_outputs[first:stop]       # the losses since the last update
+        grads = backward(arch, params, fwd, d_window, window=(max(0, stop - k2), stop))
+        for name, g in grads.params.items():
+            total[name] += g
+        first = stop
+    return total
 
 
 def bptt(arch: Architecture, params: Params, x: np.ndarray, targets: np.ndarray,

@@ -38,6 +38,8 @@ class Architecture:
     bias: bool = True
     head_bias: bool = True
     head: bool = True
+    residual_layers: bool = False
+    residual_time: bool = False
 
     @classmethod
     def from_spec(cls, model) -> Architecture:  # model: a resolved spec.ModelSpec
@@ -45,7 +47,8 @@ class Architecture:
         return cls(cell=model.cell, input_size=model.input_size, hidden_size=model.hidden_size,
                    output_size=model.output_size if head else model.hidden_size,
                    num_layers=model.num_layers, nonlinearity=model.nonlinearity,
-                   bias=model.bias, head_bias=head and model.head_bias, head=head)
+                   bias=model.bias, head_bias=head and model.head_bias, head=head,
+                   residual_layers=model.residual.layers, residual_time=model.residual.time)
 
     @property
     def gates(self) -> int:

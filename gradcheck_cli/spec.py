@@ -90,6 +90,15 @@ class InitSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Residual:
+    """Residual connections, a mitigation for vanishing gradients."""
+
+    layers: bool = _opt(False, "across layers: a layer's output is h + its input, where the "
+                               "sizes match (every layer but a first whose input_size differs)")
+    time: bool = _opt(False, "through time: h_t = h_{t-1} + cell(x_t, h_{t-1})")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """The recurrent stack (PyTorch's nn.RNN/LSTM/GRU, batch_first) and its linear head."""
 
@@ -107,6 +116,7 @@ class ModelSpec:
               "without one the loss is taken on the hidden state")
     head_bias: bool = _opt(True, "the linear head has a bias")
     init: InitSpec = _opt(InitSpec, "initialisation when no weights file is given")
+    residual: Residual = _opt(Residual, "residual connections across layers and through time")
     weights: Path | None = _opt(None, "trained weights: .safetensors or .npz, PyTorch names")
     rnn_prefix: str | None = _opt(
         None, "the recurrent module's prefix in the weights file (e.g. encoder.lstm); "
