@@ -16,7 +16,16 @@ from .bptt import Backward, Forward, backward, forward, loss_and_output_grad
 from .clip import sample_global_norms, suggest_clip
 from .data import Batches
 from .model import Architecture, Params, init_params
-from .report import Finding, LayerStats, ModelSummary, ParameterStats, Report
+from .report import (
+    CostStats,
+    Finding,
+    LayerStats,
+    MitigationEffect,
+    ModelSummary,
+    ParameterStats,
+    Report,
+    TruncationStats,
+)
 from .spec import Spec
 
 Progress = Callable[[int, int], None]
@@ -175,6 +184,18 @@ def temporal_findings(layers: list[LayerStats], spec: Spec) -> list[Finding]:
     return out
 
 
+def mitigation_effect(spec: Spec, grads: dict[str, np.ndarray],
+                      params: Params) -> MitigationEffect | None:
+    """The spec's mitigation applied to a copy of the measured gradients."""
+    from .mitigations import Mitigator, global_norm, parse_mitigations
+    chain = parse_mitigations(spec.training.mitigation)
+    if not chain:
+        return None
+    mitigated = Mitigator(chain)(grads, params)
+    return MitigationEffect(applied=spec.training.mitigation,
+                            global_grad_norm_after=global_norm(mitigated))
+
+
 def last_step_output_grad(d_out: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
     """The part of dL/dy that comes from each sequence's last (valid) step's loss."""
     T, B = d_out.shape[:2]
@@ -202,14 +223,55 @@ def notes_for(spec: Spec) -> list[str]:
                          f"(float16/bfloat16) upcast to {spec.dtype} for analysis: {shown}")
     if not spec.model.head:
         notes.append("no head: the loss is taken on the top layer's hidden state")
+    arch = Architecture.from_spec(spec.model)
+    if arch.residual_layers:
+        from .bptt import residual_layers
+        skipped = sorted(set(range(arch.num_layers)) - set(residual_layers(arch)))
+        if skipped:
+            notes.append(f"residual across layers: none at layer 0, whose input_size "
+                         f"{arch.input_size} differs from hidden_size {arch.hidden_size} "
+                         "(no projection is added)")
+    if arch.residual_time:
+        notes.append("residual through time: h_t = h_{t-1} + cell(x_t, h_{t-1})")
     if spec.sequence.lengths is not None or spec.sequence.mask is not None:
         notes.append("padded sequences: the steps after each sequence's length take no loss; "
                      "the last step's gradient is aligned at each sequence's own end")
     return notes
 
 
+def truncation_stats(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
+                     full: dict[str, np.ndarray], signal: list[float], spec: Spec,
+                     windows: list[int]) -> list[TruncationStats]:
+    """Each window's TBPTT gradient against the full one, and what it would cost."""
+    from .bptt import truncated_bptt
+    from .cost import truncated_cost
+
+    pairs = [(k, k) for k in windows]
+    configured = spec.training.truncation
+    if configured is not None:
+        pairs = sorted({*pairs, (configured.k1, configured.k2 or configured.k1)})
+    full_norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in full.values()))
+    squared = np.array(signal[::-1], dtype=np.float64) ** 2      # by distance from the end
+    total_signal = float(squared.sum())
+    out = []
+    for k1, k2 in pairs:
+        cut = truncated_bptt(arch, params, fwd, d_out, k1, k2)
+        diff = math.sqrt(sum(float(np.sum((cut[n] - full[n]).astype(np.float64) ** 2))
+                             for n in full))
+        cost = truncated_cost(arch, spec.length, spec.batch_size, spec.dtype, k1, k2)
+        out.append(TruncationStats(
+            k1=k1, k2=k2, backward_macs=cost.backward_macs,
+            activation_bytes=cost.activation_bytes,
+            gradient_error=diff / full_norm if full_norm > 0 else 0.0,
+            cut_signal=float(squared[k2:].sum()) / total_signal if total_signal > 0 else 0.0,
+            configured=configured is not None and (k1, k2) == (configured.k1,
+                                                               configured.k2)))
+    return out
+
+
 def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
-                 progress: Progress | None = None) -> Report:
+                 progress: Progress | None = None,
+                 windows: list[int] | None = None) -> Report:
     """Run BPTT on the spec's batch, measure, judge, and sample norms for clipping."""
     arch, params = model_parameters(spec)
     checkpoint = spec.model.checkpoint
@@ -234,6 +296,12 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
                                       weight_norm=array_norm(params[name]))
                        for name, g in grads.params.items()]
         global_norm = math.sqrt(sum(p.grad_norm ** 2 for p in param_stats))
+        mitigation = mitigation_effect(spec, grads.params, params)
+        from .cost import bptt_cost, default_windows
+        cost = bptt_cost(arch, spec.length, spec.batch_size, spec.dtype)
+        truncation = truncation_stats(
+            arch, params, fwd, d_out, grads.params, layers[-1].last_step_grad_norm, spec,
+            default_windows(spec.length) if windows is None else windows)
 
     findings = []
     broken = non_finite_finding(params, fwd, loss, grads, names)
@@ -264,5 +332,10 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         loss=loss, global_grad_norm=global_norm,
         parameters=param_stats, layers=layers, findings=findings, clip=clip,
         notes=notes_for(spec),
+        mitigation=mitigation,
+        cost=CostStats(forward_macs=cost.forward_macs, backward_macs=cost.backward_macs,
+                       activation_bytes=cost.activation_bytes,
+                       parameter_count=cost.parameter_count),
+        truncation=truncation,
         gradients={names[name]: g for name, g in grads.params.items()},
     )

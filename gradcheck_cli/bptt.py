@@ -423,9 +423,10 @@ def truncated_bptt(arch: Architecture, params: Params, fwd: Forward, d_outputs: 
                    k1: int, k2: int) -> dict[str, np.ndarray]:
     """The parameter gradient of truncated BPTT(k1, k2) (Williams & Peng, 1990), at one set
     of weights: after every k1 steps (and at the end), the losses of those steps are
-    backpropagated through the last k2 steps only. ``k2 >= k1``; k1 = k2 = k is the usual
-    "detach the state every k steps". The forward pass is the full one: the state still
-    flows across the cuts, only the gradient does not.
+    backpropagated through them and the k2 - k1 steps before them, no further. ``k2 >= k1``;
+    k1 = k2 = k is the usual "detach the state every k steps" (a last, shorter chunk is
+    backpropagated through itself). The forward pass is the full one: the state still flows
+    across the cuts, only the gradient does not.
     """
     T = d_outputs.shape[0]
     total = {name: np.zeros_like(value) for name, value in params.items()}
@@ -433,7 +434,7 @@ def truncated_bptt(arch: Architecture, params: Params, fwd: Forward, d_outputs: 
     for stop in [*range(k1, T, k1), T]:
         d_window = np.zeros_like(d_outputs)
         d_window[first:stop] = d_outputs[first:stop]       # the losses since the last update
-        grads = backward(arch, params, fwd, d_window, window=(max(0, stop - k2), stop))
+        grads = backward(arch, params, fwd, d_window, window=(max(0, first - (k2 - k1)), stop))
         for name, g in grads.params.items():
             total[name] += g
         first = stop

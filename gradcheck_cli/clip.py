@@ -14,21 +14,13 @@ from collections.abc import Callable
 import numpy as np
 
 from .bptt import bptt
+from .mitigations import global_norm
 from .model import Architecture, Params
 from .report import ClipCandidate, ClipSuggestion
 
 PERCENTILES = (10, 25, 50, 75, 90, 99)
 CONVENTIONAL = (1.0, 5.0)
 """max_norm values often used without measurement; shown for comparison."""
-
-
-def global_norm(grads: dict[str, np.ndarray]) -> float:
-    """The norm of all gradients together, as ``torch.nn.utils.clip_grad_norm_`` returns it."""
-    total = 0.0
-    for g in grads.values():
-        flat = g.ravel().astype(np.float64)
-        total += float(np.dot(flat, flat))
-    return math.sqrt(total)
 
 
 def sample_global_norms(arch: Architecture, params: Params, batches, spec, trials: int,

@@ -81,6 +81,42 @@ class ClipSuggestion:
 
 
 @dataclass(frozen=True)
+class MitigationEffect:
+    """The spec's mitigation applied to the measured gradients (the core's stay raw)."""
+
+    applied: str
+    global_grad_norm_after: float
+
+
+@dataclass(frozen=True)
+class CostStats:
+    """Full BPTT's work and memory for the spec (see gradcheck_cli.cost)."""
+
+    forward_macs: int
+    backward_macs: int
+    activation_bytes: int
+    parameter_count: int
+
+
+@dataclass(frozen=True)
+class TruncationStats:
+    """Truncated BPTT(k1, k2) against full BPTT.
+
+    gradient_error: ‖g_full − g_truncated‖ / ‖g_full‖ over all parameters.
+    cut_signal: the share (by squared norm) of the last step's gradient ‖dL_T/dh_t‖ of the
+        top layer that lies k2 or more steps back: what the cut removes.
+    """
+
+    k1: int
+    k2: int
+    backward_macs: int
+    activation_bytes: int
+    gradient_error: float
+    cut_signal: float
+    configured: bool
+
+
+@dataclass(frozen=True)
 class ModelSummary:
     cell: str
     nonlinearity: str | None
@@ -113,6 +149,9 @@ class Report:
     findings: list[Finding]
     clip: ClipSuggestion | None
     notes: list[str] = field(default_factory=list)
+    mitigation: MitigationEffect | None = None
+    cost: CostStats | None = None
+    truncation: list[TruncationStats] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
     gradients: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
@@ -255,6 +294,28 @@ def report_json_schema() -> dict[str, Any]:
             "clip": clip,
             "notes": {"type": "array", "items": {"type": "string"},
                       "description": "how the run was set up: weights found, upcasts, padding"},
+            "mitigation": {
+                "type": ["object", "null"],
+                "required": ["applied", "global_grad_norm_after"],
+                "properties": {"applied": {"type": "string"}, "global_grad_norm_after": _NUMBER},
+            },
+            "cost": {
+                "type": ["object", "null"],
+                "required": ["forward_macs", "backward_macs", "activation_bytes",
+                             "parameter_count"],
+                "properties": {k: {"type": "integer", "minimum": 0} for k in (
+                    "forward_macs", "backward_macs", "activation_bytes", "parameter_count")},
+            },
+            "truncation": {"type": "array", "items": {
+                "type": "object",
+                "required": ["k1", "k2", "backward_macs", "activation_bytes", "gradient_error",
+                             "cut_signal", "configured"],
+                "properties": {"k1": {"type": "integer", "minimum": 1},
+                               "k2": {"type": "integer", "minimum": 1},
+                               "backward_macs": {"type": "integer"},
+                               "activation_bytes": {"type": "integer"},
+                               "gradient_error": _NUMBER, "cut_signal": _NUMBER,
+                               "configured": {"type": "boolean"}}}},
         },
         "additionalProperties": False,
     }

@@ -194,6 +194,30 @@ class Thresholds:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Truncation:
+    """Truncated BPTT(k1, k2): after every k1 steps, backpropagate through the last k2."""
+
+    k1: int = _req("steps forward between updates", minimum=1)
+    k2: int | None = _opt(None, "steps backward (at least k1; default k1)", minimum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Training:
+    """Mitigations, and the settings of `gradcheck simulate`."""
+
+    mitigation: str = _opt("none", "applied to the measured gradients: none, clip-value:V, "
+                                   "clip-norm:N, normalize:N, normalize-param:N, autoclip:P, "
+                                   "agc:L, combined with +")
+    truncation: Truncation | None = _opt(None, "truncated BPTT: {k1: K, k2: K}")
+    optimizer: Literal["sgd", "adam"] = _opt("sgd", "simulate: the optimiser")
+    lr: float = _opt(0.01, "simulate: the learning rate", exclusiveMinimum=0)
+    steps: int = _opt(100, "simulate: update steps", minimum=1)
+    data: Literal["fixed", "fresh"] = _opt(
+        "fixed", "simulate: train on the spec's batch every step (fixed), or a new batch each "
+                 "step (fresh)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Spec:
     """A model, a sequence task and a loss: everything one BPTT run needs."""
 
@@ -203,6 +227,7 @@ class Spec:
     sequence: SequenceSpec = _req("the sequence task")
     loss: LossSpec = _opt(LossSpec, "the loss")
     thresholds: Thresholds = _opt(Thresholds, "verdict thresholds")
+    training: Training = _opt(Training, "mitigations, truncation and simulated training")
     source: str = field(default="<spec>", compare=False, metadata={"internal": True})
 
     @property
@@ -489,7 +514,25 @@ def _resolve(ctx: _Context, spec: Spec, data: Mapping[str, Any], name: str) -> S
     if loss.kind == "cross_entropy" and (model.output_size or 0) < 2:
         ctx.fail(("model", "output_size"), "cross_entropy needs at least 2 classes")
     sequence = data_files.resolve_sequence(ctx, seq, model, loss)
-    return dataclasses.replace(spec, model=model, sequence=sequence, source=name)
+    training = _resolve_training(ctx, spec.training)
+    return dataclasses.replace(spec, model=model, sequence=sequence, training=training,
+                               source=name)
+
+
+def _resolve_training(ctx: _Context, training: Training) -> Training:
+    from .mitigations import parse_mitigations
+    try:
+        parse_mitigations(training.mitigation)
+    except ValueError as exc:
+        ctx.fail(("training", "mitigation"), str(exc))
+    cut = training.truncation
+    if cut is not None:
+        k2 = cut.k1 if cut.k2 is None else cut.k2
+        if k2 < cut.k1:
+            ctx.fail(("training", "truncation", "k2"), f"must be at least k1 ({cut.k1}), "
+                                                       f"got {k2}")
+        training = dataclasses.replace(training, truncation=Truncation(k1=cut.k1, k2=k2))
+    return training
 
 
 _INFERRED = ("cell", "input_size", "hidden_size", "num_layers", "bias", "head", "output_size",

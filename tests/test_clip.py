@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.analysis import model_parameters
-from gradcheck_cli.clip import fraction_clipped, global_norm, sample_global_norms, suggest_clip
+from gradcheck_cli.clip import fraction_clipped, sample_global_norms, suggest_clip
 from gradcheck_cli.data import Batches
+from gradcheck_cli.mitigations import global_norm
 from gradcheck_cli.spec import load_spec
 from tests.conftest import SAMPLES
 

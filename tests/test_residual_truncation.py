@@ -75,16 +75,16 @@ def test_residual_through_time_keeps_the_distant_gradient(rng):
 
 def truncated_by_hand(arch, params, x, targets, kind, k1, k2):
     """BPTT(k1, k2) from its definition: at every update point `stop` (after k1 steps, and
-    at the end), the losses of the steps since the last update, backpropagated through at
-    most k2 steps: a forward pass started k2 steps back from constant states, differentiated
-    by central differences."""
+    at the end), the losses of the steps since the last update, backpropagated through them
+    and k2 - k1 steps before: a forward pass started there from constant states,
+    differentiated by central differences."""
     fwd = forward(arch, params, x)
     T = x.shape[0]
     count = targets.size if kind == "cross_entropy" else fwd.outputs.size
     total = {name: np.zeros_like(p) for name, p in params.items()}
     for stop in list(range(k1, T, k1)) + [T]:
         first_loss = (stop - 1) // k1 * k1
-        start = max(0, stop - k2)
+        start = max(0, first_loss - (k2 - k1))
         initial = {}
         if start > 0:
             for k, cache in enumerate(fwd.layers):

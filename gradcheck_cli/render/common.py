@@ -76,3 +76,37 @@ def log_range(values: list[float]) -> tuple[float, float]:
     if not positive:
         return 1.0, 1.0
     return min(positive), max(positive)
+
+
+def si(value: float) -> str:
+    """1234567 → 1.23 M; for counts of multiply-adds."""
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.3g} {unit}"
+    return f"{value:.3g}"
+
+
+def size_bytes(value: float) -> str:
+    """Bytes in binary units: 1.5 MiB."""
+    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if value >= size:
+            return f"{value / size:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+def truncation_rows(report: Report) -> list[list[str]]:
+    """window, backward work and memory relative to full BPTT, gradient error, cut signal."""
+    cost = report.cost
+    rows = []
+    for t in report.truncation:
+        window = f"{t.k1}" if t.k1 == t.k2 else f"{t.k1}:{t.k2}"
+        if t.configured:
+            window += " (spec)"
+        work = f"{t.backward_macs / cost.backward_macs:.0%}" if cost else "—"
+        memory = size_bytes(t.activation_bytes)
+        rows.append([window, work, memory, f"{t.gradient_error:.1%}", f"{t.cut_signal:.2%}"])
+    return rows
+
+
+TRUNCATION_HEADER = ["window k1:k2", "backward work", "activations", "gradient error",
+                     "signal cut"]

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from ..report import Report
 from . import RenderOptions
-from .common import growth_text, horizon_text, num, steps_to_show, title, verdict
+from .common import (
+    TRUNCATION_HEADER,
+    growth_text,
+    horizon_text,
+    num,
+    si,
+    size_bytes,
+    steps_to_show,
+    title,
+    truncation_rows,
+    verdict,
+)
 
 ICON = {"error": "❌", "warning": "⚠️"}
 
@@ -26,8 +37,11 @@ def render_markdown(report: Report, options: RenderOptions) -> str:
     else:
         out.append(f"✅ **healthy**: over {report.length} steps the gradient neither explodes "
                    "nor vanishes.")
+    after = "" if report.mitigation is None else (
+        f" · **after {report.mitigation.applied}** "
+        f"{num(report.mitigation.global_grad_norm_after, 5)}")
     out += ["", f"**loss** {num(report.loss, 5)} · **global grad norm** "
-                f"{num(report.global_grad_norm, 5)}", ""]
+                f"{num(report.global_grad_norm, 5)}{after}", ""]
 
     out += ["### Through time", "",
             f"‖dL_T/dh_t‖: the gradient of the last step's loss, going back "
@@ -75,4 +89,14 @@ def render_markdown(report: Report, options: RenderOptions) -> str:
                        for c in clip.candidates], ["--:", "---", "--:"])
         out += ["", f"Suggested **max_norm {num(clip.max_norm)}**: {clip.rule}.", "",
                 "```python", clip.pytorch, "```"]
+    if report.cost is not None:
+        cost = report.cost
+        out += ["", "### Cost of BPTT", "",
+                f"{si(cost.forward_macs)} multiply-adds forward, {si(cost.backward_macs)} "
+                f"backward; {size_bytes(cost.activation_bytes)} of activations kept; "
+                f"{cost.parameter_count:,} parameters."]
+        if report.truncation:
+            out.append("")
+            out += _table(TRUNCATION_HEADER, truncation_rows(report),
+                          ["---", "--:", "--:", "--:", "--:"])
     return "\n".join(out) + "\n"

@@ -14,13 +14,17 @@ from ..report import LayerStats, Report
 from . import RenderOptions
 from .common import (
     SUMMARY_ROWS,
+    TRUNCATION_HEADER,
     bar,
     growth_text,
     horizon_text,
     log_range,
     num,
+    si,
+    size_bytes,
     steps_to_show,
     title,
+    truncation_rows,
     verdict,
 )
 
@@ -50,7 +54,28 @@ def _summary(report: Report) -> Table:
     table.add_row("loss", num(report.loss, 5))
     table.add_row("global grad norm", f"{num(report.global_grad_norm, 5)}   "
                                       "(what clip_grad_norm_ returns, before clipping)")
+    if report.mitigation is not None:
+        table.add_row("after mitigation", f"{num(report.mitigation.global_grad_norm_after, 5)}"
+                                          f"   ({report.mitigation.applied})")
     return table
+
+
+def _cost(report: Report) -> Group | Text:
+    cost = report.cost
+    if cost is None:
+        return Text("")
+    parts = [Text(f"Cost of BPTT: {si(cost.forward_macs)} multiply-adds forward, "
+                  f"{si(cost.backward_macs)} backward; {size_bytes(cost.activation_bytes)} of "
+                  f"activations kept; {cost.parameter_count:,} parameters", style="bold")]
+    if report.truncation:
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for i, column in enumerate(TRUNCATION_HEADER):
+            table.add_column(column, justify="left" if i == 0 else "right")
+        for row in truncation_rows(report):
+            table.add_row(*row)
+        parts += [Text("Truncated BPTT: work and memory against full BPTT, and what the cut "
+                       "loses"), table]
+    return Group(*parts)
 
 
 def _layers(report: Report) -> Table:
@@ -163,4 +188,6 @@ def render_table(report: Report, options: RenderOptions) -> str:
     console.print(Text("Parameters", style=bold))
     console.print(_parameters(report))
     console.print(_clip(report))
+    console.print()
+    console.print(_cost(report))
     return buffer.getvalue()
