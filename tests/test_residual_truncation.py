@@ -82,7 +82,7 @@ def truncated_by_hand(arch, params, x, targets, kind, k1, k2):
     T = x.shape[0]
     count = targets.size if kind == "cross_entropy" else fwd.outputs.size
     total = {name: np.zeros_like(p) for name, p in params.items()}
-    for stop in list(range(k1, T, k1)) + [T]:
+    for stop in [*range(k1, T, k1), T]:
         first_loss = (stop - 1) // k1 * k1
         start = max(0, first_loss - (k2 - k1))
         initial = {}

@@ -40,7 +40,7 @@ VALID = {"model.cell": "gru", "model.input_size": 2, "model.hidden_size": 3,
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(KEYS + ["model.hiden_size", "extra"]), VALUES,
+@given(st.dictionaries(st.sampled_from([*KEYS, "model.hiden_size", "extra"]), VALUES,
                        max_size=6))
 def test_any_mutation_of_a_valid_spec_is_a_spec_or_a_clean_error(tmp_path_factory, changes):
     data = _nest({**VALID, **changes})
