@@ -312,7 +312,10 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
     clip = None
     if trials > 0:
         norms = sample_global_norms(arch, params, batches, spec, trials, progress)
-        clip = suggest_clip(norms, clip_percentile)
+        sgd = spec.training.optimizer == "sgd"
+        clip = suggest_clip(norms, clip_percentile,
+                            weight_norm=math.sqrt(sum(p.weight_norm ** 2 for p in param_stats))
+                            if sgd else None, lr=spec.training.lr if sgd else None)
 
     model = spec.model
     return Report(

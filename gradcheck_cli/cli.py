@@ -254,6 +254,54 @@ def init(path: Path, cell: str, force: bool) -> None:
 
 
 @cli.command(epilog=EXIT_STATUS_HELP)
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--steps", type=click.IntRange(min=1), help="Update steps (training.steps).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]),
+              help="Optimiser (training.optimizer).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True),
+              help="Learning rate (training.lr).")
+@click.option("--data", type=click.Choice(["fixed", "fresh"]),
+              help="Train on the spec's batch every step, or a fresh batch each step.")
+@click.option("--compare", "compare_list", metavar="M1,M2,...",
+              help="Also train with each of these mitigations, e.g. "
+                   "none,clip-norm:1.0,autoclip:10,agc:0.01.")
+@click.option("--clip-percentile", type=click.FloatRange(0, 100, min_open=True), default=10.0,
+              show_default=True, help="Percentile for the clip value calibrated on the run.")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
+              default="table", show_default=True, help="Output format.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
+              help="Write the result to FILE (atomically) instead of stdout.")
+@click.option("--fail-on", type=click.Choice(["warning", "error", "never"]), default="error",
+              show_default=True,
+              help="Lowest severity, in the run with the spec's own mitigation, that makes the "
+                   "exit status 1.")
+@_overrides_option
+def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float | None,
+             data: str | None, compare_list: str | None, clip_percentile: float, fmt: str,
+             output: Path | None, fail_on: str, overrides: tuple[str, ...]) -> None:
+    """Train the spec's model for real, with the spec's mitigation and each of --compare,
+    from the same start: which runs diverge, which learn, which stall."""
+    spec = _load(config, overrides)
+    compare_labels = [c.strip() for c in compare_list.split(",")] if compare_list else []
+    from .mitigations import parse_mitigations
+    for label in compare_labels:
+        try:
+            parse_mitigations(label)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--compare") from None
+    from .render.simulate import render_simulation
+    from .simulate import simulate as run_simulation
+    total = (steps or spec.training.steps) * (1 + len(compare_labels))
+    with _progress(total) as progress:
+        sim = run_simulation(spec, compare=compare_labels, steps=steps, optimizer=optimizer,
+                             lr=lr, data=data, clip_percentile=clip_percentile,
+                             progress=progress)
+    color = output is None and fmt == "table" and _use_color()
+    _emit(render_simulation(sim, fmt, color, _width()), output)
+    sys.exit(1 if sim.fails(fail_on) else 0)
+
+
+@cli.command(epilog=EXIT_STATUS_HELP)
 @click.argument("baseline", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))
 @click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=0.1,

@@ -4,6 +4,11 @@ The suggestion follows AutoClip (Seetharaman et al., 2020, "AutoClip: Adaptive G
 Clipping for Source Separation Networks"): clip at the p-th percentile of the gradient norms
 seen, p = 10 in the paper. Here the norms are sampled at the spec's weights over independent
 batches, before any training; AutoClip proper recomputes the percentile as training runs.
+
+Where the gradient explodes, every sampled norm is huge and so is their percentile. For
+plain SGD the suggestion is therefore also capped so that one step at the spec's learning
+rate moves the weights by at most 0.1 % of their norm (the update-to-weight ratio of about
+1e-3 that CS231n's notes give as healthy): max_norm <= 1e-3 * ||θ|| / lr.
 """
 
 from __future__ import annotations
@@ -43,16 +48,28 @@ def fraction_clipped(norms: np.ndarray, max_norm: float) -> float:
     return float(np.mean(norms > max_norm))
 
 
-def suggest_clip(norms: np.ndarray, percentile: float = 10.0) -> ClipSuggestion:
-    """AutoClip's rule on the sampled norms, with the distribution and a few candidates."""
+MAX_RELATIVE_UPDATE = 1e-3
+
+
+def suggest_clip(norms: np.ndarray, percentile: float = 10.0, *,
+                 weight_norm: float | None = None, lr: float | None = None) -> ClipSuggestion:
+    """AutoClip's rule on the sampled norms, capped for SGD by the update size when
+    ``weight_norm`` and ``lr`` are given, with the distribution and a few candidates."""
     finite = norms[np.isfinite(norms)]
     stats = {f"p{p}": float(np.percentile(finite, p)) if finite.size else math.nan
              for p in PERCENTILES}
     stats["min"] = float(finite.min()) if finite.size else math.nan
     stats["max"] = float(finite.max()) if finite.size else math.nan
-    suggested = float(np.percentile(finite, percentile)) if finite.size else math.nan
-    candidates = [ClipCandidate(max_norm=suggested, label=f"p{percentile:g} (suggested)",
+    autoclip = float(np.percentile(finite, percentile)) if finite.size else math.nan
+    cap = MAX_RELATIVE_UPDATE * weight_norm / lr if weight_norm and lr else math.inf
+    suggested = autoclip if not autoclip > cap else cap
+    label = f"p{percentile:g} (suggested)" if suggested == autoclip else \
+        "update cap (suggested)"
+    candidates = [ClipCandidate(max_norm=suggested, label=label,
                                 fraction_clipped=fraction_clipped(norms, suggested))]
+    if suggested != autoclip:
+        candidates.append(ClipCandidate(max_norm=autoclip, label=f"p{percentile:g}",
+                                        fraction_clipped=fraction_clipped(norms, autoclip)))
     for label in ("p50", "p90"):
         candidates.append(ClipCandidate(max_norm=stats[label], label=label,
                                         fraction_clipped=fraction_clipped(norms, stats[label])))
@@ -62,6 +79,12 @@ def suggest_clip(norms: np.ndarray, percentile: float = 10.0) -> ClipSuggestion:
     rule = (f"AutoClip (Seetharaman et al., 2020): the {percentile:g}th percentile of "
             f"{len(norms)} sampled global gradient norms; at this max_norm "
             f"{candidates[0].fraction_clipped:.0%} of them would be rescaled")
+    if suggested != autoclip:
+        rule = (f"capped so that one SGD step at lr {lr:g} moves the weights (norm "
+                f"{weight_norm:.3g}) by at most {MAX_RELATIVE_UPDATE:.1%}: AutoClip's "
+                f"{percentile:g}th percentile of {len(norms)} sampled norms, {autoclip:.3g}, "
+                f"would let the exploding gradient through; at this max_norm "
+                f"{candidates[0].fraction_clipped:.0%} of them would be rescaled")
     pytorch = ("torch.nn.utils.clip_grad_norm_(model.parameters(), "
                f"max_norm={_round_sig(suggested)})")
     return ClipSuggestion(trials=len(norms), percentile=percentile, max_norm=suggested,

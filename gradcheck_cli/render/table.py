@@ -64,9 +64,10 @@ def _cost(report: Report) -> Group | Text:
     cost = report.cost
     if cost is None:
         return Text("")
-    parts = [Text(f"Cost of BPTT: {si(cost.forward_macs)} multiply-adds forward, "
-                  f"{si(cost.backward_macs)} backward; {size_bytes(cost.activation_bytes)} of "
-                  f"activations kept; {cost.parameter_count:,} parameters", style="bold")]
+    headline = (f"Cost of BPTT: {si(cost.forward_macs)} multiply-adds forward, "
+                f"{si(cost.backward_macs)} backward; {size_bytes(cost.activation_bytes)} of "
+                f"activations kept; {cost.parameter_count:,} parameters")
+    parts: list[Text | Table] = [Text(headline, style="bold")]
     if report.truncation:
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
         for i, column in enumerate(TRUNCATION_HEADER):
