@@ -59,6 +59,29 @@ def _overrides_option(f):
         help="Override a spec value, e.g. --set model.hidden_size=128 (repeatable).")(f)
 
 
+def _truncation_overrides(truncate: str | None) -> tuple[str, ...]:
+    """``--truncate K`` or ``K1:K2`` as spec overrides."""
+    if truncate is None:
+        return ()
+    k1, _, k2 = truncate.partition(":")
+    if not k1.strip().isdigit() or (k2 and not k2.strip().isdigit()):
+        raise click.BadParameter(f"{truncate!r}: expected K or K1:K2, whole numbers",
+                                 param_hint="--truncate")
+    return (f"training.truncation.k1={k1}",) + ((f"training.truncation.k2={k2}",) if k2
+                                                else ())
+
+
+def _mitigation_overrides(mitigation: str | None) -> tuple[str, ...]:
+    return () if mitigation is None else (f"training.mitigation={mitigation}",)
+
+
+def _truncate_option(f):
+    return click.option(
+        "--truncate", metavar="K[:K2]",
+        help="Truncated BPTT: every K steps, backpropagate K2 (default K) steps "
+             "(training.truncation).")(f)
+
+
 def _load(config: Path, overrides: tuple[str, ...]):
     from .spec import load_spec
     return load_spec(config, overrides)
@@ -112,10 +135,18 @@ def cli(debug: bool) -> None:
 @click.option("--exploding", type=click.FloatRange(1, min_open=True), metavar="RATIO",
               help="Exploding threshold (overrides thresholds.exploding).")
 @click.option("--all-steps", is_flag=True, help="Table and Markdown: list every time step.")
+@click.option("--mitigation", metavar="M",
+              help="Apply a mitigation to a copy of the measured gradients and report the "
+                   "norm after it: clip-value:V, clip-norm:N, normalize:N, normalize-param:N, "
+                   "autoclip:P, agc:L, combined with + (training.mitigation).")
+@_truncate_option
+@click.option("--windows", default="auto", show_default=True, metavar="K,K,...|auto|none",
+              help="Truncation windows to compare with full BPTT.")
 @_overrides_option
 def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads: Path | None,
             trials: int, clip_percentile: float, fail_on: str, vanishing: float | None,
-            exploding: float | None, all_steps: bool, overrides: tuple[str, ...]) -> None:
+            exploding: float | None, all_steps: bool, mitigation: str | None,
+            truncate: str | None, windows: str, overrides: tuple[str, ...]) -> None:
     """Run BPTT on each CONFIG and report gradient health: per-step gradient norms, how they
     grow or shrink through time, exploding/vanishing findings and a clip value.
 
@@ -125,6 +156,8 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
         raise click.UsageError("--save-grads takes one CONFIG")
     extra = [f"thresholds.{name}={value!r}" for name, value in
              (("vanishing", vanishing), ("exploding", exploding)) if value is not None]
+    extra += [*_mitigation_overrides(mitigation), *_truncation_overrides(truncate)]
+    window_list = _windows(windows)
     specs = [_load(config, overrides + tuple(extra)) for config in configs]
 
     from .analysis import analyze_spec
@@ -137,7 +170,7 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
     for spec in specs:
         with _progress(trials) as progress:
             report = analyze_spec(spec, trials=trials, clip_percentile=clip_percentile,
-                                  progress=progress)
+                                  progress=progress, windows=window_list)
         failed = failed or report.fails(fail_on)
         if fmt == "json" and len(specs) > 1:
             texts.append(report.to_json(indent=None) + "\n")
@@ -150,6 +183,22 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
     separator = "" if fmt == "json" else "\n"
     _emit(separator.join(texts), output)
     sys.exit(1 if failed else 0)
+
+
+def _windows(text: str) -> list[int] | None:
+    """``auto`` → None (the default windows), ``none`` → [], ``10,25`` → [10, 25]."""
+    if text == "auto":
+        return None
+    if text == "none":
+        return []
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected whole numbers like 10,25, or auto or "
+                                 "none", param_hint="--windows") from None
+    if any(v < 1 for v in values):
+        raise click.BadParameter("windows are at least 1 step", param_hint="--windows")
+    return values
 
 
 class _progress:
@@ -275,13 +324,22 @@ def init(path: Path, cell: str, force: bool) -> None:
               show_default=True,
               help="Lowest severity, in the run with the spec's own mitigation, that makes the "
                    "exit status 1.")
+@click.option("--mitigation", metavar="M",
+              help="The mitigation of the first run (training.mitigation; default none).")
+@_truncate_option
 @_overrides_option
 def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float | None,
              data: str | None, compare_list: str | None, clip_percentile: float, fmt: str,
-             output: Path | None, fail_on: str, overrides: tuple[str, ...]) -> None:
+             output: Path | None, fail_on: str, mitigation: str | None, truncate: str | None,
+             overrides: tuple[str, ...]) -> None:
     """Train the spec's model for real, with the spec's mitigation and each of --compare,
-    from the same start: which runs diverge, which learn, which stall."""
-    spec = _load(config, overrides)
+    from the same start: which runs diverge, which learn, which stall.
+
+    Findings per run: divergence (error: a non-finite loss, gradient or weight, or a loss
+    ending ten times above its start), loss_spike (warning: a loss three times the median
+    of the ten steps before) and stalled (warning: updates under 1e-6 of the weights)."""
+    spec = _load(config, overrides + _mitigation_overrides(mitigation)
+                 + _truncation_overrides(truncate))
     compare_labels = [c.strip() for c in compare_list.split(",")] if compare_list else []
     from .mitigations import parse_mitigations
     for label in compare_labels:

@@ -287,3 +287,23 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     with _progress(100) as progress:
         assert callable(progress)
         progress(50, 100)
+
+
+def test_mitigation_truncation_and_windows_options():
+    result = run("analyze", SAMPLE["gru_exploding"], "--trials", "0", "-f", "json",
+                 "--mitigation", "clip-norm:1", "--truncate", "10:20", "--windows", "5,50")
+    assert_exit(result, 1)
+    data = json.loads(result.stdout)
+    jsonschema.validate(data, report_json_schema())
+    assert data["mitigation"]["applied"] == "clip-norm:1"
+    assert data["mitigation"]["global_grad_norm_after"] == pytest.approx(1.0, rel=1e-5)
+    assert [(t["k1"], t["k2"], t["configured"]) for t in data["truncation"]] == [
+        (5, 5, False), (10, 20, True), (50, 50, False)]
+    none = json.loads(run("analyze", SAMPLE["gru_exploding"], "--trials", "0", "-f", "json",
+                          "--windows", "none", "--fail-on", "never").stdout)
+    assert none["truncation"] == [] and none["mitigation"] is None
+    for bad in (["--truncate", "x"], ["--truncate", "10:5"], ["--windows", "0"],
+                ["--mitigation", "clip"]):
+        result = run("analyze", SAMPLE["gru_exploding"], *bad)
+        assert_exit(result, 2)
+        assert "Traceback" not in result.stderr

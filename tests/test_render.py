@@ -109,3 +109,35 @@ def test_bar_is_log_scaled():
     assert bar(1e-3, 1e-6, 1.0, width=6) == "███"
     assert bar(1.0, 1e-6, 1.0, width=6) == "██████"
     assert bar(0.0, 1e-6, 1.0) == "·" and bar(math.inf, 1e-6, 1.0) == "?"
+
+
+def _with_cost():
+    import dataclasses
+
+    from gradcheck_cli.report import CostStats, MitigationEffect, TruncationStats
+    return dataclasses.replace(
+        make_report(),
+        mitigation=MitigationEffect(applied="clip-norm:1", global_grad_norm_after=1.0),
+        cost=CostStats(forward_macs=41_200_000, backward_macs=80_700_000,
+                       activation_bytes=5_800_000, parameter_count=52_484),
+        truncation=[TruncationStats(k1=10, k2=10, backward_macs=80_700_000,
+                                    activation_bytes=1_160_000, gradient_error=0.7,
+                                    cut_signal=0.0435, configured=True),
+                    TruncationStats(k1=10, k2=20, backward_macs=153_330_000,
+                                    activation_bytes=2_320_000, gradient_error=0.5,
+                                    cut_signal=0.01, configured=False)])
+
+
+def test_cost_truncation_and_mitigation_in_every_format():
+    report = _with_cost()
+    table = render(report, "table", WIDE)
+    assert "Cost of BPTT: 41.2 M multiply-adds forward, 80.7 M backward; 5.53 MiB" in table
+    assert "10 (spec)" in table and "10:20" in table and "190%" in table
+    assert "70.0%" in table and "4.35%" in table
+    assert "after mitigation  1   (clip-norm:1)" in table
+    md = render(report, "markdown")
+    assert "### Cost of BPTT" in md and "| 10 (spec) | 100% | 1.11 MiB | 70.0% | 4.35% |" in md
+    assert "**after clip-norm:1** 1" in md
+    data = json.loads(render(report, "json"))
+    jsonschema.validate(data, report_json_schema())
+    assert data["truncation"][1]["k2"] == 20 and data["cost"]["parameter_count"] == 52_484

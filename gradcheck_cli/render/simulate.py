@@ -74,7 +74,7 @@ def render_simulation(sim: Simulation, fmt: str, color: bool = False, width: int
     console.print()
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for i, column in enumerate(HEADER):
-        table.add_column(column, justify="left" if i < 2 else "right")
+        table.add_column(column, justify="left" if i < 2 else "right", no_wrap=i == 0)
     for run, row in zip(sim.runs, _rows(sim), strict=True):
         table.add_row(row[0], Text(row[1], style=VERDICT_STYLE[run.verdict]), *row[2:])
     console.print(table)
