@@ -82,8 +82,10 @@ def fit_growth(norms: np.ndarray) -> float | None:
     usable = np.isfinite(norms) & (norms > 0)
     if usable.sum() < 2:
         return None
-    slope = np.polyfit(distance[usable], np.log(norms[usable]), 1)[0]
-    return float(np.exp(slope))
+    d, y = distance[usable], np.log(norms[usable])
+    d_centred = d - d.mean()
+    slope = float(np.dot(d_centred, y - y.mean()) / np.dot(d_centred, d_centred))
+    return math.exp(slope) if slope < 709 else math.inf
 
 
 def horizon(growth: float | None, vanishing: float, exploding: float) -> float | None:
@@ -95,20 +97,20 @@ def horizon(growth: float | None, vanishing: float, exploding: float) -> float |
     return math.log(exploding) / math.log(growth)
 
 
-def layer_stats(arch: Architecture, grads: Backward, last: Backward, spec: Spec,
-                lengths: np.ndarray | None = None) -> list[LayerStats]:
+def layer_stats(hidden: list[np.ndarray], cell: list[np.ndarray] | None,
+                signals: list[np.ndarray], spec: Spec) -> list[LayerStats]:
+    """Per layer: the per-step norms, and the growth of the last step's gradient."""
     th = spec.thresholds
     layers = []
-    for k in range(arch.num_layers):
-        signal = aligned_step_norms(last.hidden[k], lengths)
+    for k, signal in enumerate(signals):
         growth = fit_growth(signal)
         start, end = signal[-1], signal[0]
         with np.errstate(all="ignore"):
             ratio = float(end / start) if start > 0 and np.isfinite(start) else None
         layers.append(LayerStats(
             index=k,
-            hidden_grad_norm=step_norms(grads.hidden[k]).tolist(),
-            cell_grad_norm=step_norms(grads.cell[k]).tolist() if grads.cell else None,
+            hidden_grad_norm=hidden[k].tolist(),
+            cell_grad_norm=cell[k].tolist() if cell else None,
             last_step_grad_norm=signal.tolist(),
             growth_factor=growth,
             ratio=ratio,
@@ -279,34 +281,40 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
     batches = Batches(spec)
     batch = batches.draw(0)
     lengths = batch.lengths
+    # Each array is dropped as soon as its norms are taken: the peak is one forward pass
+    # and one backward pass, which the memory estimate counts on.
     with np.errstate(all="ignore"):
         fwd = forward(arch, params, batch.x)
         loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
                                            spec.loss.timesteps, lengths)
         grads = backward(arch, params, fwd, d_out)
-        if spec.loss.timesteps == "last":
-            last = grads
-        else:  # the last step's loss alone: its gradient reaches earlier steps only in time
-            last = backward(arch, params, fwd, last_step_output_grad(d_out, lengths),
-                            param_grads=False)
-        layers = layer_stats(arch, grads, last, spec, lengths)
+        broken = non_finite_finding(params, fwd, loss, grads, names)
+        hidden = [step_norms(h) for h in grads.hidden]
+        cell = [step_norms(c) for c in grads.cell] if grads.cell else None
+        param_grads = grads.params
+        last_hidden = grads.hidden if spec.loss.timesteps == "last" else None
+        del grads
+        if last_hidden is None:  # the last step's loss alone: it reaches back only in time
+            last_hidden = backward(arch, params, fwd, last_step_output_grad(d_out, lengths),
+                                   param_grads=False).hidden
+        signals = [aligned_step_norms(h, lengths) for h in last_hidden]
+        del last_hidden
+        layers = layer_stats(hidden, cell, signals, spec)
         param_stats = [ParameterStats(name=names[name], shape=list(g.shape),
                                       grad_norm=array_norm(g),
                                       grad_max_abs=float(np.abs(g).max()),
                                       weight_norm=array_norm(params[name]))
-                       for name, g in grads.params.items()]
+                       for name, g in param_grads.items()]
         global_norm = math.sqrt(sum(p.grad_norm ** 2 for p in param_stats))
-        mitigation = mitigation_effect(spec, grads.params, params)
+        mitigation = mitigation_effect(spec, param_grads, params)
         from .cost import bptt_cost, default_windows
         cost = bptt_cost(arch, spec.length, spec.batch_size, spec.dtype)
         truncation = truncation_stats(
-            arch, params, fwd, d_out, grads.params, layers[-1].last_step_grad_norm, spec,
+            arch, params, fwd, d_out, param_grads, layers[-1].last_step_grad_norm, spec,
             default_windows(spec.length) if windows is None else windows)
+        del fwd, d_out
 
-    findings = []
-    broken = non_finite_finding(params, fwd, loss, grads, names)
-    if broken is not None:
-        findings.append(broken)
+    findings = [] if broken is None else [broken]
     findings += temporal_findings(layers, spec)
 
     clip = None
@@ -340,5 +348,5 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
                        activation_bytes=cost.activation_bytes,
                        parameter_count=cost.parameter_count),
         truncation=truncation,
-        gradients={names[name]: g for name, g in grads.params.items()},
+        gradients={names[name]: g for name, g in param_grads.items()},
     )

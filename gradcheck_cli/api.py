@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from .analysis import analyze_spec
+from .memory import check
 from .report import Report
 from .spec import Spec, apply_overrides, load_spec, spec_from_data
 
 
 def analyze(config: str | os.PathLike[str] | Mapping[str, Any] | Spec, *,
             overrides: Sequence[str] = (), trials: int = 20, clip_percentile: float = 10.0,
-            base_dir: str | os.PathLike[str] | None = None) -> Report:
+            base_dir: str | os.PathLike[str] | None = None,
+            max_memory: int | None = None) -> Report:
     """Run BPTT on a spec and return its gradient-health report.
 
     Args:
@@ -32,6 +34,8 @@ def analyze(config: str | os.PathLike[str] | Mapping[str, Any] | Spec, *,
         clip_percentile: the percentile of the sampled norms suggested as ``max_norm``.
         base_dir: where relative file paths in a mapping are resolved (default: the
             current directory; a file's paths are relative to its own folder).
+        max_memory: bytes; a run estimated to need more (or more than the machine has
+            available) is refused with a GradcheckError before anything is allocated.
 
     Returns:
         A :class:`~gradcheck_cli.report.Report`: ``report.ok`` is False when a finding of
@@ -54,4 +58,5 @@ def analyze(config: str | os.PathLike[str] | Mapping[str, Any] | Spec, *,
                               base_dir=Path(base_dir) if base_dir is not None else None)
     else:
         spec = load_spec(Path(config), overrides)
+    check(spec, max_memory=max_memory)
     return analyze_spec(spec, trials=trials, clip_percentile=clip_percentile)

@@ -87,6 +87,23 @@ def _load(config: Path, overrides: tuple[str, ...]):
     return load_spec(config, overrides)
 
 
+def _max_memory_option(f):
+    return click.option(
+        "--max-memory", metavar="SIZE",
+        help="Refuse runs estimated to need more than SIZE (e.g. 2G, 512M); the machine's "
+             "available memory is always a limit.")(f)
+
+
+def _guard_memory(spec, max_memory: str | None, *, optimizer_state: bool = False) -> None:
+    """Refuse, before allocating, a run that would not fit."""
+    from .memory import check, parse_size
+    try:
+        limit = parse_size(max_memory) if max_memory is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-memory") from None
+    check(spec, max_memory=limit, optimizer_state=optimizer_state)
+
+
 def _use_color() -> bool:
     return (sys.stdout.isatty() and "NO_COLOR" not in os.environ
             and os.environ.get("TERM") != "dumb")
@@ -142,11 +159,13 @@ def cli(debug: bool) -> None:
 @_truncate_option
 @click.option("--windows", default="auto", show_default=True, metavar="K,K,...|auto|none",
               help="Truncation windows to compare with full BPTT.")
+@_max_memory_option
 @_overrides_option
 def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads: Path | None,
             trials: int, clip_percentile: float, fail_on: str, vanishing: float | None,
             exploding: float | None, all_steps: bool, mitigation: str | None,
-            truncate: str | None, windows: str, overrides: tuple[str, ...]) -> None:
+            truncate: str | None, windows: str, max_memory: str | None,
+            overrides: tuple[str, ...]) -> None:
     """Run BPTT on each CONFIG and report gradient health: per-step gradient norms, how they
     grow or shrink through time, exploding/vanishing findings and a clip value.
 
@@ -159,6 +178,8 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
     extra += [*_mitigation_overrides(mitigation), *_truncation_overrides(truncate)]
     window_list = _windows(windows)
     specs = [_load(config, overrides + tuple(extra)) for config in configs]
+    for spec in specs:
+        _guard_memory(spec, max_memory)
 
     from .analysis import analyze_spec
     from .render import RenderOptions, render
@@ -232,9 +253,10 @@ class _progress:
               show_default=True, help="Largest relative error that passes.")
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="Output format.")
+@_max_memory_option
 @_overrides_option
 def verify(config: Path, entries: int, all_entries: bool, tolerance: float, fmt: str,
-           overrides: tuple[str, ...]) -> None:
+           max_memory: str | None, overrides: tuple[str, ...]) -> None:
     """Check BPTT's gradients on CONFIG against central finite differences in float64,
     and print the worst relative error per parameter.
 
@@ -242,6 +264,8 @@ def verify(config: Path, entries: int, all_entries: bool, tolerance: float, fmt:
     a converged estimate (chaotic dynamics, relu kinks) it is reported as inconclusive.
     Exit status 0 only when every parameter is verified."""
     spec = _load(config, overrides)
+    import dataclasses
+    _guard_memory(dataclasses.replace(spec, dtype="float64"), max_memory)
     from .finite_diff import verify_spec
 
     checks = verify_spec(spec, max_entries=None if all_entries else entries, tolerance=tolerance)
@@ -278,8 +302,11 @@ def validate(configs: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
             bad += 1
             continue
         arch = Architecture.from_spec(spec.model)
+        from .memory import estimate, human
+        need = estimate(arch, spec.length, spec.batch_size, spec.dtype).total
         click.echo(f"ok: {config}: {arch.describe()} · {spec.length} steps × batch "
-                   f"{spec.batch_size} · {arch.parameter_count():,} parameters")
+                   f"{spec.batch_size} · {arch.parameter_count():,} parameters · "
+                   f"needs about {human(need)}")
     if bad:
         sys.exit(2)
 
@@ -327,11 +354,12 @@ def init(path: Path, cell: str, force: bool) -> None:
 @click.option("--mitigation", metavar="M",
               help="The mitigation of the first run (training.mitigation; default none).")
 @_truncate_option
+@_max_memory_option
 @_overrides_option
 def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float | None,
              data: str | None, compare_list: str | None, clip_percentile: float, fmt: str,
              output: Path | None, fail_on: str, mitigation: str | None, truncate: str | None,
-             overrides: tuple[str, ...]) -> None:
+             max_memory: str | None, overrides: tuple[str, ...]) -> None:
     """Train the spec's model for real, with the spec's mitigation and each of --compare,
     from the same start: which runs diverge, which learn, which stall.
 
@@ -340,6 +368,8 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
     of the ten steps before) and stalled (warning: updates under 1e-6 of the weights)."""
     spec = _load(config, overrides + _mitigation_overrides(mitigation)
                  + _truncation_overrides(truncate))
+    _guard_memory(spec, max_memory,
+                  optimizer_state=(optimizer or spec.training.optimizer) == "adam")
     compare_labels = [c.strip() for c in compare_list.split(",")] if compare_list else []
     from .mitigations import parse_mitigations
     for label in compare_labels:
@@ -400,4 +430,8 @@ def schema(which: str) -> None:
 
 
 def main() -> None:
-    cli(prog_name="gradcheck")
+    try:
+        cli(prog_name="gradcheck")
+    except KeyboardInterrupt:  # before a command started (while importing, parsing)
+        _stderr("interrupted")
+        sys.exit(130)

@@ -38,6 +38,7 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
             result = bptt(arch, params, batch.x, batch.targets, spec.loss.kind,
                           spec.loss.timesteps, batch.lengths)
             norms[k] = global_norm(result.grads.params)
+            del result, batch  # before the next trial allocates its own
         if progress is not None:
             progress(k + 1, trials)
     return norms

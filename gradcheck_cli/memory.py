@@ -1,0 +1,109 @@
+"""How much memory a run needs, estimated from the spec before anything is allocated.
+
+The peak is one forward pass (the activations kept for BPTT) plus one backward pass (the
+per-step state gradients it returns and one layer's working arrays), plus parameters, their
+gradients and the batch; trials and training steps run one after another and reuse it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cost import activation_bytes
+from .errors import GradcheckError
+from .model import Architecture
+
+OVERHEAD = 150 * 2 ** 20
+"""The interpreter, NumPy and the libraries, before any array."""
+MARGIN = 1.2
+"""For the temporaries of elementwise work, which come and go within a step."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    total: int
+    parts: dict[str, int]
+
+
+def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
+             optimizer_state: bool = False) -> Estimate:
+    """Peak bytes of analysing (or training) ``arch`` on ``steps`` x ``batch``."""
+    item = np.dtype(dtype).itemsize
+    T, B, H = steps, batch, arch.hidden_size
+    GH = arch.gates * H
+    per_layer_kept = H * (2 if arch.cell == "lstm" else 1)          # dL/dh (and dL/dc)
+    working = max(GH * (2 if arch.cell == "gru" else 1) + arch.layer_input_size(k) + H
+                  for k in range(arch.num_layers))                   # d_gates, dx, dh_direct
+    params = arch.parameter_count()
+    parts = {
+        "activations": activation_bytes(arch, T, B, item),
+        "state gradients": T * B * (arch.num_layers * per_layer_kept + working) * item,
+        "norms": T * B * H * 8,                                      # float64 copies
+        "outputs and targets": 3 * T * B * arch.output_size * item,
+        "parameters": params * item * (5 if optimizer_state else 3),
+    }
+    arrays = int(sum(parts.values()) * MARGIN)
+    parts["interpreter and libraries"] = OVERHEAD
+    return Estimate(total=arrays + OVERHEAD, parts=parts)
+
+
+def available() -> int | None:
+    """Memory available to a new process now (MemAvailable on Linux), or None."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def parse_size(text: str) -> int:
+    """``"2G"``, ``"512M"``, ``"1.5GiB"``, ``"1000000"`` → bytes."""
+    units = {"": 1, "k": 2 ** 10, "m": 2 ** 20, "g": 2 ** 30, "t": 2 ** 40}
+    body = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = body[-1] if body and body[-1] in "kmgt" else ""
+    try:
+        value = float(body[: len(body) - len(unit)])
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size like 2G, 512M or 1000000") from None
+    if value <= 0:
+        raise ValueError(f"{text!r}: a size must be positive")
+    return int(value * units[unit])
+
+
+def human(n: float) -> str:
+    for unit, size in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def check(spec, *, max_memory: int | None = None, optimizer_state: bool = False) -> Estimate:
+    """Refuse (GradcheckError) a run whose estimate exceeds ``max_memory`` or what the
+    machine has available, naming the estimate and the spec values behind it."""
+    arch = Architecture.from_spec(spec.model)
+    est = estimate(arch, spec.length, spec.batch_size, spec.dtype,
+                   optimizer_state=optimizer_state)
+    free = available()
+    limits = [(max_memory, "--max-memory")] if max_memory is not None else []
+    if free is not None:
+        limits.append((free, "available on this machine"))
+    for limit, what in limits:
+        if est.total > limit:
+            largest = sorted(est.parts, key=lambda k: -est.parts[k])[:2]
+            detail = ", ".join(f"{k} {human(est.parts[k])}" for k in largest)
+            raise GradcheckError(
+                f"{spec.source}: this run needs about {human(est.total)} ({detail}), more "
+                f"than the {human(limit)} {what}: "
+                f"sequence.length {spec.length} × batch_size {spec.batch_size} × hidden_size "
+                f"{arch.hidden_size} × num_layers {arch.num_layers} ({arch.cell}, "
+                f"{spec.dtype}); shorten the sequence, the batch or the model")
+    return est
