@@ -224,17 +224,29 @@ def resolve_sequence(ctx, seq, model, loss):
                      f"{batch}, length {length}")
 
     lengths, mask = seq.lengths, seq.mask
+    valid_lengths = None
     if lengths is not None and mask is not None:
         ctx.fail(("sequence", "mask"), "give sequence.lengths or sequence.mask, not both")
     if lengths is not None:
         lengths = as_data_file(lengths)
-        _check_lengths(ctx, read_checked(ctx, ("sequence", "lengths"), lengths), batch, length)
+        valid_lengths = read_checked(ctx, ("sequence", "lengths"), lengths)
+        _check_lengths(ctx, valid_lengths, batch, length)
     if mask is not None:
         mask = as_data_file(mask)
         values = read_checked(ctx, ("sequence", "mask"), mask)
         if values.ndim == 2 and mask.file.suffix != ".csv":
             values = values.T if layout == "time_first" else values
-        lengths_from_mask(ctx, values, batch, length)
+        valid_lengths = lengths_from_mask(ctx, values, batch, length)
+    if loss.kind == "cross_entropy" and not isinstance(targets, Distribution):
+        if valid_lengths is None and not isinstance(inputs, Distribution) \
+                and inputs.file.suffix == ".csv":
+            valid_lengths = read_csv(inputs.file, inputs.file.name)[1]
+        classes = read(targets)
+        if targets.file.suffix != ".csv" and layout == "time_first":
+            classes = classes.swapaxes(0, 1)
+        problem = class_range_problem(classes, valid_lengths, outputs)
+        if problem:
+            ctx.fail(("sequence", "targets"), f"{targets.file.name}: {problem}")
     return dataclasses.replace(seq, length=length, batch_size=batch, inputs=inputs,
                                targets=targets, lengths=lengths, mask=mask)
 
@@ -271,6 +283,20 @@ def lengths_from_mask(ctx, mask: np.ndarray, batch: int, length: int) -> np.ndar
         ctx.fail(key, f"row {bad[0]} is not valid steps followed by padding (the valid steps "
                       "must come first, and at least one)")
     return lengths
+
+
+def class_range_problem(targets: np.ndarray, lengths: np.ndarray | None,
+                        classes: int) -> str | None:
+    """The first class index outside [0, classes) on a valid step, described; padding may
+    hold anything (PyTorch's ignore_index -100, say)."""
+    valid = np.ones(targets.shape, dtype=bool) if lengths is None else \
+        np.arange(targets.shape[1])[None, :] < np.asarray(lengths)[:, None]
+    bad = valid & ((targets < 0) | (targets >= classes))
+    if not bad.any():
+        return None
+    b, t = np.argwhere(bad)[0]
+    return (f"target class {targets[b, t]} at sequence {b}, step {t} is outside "
+            f"[0, {classes - 1}] (output_size {classes})")
 
 
 def _agree(ctx, key, stated: int | None, actual: int, path: Path) -> int:
@@ -325,25 +351,12 @@ class Batches:
             self._lengths = lengths_from_mask(_NoContext(), mask, spec.batch_size, spec.length)
         if self._lengths is not None and (self._lengths == spec.length).all():
             self._lengths = None
-        if self._targets is not None and is_classes:
-            self._check_classes(self._targets, seq.targets.file)
 
     def _batch_first_array(self, source) -> np.ndarray:
         array = read(source)
         if self.layout == "time_first" and source.file.suffix != ".csv" and array.ndim >= 2:
             array = array.swapaxes(0, 1)
         return array
-
-    def _check_classes(self, targets: np.ndarray, path: Path) -> None:
-        classes = self.spec.model.output_size
-        valid = np.ones(targets.shape, dtype=bool) if self._lengths is None else \
-            np.arange(targets.shape[1])[None, :] < self._lengths[:, None]
-        bad = valid & ((targets < 0) | (targets >= classes))
-        if bad.any():
-            b, t = np.argwhere(bad)[0]
-            raise InputFileError(f"{path.name}: target class {targets[b, t]} at sequence {b}, "
-                                 f"step {t} is outside [0, {classes - 1}] (output_size "
-                                 f"{classes})")
 
     def rng(self, draw: int) -> np.random.Generator:
         return np.random.default_rng([self.spec.seed, 1, draw])

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradcheck_cli.errors import GradcheckError, InputFileError, SpecError
+from gradcheck_cli.errors import GradcheckError, SpecError
 from gradcheck_cli.spec import Distribution, load_spec, spec_json_schema, spec_keys
 from tests.conftest import SAMPLES
 
@@ -222,14 +222,12 @@ def test_bad_targets_file(write_spec, tmp_path, loss, array, needle):
 
 
 def test_class_targets_out_of_range_name_the_place(write_spec, tmp_path):
-    from gradcheck_cli.data import Batches
     targets = np.zeros((16, 10), dtype=np.int64)
     targets[3, 4] = 2
     _write_npy(tmp_path / "y.npy", targets)
-    spec = load_spec(write_spec(GOOD.replace("length: 10", "length: 10\n  targets: y.npy")
-                                + "loss: {kind: cross_entropy}\n"))
-    with pytest.raises(InputFileError, match=r"class 2 at sequence 3, step 4 is outside \[0, 1\]"):
-        Batches(spec)
+    with pytest.raises(SpecError, match=r"class 2 at sequence 3, step 4 is outside \[0, 1\]"):
+        load_spec(write_spec(GOOD.replace("length: 10", "length: 10\n  targets: y.npy")
+                             + "loss: {kind: cross_entropy}\n"))
 
 
 def _weights(tmp_path, spec_text, write_spec, mutate):
