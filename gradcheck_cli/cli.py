@@ -40,7 +40,7 @@ class GradcheckGroup(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except GradcheckError as exc:
-            _stderr(f"error: {exc}")
+            _stderr("error: " + " ".join(str(exc).split()))  # always one line
             ctx.exit(2)
         except KeyboardInterrupt:
             _stderr("interrupted")
@@ -298,7 +298,7 @@ def validate(configs: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
         try:
             spec = _load(config, overrides)
         except GradcheckError as exc:
-            _stderr(f"error: {exc}")
+            _stderr("error: " + " ".join(str(exc).split()))
             bad += 1
             continue
         arch = Architecture.from_spec(spec.model)

@@ -120,9 +120,9 @@ def header(source, where: str) -> tuple[tuple[int, ...], np.dtype]:
             member = _npz_member(source, where)
             with zipfile.ZipFile(path) as archive, archive.open(member + ".npy") as fh:
                 shape, dtype = read_npy_header(fh)
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # a damaged header fails in many ways (tokenizer, literal_eval)
         raise InputFileError(f"{where}: {path.name} is not a readable {path.suffix} file "
-                             f"({exc})") from None
+                             f"({type(exc).__name__}: {exc})") from None
     if dtype.hasobject:
         raise InputFileError(f"{where}: {path.name} holds Python objects; only numeric arrays "
                              "are read (no pickle)")
@@ -133,12 +133,19 @@ def read(source, where: str = "") -> np.ndarray:
     """The whole array of a (checked) file source, never unpickling."""
     source = as_data_file(source)
     path = source.file
+    where = where or path.name
     if path.suffix == ".csv":
-        return read_csv(path, where or path.name)[0]
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            return archive[_npz_member(source, where or path.name)]
-    return np.load(path, allow_pickle=False)
+        return read_csv(path, where)[0]
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return archive[_npz_member(source, where)]
+        return np.load(path, allow_pickle=False)
+    except InputFileError:
+        raise
+    except Exception as exc:  # the header was fine, the data is not (truncated, say)
+        raise InputFileError(f"{where}: {path.name}: the data cannot be read "
+                             f"({type(exc).__name__}: {exc})") from None
 
 
 # ----------------------------------------------------------------------------- checking a spec

@@ -40,8 +40,12 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         raise
 
 
+def _encode_and_write(fh: IO[bytes], text: str) -> None:
+    fh.write(text.encode("utf-8"))
+
+
 def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+    _atomic(path, lambda fh: _encode_and_write(fh, text))
 
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

@@ -277,8 +277,11 @@ def parse_yaml(text: str, name: str = "<spec>") -> tuple[Any, dict[Key, int]]:
         mark = exc.problem_mark or exc.context_mark
         line = f"{name}:{mark.line + 1}" if mark else name
         raise SpecError(f"not valid YAML: {exc.problem or exc.context}", where=line) from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"not valid YAML: {exc}", where=name) from None
+    except yaml.YAMLError as exc:  # the reader's errors (a control character, say)
+        position = getattr(exc, "position", None)
+        reason = str(exc).splitlines()[0]
+        at = f" (character {position})" if position is not None else ""
+        raise SpecError(f"not valid YAML: {reason}{at}", where=name) from None
     if node is None:
         raise SpecError("the file is empty; `gradcheck init` writes a starter spec", where=name)
     lines: dict[Key, int] = {}
@@ -591,8 +594,10 @@ def _model_from_weights(ctx: _Context, model: ModelSpec, data: Mapping[str, Any]
     key = ("model", "weights")
     try:
         index = weights.read_index(path)
+        wants_head = model.head if model.head is not None else (
+            True if model.output_size is not None else None)   # outputs stated: a head
         rnn_prefix, head_prefix = weights.locate(index, path, model.rnn_prefix,
-                                                 model.head_prefix, model.head)
+                                                 model.head_prefix, wants_head)
         inferred, names = weights.infer(index, path, rnn_prefix, head_prefix)
     except InputFileError as exc:
         ctx.fail(key, str(exc))

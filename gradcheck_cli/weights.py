@@ -169,17 +169,30 @@ def locate(index: dict[str, Tensor], path: Path, rnn_prefix: str | None,
             raise InputFileError(f"{path.name} has no tensor {_join(head_prefix, 'weight')} "
                                  "for the head (model.head_prefix)")
         return rnn_prefix, head_prefix
-    hidden = index[_join(rnn_prefix, "weight_hh_l0")].shape[-1]
+    hidden = _hidden_size(index, path, rnn_prefix)
     heads = _head_candidates(index, rnn_prefix, hidden)
     if len(heads) > 1:
         raise InputFileError(f"{path.name} holds several possible heads (weights of shape "
                              f"[*, {hidden}]): {', '.join(map(_describe_prefix, heads))}; name "
                              "one in model.head_prefix, or set model.head: false")
+    if not heads and "head.weight" in index:  # gradcheck's own name, but the wrong shape
+        raise InputFileError(f"{path.name}: head.weight has shape "
+                             f"{list(index['head.weight'].shape)}, expected [outputs, {hidden}] "
+                             f"for hidden size {hidden}")
     if not heads and head:
         raise InputFileError(f"{path.name} has no head for hidden size {hidden} (a 2-D "
                              "*.weight of shape [outputs, hidden]); set model.head: false to "
                              "take the loss on the hidden state")
     return rnn_prefix, heads[0] if heads else None
+
+
+def _hidden_size(index: dict[str, Tensor], path: Path, rnn_prefix: str) -> int:
+    """The hidden size, from weight_hh_l0's shape [gates * hidden, hidden]."""
+    w_hh = index[_join(rnn_prefix, "weight_hh_l0")]
+    if len(w_hh.shape) != 2 or 0 in w_hh.shape or w_hh.shape[0] % w_hh.shape[1]:
+        raise InputFileError(f"{path.name}: {w_hh.name} has shape {list(w_hh.shape)}, "
+                             "expected [gates * hidden, hidden]")
+    return w_hh.shape[1]
 
 
 def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
@@ -197,10 +210,7 @@ def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
         raise InputFileError(f"{path.name}: the layers under {where} are {layers}, "
                              "expected 0, 1, 2, ...")
     w_hh = tensors["weight_hh_l0"]
-    if len(w_hh.shape) != 2 or w_hh.shape[0] % w_hh.shape[1]:
-        raise InputFileError(f"{path.name}: {_join(rnn_prefix, 'weight_hh_l0')} has shape "
-                             f"{list(w_hh.shape)}, expected [gates * hidden, hidden]")
-    hidden = w_hh.shape[1]
+    hidden = _hidden_size(index, path, rnn_prefix)
     gates = w_hh.shape[0] // hidden
     if gates not in _GATES_TO_CELL:
         raise InputFileError(f"{path.name}: {_join(rnn_prefix, 'weight_hh_l0')} has shape "
@@ -256,13 +266,17 @@ def load(checkpoint: Checkpoint, dtype: np.dtype) -> dict[str, np.ndarray]:
     """The model's parameters, under canonical names, in ``dtype``."""
     wanted = set(checkpoint.names.values())
     path = checkpoint.path
-    if path.suffix == ".safetensors":
-        import ml_dtypes  # noqa: F401  (gives NumPy the bfloat16 that safetensors hands over)
-        from safetensors import safe_open
-        with safe_open(str(path), framework="numpy") as f:
-            raw = {name: f.get_tensor(name) for name in wanted}
-    else:
-        with np.load(path, allow_pickle=False) as archive:
-            raw = {name: archive[name] for name in wanted}
+    try:
+        if path.suffix == ".safetensors":
+            import ml_dtypes  # noqa: F401  (gives NumPy the bfloat16 safetensors hands over)
+            from safetensors import safe_open
+            with safe_open(str(path), framework="numpy") as f:
+                raw = {name: f.get_tensor(name) for name in wanted}
+        else:
+            with np.load(path, allow_pickle=False) as archive:
+                raw = {name: archive[name] for name in wanted}
+    except Exception as exc:  # the headers were fine, the data is not
+        raise InputFileError(f"{path.name}: a tensor cannot be read "
+                             f"({type(exc).__name__}: {exc})") from None
     return {canonical: np.asarray(raw[name], dtype=np.float64).astype(dtype)
             for canonical, name in checkpoint.names.items()}
