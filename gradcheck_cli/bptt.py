@@ -270,9 +270,44 @@ def loss_and_output_grad(outputs: np.ndarray, targets: np.ndarray, kind: str,
 
 # ----------------------------------------------------------------------------- backward
 
+def _by_group(a: np.ndarray, groups: int) -> np.ndarray:
+    """``(W, groups * b, F)`` → ``(groups, W * b, F)``: each group's steps and rows together."""
+    W, rows, F = a.shape
+    return a.reshape(W, groups, rows // groups, F).transpose(1, 0, 2, 3).reshape(groups, -1, F)
+
+
+def _weight_grads(d_gates: np.ndarray, d_hp: np.ndarray, x: np.ndarray, h: np.ndarray,
+                  h_before: np.ndarray | None, groups: int | None):
+    """dW_ih, dW_hh, db_ih, db_hh summed over the window's steps, as one product each.
+
+    x: the layer's input over the window; h: its states over the window's steps but the
+    last (what W_hh meets at the next step); h_before: the state just before the window,
+    a constant input for truncated BPTT. With ``groups``, the batch is that many
+    independent batches side by side, and each gets its own gradients (a leading axis).
+    """
+    W, B, G = d_gates.shape
+    if groups is None:
+        flat_d = d_gates.reshape(W * B, G)
+        flat_hp = d_hp.reshape(W * B, G)
+        d_w_ih = flat_d.T @ x.reshape(W * B, x.shape[-1])
+        d_w_hh = d_hp[1:].reshape((W - 1) * B, G).T @ h.reshape((W - 1) * B, h.shape[-1])
+        if h_before is not None:
+            d_w_hh += d_hp[0].T @ h_before
+        return d_w_ih, d_w_hh, flat_d.sum(axis=0), flat_hp.sum(axis=0)
+    d, hp = _by_group(d_gates, groups), _by_group(d_hp, groups)
+    d_w_ih = d.transpose(0, 2, 1) @ _by_group(x, groups)
+    d_w_hh = _by_group(d_hp[1:], groups).transpose(0, 2, 1) @ _by_group(h, groups) \
+        if W > 1 else np.zeros((groups, G, h.shape[-1]), dtype=d_gates.dtype)
+    if h_before is not None:
+        d_w_hh += _by_group(d_hp[:1], groups).transpose(0, 2, 1) @ \
+            _by_group(h_before[None], groups)
+    return d_w_ih, d_w_hh, d.sum(axis=1), hp.sum(axis=1)
+
+
 def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
                    w_ih: np.ndarray, w_hh: np.ndarray, *, start: int = 0,
-                   param_grads: bool = True, input_grad: bool = True):
+                   param_grads: bool = True, input_grad: bool = True,
+                   groups: int | None = None):
     """Backpropagate through steps ``start … start + W - 1`` of one layer.
 
     dh_direct: ``(W, B, H)``, the gradient reaching each h_t from outside the recurrence
@@ -359,28 +394,23 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
 
     grads = None
     if param_grads:
-        # Weight gradients summed over the window's steps as one product each; W_hh meets
-        # h_{t-1}, which before the window is a constant input (truncated BPTT keeps it).
-        in_size = cache.x.shape[2]
-        flat_d = d_gates.reshape(W * B, G)
-        flat_hp = d_hp.reshape(W * B, G)
-        d_w_ih = flat_d.T @ cache.x[start:stop].reshape(W * B, in_size)
-        d_w_hh = d_hp[1:].reshape((W - 1) * B, G).T @ h[start:stop - 1].reshape((W - 1) * B, H)
-        if start > 0:
-            d_w_hh += d_hp[0].T @ h[start - 1]
-        grads = (d_w_ih, d_w_hh, flat_d.sum(axis=0), flat_hp.sum(axis=0))
+        grads = _weight_grads(d_gates, d_hp, cache.x[start:stop], h[start:stop - 1],
+                              h[start - 1] if start > 0 else None, groups)
     dx = _project(d_gates, w_ih.T, None) if input_grad else None
     return grads, dx, dh, dc
 
 
 def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.ndarray, *,
-             param_grads: bool = True, window: tuple[int, int] | None = None) -> Backward:
+             param_grads: bool = True, window: tuple[int, int] | None = None,
+             groups: int | None = None) -> Backward:
     """Backpropagate ``d_outputs`` (dL/dy, ``(T, B, O)``) through the head and every layer.
 
     With ``param_grads=False`` only the hidden (and cell) state gradients are computed.
     ``window=(start, stop)`` backpropagates through those steps only (truncated BPTT: no
     gradient enters from after ``stop`` or leaves into step ``start - 1``); the state
-    gradients returned then cover the window's steps.
+    gradients returned then cover the window's steps. ``groups=K``: the batch holds K
+    independent batches side by side, and each parameter gradient gets a leading axis of
+    size K, one gradient per batch (the recurrence is per sequence, so one pass serves all).
     """
     T, B, n_out = d_outputs.shape
     start, stop = window if window is not None else (0, T)
@@ -391,11 +421,17 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
     if not arch.head:
         dh_direct = d_out                           # the loss is on the top layer's output
     else:
-        if param_grads:
+        if param_grads and groups is None:
             flat = d_out.reshape(W * B, n_out)
             grads["head.weight"] = flat.T @ top[start:stop].reshape(W * B, -1)
             if arch.head_bias:
                 grads["head.bias"] = flat.sum(axis=0)
+        elif param_grads:
+            by_group = _by_group(d_out, groups)
+            grads["head.weight"] = by_group.transpose(0, 2, 1) @ _by_group(top[start:stop],
+                                                                          groups)
+            if arch.head_bias:
+                grads["head.bias"] = by_group.sum(axis=1)
         dh_direct = _project(d_out, params["head.weight"].T, None)   # into the top layer
     skips = residual_layers(arch)
     hidden: list[np.ndarray] = [None] * arch.num_layers  # type: ignore[list-item]
@@ -404,7 +440,7 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
         w_ih, w_hh, _, _ = _layer_params(params, k)
         layer_grads, dx, hidden[k], cell[k] = backward_layer(
             arch, fwd.layers[k], dh_direct, w_ih, w_hh, start=start,
-            param_grads=param_grads, input_grad=k > 0)
+            param_grads=param_grads, input_grad=k > 0, groups=groups)
         if layer_grads is not None:
             d_w_ih, d_w_hh, d_b_ih, d_b_hh = layer_grads
             grads[f"rnn.weight_ih_l{k}"] = d_w_ih

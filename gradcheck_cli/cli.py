@@ -94,14 +94,15 @@ def _max_memory_option(f):
              "available memory is always a limit.")(f)
 
 
-def _guard_memory(spec, max_memory: str | None, *, optimizer_state: bool = False) -> None:
+def _guard_memory(spec, max_memory: str | None, *, optimizer_state: bool = False,
+                  trials: int = 0) -> None:
     """Refuse, before allocating, a run that would not fit."""
     from .memory import check, parse_size
     try:
         limit = parse_size(max_memory) if max_memory is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-memory") from None
-    check(spec, max_memory=limit, optimizer_state=optimizer_state)
+    check(spec, max_memory=limit, optimizer_state=optimizer_state, trials=trials)
 
 
 def _use_color() -> bool:
@@ -179,7 +180,7 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
     window_list = _windows(windows)
     specs = [_load(config, overrides + tuple(extra)) for config in configs]
     for spec in specs:
-        _guard_memory(spec, max_memory)
+        _guard_memory(spec, max_memory, trials=trials)
 
     from .analysis import analyze_spec
     from .render import RenderOptions, render

@@ -28,9 +28,26 @@ class Estimate:
     parts: dict[str, int]
 
 
+STACKED_ROWS = 256
+"""Clip trials run side by side in one pass, up to this many sequences at a time ..."""
+STACKED_BYTES = 512 * 2 ** 20
+"""... and as long as their activations stay under this (or one trial's, if larger)."""
+
+
+def trial_chunk(arch: Architecture, steps: int, batch: int, dtype: str, trials: int) -> int:
+    """How many clip trials run side by side in one pass."""
+    one = activation_bytes(arch, steps, batch, np.dtype(dtype).itemsize)
+    by_memory = max(1, STACKED_BYTES // max(one, 1))
+    return max(1, min(trials, STACKED_ROWS // batch, by_memory))
+
+
 def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
-             optimizer_state: bool = False) -> Estimate:
-    """Peak bytes of analysing (or training) ``arch`` on ``steps`` x ``batch``."""
+             optimizer_state: bool = False, trials: int = 0) -> Estimate:
+    """Peak bytes of analysing (or training) ``arch`` on ``steps`` x ``batch``, with
+    ``trials`` clip trials (which may run several batches side by side)."""
+    stacked = trials > 0 and trial_chunk(arch, steps, batch, dtype, trials) > 1
+    if trials:
+        batch *= trial_chunk(arch, steps, batch, dtype, trials)
     item = np.dtype(dtype).itemsize
     T, B, H = steps, batch, arch.hidden_size
     GH = arch.gates * H
@@ -45,6 +62,9 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
         "outputs and targets": 3 * T * B * arch.output_size * item,
         "parameters": params * item * (5 if optimizer_state else 3),
     }
+    if stacked:  # per-trial weight gradients regroup one layer's arrays by trial
+        parts["trial regrouping"] = T * B * max(
+            2 * GH + arch.layer_input_size(k) + H for k in range(arch.num_layers)) * item
     arrays = int(sum(parts.values()) * MARGIN)
     parts["interpreter and libraries"] = OVERHEAD
     return Estimate(total=arrays + OVERHEAD, parts=parts)
@@ -86,12 +106,13 @@ def human(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def check(spec, *, max_memory: int | None = None, optimizer_state: bool = False) -> Estimate:
+def check(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
+          trials: int = 0) -> Estimate:
     """Refuse (GradcheckError) a run whose estimate exceeds ``max_memory`` or what the
     machine has available, naming the estimate and the spec values behind it."""
     arch = Architecture.from_spec(spec.model)
     est = estimate(arch, spec.length, spec.batch_size, spec.dtype,
-                   optimizer_state=optimizer_state)
+                   optimizer_state=optimizer_state, trials=trials)
     free = available()
     limits = [(max_memory, "--max-memory")] if max_memory is not None else []
     if free is not None:

@@ -174,7 +174,8 @@ def test_max_memory_option():
 def test_memory_estimate_bounds_the_measured_peak(name, overrides):
     spec = load_spec(SAMPLE[name], overrides)
     arch = Architecture.from_spec(spec.model)
-    predicted = estimate(arch, spec.length, spec.batch_size, spec.dtype).total - OVERHEAD
+    predicted = estimate(arch, spec.length, spec.batch_size, spec.dtype,
+                         trials=3).total - OVERHEAD
     tracemalloc.start()
     analyze_spec(spec, trials=3)
     _, peak = tracemalloc.get_traced_memory()

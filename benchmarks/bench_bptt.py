@@ -1,0 +1,169 @@
+"""Benchmark gradcheck's BPTT against PyTorch's fused CPU modules and the matmul peak.
+
+    python benchmarks/bench_bptt.py            # every shape, both dtypes
+    python benchmarks/bench_bptt.py --quick    # fewer repeats
+    python benchmarks/bench_bptt.py --long     # also the 10,000-step LSTM and length scaling
+
+For each shape and dtype it prints the median time of
+  * gradcheck: `analyze`'s own work (forward, loss, backward, the last-step backward, and
+    every per-step norm it reports; no clip trials, no truncation table),
+  * bare: gradcheck's forward and backward alone (parameter and state gradients),
+  * torch: nn.LSTM/nn.GRU + nn.Linear, forward, MSE loss and backward (parameter gradients
+    only), when torch is installed (skipped otherwise),
+and the ratio torch / gradcheck (above 1: gradcheck is faster), the fraction of this
+machine's matrix-multiply throughput (measured in the same run) that the bare pass reaches,
+the measurement overhead (gradcheck / bare - 1), and gradcheck's peak memory (tracemalloc)
+against the estimate gradcheck refuses runs by.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import tracemalloc
+
+import numpy as np
+
+from gradcheck_cli.analysis import analyze_spec, model_parameters
+from gradcheck_cli.bptt import bptt
+from gradcheck_cli.cost import bptt_cost
+from gradcheck_cli.data import Batches
+from gradcheck_cli.memory import OVERHEAD, estimate
+from gradcheck_cli.model import Architecture
+from gradcheck_cli.spec import spec_from_data
+
+SHAPES = [  # cell, batch, hidden, layers, steps
+    ("lstm", 32, 256, 2, 100),
+    ("gru", 32, 256, 2, 100),
+    ("lstm", 64, 512, 2, 200),
+    ("gru", 64, 512, 2, 200),
+]
+INPUT, OUTPUT = 32, 16
+
+
+def make_spec(cell, batch, hidden, layers, steps, dtype):
+    return spec_from_data({
+        "dtype": dtype,
+        "model": {"cell": cell, "input_size": INPUT, "hidden_size": hidden,
+                  "num_layers": layers, "output_size": OUTPUT},
+        "sequence": {"length": steps, "batch_size": batch},
+    }, name=f"{cell}-b{batch}-h{hidden}-l{layers}-t{steps}")
+
+
+def median_time(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype, repeats):
+    """Multiply-adds per second of an n x n product, n = 1024 (a BLAS-friendly size)."""
+    n = 1024
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    return n ** 3 / median_time(lambda: a @ b, repeats)
+
+
+def torch_time(cell, batch, hidden, layers, steps, dtype, repeats):
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
+        INPUT, hidden, num_layers=layers, batch_first=True).to(tdtype)
+    head = torch.nn.Linear(hidden, OUTPUT).to(tdtype)
+    x = torch.randn(batch, steps, INPUT, dtype=tdtype)
+    y = torch.randn(batch, steps, OUTPUT, dtype=tdtype)
+    params = list(module.parameters()) + list(head.parameters())
+
+    def step():
+        for p in params:
+            p.grad = None
+        loss = torch.nn.functional.mse_loss(head(module(x)[0]), y)
+        loss.backward()
+
+    return median_time(step, repeats)
+
+
+def bench_shape(shape, dtype, repeats, peak):
+    spec = make_spec(*shape, dtype)
+    arch, params = model_parameters(spec)
+    batch = Batches(spec).draw(0)
+    full = median_time(lambda: analyze_spec(spec, trials=0, windows=[]), repeats)
+    bare = median_time(lambda: bptt(arch, params, batch.x, batch.targets), repeats)
+    torch_t = torch_time(*shape, dtype, repeats)
+    macs = bptt_cost(arch, spec.length, spec.batch_size, dtype).total_macs
+    tracemalloc.start()
+    analyze_spec(spec, trials=0, windows=[])
+    _, used = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    predicted = estimate(arch, spec.length, spec.batch_size, dtype).total - OVERHEAD
+    return {"shape": spec.source, "dtype": dtype, "gradcheck": full, "bare": bare,
+            "torch": torch_t, "ratio": torch_t / full if torch_t else None,
+            "peak_fraction": macs / bare / peak, "overhead": full / bare - 1,
+            "memory": used, "estimate": predicted}
+
+
+def length_scaling(repeats):
+    """A 10,000-step LSTM (batch 32, hidden 256) and the time per step at other lengths."""
+    rows = []
+    for steps in (1000, 2500, 5000, 10_000):
+        spec = make_spec("lstm", 32, 256, 1, steps, "float32")
+        arch = Architecture.from_spec(spec.model)
+        tracemalloc.start()
+        start = time.perf_counter()
+        analyze_spec(spec, trials=0, windows=[])
+        elapsed = time.perf_counter() - start
+        _, used = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        predicted = estimate(arch, steps, 32, "float32").total - OVERHEAD
+        rows.append((steps, elapsed, elapsed / steps * 1e3, used, predicted))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
+    parser.add_argument("--long", action="store_true",
+                        help="also the 10,000-step LSTM and length scaling")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 7
+    try:
+        import torch
+        torch_note = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    except ImportError:
+        torch_note = "torch not installed: its column is skipped"
+    print(f"numpy {np.__version__}, {os.cpu_count()} cores; {torch_note}; medians of "
+          f"{repeats}")
+    header = (f"{'shape':<28} {'dtype':<8} {'gradcheck':>10} {'bare':>9} {'torch':>9} "
+              f"{'torch/gc':>8} {'peak':>6} {'extra':>6} {'memory':>9} {'estimate':>9}")
+    print(header)
+    for dtype in ("float64", "float32"):
+        peak = matmul_peak(dtype, repeats)
+        print(f"matmul peak {dtype}: {peak / 1e9:.1f} G multiply-adds/s")
+        for shape in SHAPES:
+            r = bench_shape(shape, dtype, repeats, peak)
+            torch_s = f"{r['torch'] * 1e3:8.1f}ms" if r["torch"] else f"{'—':>9}"
+            ratio = f"{r['ratio']:7.2f}x" if r["ratio"] else f"{'—':>8}"
+            print(f"{r['shape']:<28} {dtype:<8} {r['gradcheck'] * 1e3:8.1f}ms "
+                  f"{r['bare'] * 1e3:7.1f}ms {torch_s} {ratio} {r['peak_fraction']:6.0%} "
+                  f"{r['overhead']:6.0%} {r['memory'] / 2 ** 20:7.0f}MiB "
+                  f"{r['estimate'] / 2 ** 20:7.0f}MiB")
+    if args.long:
+        print("\nLSTM, batch 32, hidden 256, float32: time and memory by length")
+        for steps, elapsed, per_step, used, predicted in length_scaling(1):
+            print(f"  {steps:>6} steps  {elapsed:7.2f}s  {per_step:6.3f} ms/step  "
+                  f"{used / 2 ** 20:7.0f}MiB measured  {predicted / 2 ** 20:7.0f}MiB estimated")
+
+
+if __name__ == "__main__":
+    main()
