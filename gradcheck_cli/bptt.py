@@ -426,7 +426,7 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
             grads["head.weight"] = flat.T @ top[start:stop].reshape(W * B, -1)
             if arch.head_bias:
                 grads["head.bias"] = flat.sum(axis=0)
-        elif param_grads:
+        elif param_grads and groups is not None:
             by_group = _by_group(d_out, groups)
             grads["head.weight"] = by_group.transpose(0, 2, 1) @ _by_group(top[start:stop],
                                                                           groups)

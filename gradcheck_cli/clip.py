@@ -19,7 +19,6 @@ from collections.abc import Callable
 import numpy as np
 
 from .bptt import backward, forward, loss_and_output_grad
-from .mitigations import global_norm
 from .model import Architecture, Params
 from .report import ClipCandidate, ClipSuggestion
 
@@ -46,8 +45,6 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
         k = min(chunk, trials - done)
         draws = [batches.draw(done + j + 1) for j in range(k)]
         x = np.concatenate([d.x for d in draws], axis=1)
-        lengths = None if all(d.lengths is None for d in draws) else np.concatenate(
-            [d.lengths if d.lengths is not None else np.full(B, spec.length) for d in draws])
         with np.errstate(all="ignore"):
             fwd = forward(arch, params, x)
             d_out = np.empty_like(fwd.outputs)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -53,7 +55,8 @@ def test_trials_are_independent_and_reproducible():
     assert len(set(norms.tolist())) == 5
     calls = []
     sample_global_norms(arch, params, Batches(spec), spec, 3, lambda d, t: calls.append((d, t)))
-    assert calls[-1] == (3, 3) and all(a[0] < b[0] for a, b in zip(calls, calls[1:]))
+    assert calls[-1] == (3, 3)
+    assert all(a[0] < b[0] for a, b in itertools.pairwise(calls))
 
 
 @pytest.mark.parametrize("name,overrides", [
