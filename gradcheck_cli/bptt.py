@@ -89,13 +89,13 @@ class BPTTResult:
     grads: Backward
 
 
-def sigmoid(a: np.ndarray) -> np.ndarray:
-    """Logistic sigmoid in the form that does not overflow: 0.5 * (1 + tanh(a / 2))."""
-    out = np.multiply(a, 0.5)
-    np.tanh(out, out=out)
-    out += 1.0
-    out *= 0.5
-    return out
+def sigmoid_(a: np.ndarray) -> np.ndarray:
+    """Logistic sigmoid, in place, in the form that does not overflow: (1 + tanh(a/2)) / 2."""
+    a *= 0.5
+    np.tanh(a, out=a)
+    a *= 0.5
+    a += 0.5
+    return a
 
 
 def _layer_params(params: Params, k: int) -> tuple[np.ndarray, np.ndarray,
@@ -154,16 +154,17 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
         c = np.empty((T, B, H), dtype=dtype)
         tanh_c = np.empty((T, B, H), dtype=dtype)
         c_prev = np.zeros((B, H), dtype=dtype)
+        recurrent = np.empty((B, 4 * H), dtype=dtype)
+        ig = np.empty((B, H), dtype=dtype)
         for t in range(T):
             a = gates[t]
-            a += h_prev @ w_hh_t
+            a += np.matmul(h_prev, w_hh_t, out=recurrent)
             i, f, g, o = (a[:, k * H:(k + 1) * H] for k in range(4))
-            i[...] = sigmoid(i)
-            f[...] = sigmoid(f)
+            sigmoid_(a[:, :2 * H])                 # i and f, side by side
             np.tanh(g, out=g)
-            o[...] = sigmoid(o)
+            sigmoid_(o)
             np.multiply(f, c_prev, out=c[t])       # c_t = f ⊙ c_{t-1} + i ⊙ g
-            c[t] += i * g
+            c[t] += np.multiply(i, g, out=ig)
             np.tanh(c[t], out=tanh_c[t])
             np.multiply(o, tanh_c[t], out=h[t])    # h_t = o ⊙ tanh(c_t)
             if skip:
@@ -174,21 +175,22 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
 
     # gru
     hn = np.empty((T, B, H), dtype=dtype)
+    hp = np.empty((B, 3 * H), dtype=dtype)
+    tmp = np.empty((B, H), dtype=dtype)
     for t in range(T):
-        hp = h_prev @ w_hh_t                       # W_hh h_{t-1} (+ b_hh): (B, 3H)
+        np.matmul(h_prev, w_hh_t, out=hp)          # W_hh h_{t-1} (+ b_hh): (B, 3H)
         if b_hh is not None:
             hp += b_hh
         a = gates[t]
         r, z, n = (a[:, k * H:(k + 1) * H] for k in range(3))
-        r += hp[:, :H]
-        z += hp[:, H:2 * H]
-        r[...] = sigmoid(r)
-        z[...] = sigmoid(z)
+        a[:, :2 * H] += hp[:, :2 * H]
+        sigmoid_(a[:, :2 * H])                     # r and z, side by side
         hn[t] = hp[:, 2 * H:]
-        n += r * hn[t]                             # n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))
+        n += np.multiply(r, hn[t], out=tmp)        # n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))
         np.tanh(n, out=n)
-        np.multiply(1.0 - z, n, out=h[t])          # h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
-        h[t] += z * h_prev
+        np.subtract(h_prev, n, out=tmp)            # h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+        tmp *= z                                   #     = n + z ⊙ (h_{t-1} - n)
+        np.add(n, tmp, out=h[t])
         if skip:
             h[t] += h_prev                         # ... + h_{t-1}
         h_prev = h[t]
@@ -336,6 +338,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
 
     if arch.cell == "rnn":
         act = cache.gates if cache.gates is not None else h
+        next_buffer = np.empty((B, H), dtype=dtype)
         for t in reversed(range(start, stop)):
             w = t - start
             np.add(dh_direct[w], dh_next, out=dh[w])          # direct path + recurrent path
@@ -343,7 +346,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
                 np.multiply(dh[w], 1.0 - act[t] * act[t], out=d_gates[w])
             else:                                              # backprop through relu
                 np.multiply(dh[w], act[t] > 0, out=d_gates[w])
-            dh_next = d_gates[w] @ w_hh                        # into h_{t-1} through W_hh
+            dh_next = np.matmul(d_gates[w], w_hh, out=next_buffer)  # into h_{t-1} through W_hh
             if skip:
                 dh_next += dh[w]                               # ... and through h_t = h_{t-1} + ...
 
@@ -351,46 +354,72 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
         gates, c, tanh_c = cache.gates, cache.c, cache.tanh_c
         assert gates is not None and c is not None and tanh_c is not None
         dc = np.empty_like(dh_direct)                          # total dL/dc_t, as recorded
-        dc_next = zeros                                        # f_{t+1} ⊙ dL/dc_{t+1}
+        dc_next = np.zeros((B, H), dtype=dtype)                # f_{t+1} ⊙ dL/dc_{t+1}
+        dh_next = np.zeros((B, H), dtype=dtype)
+        slope = np.empty((B, G), dtype=dtype)                  # the gates' derivatives
+        tmp = np.empty((B, H), dtype=dtype)
         for t in reversed(range(start, stop)):
             w = t - start
             np.add(dh_direct[w], dh_next, out=dh[w])
-            i, f, g, o = (gates[t, :, k * H:(k + 1) * H] for k in range(4))
+            gate = gates[t]
+            i, f, g, o = (gate[:, k * H:(k + 1) * H] for k in range(4))
             tc = tanh_c[t]
             c_prev = c[t - 1] if t > 0 else zeros
             # h_t = o ⊙ tanh(c_t): into c_t, plus what c_{t+1} sends back through f_{t+1}
-            np.multiply(dh[w] * o, 1.0 - tc * tc, out=dc[w])
-            dc[w] += dc_next
+            np.multiply(tc, tc, out=tmp)
+            np.subtract(1.0, tmp, out=tmp)
+            tmp *= o
+            tmp *= dh[w]
+            np.add(tmp, dc_next, out=dc[w])
+            # σ' = s (1 - s) for i, f, o; tanh' = 1 - g² for the candidate g
+            np.subtract(1.0, gate, out=slope)
+            slope *= gate
+            np.multiply(g, g, out=tmp)
+            np.subtract(1.0, tmp, out=slope[:, 2 * H:3 * H])
             da = d_gates[w]
-            di, df, dg, do = (da[:, k * H:(k + 1) * H] for k in range(4))
-            np.multiply(dc[w] * g, i * (1.0 - i), out=di)      # through σ of the input gate
-            np.multiply(dc[w] * c_prev, f * (1.0 - f), out=df)  # through σ of the forget gate
-            np.multiply(dc[w] * i, 1.0 - g * g, out=dg)         # through tanh of the candidate
-            np.multiply(dh[w] * tc, o * (1.0 - o), out=do)      # through σ of the output gate
-            dc_next = dc[w] * f                                 # into c_{t-1}
-            dh_next = da @ w_hh                                 # into h_{t-1} through W_hh
+            np.multiply(dc[w], g, out=da[:, :H])               # into i (c_t = f c + i g)
+            np.multiply(dc[w], c_prev, out=da[:, H:2 * H])     # into f
+            np.multiply(dc[w], i, out=da[:, 2 * H:3 * H])      # into g
+            np.multiply(dh[w], tc, out=da[:, 3 * H:])          # into o (h_t = o tanh(c_t))
+            da *= slope                                        # through σ and tanh
+            np.multiply(dc[w], f, out=dc_next)                 # into c_{t-1}
+            np.matmul(da, w_hh, out=dh_next)                   # into h_{t-1} through W_hh
             if skip:
-                dh_next += dh[w]                                # ... and through the residual
+                dh_next += dh[w]                               # ... and through the residual
 
     else:  # gru
         gates, hn = cache.gates, cache.hn
         assert gates is not None and hn is not None
         d_hp = np.empty((W, B, G), dtype=dtype)
+        dh_next = np.zeros((B, H), dtype=dtype)
+        slope = np.empty((B, 2 * H), dtype=dtype)
+        tmp = np.empty((B, H), dtype=dtype)
         for t in reversed(range(start, stop)):
             w = t - start
             np.add(dh_direct[w], dh_next, out=dh[w])
-            r, z, n = (gates[t, :, k * H:(k + 1) * H] for k in range(3))
+            gate = gates[t]
+            r, z, n = (gate[:, k * H:(k + 1) * H] for k in range(3))
             h_prev = h_before(t)
             dar, daz, dan = (d_gates[w, :, k * H:(k + 1) * H] for k in range(3))
-            # h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
-            np.multiply(dh[w] * (1.0 - z), 1.0 - n * n, out=dan)    # through tanh of n
-            np.multiply(dh[w] * (h_prev - n), z * (1.0 - z), out=daz)  # through σ of z
-            np.multiply(dan * hn[t], r * (1.0 - r), out=dar)         # n's r ⊙ (W_hn h + b_hn)
+            # h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}; σ' = s (1 - s) for r and z
+            np.subtract(1.0, gate[:, :2 * H], out=slope)
+            slope *= gate[:, :2 * H]
+            np.subtract(1.0, z, out=dan)                              # through tanh of n
+            dan *= dh[w]
+            np.multiply(n, n, out=tmp)
+            np.subtract(1.0, tmp, out=tmp)
+            dan *= tmp
+            np.subtract(h_prev, n, out=daz)                           # through σ of z
+            daz *= dh[w]
+            daz *= slope[:, H:]
+            np.multiply(dan, hn[t], out=dar)                          # n's r ⊙ (W_hn h + b_hn)
+            dar *= slope[:, :H]
             d_hp[w, :, :2 * H] = d_gates[w, :, :2 * H]
-            np.multiply(dan, r, out=d_hp[w, :, 2 * H:])              # into W_hn h + b_hn
-            dh_next = dh[w] * z + d_hp[w] @ w_hh                    # into h_{t-1}: direct + W_hh
+            np.multiply(dan, r, out=d_hp[w, :, 2 * H:])               # into W_hn h + b_hn
+            np.matmul(d_hp[w], w_hh, out=dh_next)                     # into h_{t-1}: W_hh ...
+            dh_next += np.multiply(dh[w], z, out=tmp)                 # ... and z ⊙ h_{t-1}
             if skip:
-                dh_next += dh[w]                                    # ... and the residual
+                dh_next += dh[w]                                      # ... and the residual
 
     grads = None
     if param_grads:
