@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ..compare import Comparison
+from .terminal import captured
 
 STYLE = {"worse": "bold red", "better": "green", "same": ""}
 ICON = {"worse": "❌", "better": "✅", "same": ""}
@@ -21,23 +19,20 @@ def render_comparison(comparison: Comparison, fmt: str, color: bool = False,
         return comparison.to_json() + "\n"
     if fmt == "markdown":
         return _markdown(comparison)
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width, force_terminal=color,
-                      color_system="standard" if color else None, no_color=not color,
-                      highlight=False, emoji=False)
-    console.print(Text(f"gradcheck compare: {comparison.baseline} → {comparison.new}",
-                       style="bold"))
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    table.add_column("")
-    table.add_column("what")
-    table.add_column("change", overflow="fold")
-    for c in comparison.changes:
-        table.add_row(Text(c.verdict, style=STYLE[c.verdict]), c.what, c.message)
-    console.print(table)
-    if comparison.worse:
-        console.print(Text("✗ gradient health got worse", style="bold red"))
-    else:
-        console.print(Text("✓ gradient health did not get worse", style="bold green"))
+    with captured(color, width) as (console, buffer):
+        console.print(Text(f"gradcheck compare: {comparison.baseline} → {comparison.new}",
+                           style="bold"))
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        table.add_column("")
+        table.add_column("what")
+        table.add_column("change", overflow="fold")
+        for c in comparison.changes:
+            table.add_row(Text(c.verdict, style=STYLE[c.verdict]), c.what, c.message)
+        console.print(table)
+        if comparison.worse:
+            console.print(Text("✗ gradient health got worse", style="bold red"))
+        else:
+            console.print(Text("✓ gradient health did not get worse", style="bold green"))
     return buffer.getvalue()
 
 

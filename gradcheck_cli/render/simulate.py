@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ..simulate import Run, Simulation
 from .common import num
+from .terminal import captured
 
 SPARKS = "▁▂▃▄▅▆▇█"
 VERDICT_STYLE = {"learning": "green", "flat": "yellow", "stalled": "yellow",
@@ -62,42 +61,39 @@ def render_simulation(sim: Simulation, fmt: str, color: bool = False, width: int
         return sim.to_json() + "\n"
     if fmt == "markdown":
         return _markdown(sim)
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width, force_terminal=color,
-                      color_system="standard" if color else None, no_color=not color,
-                      highlight=False, emoji=False)
-    cut = f", truncated BPTT {sim.truncation[0]}:{sim.truncation[1]}" if sim.truncation else ""
-    console.print(Text(f"gradcheck simulate · {sim.config}", style="bold"))
-    console.print(f"{sim.steps} steps of {sim.optimizer} at lr {sim.lr:g} on "
-                  f"{'the same batch' if sim.data == 'fixed' else 'a fresh batch each step'}"
-                  f"{cut}")
-    console.print()
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for i, column in enumerate(HEADER):
-        table.add_column(column, justify="left" if i < 2 else "right", no_wrap=i == 0)
-    for run, row in zip(sim.runs, _rows(sim), strict=True):
-        table.add_row(row[0], Text(row[1], style=VERDICT_STYLE[run.verdict]), *row[2:])
-    console.print(table)
-    findings = [f for run in sim.runs for f in run.findings]
-    for f in findings:
-        mark, style = ("✗", "bold red") if f.severity == "error" else ("!", "yellow")
-        console.print(Text(f"{mark} {f.severity} {f.code}: {f.message}", style=style))
-    console.print()
-    label_width = max(len(run.mitigation) for run in sim.runs)
-    for title, attr in (("loss", "loss"), ("gradient norm before mitigation", "grad_norm")):
-        low, high = _range(sim.runs, attr)
-        console.print(Text(f"{title} per step, log scale {num(low)} … {num(high)}",
-                           style="bold"))
-        for run in sim.runs:
-            line = sparkline([getattr(r, attr) for r in run.steps], low, high,
-                             stopped=run.stopped_at is not None)
-            console.print(f"  {run.mitigation:<{label_width}}  {line}")
-    if sim.calibrated_clip is not None:
-        clip = sim.calibrated_clip
+    with captured(color, width) as (console, buffer):
+        cut = f", truncated BPTT {sim.truncation[0]}:{sim.truncation[1]}" if sim.truncation else ""
+        console.print(Text(f"gradcheck simulate · {sim.config}", style="bold"))
+        console.print(f"{sim.steps} steps of {sim.optimizer} at lr {sim.lr:g} on "
+                      f"{'the same batch' if sim.data == 'fixed' else 'a fresh batch each step'}"
+                      f"{cut}")
         console.print()
-        console.print(Text(f"calibrated clip: max_norm {num(clip.max_norm)}, {clip.rule}",
-                           style="bold"))
-        console.print(Text(clip.pytorch, style="cyan"))
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for i, column in enumerate(HEADER):
+            table.add_column(column, justify="left" if i < 2 else "right", no_wrap=i == 0)
+        for run, row in zip(sim.runs, _rows(sim), strict=True):
+            table.add_row(row[0], Text(row[1], style=VERDICT_STYLE[run.verdict]), *row[2:])
+        console.print(table)
+        findings = [f for run in sim.runs for f in run.findings]
+        for f in findings:
+            mark, style = ("✗", "bold red") if f.severity == "error" else ("!", "yellow")
+            console.print(Text(f"{mark} {f.severity} {f.code}: {f.message}", style=style))
+        console.print()
+        label_width = max(len(run.mitigation) for run in sim.runs)
+        for title, attr in (("loss", "loss"), ("gradient norm before mitigation", "grad_norm")):
+            low, high = _range(sim.runs, attr)
+            console.print(Text(f"{title} per step, log scale {num(low)} … {num(high)}",
+                               style="bold"))
+            for run in sim.runs:
+                line = sparkline([getattr(r, attr) for r in run.steps], low, high,
+                                 stopped=run.stopped_at is not None)
+                console.print(f"  {run.mitigation:<{label_width}}  {line}")
+        if sim.calibrated_clip is not None:
+            clip = sim.calibrated_clip
+            console.print()
+            console.print(Text(f"calibrated clip: max_norm {num(clip.max_norm)}, {clip.rule}",
+                               style="bold"))
+            console.print(Text(clip.pytorch, style="cyan"))
     return buffer.getvalue()
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -27,6 +26,7 @@ from .common import (
     truncation_rows,
     verdict,
 )
+from .terminal import captured
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
 
@@ -162,33 +162,30 @@ def _clip(report: Report) -> Group | Text:
 
 
 def render_table(report: Report, options: RenderOptions) -> str:
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=options.width, force_terminal=options.color,
-                      color_system="standard" if options.color else None,
-                      no_color=not options.color, highlight=False, emoji=False)
-    console.print(Text(f"gradcheck {report.gradcheck_version} · {report.config}", style="bold"))
-    console.print(title(report))
-    for note in report.notes:
-        console.print(Text(f"note: {note}", style="dim"))
-    console.print()
-    console.print(_findings(report))
-    console.print()
-    console.print(_summary(report))
-    console.print()
-    bold = "bold"
-    console.print(Text(f"Through time: ‖dL_T/dh_t‖, the gradient of the last step's loss, "
-                       f"going back {report.length - 1} steps", style=bold))
-    console.print(_layers(report))
-    shown = "every step" if options.all_steps or report.length <= SUMMARY_ROWS else \
-        f"{SUMMARY_ROWS} of {report.length} steps; --all-steps shows every one"
-    charted = _charted_layer(report)
-    low, high = log_range(charted.last_step_grad_norm)
-    console.print(Text(f"Per step ({shown}); the bar is ‖dL_T/dh‖ of layer {charted.index} "
-                       f"on a log scale from {num(low)} to {num(high)}", style=bold))
-    console.print(_per_step(report, options.all_steps))
-    console.print(Text("Parameters", style=bold))
-    console.print(_parameters(report))
-    console.print(_clip(report))
-    console.print()
-    console.print(_cost(report))
+    with captured(options.color, options.width) as (console, buffer):
+        console.print(Text(f"gradcheck {report.gradcheck_version} · {report.config}", style="bold"))
+        console.print(title(report))
+        for note in report.notes:
+            console.print(Text(f"note: {note}", style="dim"))
+        console.print()
+        console.print(_findings(report))
+        console.print()
+        console.print(_summary(report))
+        console.print()
+        bold = "bold"
+        console.print(Text(f"Through time: ‖dL_T/dh_t‖, the gradient of the last step's loss, "
+                           f"going back {report.length - 1} steps", style=bold))
+        console.print(_layers(report))
+        shown = "every step" if options.all_steps or report.length <= SUMMARY_ROWS else \
+            f"{SUMMARY_ROWS} of {report.length} steps; --all-steps shows every one"
+        charted = _charted_layer(report)
+        low, high = log_range(charted.last_step_grad_norm)
+        console.print(Text(f"Per step ({shown}); the bar is ‖dL_T/dh‖ of layer {charted.index} "
+                           f"on a log scale from {num(low)} to {num(high)}", style=bold))
+        console.print(_per_step(report, options.all_steps))
+        console.print(Text("Parameters", style=bold))
+        console.print(_parameters(report))
+        console.print(_clip(report))
+        console.print()
+        console.print(_cost(report))
     return buffer.getvalue()
