@@ -22,6 +22,7 @@ Exit status:
   0  healthy: no finding at or above --fail-on
   1  findings at or above --fail-on (verify: a gradient disagrees)
   2  bad usage, a bad spec or input file, or an internal error
+  130  interrupted
 """
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
