@@ -46,13 +46,14 @@ def model_parameters(spec: Spec) -> tuple[Architecture, Params]:
 
 def step_norms(grad: np.ndarray) -> np.ndarray:
     """``||grad[t]||`` (Frobenius over batch and features) for each step t, in float64."""
-    flat = grad.reshape(grad.shape[0], -1).astype(np.float64)
+    flat = grad.reshape(grad.shape[0], -1)
     with np.errstate(over="ignore", invalid="ignore"):
-        norms = np.sqrt(np.einsum("ij,ij->i", flat, flat))
-        overflowed = np.isinf(norms) & np.isfinite(flat).all(axis=1)
-        for t in np.flatnonzero(overflowed):        # huge but finite: rescale before squaring
-            scale = np.abs(flat[t]).max()
-            norms[t] = scale * np.linalg.norm(flat[t] / scale)
+        norms = np.sqrt(np.einsum("ij,ij->i", flat, flat, dtype=np.float64))  # no copy
+        for t in np.flatnonzero(np.isinf(norms)):
+            row = flat[t].astype(np.float64)
+            if np.isfinite(row).all():              # huge but finite: rescale before squaring
+                scale = np.abs(row).max()
+                norms[t] = scale * np.linalg.norm(row / scale)
     return norms
 
 
