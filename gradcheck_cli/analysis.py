@@ -274,7 +274,7 @@ def truncation_stats(arch: Architecture, params: Params, fwd: Forward, d_out: np
 
 def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
                  progress: Progress | None = None,
-                 windows: list[int] | None = None) -> Report:
+                 windows: list[int] | None = None, deep: bool = False) -> Report:
     """Run BPTT on the spec's batch, measure, judge, and sample norms for clipping."""
     arch, params = model_parameters(spec)
     checkpoint = spec.model.checkpoint
@@ -313,6 +313,10 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         truncation = truncation_stats(
             arch, params, fwd, d_out, param_grads, layers[-1].last_step_grad_norm, spec,
             default_windows(spec.length) if windows is None else windows)
+        dynamics = None
+        if deep:
+            from .dynamics import layer_dynamics
+            dynamics = layer_dynamics(arch, params, fwd, spec.seed)
         del fwd, d_out
 
     findings = [] if broken is None else [broken]
@@ -345,6 +349,7 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         parameters=param_stats, layers=layers, findings=findings, clip=clip,
         notes=notes_for(spec),
         mitigation=mitigation,
+        dynamics=dynamics,
         cost=CostStats(forward_macs=cost.forward_macs, backward_macs=cost.backward_macs,
                        activation_bytes=cost.activation_bytes,
                        parameter_count=cost.parameter_count),

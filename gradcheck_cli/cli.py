@@ -161,12 +161,16 @@ def cli(debug: bool) -> None:
 @_truncate_option
 @click.option("--windows", default="auto", show_default=True, metavar="K,K,...|auto|none",
               help="Truncation windows to compare with full BPTT.")
+@click.option("--deep", is_flag=True,
+              help="Also the dynamics: σ_max and spectral radius of W_hh with Pascanu's "
+                   "conditions, per-step Jacobian norms, Lyapunov exponents and the growth "
+                   "they predict, gate saturation.")
 @_max_memory_option
 @_overrides_option
 def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads: Path | None,
             trials: int, clip_percentile: float, fail_on: str, vanishing: float | None,
             exploding: float | None, all_steps: bool, mitigation: str | None,
-            truncate: str | None, windows: str, max_memory: str | None,
+            truncate: str | None, windows: str, deep: bool, max_memory: str | None,
             overrides: tuple[str, ...]) -> None:
     """Run BPTT on each CONFIG and report gradient health: per-step gradient norms, how they
     grow or shrink through time, exploding/vanishing findings and a clip value.
@@ -193,7 +197,7 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
     for spec in specs:
         with _progress(trials) as progress:
             report = analyze_spec(spec, trials=trials, clip_percentile=clip_percentile,
-                                  progress=progress, windows=window_list)
+                                  progress=progress, windows=window_list, deep=deep)
         failed = failed or report.fails(fail_on)
         if fmt == "json" and len(specs) > 1:
             texts.append(report.to_json(indent=None) + "\n")

@@ -149,6 +149,8 @@ class Report:
     findings: list[Finding]
     clip: ClipSuggestion | None
     notes: list[str] = field(default_factory=list)
+    dynamics: list | None = None
+    """With --deep: per layer, a :class:`gradcheck_cli.dynamics.LayerDynamics`."""
     mitigation: MitigationEffect | None = None
     cost: CostStats | None = None
     truncation: list[TruncationStats] = field(default_factory=list)
@@ -306,6 +308,24 @@ def report_json_schema() -> dict[str, Any]:
                 "properties": {k: {"type": "integer", "minimum": 0} for k in (
                     "forward_macs", "backward_macs", "activation_bytes", "parameter_count")},
             },
+            "dynamics": {"anyOf": [{"type": "null"}, {"type": "array", "items": {
+                "type": "object",
+                "required": ["index", "sigma_max", "spectral_radius", "gate_sigma_max",
+                             "pascanu", "jacobian_norm", "lyapunov", "predicted_growth",
+                             "saturation"],
+                "properties": {
+                    "index": {"type": "integer"}, "sigma_max": _NUMBER,
+                    "spectral_radius": _NUMBER,
+                    "gate_sigma_max": {"type": "object", "additionalProperties": _NUMBER},
+                    "pascanu": {"type": ["string", "null"]},
+                    "jacobian_norm": {**_NUMBERS, "description": "σ_max(∂s_t/∂s_(t-1)) per "
+                                      "step, RMS over the first sequences"},
+                    "lyapunov": _NUMBERS, "predicted_growth": _NUMBER,
+                    "saturation": {"type": "array", "items": {
+                        "type": "object", "required": ["gate", "saturated"],
+                        "properties": {"gate": {"type": "string"},
+                                       "saturated": {"type": "number"}}}}}}}],
+                "description": "with --deep: spectra, step Jacobians, Lyapunov exponents"},
             "truncation": {"type": "array", "items": {
                 "type": "object",
                 "required": ["k1", "k2", "backward_macs", "activation_bytes", "gradient_error",

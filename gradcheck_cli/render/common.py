@@ -110,3 +110,23 @@ def truncation_rows(report: Report) -> list[list[str]]:
 
 TRUNCATION_HEADER = ["window k1:k2", "backward work", "activations", "gradient error",
                      "signal cut"]
+
+
+DYNAMICS_HEADER = ["layer", "σ_max(W_hh)", "ρ(W_hh)", "λ₁", "exp(λ₁)", "measured",
+                   "σ_max(J_t)", "saturated"]
+
+
+def dynamics_rows(report: Report) -> list[list[str]]:
+    """Per layer: the spectra, the largest Lyapunov exponent and the growth it predicts
+    beside the growth measured, the mean step-Jacobian norm, the saturated gates."""
+    rows = []
+    measured = {layer.index: layer for layer in report.layers}
+    for d in report.dynamics or []:
+        lam = d.lyapunov[0] if d.lyapunov else None
+        jac = [v for v in d.jacobian_norm if math.isfinite(v)]
+        saturated = " ".join(f"{s.gate} {s.saturated:.0%}" for s in d.saturation) or "—"
+        rows.append([str(d.index), num(d.sigma_max), num(d.spectral_radius), num(lam),
+                     "—" if d.predicted_growth is None else f"×{d.predicted_growth:.4g}",
+                     growth_text(measured[d.index]),
+                     num(float(np.mean(jac))) if jac else "—", saturated])
+    return rows

@@ -5,7 +5,9 @@ from __future__ import annotations
 from ..report import Report
 from . import RenderOptions
 from .common import (
+    DYNAMICS_HEADER,
     TRUNCATION_HEADER,
+    dynamics_rows,
     growth_text,
     horizon_text,
     num,
@@ -99,4 +101,11 @@ def render_markdown(report: Report, options: RenderOptions) -> str:
             out.append("")
             out += _table(TRUNCATION_HEADER, truncation_rows(report),
                           ["---", "--:", "--:", "--:", "--:"])
+    if report.dynamics is not None:
+        out += ["", "### Dynamics", ""]
+        out += _table(DYNAMICS_HEADER, dynamics_rows(report),
+                      ["--:"] * (len(DYNAMICS_HEADER) - 1) + ["---"])
+        for d in report.dynamics:
+            if d.pascanu:
+                out += ["", f"Layer {d.index}: {d.pascanu} (Pascanu et al. 2013)."]
     return "\n".join(out) + "\n"

@@ -12,9 +12,11 @@ from rich.text import Text
 from ..report import LayerStats, Report
 from . import RenderOptions
 from .common import (
+    DYNAMICS_HEADER,
     SUMMARY_ROWS,
     TRUNCATION_HEADER,
     bar,
+    dynamics_rows,
     growth_text,
     horizon_text,
     log_range,
@@ -161,6 +163,26 @@ def _clip(report: Report) -> Group | Text:
     )
 
 
+def _dynamics(report: Report) -> Group:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for i, column in enumerate(DYNAMICS_HEADER):
+        last = i == len(DYNAMICS_HEADER) - 1
+        table.add_column(column, justify="left" if last else "right", no_wrap=last)
+    for row in dynamics_rows(report):
+        table.add_row(*row)
+    parts: list[Text | Table] = [
+        Text("Dynamics: σ of W_hh, step Jacobians J_t = ∂s_t/∂s_(t-1) (mean over steps), "
+             "Lyapunov exponents λ; exp(λ₁) predicts the measured growth per step",
+             style="bold"), table]
+    for d in report.dynamics or []:
+        if d.pascanu:
+            parts.append(Text(f"layer {d.index}: {d.pascanu} (Pascanu et al. 2013)"))
+        if d.lyapunov:
+            parts.append(Text(f"layer {d.index} Lyapunov spectrum: "
+                              + " ".join(num(v) for v in d.lyapunov)))
+    return Group(*parts)
+
+
 def render_table(report: Report, options: RenderOptions) -> str:
     with captured(options.color, options.width) as (console, buffer):
         console.print(Text(f"gradcheck {report.gradcheck_version} · {report.config}", style="bold"))
@@ -188,4 +210,7 @@ def render_table(report: Report, options: RenderOptions) -> str:
         console.print(_clip(report))
         console.print()
         console.print(_cost(report))
+        if report.dynamics is not None:
+            console.print()
+            console.print(_dynamics(report))
     return buffer.getvalue()

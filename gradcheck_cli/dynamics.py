@@ -1,0 +1,184 @@
+"""Why gradients explode or vanish: spectra, step Jacobians and Lyapunov exponents.
+
+For each layer, along the trajectory the forward pass took:
+
+* the largest singular value and the spectral radius of W_hh (for gated cells, of every
+  gate's block), with Pascanu, Mikolov & Bengio's (2013) conditions for an Elman RNN whose
+  nonlinearity's derivative is bounded by γ (1 for tanh and relu): σ_max(W_hh) < 1/γ is
+  sufficient for the gradient to vanish; σ_max(W_hh) > 1/γ is necessary for it to explode;
+* the largest singular value of the step Jacobian ∂s_t/∂s_{t-1}, s the layer's state (h, or
+  (h, c) for an LSTM), at every step;
+* the Lyapunov spectrum of the Jacobian product (the QR method: Q ← J_t Q, re-orthonormalised
+  at every step, log |diag R| averaged after a transient), whose largest exponent λ₁
+  predicts the gradient's per-step growth factor exp(λ₁);
+* for LSTM and GRU, the share of gate activations that are saturated (σ within 0.05 of 0 or
+  1, tanh beyond ±0.95): a saturated gate passes almost no gradient.
+
+Jacobians are formed per sequence, for the first few sequences of the batch, and averaged.
+The core's BPTT is not involved: this reads the forward pass's cache only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bptt import Forward
+from .model import Architecture, Params
+
+SEQUENCES = 4
+"""Sequences whose Jacobians are formed (the first ones of the batch)."""
+EXPONENTS = 8
+"""Largest Lyapunov exponents estimated (at most the state size)."""
+SATURATION = 0.05
+
+
+@dataclass(frozen=True)
+class GateSaturation:
+    gate: str
+    saturated: float
+
+
+@dataclass(frozen=True)
+class LayerDynamics:
+    """One layer's dynamics; see the module's documentation."""
+
+    index: int
+    sigma_max: float
+    spectral_radius: float
+    gate_sigma_max: dict[str, float]
+    pascanu: str | None
+    jacobian_norm: list[float]
+    lyapunov: list[float]
+    predicted_growth: float | None
+    saturation: list[GateSaturation]
+
+
+GATE_NAMES = {"rnn": ("h",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
+SIGMOID_GATES = {"i", "f", "o", "r", "z"}
+
+
+def step_jacobian(arch: Architecture, cache, w_hh: np.ndarray, t: int, b: int) -> np.ndarray:
+    """∂s_t/∂s_{t-1} for sequence ``b`` at step ``t``: (H, H), or (2H, 2H) for an LSTM's
+    joint state (h, c)."""
+    H = w_hh.shape[1]
+    blocks = [w_hh[k * H:(k + 1) * H] for k in range(arch.gates)]
+    eye = np.eye(H)
+    h = cache.h
+    h_prev = h[t - 1, b] if t > 0 else np.zeros(H)
+    if arch.cell == "rnn":
+        act = cache.gates[t, b]
+        slope = 1.0 - act * act if arch.nonlinearity == "tanh" else (act > 0).astype(float)
+        jac = slope[:, None] * blocks[0]
+        return jac + eye if arch.residual_time else jac
+    gate = cache.gates[t, b]
+    if arch.cell == "lstm":
+        i, f, g, o = (gate[k * H:(k + 1) * H] for k in range(4))
+        w_i, w_f, w_g, w_o = blocks
+        c_prev = cache.c[t - 1, b] if t > 0 else np.zeros(H)
+        tc = cache.tanh_c[t, b]
+        dc_dh = ((c_prev * f * (1 - f))[:, None] * w_f + (g * i * (1 - i))[:, None] * w_i
+                 + (i * (1 - g * g))[:, None] * w_g)
+        through_c = o * (1 - tc * tc)
+        dh_dh = (tc * o * (1 - o))[:, None] * w_o + through_c[:, None] * dc_dh
+        if arch.residual_time:
+            dh_dh = dh_dh + eye
+        dh_dc = np.diag(through_c * f)
+        return np.block([[dh_dh, dh_dc], [dc_dh, np.diag(f)]])
+    r, z, n = (gate[k * H:(k + 1) * H] for k in range(3))
+    w_r, w_z, w_n = blocks
+    hn = cache.hn[t, b]
+    dr = (r * (1 - r))[:, None] * w_r
+    dz = (z * (1 - z))[:, None] * w_z
+    dn = (1 - n * n)[:, None] * (hn[:, None] * dr + r[:, None] * w_n)
+    jac = (h_prev - n)[:, None] * dz + (1 - z)[:, None] * dn + np.diag(z)
+    return jac + eye if arch.residual_time else jac
+
+
+def largest_singular_value(m: np.ndarray) -> float:
+    return float(np.linalg.norm(m, 2))
+
+
+def lyapunov_spectrum(jacobians: list[np.ndarray], count: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """The ``count`` largest Lyapunov exponents of the product J_T … J_1 (QR method,
+    re-orthonormalised at every step, the first tenth of the steps dropped as transient)."""
+    n = jacobians[0].shape[0]
+    k = min(count, n)
+    q, _ = np.linalg.qr(rng.standard_normal((n, k)))
+    transient = max(1, len(jacobians) // 10) if len(jacobians) > 2 else 0
+    total = np.zeros(k)
+    counted = 0
+    for step, jac in enumerate(jacobians):
+        q, r = np.linalg.qr(jac @ q)
+        if step >= transient:
+            with np.errstate(divide="ignore"):
+                total += np.log(np.abs(np.diag(r)))
+            counted += 1
+    return np.sort(total / max(counted, 1))[::-1]
+
+
+def gate_saturation(arch: Architecture, cache) -> list[GateSaturation]:
+    if arch.cell == "rnn":
+        return []
+    H = cache.h.shape[2]
+    out = []
+    for k, name in enumerate(GATE_NAMES[arch.cell]):
+        values = cache.gates[..., k * H:(k + 1) * H]
+        if name in SIGMOID_GATES:
+            saturated = (values < SATURATION) | (values > 1 - SATURATION)
+        else:
+            saturated = np.abs(values) > 1 - SATURATION
+        out.append(GateSaturation(gate=name, saturated=float(saturated.mean())))
+    return out
+
+
+def pascanu_verdict(arch: Architecture, sigma_max: float) -> str | None:
+    """Pascanu et al.'s conditions; they bound an Elman RNN's Jacobians, not gated ones."""
+    if arch.cell != "rnn" or arch.residual_time:
+        return None
+    gamma = 1.0                        # tanh' <= 1, relu' <= 1
+    if sigma_max < 1 / gamma:
+        return (f"σ_max(W_hh) = {sigma_max:.3g} < 1/γ = {1 / gamma:g}: sufficient for the "
+                "gradient to vanish")
+    return (f"σ_max(W_hh) = {sigma_max:.3g} > 1/γ = {1 / gamma:g}: necessary for the "
+            "gradient to explode (not sufficient)")
+
+
+def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
+                   seed: int = 0) -> list[LayerDynamics]:
+    out = []
+    rng = np.random.default_rng([seed, 2])
+    T, B = fwd.layers[0].h.shape[:2]
+    for k, cache in enumerate(fwd.layers):
+        w_hh = np.asarray(params[f"rnn.weight_hh_l{k}"], dtype=np.float64)
+        H = w_hh.shape[1]
+        gate_sigma = {name: largest_singular_value(w_hh[j * H:(j + 1) * H])
+                      for j, name in enumerate(GATE_NAMES[arch.cell])}
+        sigma = largest_singular_value(w_hh[:H]) if arch.cell == "rnn" else \
+            max(gate_sigma.values())
+        radius = float(max(abs(np.linalg.eigvals(w_hh[j * H:(j + 1) * H])).max()
+                           for j in range(arch.gates)))
+        norms = np.zeros(T)
+        exponents = []
+        with np.errstate(all="ignore"):
+            for b in range(min(SEQUENCES, B)):
+                jacobians = [step_jacobian(arch, cache, w_hh, t, b).astype(np.float64)
+                             for t in range(T)]
+                norms += [largest_singular_value(j) ** 2 for j in jacobians]
+                if np.all([np.isfinite(j).all() for j in jacobians]):
+                    exponents.append(lyapunov_spectrum(jacobians, EXPONENTS, rng))
+        count = min(SEQUENCES, B)
+        spectrum = np.mean(exponents, axis=0) if exponents else np.array([])
+        out.append(LayerDynamics(
+            index=k, sigma_max=sigma, spectral_radius=radius,
+            gate_sigma_max=gate_sigma if arch.cell != "rnn" else {},
+            pascanu=pascanu_verdict(arch, sigma),
+            jacobian_norm=np.sqrt(norms / count).tolist(),
+            lyapunov=spectrum.tolist(),
+            predicted_growth=math.exp(spectrum[0]) if spectrum.size and
+            math.isfinite(spectrum[0]) else None,
+            saturation=gate_saturation(arch, cache)))
+    return out

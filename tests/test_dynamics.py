@@ -1,0 +1,168 @@
+"""Dynamics: step Jacobians against finite differences, Lyapunov exponents against cases
+with a known answer, Pascanu's conditions, gate saturation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from gradcheck_cli.bptt import forward
+from gradcheck_cli.dynamics import (
+    gate_saturation,
+    layer_dynamics,
+    lyapunov_spectrum,
+    pascanu_verdict,
+    step_jacobian,
+)
+from gradcheck_cli.model import Architecture
+from tests.conftest import make_problem
+
+
+def _sigmoid(a):
+    return 1 / (1 + np.exp(-a))
+
+
+def one_step(arch, params, x_t, state):
+    """PyTorch's cell equations for one sequence and one step; state is h or (h, c)."""
+    H = arch.hidden_size
+    w_ih, w_hh = params["rnn.weight_ih_l0"], params["rnn.weight_hh_l0"]
+    b_ih, b_hh = params["rnn.bias_ih_l0"], params["rnn.bias_hh_l0"]
+    h = state[:H]
+    gx, gh = w_ih @ x_t + b_ih, w_hh @ h + b_hh
+    if arch.cell == "rnn":
+        new = np.tanh(gx + gh) if arch.nonlinearity == "tanh" else np.maximum(gx + gh, 0)
+        return h + new if arch.residual_time else new
+    if arch.cell == "lstm":
+        c = state[H:]
+        a = gx + gh
+        i, f, o = _sigmoid(a[:H]), _sigmoid(a[H:2 * H]), _sigmoid(a[3 * H:])
+        g = np.tanh(a[2 * H:3 * H])
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
+        return np.concatenate([h + h_new if arch.residual_time else h_new, c_new])
+    r, z = _sigmoid(gx[:H] + gh[:H]), _sigmoid(gx[H:2 * H] + gh[H:2 * H])
+    n = np.tanh(gx[2 * H:] + r * gh[2 * H:])
+    new = (1 - z) * n + z * h
+    return h + new if arch.residual_time else new
+
+
+@pytest.mark.parametrize("cell,nonlinearity", [("rnn", "tanh"), ("rnn", "relu"),
+                                               ("lstm", "tanh"), ("gru", "tanh")])
+@pytest.mark.parametrize("residual", [False, True])
+def test_step_jacobian_matches_finite_differences(rng, cell, nonlinearity, residual):
+    arch, params, x, _ = make_problem(rng, cell, nonlinearity, layers=1, T=4, B=2, I=3, H=4)
+    arch = dataclasses.replace(arch, residual_time=residual)
+    cache = forward(arch, params, x).layers[0]
+    H = 4
+    for t in (0, 2, 3):
+        b = 1
+        h_prev = cache.h[t - 1, b] if t > 0 else np.zeros(H)
+        state = h_prev if cell != "lstm" else np.concatenate(
+            [h_prev, cache.c[t - 1, b] if t > 0 else np.zeros(H)])
+        jac = step_jacobian(arch, cache, params["rnn.weight_hh_l0"], t, b)
+        numeric = np.zeros_like(jac)
+        for j in range(state.size):
+            e = np.zeros(state.size)
+            e[j] = 1e-6
+            numeric[:, j] = (one_step(arch, params, x[t, b], state + e)
+                             - one_step(arch, params, x[t, b], state - e)) / 2e-6
+        np.testing.assert_allclose(jac, numeric, rtol=1e-6, atol=1e-8)
+
+
+def linear_regime(spectrum, steps=300):
+    """A tanh RNN with tiny inputs and no biases, so J_t = diag(1 - h²) W_hh ≈ W_hh, and a
+    symmetric W_hh = Q diag(spectrum) Qᵀ: its Lyapunov exponents are log |spectrum|."""
+    rng = np.random.default_rng(3)
+    H = len(spectrum)
+    q, _ = np.linalg.qr(rng.standard_normal((H, H)))
+    arch = Architecture(cell="rnn", input_size=2, hidden_size=H, output_size=1)
+    params = {"rnn.weight_ih_l0": rng.standard_normal((H, 2)),
+              "rnn.weight_hh_l0": q @ np.diag(spectrum) @ q.T,
+              "rnn.bias_ih_l0": np.zeros(H), "rnn.bias_hh_l0": np.zeros(H),
+              "head.weight": np.ones((1, H)), "head.bias": np.zeros(1)}
+    x = rng.standard_normal((steps, 2, 2)) * 1e-9
+    return arch, params, x
+
+
+def test_lyapunov_spectrum_of_a_linear_rnn_with_a_chosen_spectrum():
+    spectrum = [0.95, -0.8, 0.6, 0.3, 0.1]
+    arch, params, x = linear_regime(spectrum)
+    [layer] = layer_dynamics(arch, params, forward(arch, params, x))
+    expected = np.sort(np.log(np.abs(spectrum)))[::-1]
+    np.testing.assert_allclose(layer.lyapunov, expected, atol=0.02)
+    assert layer.predicted_growth == pytest.approx(0.95, rel=0.02)
+    assert layer.sigma_max == pytest.approx(0.95) and layer.spectral_radius == pytest.approx(0.95)
+    assert "sufficient for the gradient to vanish" in layer.pascanu
+    np.testing.assert_allclose(layer.jacobian_norm, 0.95, rtol=1e-6)
+
+
+def test_largest_exponent_predicts_the_measured_growth():
+    from gradcheck_cli.analysis import analyze_spec
+    from gradcheck_cli.spec import spec_from_data
+    data = {"model": {"cell": "rnn", "input_size": 3, "hidden_size": 16, "output_size": 2,
+                      "init": {"bias": "zeros", "recurrent": {"scheme": "orthogonal",
+                                                              "gain": 0.8}}},
+            "sequence": {"length": 40, "batch_size": 4,
+                         "inputs": {"distribution": "normal", "scale": 1e-5}}}
+    report = analyze_spec(spec_from_data(data), trials=0, windows=[], deep=True)
+    layer, deep = report.layers[0], report.dynamics[0]
+    assert deep.predicted_growth == pytest.approx(0.8, rel=1e-3)
+    assert layer.growth_factor == pytest.approx(deep.predicted_growth, rel=1e-2)
+
+
+def test_lyapunov_qr_converges_on_diagonal_products():
+    # The random start aligns with the axes within the transient; what is left of it
+    # shrinks as 1/T.
+    for steps, tolerance in ((50, 1e-3), (500, 1e-4)):
+        jacobians = [np.diag([2.0, 0.5, 0.25])] * steps
+        exponents = lyapunov_spectrum(jacobians, 3, np.random.default_rng(0))
+        np.testing.assert_allclose(exponents, np.log([2.0, 0.5, 0.25]), atol=tolerance)
+
+
+def test_pascanu_conditions_only_for_elman_rnns():
+    rnn = Architecture(cell="rnn", input_size=1, hidden_size=2, output_size=1)
+    assert "necessary for the gradient to explode" in pascanu_verdict(rnn, 1.5)
+    assert "sufficient for the gradient to vanish" in pascanu_verdict(rnn, 0.5)
+    assert pascanu_verdict(dataclasses.replace(rnn, cell="lstm"), 0.5) is None
+
+
+def test_gate_saturation(rng):
+    arch, params, x, _ = make_problem(rng, "lstm", layers=1, T=5, B=3, I=2, H=4)
+    params = {k: v * (30.0 if k.startswith("rnn.weight_ih") else 1.0)
+              for k, v in params.items()}
+    cache = forward(arch, params, x * 10).layers[0]
+    saturated = {s.gate: s.saturated for s in gate_saturation(arch, cache)}
+    assert set(saturated) == {"i", "f", "g", "o"} and min(saturated.values()) > 0.5
+    calm = forward(arch, {k: v * 1e-3 for k, v in params.items()}, x).layers[0]
+    assert max(s.saturated for s in gate_saturation(arch, calm)) == 0.0
+
+
+def test_deep_report_in_every_format():
+    import json
+
+    import jsonschema
+    from click.testing import CliRunner
+
+    from gradcheck_cli.cli import cli
+    from gradcheck_cli.report import report_json_schema
+    from tests.conftest import SAMPLES
+    path = str(next(p for p in SAMPLES if p.stem == "gru_vanishing"))
+    runner = CliRunner()
+    data = json.loads(runner.invoke(cli, ["analyze", path, "--deep", "-f", "json", "--trials",
+                                          "0", "--windows", "none"]).stdout)
+    jsonschema.validate(data, report_json_schema())
+    assert [d["index"] for d in data["dynamics"]] == [0, 1]
+    for d, layer in zip(data["dynamics"], data["layers"], strict=True):
+        assert d["predicted_growth"] == pytest.approx(layer["growth_factor"], rel=0.02)
+        assert {s["gate"] for s in d["saturation"]} == {"r", "z", "n"}
+        assert len(d["jacobian_norm"]) == data["length"] and len(d["lyapunov"]) == 8
+    table = runner.invoke(cli, ["analyze", path, "--deep", "--trials", "0"]).stdout
+    assert "Lyapunov spectrum" in table and "exp(λ₁)" in table
+    md = runner.invoke(cli, ["analyze", path, "--deep", "--trials", "0", "-f",
+                             "markdown"]).stdout
+    assert "### Dynamics" in md
+    plain = json.loads(runner.invoke(cli, ["analyze", path, "-f", "json", "--trials",
+                                           "0"]).stdout)
+    assert plain["dynamics"] is None
