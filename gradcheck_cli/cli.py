@@ -395,6 +395,48 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
     sys.exit(1 if sim.fails(fail_on) else 0)
 
 
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--vary", "varies", multiple=True, required=True, metavar="KEY=A:B:N[:log]|V1,V2",
+              help="A spec value to vary: N values from A to B (evenly, or evenly in log), "
+                   "or a list. Repeat for a grid of every combination.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Points analysed in parallel, in separate processes.")
+@click.option("--trials", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Clip trials per point (the verdicts need none).")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
+              default="table", show_default=True, help="Output format.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
+              help="Write the result to FILE (atomically) instead of stdout.")
+@_max_memory_option
+@_overrides_option
+def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: str,
+          output: Path | None, max_memory: str | None, overrides: tuple[str, ...]) -> None:
+    """Analyse CONFIG at every combination of the --vary values, and name the region where
+    the gradient neither explodes nor vanishes. Exit status 0 when the sweep ran, 2 when a
+    point's spec is invalid (every point is checked before any runs)."""
+    from .sweep import check_points, parse_axis, run_sweep
+    try:
+        axes = [parse_axis(v) for v in varies]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--vary") from None
+    from .memory import parse_size
+    try:
+        limit = parse_size(max_memory) if max_memory is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-memory") from None
+    check_points(config, overrides, axes, limit)
+    from .render.sweep import render_sweep
+    total = 1
+    for axis in axes:
+        total *= len(axis.values)
+    with _progress(total) as progress:
+        result = run_sweep(config, axes, overrides=overrides, jobs=jobs, trials=trials,
+                           progress=progress)
+    color = output is None and fmt == "table" and _use_color()
+    _emit(render_sweep(result, fmt, color, _width()), output)
+
+
 @cli.command(epilog=EXIT_STATUS_HELP)
 @click.argument("baseline", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))

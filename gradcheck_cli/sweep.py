@@ -1,0 +1,209 @@
+"""Sweeps: analyse every combination of a few spec values, and name the healthy region.
+
+    --vary model.init.gain=0.5:2.0:16          16 values from 0.5 to 2.0, evenly spaced
+    --vary model.init.gain=0.01:100:9:log      9 values, evenly spaced in log
+    --vary sequence.length=10,100,1000         a list
+
+Every point is a full ``analyze`` (without clip trials by default), run in parallel across
+local processes. The healthy region is reported per varied key: for each combination of the
+other keys, the ranges of its grid values where no exploding, vanishing or non-finite finding
+was made, and what lies on either side.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+
+@dataclass(frozen=True)
+class Axis:
+    key: str
+    values: list[Any]
+
+
+@dataclass(frozen=True)
+class Point:
+    values: dict[str, Any]
+    codes: list[str]
+    growth_factor: list[float | None]
+    ratio: list[float | None]
+    horizon: list[float | None]
+
+    @property
+    def healthy(self) -> bool:
+        return not self.codes
+
+    @property
+    def verdict(self) -> str:
+        return ", ".join(sorted(set(self.codes))) or "healthy"
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """Along ``key``, with the other keys at ``at``: the healthy ranges, and the verdicts
+    just outside them."""
+
+    key: str
+    at: dict[str, Any]
+    healthy: list[list[Any]]
+    below: str | None
+    above: str | None
+
+
+@dataclass(frozen=True)
+class Sweep:
+    config: str
+    axes: list[Axis]
+    points: list[Point]
+    boundaries: list[Boundary] = field(default_factory=list)
+    schema_version: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        from .report import _strict
+        data = asdict(self)
+        for point, raw in zip(self.points, data["points"], strict=True):
+            raw["healthy"], raw["verdict"] = point.healthy, point.verdict
+        return _strict(data)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def parse_axis(text: str) -> Axis:
+    """``key=a:b:n[:log]`` or ``key=v1,v2,...``; ValueError with a one-line reason."""
+    key, sep, spec = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not spec.strip():
+        raise ValueError(f"{text!r}: expected KEY.PATH=START:STOP:COUNT[:log] or "
+                         "KEY.PATH=V1,V2,...")
+    if ":" in spec:
+        parts = spec.split(":")
+        if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "log"):
+            raise ValueError(f"{text!r}: a range is START:STOP:COUNT or START:STOP:COUNT:log")
+        try:
+            start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
+        except ValueError:
+            raise ValueError(f"{text!r}: START and STOP are numbers, COUNT a whole number") \
+                from None
+        if count < 1 or count > 1000:
+            raise ValueError(f"{text!r}: COUNT must be between 1 and 1000")
+        if len(parts) == 4:
+            if start <= 0 or stop <= 0:
+                raise ValueError(f"{text!r}: a log range needs positive ends")
+            grid = np.geomspace(start, stop, count)
+        else:
+            grid = np.linspace(start, stop, count)
+        integral = all(p.strip().lstrip("-").isdigit() for p in parts[:2])
+        values = [int(round(v)) if integral else float(f"{v:.12g}") for v in grid]
+        values = list(dict.fromkeys(values))            # integer rounding may repeat
+    else:
+        try:
+            values = [yaml.safe_load(v) for v in spec.split(",")]
+        except yaml.YAMLError:
+            raise ValueError(f"{text!r}: cannot read the values") from None
+    return Axis(key=key, values=values)
+
+
+def grid(axes: list[Axis]) -> list[dict[str, Any]]:
+    return [dict(zip([a.key for a in axes], combo, strict=True))
+            for combo in itertools.product(*[a.values for a in axes])]
+
+
+def _override(key: str, value: Any) -> str:
+    return f"{key}={json.dumps(value) if isinstance(value, str) else value}"
+
+
+def _analyse_point(task: tuple[str, tuple[str, ...], dict[str, Any], int]) -> Point:
+    config, overrides, values, trials = task
+    from .analysis import analyze_spec
+    from .spec import load_spec
+    spec = load_spec(config, [*overrides, *(_override(k, v) for k, v in values.items())])
+    report = analyze_spec(spec, trials=trials, windows=[])
+    return Point(values=values, codes=[f.code for f in report.findings],
+                 growth_factor=[layer.growth_factor for layer in report.layers],
+                 ratio=[layer.ratio for layer in report.layers],
+                 horizon=[layer.horizon for layer in report.layers])
+
+
+def check_points(config: str | Path, overrides: tuple[str, ...], axes: list[Axis],
+                 max_memory: int | None = None) -> None:
+    """Validate every point's spec (and its memory) before anything runs."""
+    from .memory import check
+    from .spec import load_spec
+    for values in grid(axes):
+        spec = load_spec(config, [*overrides, *(_override(k, v) for k, v in values.items())])
+        check(spec, max_memory=max_memory)
+
+
+def run_sweep(config: str | Path, axes: list[Axis], *, overrides: tuple[str, ...] = (),
+              jobs: int = 1, trials: int = 0,
+              progress: Callable[[int, int], None] | None = None) -> Sweep:
+    points_values = grid(axes)
+    tasks = [(str(config), tuple(overrides), values, trials) for values in points_values]
+    points: list[Point] = []
+    if jobs <= 1:
+        for task in tasks:
+            points.append(_analyse_point(task))
+            if progress:
+                progress(len(points), len(tasks))
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for point in pool.map(_analyse_point, tasks):
+                points.append(point)
+                if progress:
+                    progress(len(points), len(tasks))
+    return Sweep(config=str(config), axes=axes, points=points,
+                 boundaries=boundaries(axes, points))
+
+
+def boundaries(axes: list[Axis], points: list[Point]) -> list[Boundary]:
+    """For each numeric axis, and each combination of the other axes: the healthy ranges."""
+    by_values = {tuple(p.values[a.key] for a in axes): p for p in points}
+    out = []
+    for i, axis in enumerate(axes):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in axis.values):
+            continue
+        others = [a for j, a in enumerate(axes) if j != i]
+        for combo in itertools.product(*[a.values for a in others]):
+            at = dict(zip([a.key for a in others], combo, strict=True))
+            line = []
+            for value in axis.values:
+                key = tuple(value if a.key == axis.key else at[a.key] for a in axes)
+                line.append(by_values[key])
+            ranges, start = [], None
+            for j, point in enumerate(line + [None]):
+                if point is not None and point.healthy:
+                    start = j if start is None else start
+                elif start is not None:
+                    ranges.append([axis.values[start], axis.values[j - 1]])
+                    start = None
+            healthy_idx = [j for j, p in enumerate(line) if p.healthy]
+            below = line[healthy_idx[0] - 1].verdict if healthy_idx and healthy_idx[0] > 0 \
+                else None
+            above = line[healthy_idx[-1] + 1].verdict \
+                if healthy_idx and healthy_idx[-1] < len(line) - 1 else None
+            out.append(Boundary(key=axis.key, at=at, healthy=ranges, below=below, above=above))
+    return out
+
+
+def describe_boundary(b: Boundary) -> str:
+    where = ", ".join(f"{k}={v}" for k, v in b.at.items())
+    where = f" at {where}" if where else ""
+    if not b.healthy:
+        return f"{b.key}: no healthy value{where}"
+    ranges = ", ".join(f"{lo:g}–{hi:g}" if lo != hi else f"{lo:g}" for lo, hi in b.healthy)
+    sides = []
+    if b.below:
+        sides.append(f"{b.below} below")
+    if b.above:
+        sides.append(f"{b.above} above")
+    return f"{b.key}: healthy for {ranges}{where}" + (f" ({'; '.join(sides)})" if sides else "")

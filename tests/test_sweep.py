@@ -1,0 +1,88 @@
+"""Sweeps: the grid, the healthy region's boundary on a grid where it is known, parallel
+runs agreeing with serial ones."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from gradcheck_cli.cli import cli
+from gradcheck_cli.sweep import Axis, grid, parse_axis, run_sweep
+
+LINEAR = """\
+model:
+  cell: rnn
+  input_size: 3
+  hidden_size: 16
+  output_size: 2
+  init: {bias: zeros, recurrent: {scheme: orthogonal, gain: 1.0}}
+sequence: {length: 20, batch_size: 4, inputs: {distribution: normal, scale: 1.0e-5}}
+"""
+
+
+def test_parse_axis():
+    assert parse_axis("a.b=0.5:2.0:4") == Axis("a.b", [0.5, 1.0, 1.5, 2.0])
+    assert parse_axis("sequence.length=10,100,1000") == Axis("sequence.length",
+                                                             [10, 100, 1000])
+    assert parse_axis("x=1:100:3:log") == Axis("x", [1.0, 10.0, 100.0])
+    assert parse_axis("n=1:10:4") == Axis("n", [1, 4, 7, 10])
+    assert parse_axis("m=lstm,gru").values == ["lstm", "gru"]
+    for bad in ("x", "x=", "x=1:2", "x=1:2:0", "x=a:b:3", "x=0:1:3:log", "x=1:2:3:lin"):
+        with pytest.raises(ValueError):
+            parse_axis(bad)
+
+
+def test_grid_is_every_combination():
+    points = grid([Axis("a", [1, 2]), Axis("b", ["x", "y", "z"])])
+    assert len(points) == 6 and points[0] == {"a": 1, "b": "x"} and points[-1] == {"a": 2,
+                                                                                   "b": "z"}
+
+
+def test_boundary_on_a_grid_where_it_is_known(write_spec):
+    """A tanh RNN in its linear regime with orthogonal W_hh at gain g: the gradient changes
+    by exactly g per step, so over 19 steps it is healthy iff 1e-6 < g^19 < 100, that is
+    0.483 < g < 1.274."""
+    path = write_spec(LINEAR)
+    low, high = 1e-6 ** (1 / 19), 100 ** (1 / 19)
+    sweep = run_sweep(path, [parse_axis("model.init.recurrent.gain=0.3:1.5:13")])
+    for point in sweep.points:
+        g = point.values["model.init.recurrent.gain"]
+        expected = "healthy" if low < g < high else "vanishing" if g < low else "exploding"
+        assert point.verdict == expected, g
+        assert point.growth_factor[0] == pytest.approx(g, rel=1e-3)
+    [boundary] = sweep.boundaries
+    assert boundary.healthy == [[0.5, 1.2]]
+    assert (boundary.below, boundary.above) == ("vanishing", "exploding")
+
+
+def test_parallel_equals_serial(write_spec):
+    path = write_spec(LINEAR)
+    axes = [parse_axis("model.init.recurrent.gain=0.4,1.0,1.4"),
+            parse_axis("sequence.length=5,40")]
+    serial = run_sweep(path, axes, jobs=1)
+    parallel = run_sweep(path, axes, jobs=2)
+    assert serial.to_dict() == parallel.to_dict()
+    assert len(serial.points) == 6 and len(serial.boundaries) == 2 + 3
+
+
+def test_sweep_cli(write_spec):
+    path = write_spec(LINEAR)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["sweep", str(path), "--vary",
+                                 "model.init.recurrent.gain=0.4:1.4:3", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [p["verdict"] for p in data["points"]] == ["vanishing", "healthy", "exploding"]
+    assert data["boundaries"][0]["healthy"] == [[0.9, 0.9]]
+    assert all(math.isfinite(p["growth_factor"][0]) for p in data["points"])
+    table = runner.invoke(cli, ["sweep", str(path), "--vary",
+                                "model.init.recurrent.gain=0.4:1.4:3"]).stdout
+    assert "healthy for 0.9 (vanishing below; exploding above)" in table
+    bad = runner.invoke(cli, ["sweep", str(path), "--vary", "model.init.recurrent.gain=1:2"])
+    assert bad.exit_code == 2 and "START:STOP:COUNT" in bad.stderr
+    invalid = runner.invoke(cli, ["sweep", str(path), "--vary", "model.hidden_size=4,0"])
+    assert invalid.exit_code == 2 and "model.hidden_size: must be at least 1" in invalid.stderr
+    assert "Traceback" not in invalid.stderr
