@@ -99,11 +99,11 @@ def parse_axis(text: str) -> Axis:
         if len(parts) == 4:
             if start <= 0 or stop <= 0:
                 raise ValueError(f"{text!r}: a log range needs positive ends")
-            grid = np.geomspace(start, stop, count)
+            spaced = np.geomspace(start, stop, count)
         else:
-            grid = np.linspace(start, stop, count)
+            spaced = np.linspace(start, stop, count)
         integral = all(p.strip().lstrip("-").isdigit() for p in parts[:2])
-        values = [int(round(v)) if integral else float(f"{v:.12g}") for v in grid]
+        values = [int(v.round()) if integral else float(f"{v:.12g}") for v in spaced]
         values = list(dict.fromkeys(values))            # integer rounding may repeat
     else:
         try:
@@ -180,7 +180,7 @@ def boundaries(axes: list[Axis], points: list[Point]) -> list[Boundary]:
                 key = tuple(value if a.key == axis.key else at[a.key] for a in axes)
                 line.append(by_values[key])
             ranges, start = [], None
-            for j, point in enumerate(line + [None]):
+            for j, point in enumerate([*line, None]):
                 if point is not None and point.healthy:
                     start = j if start is None else start
                 elif start is not None:
