@@ -136,8 +136,10 @@ def cli(debug: bool) -> None:
 @cli.command(epilog=EXIT_STATUS_HELP)
 @click.argument("configs", nargs=-1, required=True, type=click.Path(path_type=Path),
                 metavar="CONFIG...")
-@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
-              default="table", show_default=True, help="Report format.")
+@click.option("-f", "--format", "fmt",
+              type=click.Choice(["table", "json", "markdown", "html"]), default="table",
+              show_default=True,
+              help="Report format (html: one self-contained page, its chart inline).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
               help="Write the report to FILE (atomically) instead of stdout.")
 @click.option("--save-grads", type=click.Path(path_type=Path), metavar="FILE.npz",
@@ -161,6 +163,9 @@ def cli(debug: bool) -> None:
 @_truncate_option
 @click.option("--windows", default="auto", show_default=True, metavar="K,K,...|auto|none",
               help="Truncation windows to compare with full BPTT.")
+@click.option("--plot", type=click.Path(path_type=Path), metavar="FILE.png|.svg",
+              help="Also draw the per-step norms (and with --deep the Lyapunov spectrum); "
+                   "needs the plot extra (pip install 'gradcheck[plot]').")
 @click.option("--deep", is_flag=True,
               help="Also the dynamics: σ_max and spectral radius of W_hh with Pascanu's "
                    "conditions, per-step Jacobian norms, Lyapunov exponents and the growth "
@@ -170,15 +175,19 @@ def cli(debug: bool) -> None:
 def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads: Path | None,
             trials: int, clip_percentile: float, fail_on: str, vanishing: float | None,
             exploding: float | None, all_steps: bool, mitigation: str | None,
-            truncate: str | None, windows: str, deep: bool, max_memory: str | None,
-            overrides: tuple[str, ...]) -> None:
+            truncate: str | None, windows: str, plot: Path | None, deep: bool,
+            max_memory: str | None, overrides: tuple[str, ...]) -> None:
     """Run BPTT on each CONFIG and report gradient health: per-step gradient norms, how they
     grow or shrink through time, exploding/vanishing findings and a clip value.
 
     With several configs (as a pre-commit hook passes them) the reports follow one another;
     --format json then writes one JSON object per line."""
-    if save_grads is not None and len(configs) > 1:
-        raise click.UsageError("--save-grads takes one CONFIG")
+    if (save_grads is not None or plot is not None) and len(configs) > 1:
+        raise click.UsageError("--save-grads and --plot take one CONFIG")
+    if plot is not None:
+        from .render.plot import _format, _pyplot
+        _format(plot)
+        _pyplot()  # a missing extra is said before the work, not after
     extra = [f"thresholds.{name}={value!r}" for name, value in
              (("vanishing", vanishing), ("exploding", exploding)) if value is not None]
     extra += [*_mitigation_overrides(mitigation), *_truncation_overrides(truncate)]
@@ -199,6 +208,8 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
             report = analyze_spec(spec, trials=trials, clip_percentile=clip_percentile,
                                   progress=progress, windows=window_list, deep=deep)
         failed = failed or report.fails(fail_on)
+        if fmt == "html" and len(specs) > 1:
+            raise click.UsageError("--format html takes one CONFIG")
         if fmt == "json" and len(specs) > 1:
             texts.append(report.to_json(indent=None) + "\n")
         else:
@@ -207,6 +218,10 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
         from .files import write_npz
         write_npz(save_grads, report.gradients)
         _stderr(f"wrote {save_grads}")
+    if plot is not None:
+        from .render.plot import report_figure, save
+        save(report_figure(report), plot)
+        _stderr(f"wrote {plot}")
     separator = "" if fmt == "json" else "\n"
     _emit(separator.join(texts), output)
     sys.exit(1 if failed else 0)
@@ -408,10 +423,14 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
               default="table", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
               help="Write the result to FILE (atomically) instead of stdout.")
+@click.option("--plot", type=click.Path(path_type=Path), metavar="FILE.png|.svg",
+              help="Also draw the growth factor over the grid (a heat map for two keys); "
+                   "needs the plot extra.")
 @_max_memory_option
 @_overrides_option
 def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: str,
-          output: Path | None, max_memory: str | None, overrides: tuple[str, ...]) -> None:
+          output: Path | None, plot: Path | None, max_memory: str | None,
+          overrides: tuple[str, ...]) -> None:
     """Analyse CONFIG at every combination of the --vary values, and name the region where
     the gradient neither explodes nor vanishes. Exit status 0 when the sweep ran, 2 when a
     point's spec is invalid (every point is checked before any runs)."""
@@ -425,6 +444,10 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
         limit = parse_size(max_memory) if max_memory is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-memory") from None
+    if plot is not None:
+        from .render.plot import _format, _pyplot
+        _format(plot)
+        _pyplot()
     check_points(config, overrides, axes, limit)
     from .render.sweep import render_sweep
     total = 1
@@ -434,6 +457,10 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
         result = run_sweep(config, axes, overrides=overrides, jobs=jobs, trials=trials,
                            progress=progress)
     color = output is None and fmt == "table" and _use_color()
+    if plot is not None:
+        from .render.plot import save, sweep_figure
+        save(sweep_figure(result), plot)
+        _stderr(f"wrote {plot}")
     _emit(render_sweep(result, fmt, color, _width()), output)
 
 

@@ -16,6 +16,15 @@ import numpy as np
 from .errors import GradcheckError
 
 
+def _mode_for(path: Path) -> int:
+    """The file's own mode if it exists, else what the umask gives a new file."""
+    if path.exists():
+        return path.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -32,6 +41,7 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _mode_for(path))  # mkstemp's 0600 is not what the user would get
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -46,6 +56,10 @@ def _encode_and_write(fh: IO[bytes], text: str) -> None:
 
 def write_text(path: Path, text: str) -> None:
     _atomic(path, lambda fh: _encode_and_write(fh, text))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda fh: fh.write(data))
 
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

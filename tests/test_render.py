@@ -17,7 +17,7 @@ WIDE = RenderOptions(width=160)
 
 
 def test_every_format_is_reachable_and_renders():
-    assert set(FORMATS) == {"table", "json", "markdown"} == set(RENDERERS)
+    assert set(FORMATS) == {"table", "json", "markdown", "html"} == set(RENDERERS)
     for fmt in FORMATS:
         assert "0.75" in render(make_report(), fmt, WIDE)
 

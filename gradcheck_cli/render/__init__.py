@@ -32,10 +32,16 @@ def _markdown(report: Report, options: RenderOptions) -> str:
     return render_markdown(report, options)
 
 
+def _html(report: Report, options: RenderOptions) -> str:
+    from .html import render_html
+    return render_html(report, options)
+
+
 RENDERERS: dict[str, Callable[[Report, RenderOptions], str]] = {
     "table": _table,
     "json": _json,
     "markdown": _markdown,
+    "html": _html,
 }
 FORMATS = tuple(RENDERERS)
 
