@@ -80,6 +80,9 @@ class Backward:
     params: dict[str, np.ndarray]
     hidden: list[np.ndarray]
     cell: list[np.ndarray] | None
+    carry: list | None = None
+    """Per layer, what leaves the window backwards: the gradient into the state just
+    before it (dh, and dc for lstm)."""
 
 
 @dataclass
@@ -309,7 +312,8 @@ def _weight_grads(d_gates: np.ndarray, d_hp: np.ndarray, x: np.ndarray, h: np.nd
 def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
                    w_ih: np.ndarray, w_hh: np.ndarray, *, start: int = 0,
                    param_grads: bool = True, input_grad: bool = True,
-                   groups: int | None = None):
+                   groups: int | None = None,
+                   carry: tuple[np.ndarray, np.ndarray | None] | None = None):
     """Backpropagate through steps ``start … start + W - 1`` of one layer.
 
     dh_direct: ``(W, B, H)``, the gradient reaching each h_t from outside the recurrence
@@ -333,7 +337,10 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
     dh = np.empty_like(dh_direct)                  # total dL/dh_t, as recorded
     d_gates = np.empty((W, B, G), dtype=dtype)     # dL/d(pre-activation), input side
     d_hp = d_gates                                 # dL/d(W_hh h_{t-1} + b_hh); differs for gru
-    dh_next = zeros                                # gradient into h_t from step t+1
+    # gradient into h_t from step t+1 (and c_t for lstm); zero after the window unless a
+    # carry from a later window is given
+    dh_carry, dc_carry = carry if carry is not None else (None, None)
+    dh_next = zeros if dh_carry is None else dh_carry.copy()
     dc = None
 
     if arch.cell == "rnn":
@@ -354,8 +361,8 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
         gates, c, tanh_c = cache.gates, cache.c, cache.tanh_c
         assert gates is not None and c is not None and tanh_c is not None
         dc = np.empty_like(dh_direct)                          # total dL/dc_t, as recorded
-        dc_next = np.zeros((B, H), dtype=dtype)                # f_{t+1} ⊙ dL/dc_{t+1}
-        dh_next = np.zeros((B, H), dtype=dtype)
+        dc_next = np.zeros((B, H), dtype=dtype) if dc_carry is None else dc_carry.copy()
+        dh_next = np.zeros((B, H), dtype=dtype) if dh_carry is None else dh_carry.copy()
         slope = np.empty((B, G), dtype=dtype)                  # the gates' derivatives
         tmp = np.empty((B, H), dtype=dtype)
         for t in reversed(range(start, stop)):
@@ -391,7 +398,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
         gates, hn = cache.gates, cache.hn
         assert gates is not None and hn is not None
         d_hp = np.empty((W, B, G), dtype=dtype)
-        dh_next = np.zeros((B, H), dtype=dtype)
+        dh_next = np.zeros((B, H), dtype=dtype) if dh_carry is None else dh_carry.copy()
         slope = np.empty((B, 2 * H), dtype=dtype)
         tmp = np.empty((B, H), dtype=dtype)
         for t in reversed(range(start, stop)):
@@ -426,12 +433,13 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
         grads = _weight_grads(d_gates, d_hp, cache.x[start:stop], h[start:stop - 1],
                               h[start - 1] if start > 0 else None, groups)
     dx = _project(d_gates, w_ih.T, None) if input_grad else None
-    return grads, dx, dh, dc
+    carry_out = (dh_next, dc_next if arch.cell == "lstm" else None)
+    return grads, dx, dh, dc, carry_out
 
 
 def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.ndarray, *,
              param_grads: bool = True, window: tuple[int, int] | None = None,
-             groups: int | None = None) -> Backward:
+             groups: int | None = None, carry: list | None = None) -> Backward:
     """Backpropagate ``d_outputs`` (dL/dy, ``(T, B, O)``) through the head and every layer.
 
     With ``param_grads=False`` only the hidden (and cell) state gradients are computed.
@@ -440,6 +448,9 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
     gradients returned then cover the window's steps. ``groups=K``: the batch holds K
     independent batches side by side, and each parameter gradient gets a leading axis of
     size K, one gradient per batch (the recurrence is per sequence, so one pass serves all).
+    ``carry``: per layer, the gradient arriving from after the window into its last state
+    (dh, and dc for lstm), as a previous call's ``Backward.carry`` returned it: a long
+    backward pass can then run window by window.
     """
     T, B, n_out = d_outputs.shape
     start, stop = window if window is not None else (0, T)
@@ -465,11 +476,13 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
     skips = residual_layers(arch)
     hidden: list[np.ndarray] = [None] * arch.num_layers  # type: ignore[list-item]
     cell: list[np.ndarray] = [None] * arch.num_layers    # type: ignore[list-item]
+    carries: list = [None] * arch.num_layers
     for k in reversed(range(arch.num_layers)):
         w_ih, w_hh, _, _ = _layer_params(params, k)
-        layer_grads, dx, hidden[k], cell[k] = backward_layer(
+        layer_grads, dx, hidden[k], cell[k], carries[k] = backward_layer(
             arch, fwd.layers[k], dh_direct, w_ih, w_hh, start=start,
-            param_grads=param_grads, input_grad=k > 0, groups=groups)
+            param_grads=param_grads, input_grad=k > 0, groups=groups,
+            carry=carry[k] if carry is not None else None)
         if layer_grads is not None:
             d_w_ih, d_w_hh, d_b_ih, d_b_hh = layer_grads
             grads[f"rnn.weight_ih_l{k}"] = d_w_ih
@@ -481,7 +494,8 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
             dx += dh_direct                         # out = h + x: the input gets it directly
         dh_direct = dx
     ordered = {name: grads[name] for name in params if name in grads}
-    return Backward(params=ordered, hidden=hidden, cell=cell if arch.cell == "lstm" else None)
+    return Backward(params=ordered, hidden=hidden, cell=cell if arch.cell == "lstm" else None,
+                    carry=carries)
 
 
 def truncated_bptt(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.ndarray,

@@ -12,7 +12,10 @@ For each layer, along the trajectory the forward pass took:
   at every step, log |diag R| averaged after a transient), whose largest exponent λ₁
   predicts the gradient's per-step growth factor exp(λ₁);
 * for LSTM and GRU, the share of gate activations that are saturated (σ within 0.05 of 0 or
-  1, tanh beyond ±0.95): a saturated gate passes almost no gradient.
+  1, tanh beyond ±0.95): a saturated gate passes almost no gradient;
+* the last step's gradient ‖dL_T/dh_t‖ in log space: propagated a few steps at a time, the
+  carried gradient renormalised between windows, so that a gradient of 1e-400, which is 0.0
+  in float64, is still reported as its true size.
 
 Jacobians are formed per sequence, for the first few sequences of the batch, and averaged.
 The core's BPTT is not involved: this reads the forward pass's cache only.
@@ -54,6 +57,8 @@ class LayerDynamics:
     lyapunov: list[float]
     predicted_growth: float | None
     saturation: list[GateSaturation]
+    log10_last_step_grad_norm: list[float] | None = None
+    log10_ratio: float | None = None
 
 
 GATE_NAMES = {"rnn": ("h",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
@@ -147,11 +152,48 @@ def pascanu_verdict(arch: Architecture, sigma_max: float) -> str | None:
             "gradient to explode (not sufficient)")
 
 
+LOG_WINDOW = 8
+"""Steps propagated between renormalisations: 8 steps cannot underflow float64 unless the
+gradient shrinks by more than 1e-38 per step."""
+
+
+def log_space_signal(arch: Architecture, params: Params, fwd: Forward,
+                     d_last: np.ndarray) -> list[np.ndarray]:
+    """log10 ‖dL_T/dh_t‖ per layer and step, for whole sequences (the last step's loss as
+    ``d_last`` gives it): backpropagated window by window, the gradient carried into each
+    earlier window divided by its norm and the logarithm of that norm kept."""
+    from .analysis import step_norms
+    from .bptt import backward
+    T = d_last.shape[0]
+    logs = [np.full(T, -np.inf) for _ in range(arch.num_layers)]
+    silent = np.zeros_like(d_last)
+    carry, log_scale = None, 0.0            # natural log of what the carry was divided by
+    for stop in range(T, 0, -LOG_WINDOW):
+        start = max(0, stop - LOG_WINDOW)
+        out = backward(arch, params, fwd, d_last if stop == T else silent, param_grads=False,
+                       window=(start, stop), carry=carry)
+        for k in range(arch.num_layers):
+            with np.errstate(divide="ignore"):
+                logs[k][start:stop] = np.log10(step_norms(out.hidden[k])) + \
+                    log_scale / math.log(10)
+        leaving: list = out.carry or []
+        squares = [float(np.sum(a.astype(np.float64) ** 2))
+                   for pair in leaving for a in pair if a is not None]
+        norm = math.sqrt(sum(squares))
+        if not (norm > 0 and math.isfinite(norm)):
+            break
+        carry = [tuple(None if a is None else a / norm for a in pair) for pair in leaving]
+        log_scale += math.log(norm)
+    return logs
+
+
 def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
-                   seed: int = 0) -> list[LayerDynamics]:
+                   seed: int = 0, d_last: np.ndarray | None = None) -> list[LayerDynamics]:
+    """Every layer's dynamics; with ``d_last`` (whole sequences), the log-space signal."""
     out = []
     rng = np.random.default_rng([seed, 2])
     T, B = fwd.layers[0].h.shape[:2]
+    logs = log_space_signal(arch, params, fwd, d_last) if d_last is not None else None
     for k, cache in enumerate(fwd.layers):
         w_hh = np.asarray(params[f"rnn.weight_hh_l{k}"], dtype=np.float64)
         H = w_hh.shape[1]
@@ -180,5 +222,8 @@ def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
             lyapunov=spectrum.tolist(),
             predicted_growth=math.exp(spectrum[0]) if spectrum.size and
             math.isfinite(spectrum[0]) else None,
-            saturation=gate_saturation(arch, cache)))
+            saturation=gate_saturation(arch, cache),
+            log10_last_step_grad_norm=logs[k].tolist() if logs is not None else None,
+            log10_ratio=float(logs[k][0] - logs[k][-1])
+            if logs is not None and np.isfinite(logs[k][[0, -1]]).all() else None))
     return out

@@ -321,6 +321,11 @@ def report_json_schema() -> dict[str, Any]:
                     "jacobian_norm": {**_NUMBERS, "description": "σ_max(∂s_t/∂s_(t-1)) per "
                                       "step, RMS over the first sequences"},
                     "lyapunov": _NUMBERS, "predicted_growth": _NUMBER,
+                    "log10_last_step_grad_norm": {
+                        "anyOf": [_NUMBERS, {"type": "null"}],
+                        "description": "log10 ||dL_T/dh_t|| per step, tracked in log space "
+                                       "(null for padded sequences)"},
+                    "log10_ratio": _NUMBER,
                     "saturation": {"type": "array", "items": {
                         "type": "object", "required": ["gate", "saturated"],
                         "properties": {"gate": {"type": "string"},

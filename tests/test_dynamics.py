@@ -4,6 +4,7 @@ with a known answer, Pascanu's conditions, gate saturation."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -166,3 +167,36 @@ def test_deep_report_in_every_format():
     plain = json.loads(runner.invoke(cli, ["analyze", path, "-f", "json", "--trials",
                                            "0"]).stdout)
     assert plain["dynamics"] is None
+
+
+def test_log_space_signal_matches_direct_norms_where_both_fit():
+    from gradcheck_cli.analysis import analyze_spec
+    from gradcheck_cli.spec import load_spec
+    from tests.conftest import SAMPLES
+    for name in ("lstm_healthy", "gru_vanishing", "rnn_exploding"):
+        report = analyze_spec(load_spec(next(p for p in SAMPLES if p.stem == name)),
+                              trials=0, windows=[], deep=True)
+        for layer, deep in zip(report.layers, report.dynamics, strict=True):
+            direct = np.log10(layer.last_step_grad_norm)
+            np.testing.assert_allclose(deep.log10_last_step_grad_norm, direct, atol=1e-9)
+            assert deep.log10_ratio == pytest.approx(math.log10(layer.ratio), abs=1e-9)
+
+
+def test_log_space_signal_reports_what_underflows_in_float64():
+    """A tanh RNN in its linear regime at gain 0.1 over 400 steps: the last step's gradient
+    reaches step 0 at about 0.1^399 = 1e-399, below float64's 4.9e-324."""
+    from gradcheck_cli.analysis import analyze_spec
+    from gradcheck_cli.render.common import from_log10
+    from gradcheck_cli.spec import spec_from_data
+    data = {"model": {"cell": "rnn", "input_size": 2, "hidden_size": 8, "output_size": 1,
+                      "init": {"bias": "zeros", "recurrent": {"scheme": "orthogonal",
+                                                              "gain": 0.1}}},
+            "sequence": {"length": 400, "batch_size": 2,
+                         "inputs": {"distribution": "normal", "scale": 1e-6}}}
+    report = analyze_spec(spec_from_data(data), trials=0, windows=[], deep=True)
+    assert report.layers[0].last_step_grad_norm[0] == 0.0        # underflowed
+    assert report.layers[0].ratio == 0.0
+    assert report.dynamics[0].log10_ratio == pytest.approx(-399.0, abs=0.01)
+    assert from_log10(report.dynamics[0].log10_ratio) == "1e-399"
+    assert from_log10(-399.001) == "1e-399" and from_log10(-400.5) == "3.2e-401"
+    assert from_log10(2.0) == "1e+2" and from_log10(None) == "—"

@@ -113,7 +113,18 @@ TRUNCATION_HEADER = ["window k1:k2", "backward work", "activations", "gradient e
 
 
 DYNAMICS_HEADER = ["layer", "σ_max(W_hh)", "ρ(W_hh)", "λ₁", "exp(λ₁)", "measured",
-                   "σ_max(J_t)", "saturated"]
+                   "σ_max(J_t)", "ratio", "saturated"]
+
+
+def from_log10(value: float | None) -> str:
+    """A magnitude given by its log10, however far beyond float64: 10^-400.5 → 3.2e-401."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    exponent = math.floor(value)
+    mantissa = round(10 ** (value - exponent), 1)
+    if mantissa >= 10:                     # 9.97 rounds up into the next decade
+        mantissa, exponent = mantissa / 10, exponent + 1
+    return f"{mantissa:.2g}e{exponent:+d}"
 
 
 def dynamics_rows(report: Report) -> list[list[str]]:
@@ -124,9 +135,11 @@ def dynamics_rows(report: Report) -> list[list[str]]:
     for d in report.dynamics or []:
         lam = d.lyapunov[0] if d.lyapunov else None
         jac = [v for v in d.jacobian_norm if math.isfinite(v)]
-        saturated = " ".join(f"{s.gate} {s.saturated:.0%}" for s in d.saturation) or "—"
+        saturated = " ".join(f"{s.gate} {s.saturated:.0%}" for s in d.saturation
+                             if s.saturated >= 0.01) or ("none" if d.saturation else "—")
         rows.append([str(d.index), num(d.sigma_max), num(d.spectral_radius), num(lam),
                      "—" if d.predicted_growth is None else f"×{d.predicted_growth:.4g}",
                      growth_text(measured[d.index]),
-                     num(float(np.mean(jac))) if jac else "—", saturated])
+                     num(float(np.mean(jac))) if jac else "—", from_log10(d.log10_ratio),
+                     saturated])
     return rows
