@@ -316,9 +316,9 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         dynamics = None
         if deep:
             from .dynamics import layer_dynamics
-            dynamics = layer_dynamics(
-                arch, params, fwd, spec.seed,
-                d_last=last_step_output_grad(d_out, None) if lengths is None else None)
+            dynamics = layer_dynamics(arch, params, fwd, spec.seed,
+                                      d_last=last_step_output_grad(d_out, lengths),
+                                      lengths=lengths)
         del fwd, d_out
 
     findings = [] if broken is None else [broken]

@@ -187,13 +187,52 @@ def log_space_signal(arch: Architecture, params: Params, fwd: Forward,
     return logs
 
 
+def _one_sequence(fwd: Forward, b: int, length: int) -> Forward:
+    """Sequence ``b``'s own forward pass (its first ``length`` steps), as views."""
+    from .bptt import LayerCache
+
+    def part(a):
+        return None if a is None else a[:length, b:b + 1]
+
+    layers = [LayerCache(x=part(c.x), h=part(c.h), gates=part(c.gates), c=part(c.c),
+                         tanh_c=part(c.tanh_c), hn=part(c.hn)) for c in fwd.layers]
+    return Forward(layers=layers, outputs=part(fwd.outputs), top=part(fwd.top))
+
+
+def log_space_signal_padded(arch: Architecture, params: Params, fwd: Forward,
+                            d_last: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    """:func:`log_space_signal` for padded sequences: each sequence on its own, aligned at
+    its own end, the norms combined over the batch in log space (log-sum-exp)."""
+    T = d_last.shape[0]
+    per_sequence = []
+    for b, length in enumerate(lengths):
+        logs = log_space_signal(arch, params, _one_sequence(fwd, b, int(length)),
+                                d_last[:length, b:b + 1])
+        aligned = [np.full(T, -np.inf) for _ in logs]
+        for k, values in enumerate(logs):
+            aligned[k][T - length:] = values
+        per_sequence.append(aligned)
+    out = []
+    for k in range(arch.num_layers):
+        twice = np.stack([2 * np.log(10) * seq[k] for seq in per_sequence])  # ln ‖g‖²
+        peak = np.max(twice, axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total = peak + np.log(np.sum(np.exp(twice - peak), axis=0))
+        out.append(np.where(np.isfinite(peak), total / (2 * np.log(10)), -np.inf))
+    return out
+
+
 def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
-                   seed: int = 0, d_last: np.ndarray | None = None) -> list[LayerDynamics]:
-    """Every layer's dynamics; with ``d_last`` (whole sequences), the log-space signal."""
+                   seed: int = 0, d_last: np.ndarray | None = None,
+                   lengths: np.ndarray | None = None) -> list[LayerDynamics]:
+    """Every layer's dynamics; with ``d_last``, the last step's gradient in log space."""
     out = []
     rng = np.random.default_rng([seed, 2])
     T, B = fwd.layers[0].h.shape[:2]
-    logs = log_space_signal(arch, params, fwd, d_last) if d_last is not None else None
+    logs = None
+    if d_last is not None:
+        logs = log_space_signal(arch, params, fwd, d_last) if lengths is None else \
+            log_space_signal_padded(arch, params, fwd, d_last, lengths)
     for k, cache in enumerate(fwd.layers):
         w_hh = np.asarray(params[f"rnn.weight_hh_l{k}"], dtype=np.float64)
         H = w_hh.shape[1]

@@ -323,8 +323,7 @@ def report_json_schema() -> dict[str, Any]:
                     "lyapunov": _NUMBERS, "predicted_growth": _NUMBER,
                     "log10_last_step_grad_norm": {
                         "anyOf": [_NUMBERS, {"type": "null"}],
-                        "description": "log10 ||dL_T/dh_t|| per step, tracked in log space "
-                                       "(null for padded sequences)"},
+                        "description": "log10 ||dL_T/dh_t|| per step, tracked in log space"},
                     "log10_ratio": _NUMBER,
                     "saturation": {"type": "array", "items": {
                         "type": "object", "required": ["gate", "saturated"],

@@ -200,3 +200,18 @@ def test_log_space_signal_reports_what_underflows_in_float64():
     assert from_log10(report.dynamics[0].log10_ratio) == "1e-399"
     assert from_log10(-399.001) == "1e-399" and from_log10(-400.5) == "3.2e-401"
     assert from_log10(2.0) == "1e+2" and from_log10(None) == "—"
+
+
+def test_log_space_signal_of_padded_sequences_matches_the_aligned_norms(tmp_path, rng):
+    from gradcheck_cli.analysis import analyze_spec
+    from gradcheck_cli.spec import load_spec
+    np.save(tmp_path / "x.npy", rng.normal(size=(3, 9, 2)))
+    np.save(tmp_path / "lengths.npy", np.array([9, 4, 6]))
+    (tmp_path / "s.yaml").write_text("""\
+model: {cell: gru, input_size: 2, hidden_size: 5, num_layers: 2, output_size: 2}
+sequence: {inputs: x.npy, lengths: lengths.npy}
+""")
+    report = analyze_spec(load_spec(tmp_path / "s.yaml"), trials=0, windows=[], deep=True)
+    for layer, deep in zip(report.layers, report.dynamics, strict=True):
+        direct = np.log10(layer.last_step_grad_norm)
+        np.testing.assert_allclose(deep.log10_last_step_grad_norm, direct, atol=1e-9)
