@@ -60,6 +60,12 @@ def _overrides_option(f):
         help="Override a spec value, e.g. --set model.hidden_size=128 (repeatable).")(f)
 
 
+def _check_plot(path: Path) -> None:
+    """Say a missing extra or a wrong suffix before the work, not after it."""
+    from .render.plot import check_target
+    check_target(path)
+
+
 def _truncation_overrides(truncate: str | None) -> tuple[str, ...]:
     """``--truncate K`` or ``K1:K2`` as spec overrides."""
     if truncate is None:
@@ -95,15 +101,20 @@ def _max_memory_option(f):
              "available memory is always a limit.")(f)
 
 
+def _memory_limit(max_memory: str | None) -> int | None:
+    from .memory import parse_size
+    try:
+        return parse_size(max_memory) if max_memory is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-memory") from None
+
+
 def _guard_memory(spec, max_memory: str | None, *, optimizer_state: bool = False,
                   trials: int = 0) -> None:
     """Refuse, before allocating, a run that would not fit."""
-    from .memory import check, parse_size
-    try:
-        limit = parse_size(max_memory) if max_memory is not None else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--max-memory") from None
-    check(spec, max_memory=limit, optimizer_state=optimizer_state, trials=trials)
+    from .memory import check
+    check(spec, max_memory=_memory_limit(max_memory), optimizer_state=optimizer_state,
+          trials=trials)
 
 
 def _use_color() -> bool:
@@ -185,9 +196,7 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
     if (save_grads is not None or plot is not None) and len(configs) > 1:
         raise click.UsageError("--save-grads and --plot take one CONFIG")
     if plot is not None:
-        from .render.plot import _format, _pyplot
-        _format(plot)
-        _pyplot()  # a missing extra is said before the work, not after
+        _check_plot(plot)
     extra = [f"thresholds.{name}={value!r}" for name, value in
              (("vanishing", vanishing), ("exploding", exploding)) if value is not None]
     extra += [*_mitigation_overrides(mitigation), *_truncation_overrides(truncate)]
@@ -439,15 +448,9 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
         axes = [parse_axis(v) for v in varies]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--vary") from None
-    from .memory import parse_size
-    try:
-        limit = parse_size(max_memory) if max_memory is not None else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--max-memory") from None
+    limit = _memory_limit(max_memory)
     if plot is not None:
-        from .render.plot import _format, _pyplot
-        _format(plot)
-        _pyplot()
+        _check_plot(plot)
     check_points(config, overrides, axes, limit)
     from .render.sweep import render_sweep
     total = 1

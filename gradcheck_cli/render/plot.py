@@ -37,6 +37,12 @@ def _format(path: Path) -> str:
     return fmt
 
 
+def check_target(path: Path) -> None:
+    """The file name is one we can write, and matplotlib is there."""
+    _format(path)
+    _pyplot()
+
+
 def _positive(values: Sequence[float | None]) -> list[float]:
     return [v if v is not None and math.isfinite(v) and v > 0 else math.nan for v in values]
 
