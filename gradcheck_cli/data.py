@@ -340,10 +340,11 @@ class Batches:
         self.layout = seq.layout
         self._inputs = self._targets = self._lengths = None
         if not isinstance(seq.inputs, Distribution):
-            x = self._batch_first_array(seq.inputs)
-            if x.ndim == 2:  # a CSV: one feature per step
-                self._lengths = read_csv(seq.inputs.file, seq.inputs.file.name)[1]
+            if seq.inputs.file.suffix == ".csv":  # one feature per step; rows may be ragged
+                x, self._lengths = read_csv(seq.inputs.file, seq.inputs.file.name)
                 x = x[..., None]
+            else:
+                x = self._batch_first_array(seq.inputs)
             self._inputs = x.astype(self.dtype)
         is_classes = spec.loss.kind == "cross_entropy"
         if not isinstance(seq.targets, Distribution):
