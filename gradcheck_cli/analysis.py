@@ -99,13 +99,17 @@ def horizon(growth: float | None, vanishing: float, exploding: float) -> float |
 
 
 def layer_stats(hidden: list[np.ndarray], cell: list[np.ndarray] | None,
-                signals: list[np.ndarray], spec: Spec) -> list[LayerStats]:
-    """Per layer: the per-step norms, and the growth of the last step's gradient."""
+                signals: list[np.ndarray], spec: Spec, span: int | None = None
+                ) -> list[LayerStats]:
+    """Per layer: the per-step norms, and the growth of the last step's gradient over the
+    ``span`` steps the longest sequence has (all of them for whole sequences)."""
     th = spec.thresholds
     layers = []
+    span = span or spec.length
     for k, signal in enumerate(signals):
-        growth = fit_growth(signal)
-        start, end = signal[-1], signal[0]
+        reach = signal[len(signal) - span:]
+        growth = fit_growth(reach)
+        start, end = reach[-1], reach[0]
         with np.errstate(all="ignore"):
             ratio = float(end / start) if start > 0 and np.isfinite(start) else None
         layers.append(LayerStats(
@@ -161,10 +165,11 @@ def non_finite_finding(params: Params, fwd: Forward, loss: float, grads: Backwar
     return None
 
 
-def temporal_findings(layers: list[LayerStats], spec: Spec) -> list[Finding]:
+def temporal_findings(layers: list[LayerStats], spec: Spec,
+                      span: int | None = None) -> list[Finding]:
     """exploding / vanishing verdicts per layer, from the last step's gradient over time."""
     th = spec.thresholds
-    steps = spec.length - 1
+    steps = (span or spec.length) - 1
     out = []
     for layer in layers:
         g, ratio = layer.growth_factor, layer.ratio
@@ -242,6 +247,13 @@ def notes_for(spec: Spec) -> list[str]:
     return notes
 
 
+def _last_reach(T: int, k1: int, k2: int) -> int:
+    """How far back the last step's loss is backpropagated by truncated BPTT(k1, k2): its
+    chunk (the steps since the last update) and the k2 - k1 steps before it."""
+    first = (T - 1) // k1 * k1
+    return T - max(0, first - (k2 - k1))
+
+
 def truncation_stats(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
                      full: dict[str, np.ndarray], signal: list[float], spec: Spec,
                      windows: list[int]) -> list[TruncationStats]:
@@ -266,7 +278,8 @@ def truncation_stats(arch: Architecture, params: Params, fwd: Forward, d_out: np
             k1=k1, k2=k2, backward_macs=cost.backward_macs,
             activation_bytes=cost.activation_bytes,
             gradient_error=diff / full_norm if full_norm > 0 else 0.0,
-            cut_signal=float(squared[k2:].sum()) / total_signal if total_signal > 0 else 0.0,
+            cut_signal=float(squared[_last_reach(spec.length, k1, k2):].sum()) / total_signal
+            if total_signal > 0 else 0.0,
             configured=configured is not None and (k1, k2) == (configured.k1,
                                                                configured.k2)))
     return out
@@ -300,13 +313,14 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
                                    param_grads=False).hidden
         signals = [aligned_step_norms(h, lengths) for h in last_hidden]
         del last_hidden
-        layers = layer_stats(hidden, cell, signals, spec)
+        span = int(np.max(lengths)) if lengths is not None else spec.length
+        layers = layer_stats(hidden, cell, signals, spec, span)
         param_stats = [ParameterStats(name=names[name], shape=list(g.shape),
                                       grad_norm=array_norm(g),
                                       grad_max_abs=float(np.abs(g).max()),
                                       weight_norm=array_norm(params[name]))
                        for name, g in param_grads.items()]
-        global_norm = math.sqrt(sum(p.grad_norm ** 2 for p in param_stats))
+        global_norm = math.hypot(*(p.grad_norm for p in param_stats))  # overflow-safe
         mitigation = mitigation_effect(spec, param_grads, params)
         from .cost import bptt_cost, default_windows
         cost = bptt_cost(arch, spec.length, spec.batch_size, spec.dtype)
@@ -322,14 +336,14 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         del fwd, d_out
 
     findings = [] if broken is None else [broken]
-    findings += temporal_findings(layers, spec)
+    findings += temporal_findings(layers, spec, span)
 
     clip = None
     if trials > 0:
         norms = sample_global_norms(arch, params, batches, spec, trials, progress)
         sgd = spec.training.optimizer == "sgd"
         clip = suggest_clip(norms, clip_percentile,
-                            weight_norm=math.sqrt(sum(p.weight_norm ** 2 for p in param_stats))
+                            weight_norm=math.hypot(*(p.weight_norm for p in param_stats))
                             if sgd else None, lr=spec.training.lr if sgd else None)
 
     model = spec.model

@@ -298,7 +298,9 @@ def _weight_grads(d_gates: np.ndarray, d_hp: np.ndarray, x: np.ndarray, h: np.nd
         d_w_hh = d_hp[1:].reshape((W - 1) * B, G).T @ h.reshape((W - 1) * B, h.shape[-1])
         if h_before is not None:
             d_w_hh += d_hp[0].T @ h_before
-        return d_w_ih, d_w_hh, flat_d.sum(axis=0), flat_hp.sum(axis=0)
+        d_b_ih = flat_d.sum(axis=0)
+        d_b_hh = d_b_ih.copy() if d_hp is d_gates else flat_hp.sum(axis=0)  # rnn, lstm: same
+        return d_w_ih, d_w_hh, d_b_ih, d_b_hh
     d, hp = _by_group(d_gates, groups), _by_group(d_hp, groups)
     d_w_ih = d.transpose(0, 2, 1) @ _by_group(x, groups)
     d_w_hh = _by_group(d_hp[1:], groups).transpose(0, 2, 1) @ _by_group(h, groups) \
@@ -319,9 +321,10 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
     dh_direct: ``(W, B, H)``, the gradient reaching each h_t from outside the recurrence
     (the head, or the layer above). Nothing arrives from after the window, and nothing is
     passed on into h_{start-1} (truncated BPTT cuts there; by default the window is the
-    whole sequence). Returns ``(grads, dx, dh, dc)``: parameter gradients
+    whole sequence). Returns ``(grads, dx, dh, dc, carry)``: parameter gradients
     ``(dW_ih, dW_hh, db_ih, db_hh)`` or None, dL/dx ``(W, B, in)`` or None, the total dL/dh_t
-    ``(W, B, H)`` and, for lstm, dL/dc_t.
+    ``(W, B, H)``, for lstm dL/dc_t, and the carry: what leaves the window backwards (the
+    gradient into h_{start-1}, and c_{start-1} for lstm).
     """
     W, B, H = dh_direct.shape
     stop = start + W

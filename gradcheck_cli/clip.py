@@ -83,12 +83,15 @@ def suggest_clip(norms: np.ndarray, percentile: float = 10.0, *,
     stats["max"] = float(finite.max()) if finite.size else math.nan
     autoclip = float(np.percentile(finite, percentile)) if finite.size else math.nan
     cap = MAX_RELATIVE_UPDATE * weight_norm / lr if weight_norm and lr else math.inf
-    suggested = autoclip if not autoclip > cap else cap
-    label = f"p{percentile:g} (suggested)" if suggested == autoclip else \
-        "update cap (suggested)"
+    if math.isfinite(autoclip) and not autoclip > cap:
+        suggested, label, basis = autoclip, f"p{percentile:g} (suggested)", "autoclip"
+    elif math.isfinite(cap):
+        suggested, label, basis = cap, "update cap (suggested)", "cap"
+    else:
+        suggested, label, basis = math.nan, "none: no finite norm sampled", "none"
     candidates = [ClipCandidate(max_norm=suggested, label=label,
                                 fraction_clipped=fraction_clipped(norms, suggested))]
-    if suggested != autoclip:
+    if basis == "cap" and math.isfinite(autoclip):
         candidates.append(ClipCandidate(max_norm=autoclip, label=f"p{percentile:g}",
                                         fraction_clipped=fraction_clipped(norms, autoclip)))
     for label in ("p50", "p90"):
@@ -100,14 +103,21 @@ def suggest_clip(norms: np.ndarray, percentile: float = 10.0, *,
     rule = (f"AutoClip (Seetharaman et al., 2020): the {percentile:g}th percentile of "
             f"{len(norms)} sampled global gradient norms; at this max_norm "
             f"{candidates[0].fraction_clipped:.0%} of them would be rescaled")
-    if suggested != autoclip:
+    if basis == "cap":
+        through = (f"AutoClip's {percentile:g}th percentile of {len(norms)} sampled norms, "
+                   f"{autoclip:.3g}, would let the exploding gradient through"
+                   if math.isfinite(autoclip) else
+                   f"none of the {len(norms)} sampled norms is finite")
         rule = (f"capped so that one SGD step at lr {lr:g} moves the weights (norm "
-                f"{weight_norm:.3g}) by at most {MAX_RELATIVE_UPDATE:.1%}: AutoClip's "
-                f"{percentile:g}th percentile of {len(norms)} sampled norms, {autoclip:.3g}, "
-                f"would let the exploding gradient through; at this max_norm "
-                f"{candidates[0].fraction_clipped:.0%} of them would be rescaled")
+                f"{weight_norm:.3g}) by at most {MAX_RELATIVE_UPDATE:.1%}: {through}; at "
+                f"this max_norm {candidates[0].fraction_clipped:.0%} of them would be "
+                "rescaled")
+    elif basis == "none":
+        rule = (f"none of the {len(norms)} sampled global gradient norms is finite: fix the "
+                "non-finite values first")
     pytorch = ("torch.nn.utils.clip_grad_norm_(model.parameters(), "
-               f"max_norm={_round_sig(suggested)})")
+               f"max_norm={_round_sig(suggested)})") if math.isfinite(suggested) else \
+        "# no clip value: the sampled gradients are not finite"
     return ClipSuggestion(trials=len(norms), percentile=percentile, max_norm=suggested,
                           norm_percentiles=stats, candidates=candidates, rule=rule,
                           pytorch=pytorch)

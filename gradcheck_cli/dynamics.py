@@ -103,7 +103,19 @@ def step_jacobian(arch: Architecture, cache, w_hh: np.ndarray, t: int, b: int) -
 
 
 def largest_singular_value(m: np.ndarray) -> float:
-    return float(np.linalg.norm(m, 2))
+    """σ_max, or NaN for a matrix that is not finite (where an SVD cannot converge)."""
+    return float(np.linalg.norm(m, 2)) if np.isfinite(m).all() else math.nan
+
+
+def spectral_radius(m: np.ndarray) -> float:
+    return float(np.abs(np.linalg.eigvals(m)).max()) if np.isfinite(m).all() else math.nan
+
+
+def _finite_trajectory(cache, b: int, steps: int) -> bool:
+    """Whether sequence ``b``'s cached states are finite over its ``steps`` steps (a state
+    that blew up would give Jacobians that say nothing, or zero for relu)."""
+    arrays = [cache.h, cache.gates, cache.c, cache.hn]
+    return all(np.isfinite(a[:steps, b]).all() for a in arrays if a is not None)
 
 
 def lyapunov_spectrum(jacobians: list[np.ndarray], count: int,
@@ -142,7 +154,7 @@ def gate_saturation(arch: Architecture, cache) -> list[GateSaturation]:
 
 def pascanu_verdict(arch: Architecture, sigma_max: float) -> str | None:
     """Pascanu et al.'s conditions; they bound an Elman RNN's Jacobians, not gated ones."""
-    if arch.cell != "rnn" or arch.residual_time:
+    if arch.cell != "rnn" or arch.residual_time or not math.isfinite(sigma_max):
         return None
     gamma = 1.0                        # tanh' <= 1, relu' <= 1
     if sigma_max < 1 / gamma:
@@ -229,6 +241,7 @@ def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
     out = []
     rng = np.random.default_rng([seed, 2])
     T, B = fwd.layers[0].h.shape[:2]
+    span = int(np.max(lengths)) if lengths is not None else T   # the longest sequence
     logs = None
     if d_last is not None:
         logs = log_space_signal(arch, params, fwd, d_last) if lengths is None else \
@@ -240,29 +253,33 @@ def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
                       for j, name in enumerate(GATE_NAMES[arch.cell])}
         sigma = largest_singular_value(w_hh[:H]) if arch.cell == "rnn" else \
             max(gate_sigma.values())
-        radius = float(max(abs(np.linalg.eigvals(w_hh[j * H:(j + 1) * H])).max()
-                           for j in range(arch.gates)))
-        norms = np.zeros(T)
+        radius = max(spectral_radius(w_hh[j * H:(j + 1) * H]) for j in range(arch.gates))
+        squares, counts = np.zeros(T), np.zeros(T)
         exponents = []
         with np.errstate(all="ignore"):
             for b in range(min(SEQUENCES, B)):
+                steps = int(lengths[b]) if lengths is not None else T  # no padded steps
+                if not np.isfinite(w_hh).all() or not _finite_trajectory(cache, b, steps):
+                    continue
                 jacobians = [step_jacobian(arch, cache, w_hh, t, b).astype(np.float64)
-                             for t in range(T)]
-                norms += [largest_singular_value(j) ** 2 for j in jacobians]
+                             for t in range(steps)]
+                squares[:steps] += [largest_singular_value(j) ** 2 for j in jacobians]
+                counts[:steps] += 1
                 if np.all([np.isfinite(j).all() for j in jacobians]):
                     exponents.append(lyapunov_spectrum(jacobians, EXPONENTS, rng))
-        count = min(SEQUENCES, B)
+            jacobian_norm = np.where(counts > 0, np.sqrt(squares / np.maximum(counts, 1)),
+                                     np.nan)
         spectrum = np.mean(exponents, axis=0) if exponents else np.array([])
         out.append(LayerDynamics(
             index=k, sigma_max=sigma, spectral_radius=radius,
             gate_sigma_max=gate_sigma if arch.cell != "rnn" else {},
             pascanu=pascanu_verdict(arch, sigma),
-            jacobian_norm=np.sqrt(norms / count).tolist(),
+            jacobian_norm=jacobian_norm.tolist(),
             lyapunov=spectrum.tolist(),
             predicted_growth=math.exp(spectrum[0]) if spectrum.size and
             math.isfinite(spectrum[0]) else None,
             saturation=gate_saturation(arch, cache),
             log10_last_step_grad_norm=logs[k].tolist() if logs is not None else None,
-            log10_ratio=float(logs[k][0] - logs[k][-1])
-            if logs is not None and np.isfinite(logs[k][[0, -1]]).all() else None))
+            log10_ratio=float(logs[k][T - span] - logs[k][-1])
+            if logs is not None and np.isfinite(logs[k][[T - span, -1]]).all() else None))
     return out

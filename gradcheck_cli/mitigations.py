@@ -86,22 +86,25 @@ def clip_by_value(grads: Grads, clip_value: float) -> Grads:
 
 
 def clip_by_norm(grads: Grads, max_norm: float) -> Grads:
-    """PyTorch's rule: every gradient times min(1, max_norm / (total_norm + 1e-6))."""
-    coef = min(1.0, max_norm / (global_norm(grads) + CLIP_NORM_EPS))
-    return {name: g * g.dtype.type(coef) for name, g in grads.items()}
+    """PyTorch's rule: every gradient times min(1, max_norm / (total_norm + 1e-6)); a NaN
+    norm makes every entry NaN, as torch.clamp passes NaN through."""
+    with np.errstate(all="ignore"):
+        coef = float(np.minimum(1.0, max_norm / (global_norm(grads) + CLIP_NORM_EPS)))
+        return {name: g * g.dtype.type(coef) for name, g in grads.items()}
 
 
 def normalize_global(grads: Grads, target: float) -> Grads:
     norm = global_norm(grads)
     scale = target / norm if norm > 0 else 1.0
-    return {name: g * g.dtype.type(scale) for name, g in grads.items()}
+    return {name: (g.astype(np.float64) * scale).astype(g.dtype) for name, g in grads.items()}
 
 
 def normalize_per_parameter(grads: Grads, target: float) -> Grads:
     out = {}
     for name, g in grads.items():
-        norm = float(np.linalg.norm(g))
-        out[name] = g * g.dtype.type(target / norm) if norm > 0 else g.copy()
+        norm = float(np.linalg.norm(g.astype(np.float64)))   # float32 would overflow
+        out[name] = (g.astype(np.float64) * (target / norm)).astype(g.dtype) \
+            if norm > 0 else g.copy()
     return out
 
 

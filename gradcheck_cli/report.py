@@ -104,7 +104,8 @@ class TruncationStats:
 
     gradient_error: ‖g_full − g_truncated‖ / ‖g_full‖ over all parameters.
     cut_signal: the share (by squared norm) of the last step's gradient ‖dL_T/dh_t‖ of the
-        top layer that lies k2 or more steps back: what the cut removes.
+        top layer beyond the steps the last step's loss is backpropagated through: what the
+        cut removes.
     """
 
     k1: int
