@@ -173,7 +173,16 @@ def temporal_findings(layers: list[LayerStats], spec: Spec,
     out = []
     for layer in layers:
         g, ratio = layer.growth_factor, layer.ratio
-        if ratio is None or g is None or steps == 0:
+        if ratio is None or steps == 0:
+            continue
+        if g is None:  # too few non-zero steps to fit: the gradient is gone, or never moved
+            if ratio < th.vanishing:
+                out.append(Finding(
+                    code="vanishing", severity="warning", layer=layer.index,
+                    values={"ratio": ratio, "growth_factor": None, "horizon": None},
+                    message=(f"layer {layer.index}: the last step's gradient shrinks to "
+                             f"{ratio:.3g} of its size {steps} steps back: it does not reach "
+                             "earlier steps at all")))
             continue
         values = {"ratio": ratio, "growth_factor": g, "horizon": layer.horizon}
         if ratio > th.exploding and g > 1.0:

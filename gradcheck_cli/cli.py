@@ -38,8 +38,17 @@ class GradcheckGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.exceptions.UsageError as exc:  # one line, like every other error
+            where = f" (see gradcheck {exc.ctx.info_name} --help)" \
+                if exc.ctx is not None and exc.ctx.info_name != "gradcheck" else ""
+            _stderr("error: " + " ".join(exc.format_message().split()) + where)
+            ctx.exit(2)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except OSError as exc:  # the file system said no: a name too long, a full disk
+            target = f"{exc.filename}: " if exc.filename else ""
+            _stderr(f"error: {target}{exc.strerror or exc}")
+            ctx.exit(2)
         except GradcheckError as exc:
             _stderr("error: " + " ".join(str(exc).split()))  # always one line
             ctx.exit(2)
@@ -87,6 +96,14 @@ def _truncate_option(f):
         "--truncate", metavar="K[:K2]",
         help="Truncated BPTT: every K steps, backpropagate K2 (default K) steps "
              "(training.truncation).")(f)
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """FloatRange lets NaN through; a NaN option is bad usage."""
+    import math
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def _load(config: Path, overrides: tuple[str, ...]):
@@ -159,12 +176,15 @@ def cli(debug: bool) -> None:
               help="Independent batches sampled for the clip suggestion (0: none).")
 @click.option("--clip-percentile", type=click.FloatRange(0, 100, min_open=True),
               default=10.0, show_default=True,
+              callback=_finite,
               help="Percentile of the sampled norms suggested as max_norm (AutoClip's rule).")
 @click.option("--fail-on", type=click.Choice(["warning", "error", "never"]), default="error",
               show_default=True, help="Lowest finding severity that makes the exit status 1.")
 @click.option("--vanishing", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              metavar="RATIO", help="Vanishing threshold (overrides thresholds.vanishing).")
+              metavar="RATIO", callback=_finite,
+              help="Vanishing threshold (overrides thresholds.vanishing).")
 @click.option("--exploding", type=click.FloatRange(1, min_open=True), metavar="RATIO",
+              callback=_finite,
               help="Exploding threshold (overrides thresholds.exploding).")
 @click.option("--all-steps", is_flag=True, help="Table and Markdown: list every time step.")
 @click.option("--mitigation", metavar="M",
@@ -280,7 +300,7 @@ class _progress:
               help="Entries checked per parameter, drawn at random (seeded).")
 @click.option("--all-entries", is_flag=True, help="Check every entry of every parameter.")
 @click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=1e-4,
-              show_default=True, help="Largest relative error that passes.")
+              show_default=True, callback=_finite, help="Largest relative error that passes.")
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="Output format.")
 @_max_memory_option
@@ -300,7 +320,8 @@ def verify(config: Path, entries: int, all_entries: bool, tolerance: float, fmt:
 
     checks = verify_spec(spec, max_entries=None if all_entries else entries, tolerance=tolerance)
     if fmt == "json":
-        click.echo(json.dumps({
+        from .report import _strict
+        click.echo(json.dumps(_strict({
             "config": str(config), "tolerance": tolerance,
             "passed": all(c.status == "ok" for c in checks),
             "parameters": {c.name: {"status": c.status, "checked": c.checked, "size": c.size,
@@ -308,7 +329,7 @@ def verify(config: Path, entries: int, all_entries: bool, tolerance: float, fmt:
                                     "worst_error": c.worst_error,
                                     "worst_index": list(c.worst_index),
                                     "analytic": c.analytic, "numeric": c.numeric}
-                           for c in checks}}, indent=2))
+                           for c in checks}}), indent=2, allow_nan=False))
     else:
         from .render.verify import render_verify
         click.echo(render_verify(str(config), checks, tolerance, _use_color(), _width()),
@@ -365,14 +386,15 @@ def init(path: Path, cell: str, force: bool) -> None:
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]),
               help="Optimiser (training.optimizer).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True),
-              help="Learning rate (training.lr).")
+              callback=_finite, help="Learning rate (training.lr).")
 @click.option("--data", type=click.Choice(["fixed", "fresh"]),
               help="Train on the spec's batch every step, or a fresh batch each step.")
 @click.option("--compare", "compare_list", metavar="M1,M2,...",
               help="Also train with each of these mitigations, e.g. "
                    "none,clip-norm:1.0,autoclip:10,agc:0.01.")
 @click.option("--clip-percentile", type=click.FloatRange(0, 100, min_open=True), default=10.0,
-              show_default=True, help="Percentile for the clip value calibrated on the run.")
+              show_default=True, callback=_finite,
+              help="Percentile for the clip value calibrated on the run.")
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
               default="table", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
@@ -448,6 +470,9 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
         axes = [parse_axis(v) for v in varies]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--vary") from None
+    keys = [a.key for a in axes]
+    if len(set(keys)) != len(keys):
+        raise click.BadParameter("each key may be varied once", param_hint="--vary")
     limit = _memory_limit(max_memory)
     if plot is not None:
         _check_plot(plot)
@@ -473,7 +498,7 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
 @click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=0.1,
               show_default=True,
               help="How much (relative) a layer's horizon may shrink before it counts as "
-                   "worse.")
+                   "worse.", callback=_finite)
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
               default="table", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",

@@ -55,9 +55,12 @@ def read_report(path: Path) -> dict[str, Any]:
         raise InputFileError(f"{path}: file not found")
     if path.is_dir():
         raise InputFileError(f"{path}: is a directory, not a report")
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InputFileError(f"{path}: not a JSON report ({exc})") from None
     if not isinstance(data, dict):
         raise InputFileError(f"{path}: not a gradcheck report (not a JSON object)")
@@ -65,6 +68,12 @@ def read_report(path: Path) -> dict[str, Any]:
     if missing:
         raise InputFileError(f"{path}: not a gradcheck report (missing {', '.join(missing)}); "
                              "write one with gradcheck analyze --format json")
+    shapes = {"findings": list, "layers": list, "parameters": dict}
+    for key, kind in shapes.items():
+        if not isinstance(data[key], kind) or (kind is list and not all(
+                isinstance(item, dict) for item in data[key])):
+            raise InputFileError(f"{path}: not a gradcheck report ({key} is not a "
+                                 f"{'list of objects' if kind is list else 'object'})")
     if data["schema_version"] != SCHEMA_VERSION:
         raise InputFileError(f"{path}: report schema_version {data['schema_version']}, this "
                              f"gradcheck reads {SCHEMA_VERSION}")
@@ -89,6 +98,16 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 def compare_reports(baseline: dict[str, Any], new: dict[str, Any], *, baseline_name: str,
                     new_name: str, tolerance: float = 0.1) -> Comparison:
+    """What changed; InputFileError when a report's fields are not what reports hold."""
+    try:
+        return _compare(baseline, new, baseline_name, new_name, tolerance)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputFileError(f"{baseline_name} or {new_name}: not a gradcheck report "
+                             f"({type(exc).__name__}: {exc})") from None
+
+
+def _compare(baseline: dict[str, Any], new: dict[str, Any], baseline_name: str,
+             new_name: str, tolerance: float) -> Comparison:
     changes: list[Change] = []
     old_findings = {_finding_key(f): f for f in baseline["findings"]}
     new_findings = {_finding_key(f): f for f in new["findings"]}

@@ -81,7 +81,7 @@ def read_csv(path: Path, where: str) -> tuple[np.ndarray, np.ndarray]:
                     bad = next(c for c in cells if not _is_number(c))
                     raise InputFileError(f"{where}: {path.name}:{number}: {bad!r} is not a "
                                          "number") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputFileError(f"{where}: {path.name} is not a readable CSV file ({exc})") from None
     if not rows:
         raise InputFileError(f"{where}: {path.name} has no rows")

@@ -7,6 +7,7 @@ gradients and the batch; trials and training steps run one after another and reu
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -94,8 +95,8 @@ def parse_size(text: str) -> int:
         value = float(body[: len(body) - len(unit)])
     except ValueError:
         raise ValueError(f"{text!r} is not a size like 2G, 512M or 1000000") from None
-    if value <= 0:
-        raise ValueError(f"{text!r}: a size must be positive")
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{text!r}: a size must be a positive finite number")
     return int(value * units[unit])
 
 

@@ -131,5 +131,6 @@ def init_params(arch: Architecture, init, rng: np.random.Generator,
                 value[h:2 * h] = init.forget_bias if "_ih_" in name else 0.0
         else:  # nn.Linear's default: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), ...)
             value = rng.uniform(-bound, bound, size=shape)
-        params[name] = value.astype(dtype)
+        with np.errstate(over="ignore"):  # a silly gain overflows float32: a finding later
+            params[name] = value.astype(dtype)
     return params

@@ -107,7 +107,7 @@ class ModelSpec:
     nonlinearity: Literal["tanh", "relu"] = _opt("tanh", "rnn only: the cell's nonlinearity")
     input_size: int | None = _opt(None, "features per input step", minimum=1)
     hidden_size: int | None = _opt(None, "hidden units per layer", minimum=1)
-    num_layers: int = _opt(1, "stacked recurrent layers", minimum=1)
+    num_layers: int = _opt(1, "stacked recurrent layers", minimum=1, maximum=1000)
     output_size: int | None = _opt(
         None, "outputs of the linear head (classes for cross_entropy)", minimum=1)
     bias: bool = _opt(True, "the recurrent layers have bias_ih and bias_hh")
@@ -273,6 +273,8 @@ def read_yaml(path: Path) -> tuple[Any, dict[Key, int]]:
 def parse_yaml(text: str, name: str = "<spec>") -> tuple[Any, dict[Key, int]]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise SpecError("not valid YAML for a spec: nested too deeply", where=name) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f"{name}:{mark.line + 1}" if mark else name
@@ -294,7 +296,14 @@ _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool",
                                                   "seq")}
 
 
+MAX_DEPTH = 50
+"""A spec nests four levels; anything deeper (or an alias that contains itself) is not one."""
+
+
 def _plain(node: yaml.Node, key: Key, lines: dict[Key, int], budget: list[int], name: str) -> Any:
+    if len(key) > MAX_DEPTH:
+        raise SpecError(f"nested more than {MAX_DEPTH} levels deep (an alias inside itself?): "
+                        "not a spec", where=f"{name}:{node.start_mark.line + 1}")
     budget[0] -= 1
     if budget[0] < 0:
         raise SpecError(f"more than {MAX_SPEC_NODES} YAML nodes (aliases counted at each use): "
@@ -306,8 +315,9 @@ def _plain(node: yaml.Node, key: Key, lines: dict[Key, int], budget: list[int], 
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             where = f"{name}:{key_node.start_mark.line + 1}"
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise SpecError("a key must be a plain name", where=where)
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _PLAIN_TAGS:
+                raise SpecError("a key must be a plain name (no merge keys or tags)",
+                                where=where)
             k = str(_scalar_loader.construct_object(key_node))
             full = (*key, k)
             if k in out:
@@ -388,6 +398,8 @@ def _describe(value: Any) -> str:
 
 
 def _check_bounds(ctx: _Context, key: Key, value: float, meta: Mapping[str, Any]) -> None:
+    if "maximum" in meta and value > meta["maximum"]:
+        ctx.fail(key, f"must be at most {meta['maximum']:g}, got {value:g}")
     if "minimum" in meta and value < meta["minimum"]:
         ctx.fail(key, f"must be at least {meta['minimum']:g}, got {value:g}")
     if "exclusiveMinimum" in meta and value <= meta["exclusiveMinimum"]:
@@ -458,10 +470,15 @@ def _convert(ctx: _Context, key: Key, value: Any, hint: Any, meta: Mapping[str, 
     if hint is Path:
         if not isinstance(value, str) or not value.strip():
             ctx.fail(key, f"must be a file path, got {_describe(value)}")
-        path = (ctx.base_dir / value).resolve() if not Path(value).is_absolute() else Path(value)
-        if not path.exists():
+        try:
+            path = (ctx.base_dir / value).resolve() if not Path(value).is_absolute() \
+                else Path(value)
+            exists, is_dir = path.exists(), path.is_dir()
+        except (OSError, ValueError) as exc:
+            ctx.fail(key, f"not a usable file path: {exc}")
+        if not exists:
             ctx.fail(key, f"file not found: {value} (paths are relative to the spec's folder)")
-        if path.is_dir():
+        if is_dir:
             ctx.fail(key, f"{value} is a directory, not a file")
         return path
     raise AssertionError(f"unhandled spec type {hint!r} at {'.'.join(key)}")
@@ -668,7 +685,8 @@ def _type_schema(hint: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
         return {"enum": list(args)}
     if dataclasses.is_dataclass(hint):
         return _section_schema(typing.cast(type, hint))
-    bounds = {k: meta[k] for k in ("minimum", "exclusiveMinimum", "exclusiveMaximum") if k in meta}
+    bounds = {k: meta[k] for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+              if k in meta}
     if hint is bool:
         return {"type": "boolean"}
     if hint is int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -94,6 +95,8 @@ def parse_axis(text: str) -> Axis:
         except ValueError:
             raise ValueError(f"{text!r}: START and STOP are numbers, COUNT a whole number") \
                 from None
+        if not (math.isfinite(start) and math.isfinite(stop)):
+            raise ValueError(f"{text!r}: START and STOP must be finite")
         if count < 1 or count > 1000:
             raise ValueError(f"{text!r}: COUNT must be between 1 and 1000")
         if len(parts) == 4:
@@ -119,7 +122,13 @@ def grid(axes: list[Axis]) -> list[dict[str, Any]]:
 
 
 def _override(key: str, value: Any) -> str:
-    return f"{key}={json.dumps(value) if isinstance(value, str) else value}"
+    return f"{key}={json.dumps(value)}"   # JSON is YAML: strings, numbers, null, booleans
+
+
+def _ignore_interrupts() -> None:
+    """Workers leave Ctrl-C to the parent, which ends the sweep with one line."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _analyse_point(task: tuple[str, tuple[str, ...], dict[str, Any], int]) -> Point:
@@ -156,7 +165,7 @@ def run_sweep(config: str | Path, axes: list[Axis], *, overrides: tuple[str, ...
             if progress:
                 progress(len(points), len(tasks))
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_interrupts) as pool:
             for point in pool.map(_analyse_point, tasks):
                 points.append(point)
                 if progress:

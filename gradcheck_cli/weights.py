@@ -216,6 +216,9 @@ def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
         raise InputFileError(f"{path.name}: {_join(rnn_prefix, 'weight_hh_l0')} has shape "
                              f"{list(w_hh.shape)}: {gates} gate blocks is neither rnn (1), "
                              "gru (3) nor lstm (4)")
+    empty = [t.name for t in tensors.values() if 0 in t.shape]
+    if empty:
+        raise InputFileError(f"{path.name}: {empty[0]} has a dimension of size 0")
     if "weight_ih_l0" not in tensors or len(tensors["weight_ih_l0"].shape) != 2:
         raise InputFileError(f"{path.name} has no 2-D tensor "
                              f"{_join(rnn_prefix, 'weight_ih_l0')}")

@@ -109,3 +109,99 @@ def test_signal_cut_is_what_the_last_window_cuts(rng, T, k1, k2):
                       .last_step_grad_norm[::-1]) ** 2
     same = _last_reach(T, k1, k1)            # --windows K compares BPTT(K, K)
     assert stats.cut_signal == pytest.approx(signal[same:].sum() / signal.sum())
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _one_line_exit_2(result, needle):
+    assert result.exit_code == 2, result.output
+    assert needle in result.stderr and "Traceback" not in result.stderr
+    assert "internal error" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_gradient_that_never_reaches_back_is_vanishing():
+    result = _run("analyze", SAMPLE["rnn_healthy"], "--trials", "0", "-f", "json",
+                  "--set", "model.init.recurrent.gain=0", "--fail-on", "warning")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["layers"][0]["ratio"] == 0.0 and data["layers"][0]["growth_factor"] is None
+    assert [f["code"] for f in data["findings"]] == ["vanishing"]
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("a: &a [*a]\n", "nested more than 50 levels"),
+    ("x: " + "[" * 500 + "\n", "not valid YAML"),
+    ("model:\n  <<: {cell: rnn}\n", "no merge keys"),
+])
+def test_yaml_that_recurses_or_merges(tmp_path, text, needle):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    _one_line_exit_2(_run("validate", path), needle)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["analyze", SAMPLE["rnn_healthy"], "--set", "model.num_layers=1000000"],
+     "must be at most 1000"),
+    (["analyze", SAMPLE["rnn_healthy"], "--windows", "0"], "windows are at least 1 step"),
+    (["analyze", SAMPLE["rnn_healthy"], "--clip-percentile", "nan"], "not a finite number"),
+    (["simulate", SAMPLE["rnn_healthy"], "--lr", "nan"], "not a finite number"),
+    (["verify", SAMPLE["rnn_healthy"], "--tolerance", "nan"], "not a finite number"),
+    (["analyze", SAMPLE["rnn_healthy"], "--max-memory", "inf"], "positive finite number"),
+    (["analyze", "x" * 300 + ".yaml"], "File name too long"),
+    (["analyze", SAMPLE["rnn_healthy"], "--set", 'model.weights="a\\0b"'],
+     "not a usable file path"),
+    (["sweep", SAMPLE["rnn_healthy"], "--vary", "model.init.gain=0.5:2:4", "--vary",
+      "model.init.gain=1,2"], "each key may be varied once"),
+    (["sweep", SAMPLE["rnn_healthy"], "--vary", "model.init.gain=inf:2:3"], "finite"),
+])
+def test_odd_options_are_one_clean_line(args, needle):
+    _one_line_exit_2(_run(*args), needle)
+
+
+@pytest.mark.parametrize("report", [
+    '{"schema_version":1,"config":"c","loss":1,"global_grad_norm":1,"parameters":{},'
+    '"layers":[{}],"findings":[]}',
+    '{"schema_version":1,"config":"c","loss":1,"global_grad_norm":1,"parameters":{},'
+    '"layers":[],"findings":"abc"}',
+    '{"schema_version":1,"config":"c","loss":NaN,"global_grad_norm":1,"parameters":{},'
+    '"layers":[],"findings":[]}',
+    "[" * 100_000,
+])
+def test_compare_refuses_what_is_not_a_report(tmp_path, report):
+    (tmp_path / "bad.json").write_text(report)
+    _one_line_exit_2(_run("compare", tmp_path / "bad.json", tmp_path / "bad.json"),
+                     "not a")
+
+
+def test_csv_with_a_huge_cell_and_weights_with_an_empty_dimension(tmp_path):
+    (tmp_path / "x.csv").write_text("1," + "2" * 200_000 + "\n")
+    (tmp_path / "s.yaml").write_text("model: {cell: rnn, input_size: 1, hidden_size: 2, "
+                                     "output_size: 1}\nsequence: {inputs: x.csv}\n")
+    _one_line_exit_2(_run("validate", tmp_path / "s.yaml"), "not a readable CSV")
+    np.savez(tmp_path / "w.npz", **{"rnn.weight_ih_l0": np.zeros((4, 0)),
+                                    "rnn.weight_hh_l0": np.zeros((4, 4))})
+    (tmp_path / "w.yaml").write_text("model: {weights: w.npz}\nsequence: {length: 3}\n")
+    _one_line_exit_2(_run("validate", tmp_path / "w.yaml"), "has a dimension of size 0")
+
+
+def test_verify_json_is_strict_with_non_finite_values(tmp_path):
+    np.save(tmp_path / "x.npy", np.full((2, 3, 1), np.nan))
+    (tmp_path / "s.yaml").write_text("model: {cell: rnn, input_size: 1, hidden_size: 2, "
+                                     "output_size: 1}\nsequence: {inputs: x.npy}\n")
+    result = _run("verify", tmp_path / "s.yaml", "-f", "json")
+
+    def refuse(name):
+        raise AssertionError(name)
+
+    json.loads(result.stdout, parse_constant=refuse)
+
+
+def test_sweep_can_vary_to_null(tmp_path):
+    result = _run("sweep", SAMPLE["lstm_healthy"], "--vary", "model.init.forget_bias=null,1",
+                  "-f", "json", "--set", "sequence.length=10")
+    assert result.exit_code == 0, result.output
+    assert [p["values"]["model.init.forget_bias"] for p in
+            json.loads(result.stdout)["points"]] == [None, 1]
