@@ -25,6 +25,20 @@ Exit status:
   130  interrupted
 """
 
+VERIFY_EXIT_HELP = """\b
+Exit status:
+  0  every parameter verified
+  1  a gradient disagrees, or could not be verified (inconclusive)
+  2  bad usage, a bad spec or input file, or an internal error
+"""
+
+COMPARE_EXIT_HELP = """\b
+Exit status:
+  0  gradient health did not get worse
+  1  it got worse: a new or more severe finding, or a shorter horizon
+  2  bad usage, a file that is not a report, or an internal error
+"""
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -294,7 +308,7 @@ class _progress:
             self.bar.stop()
 
 
-@cli.command(epilog=EXIT_STATUS_HELP)
+@cli.command(epilog=VERIFY_EXIT_HELP)
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--entries", type=click.IntRange(min=1), default=25, show_default=True,
               help="Entries checked per parameter, drawn at random (seeded).")
@@ -492,7 +506,7 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
     _emit(render_sweep(result, fmt, color, _width()), output)
 
 
-@cli.command(epilog=EXIT_STATUS_HELP)
+@cli.command(epilog=COMPARE_EXIT_HELP)
 @click.argument("baseline", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))
 @click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=0.1,

@@ -97,15 +97,24 @@ def read_index(path: Path) -> dict[str, Tensor]:
     """Every tensor's name, shape and dtype, from the file's header alone."""
     try:
         if path.suffix == ".safetensors":
-            return _safetensors_index(path)
-        if path.suffix == ".npz":
-            return _npz_index(path)
+            index = _safetensors_index(path)
+        elif path.suffix == ".npz":
+            index = _npz_index(path)
+        else:
+            index = None
     except InputFileError:
         raise
     except Exception as exc:  # each library raises its own kinds for a damaged file
         kind = "safetensors" if path.suffix == ".safetensors" else ".npz"
         raise InputFileError(f"{path.name} is not a readable {kind} file ({exc})") from None
-    raise InputFileError(f"{path.name}: weights must be a .safetensors or .npz file")
+    if index is None:
+        raise InputFileError(f"{path.name}: weights must be a .safetensors or .npz file")
+    odd = [name for name in index if not name or name.startswith(".") or ".." in name
+           or name.endswith(".")]
+    if odd:
+        raise InputFileError(f"{path.name}: tensor name {odd[0]!r} is not a dotted module "
+                             "path (as state_dict names are)")
+    return index
 
 
 def _join(prefix: str, name: str) -> str:
