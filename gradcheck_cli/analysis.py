@@ -46,11 +46,12 @@ def model_parameters(spec: Spec) -> tuple[Architecture, Params]:
 
 def step_norms(grad: np.ndarray) -> np.ndarray:
     """``||grad[t]||`` (Frobenius over batch and features) for each step t, in float64."""
-    flat = grad.reshape(grad.shape[0], -1)
     with np.errstate(over="ignore", invalid="ignore"):
-        norms = np.sqrt(np.einsum("ij,ij->i", flat, flat, dtype=np.float64))  # no copy
+        # no copy, also of a strided view
+        axes = "tbhxyz"[:grad.ndim]
+        norms = np.sqrt(np.einsum(f"{axes},{axes}->t", grad, grad, dtype=np.float64))
         for t in np.flatnonzero(np.isinf(norms)):
-            row = flat[t].astype(np.float64)
+            row = grad[t].astype(np.float64).ravel()
             if np.isfinite(row).all():              # huge but finite: rescale before squaring
                 scale = np.abs(row).max()
                 norms[t] = scale * np.linalg.norm(row / scale)
@@ -128,7 +129,7 @@ def _first_non_finite(arrays: list[np.ndarray], reverse: bool) -> int | None:
     """The first step (last, with ``reverse``) at which any of ``arrays`` is not finite."""
     bad = np.zeros(arrays[0].shape[0], dtype=bool)
     for a in arrays:
-        bad |= ~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+        bad |= ~np.isfinite(a).reshape(a.shape[0], -1).all(axis=1)
     steps = np.flatnonzero(bad)
     if steps.size == 0:
         return None
@@ -310,18 +311,18 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         fwd = forward(arch, params, batch.x)
         loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
                                            spec.loss.timesteps, lengths)
-        grads = backward(arch, params, fwd, d_out)
+        # With a loss at every step, the last step's loss alone (what reaches back only in
+        # time) is backpropagated in the same pass, alongside.
+        grads = backward(arch, params, fwd, d_out,
+                         also=last_step_output_grad(d_out, lengths)
+                         if spec.loss.timesteps == "all" else None)
         broken = non_finite_finding(params, fwd, loss, grads, names)
         hidden = [step_norms(h) for h in grads.hidden]
         cell = [step_norms(c) for c in grads.cell] if grads.cell else None
         param_grads = grads.params
-        last_hidden = grads.hidden if spec.loss.timesteps == "last" else None
-        del grads
-        if last_hidden is None:  # the last step's loss alone: it reaches back only in time
-            last_hidden = backward(arch, params, fwd, last_step_output_grad(d_out, lengths),
-                                   param_grads=False).hidden
+        last_hidden = grads.also.hidden if grads.also is not None else grads.hidden
         signals = [aligned_step_norms(h, lengths) for h in last_hidden]
-        del last_hidden
+        del grads, last_hidden
         span = int(np.max(lengths)) if lengths is not None else spec.length
         layers = layer_stats(hidden, cell, signals, spec, span)
         param_stats = [ParameterStats(name=names[name], shape=list(g.shape),

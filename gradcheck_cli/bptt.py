@@ -83,6 +83,9 @@ class Backward:
     carry: list | None = None
     """Per layer, what leaves the window backwards: the gradient into the state just
     before it (dh, and dc for lstm)."""
+    also: Backward | None = None
+    """The state gradients of the second output gradient ``backward(..., also=...)`` was
+    given (no parameter gradients)."""
 
 
 @dataclass
@@ -301,9 +304,12 @@ def _weight_grads(d_gates: np.ndarray, d_hp: np.ndarray, x: np.ndarray, h: np.nd
         d_b_ih = flat_d.sum(axis=0)
         d_b_hh = d_b_ih.copy() if d_hp is d_gates else flat_hp.sum(axis=0)  # rnn, lstm: same
         return d_w_ih, d_w_hh, d_b_ih, d_b_hh
-    d, hp = _by_group(d_gates, groups), _by_group(d_hp, groups)
+    # each group's rows, step by step: (groups, W * b, G); rows from b on skip step 0
+    d = _by_group(d_gates, groups)
+    hp = d if d_hp is d_gates else _by_group(d_hp, groups)
+    b = B // groups
     d_w_ih = d.transpose(0, 2, 1) @ _by_group(x, groups)
-    d_w_hh = _by_group(d_hp[1:], groups).transpose(0, 2, 1) @ _by_group(h, groups) \
+    d_w_hh = hp[:, b:].transpose(0, 2, 1) @ _by_group(h, groups) \
         if W > 1 else np.zeros((groups, G, h.shape[-1]), dtype=d_gates.dtype)
     if h_before is not None:
         d_w_hh += _by_group(d_hp[:1], groups).transpose(0, 2, 1) @ \
@@ -318,17 +324,23 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
                    carry: tuple[np.ndarray, np.ndarray | None] | None = None):
     """Backpropagate through steps ``start … start + W - 1`` of one layer.
 
-    dh_direct: ``(W, B, H)``, the gradient reaching each h_t from outside the recurrence
-    (the head, or the layer above). Nothing arrives from after the window, and nothing is
-    passed on into h_{start-1} (truncated BPTT cuts there; by default the window is the
-    whole sequence). Returns ``(grads, dx, dh, dc, carry)``: parameter gradients
-    ``(dW_ih, dW_hh, db_ih, db_hh)`` or None, dL/dx ``(W, B, in)`` or None, the total dL/dh_t
-    ``(W, B, H)``, for lstm dL/dc_t, and the carry: what leaves the window backwards (the
-    gradient into h_{start-1}, and c_{start-1} for lstm).
+    dh_direct: ``(W, S*B, H)``, the gradient reaching each h_t from outside the recurrence
+    (the head, or the layer above). S > 1 interleaves S independent output gradients
+    row-wise (row ``b*S + s`` is sequence b of stream s): they meet the same Jacobians, so
+    every per-step product serves them all; parameter gradients are stream 0's, read in
+    place (a strided view the BLAS takes as it is). Nothing arrives
+    from after the window, and nothing is passed on into h_{start-1} (truncated BPTT cuts
+    there; by default the window is the whole sequence). Returns ``(grads, dx, dh, dc,
+    carry)``: parameter gradients ``(dW_ih, dW_hh, db_ih, db_hh)`` or None, dL/dx
+    ``(W, S*B, in)`` or None, the total dL/dh_t ``(W, S*B, H)``, for lstm dL/dc_t, and the
+    carry: what leaves the window backwards (the gradient into h_{start-1}, and c_{start-1}
+    for lstm).
     """
-    W, B, H = dh_direct.shape
+    W, rows, H = dh_direct.shape
     stop = start + W
     dtype = cache.h.dtype
+    B = cache.h.shape[1]
+    S = rows // B                                  # streams, each (B, ...) per step
     G = w_hh.shape[0]
     skip = arch.residual_time
     zeros = np.zeros((B, H), dtype=dtype)
@@ -338,25 +350,30 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
         return h[t - 1] if t > 0 else zeros
 
     dh = np.empty_like(dh_direct)                  # total dL/dh_t, as recorded
-    d_gates = np.empty((W, B, G), dtype=dtype)     # dL/d(pre-activation), input side
+    d_gates = np.empty((W, rows, G), dtype=dtype)  # dL/d(pre-activation), input side
     d_hp = d_gates                                 # dL/d(W_hh h_{t-1} + b_hh); differs for gru
+    # Per step, the same arrays seen sequence by sequence, (B, S, ...): the forward's
+    # arrays, seen as (B, 1, ...), broadcast over the streams.
+    dh_s = dh.reshape(W, B, S, H)
+    d_gates_s = d_gates.reshape(W, B, S, G)
     # gradient into h_t from step t+1 (and c_t for lstm); zero after the window unless a
     # carry from a later window is given
     dh_carry, dc_carry = carry if carry is not None else (None, None)
-    dh_next = zeros if dh_carry is None else dh_carry.copy()
+    dh_next = np.zeros((rows, H), dtype=dtype) if dh_carry is None else dh_carry.copy()
+    dh_next_s = dh_next.reshape(B, S, H)
     dc = None
 
     if arch.cell == "rnn":
         act = cache.gates if cache.gates is not None else h
-        next_buffer = np.empty((B, H), dtype=dtype)
         for t in reversed(range(start, stop)):
             w = t - start
             np.add(dh_direct[w], dh_next, out=dh[w])          # direct path + recurrent path
+            a = act[t][:, None]
             if arch.nonlinearity == "tanh":                    # backprop through tanh
-                np.multiply(dh[w], 1.0 - act[t] * act[t], out=d_gates[w])
+                np.multiply(dh_s[w], 1.0 - a * a, out=d_gates_s[w])
             else:                                              # backprop through relu
-                np.multiply(dh[w], act[t] > 0, out=d_gates[w])
-            dh_next = np.matmul(d_gates[w], w_hh, out=next_buffer)  # into h_{t-1} through W_hh
+                np.multiply(dh_s[w], a > 0, out=d_gates_s[w])
+            np.matmul(d_gates[w], w_hh, out=dh_next)           # into h_{t-1} through W_hh
             if skip:
                 dh_next += dh[w]                               # ... and through h_t = h_{t-1} + ...
 
@@ -364,76 +381,85 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
         gates, c, tanh_c = cache.gates, cache.c, cache.tanh_c
         assert gates is not None and c is not None and tanh_c is not None
         dc = np.empty_like(dh_direct)                          # total dL/dc_t, as recorded
-        dc_next = np.zeros((B, H), dtype=dtype) if dc_carry is None else dc_carry.copy()
-        dh_next = np.zeros((B, H), dtype=dtype) if dh_carry is None else dh_carry.copy()
-        slope = np.empty((B, G), dtype=dtype)                  # the gates' derivatives
-        tmp = np.empty((B, H), dtype=dtype)
+        dc_s = dc.reshape(W, B, S, H)
+        dc_next = np.zeros((rows, H), dtype=dtype) if dc_carry is None else dc_carry.copy()
+        dc_next_s = dc_next.reshape(B, S, H)
+        slope = np.empty((B, 1, G), dtype=dtype)               # the gates' derivatives
+        tmp = np.empty((B, 1, H), dtype=dtype)
+        zeros_s = zeros[:, None]
         for t in reversed(range(start, stop)):
             w = t - start
             np.add(dh_direct[w], dh_next, out=dh[w])
-            gate = gates[t]
-            i, f, g, o = (gate[:, k * H:(k + 1) * H] for k in range(4))
-            tc = tanh_c[t]
-            c_prev = c[t - 1] if t > 0 else zeros
+            gate = gates[t][:, None]
+            i, f, g, o = (gate[..., k * H:(k + 1) * H] for k in range(4))
+            tc = tanh_c[t][:, None]
+            c_prev = c[t - 1][:, None] if t > 0 else zeros_s
+            dh_w, dc_w, da = dh_s[w], dc_s[w], d_gates_s[w]
             # h_t = o ⊙ tanh(c_t): into c_t, plus what c_{t+1} sends back through f_{t+1}
             np.multiply(tc, tc, out=tmp)
             np.subtract(1.0, tmp, out=tmp)
             tmp *= o
-            tmp *= dh[w]
-            np.add(tmp, dc_next, out=dc[w])
+            np.multiply(tmp, dh_w, out=dc_w)
+            dc_w += dc_next_s
             # σ' = s (1 - s) for i, f, o; tanh' = 1 - g² for the candidate g
             np.subtract(1.0, gate, out=slope)
             slope *= gate
             np.multiply(g, g, out=tmp)
-            np.subtract(1.0, tmp, out=slope[:, 2 * H:3 * H])
-            da = d_gates[w]
-            np.multiply(dc[w], g, out=da[:, :H])               # into i (c_t = f c + i g)
-            np.multiply(dc[w], c_prev, out=da[:, H:2 * H])     # into f
-            np.multiply(dc[w], i, out=da[:, 2 * H:3 * H])      # into g
-            np.multiply(dh[w], tc, out=da[:, 3 * H:])          # into o (h_t = o tanh(c_t))
+            np.subtract(1.0, tmp, out=slope[..., 2 * H:3 * H])
+            np.multiply(dc_w, g, out=da[..., :H])              # into i (c_t = f c + i g)
+            np.multiply(dc_w, c_prev, out=da[..., H:2 * H])    # into f
+            np.multiply(dc_w, i, out=da[..., 2 * H:3 * H])     # into g
+            np.multiply(dh_w, tc, out=da[..., 3 * H:])         # into o (h_t = o tanh(c_t))
             da *= slope                                        # through σ and tanh
-            np.multiply(dc[w], f, out=dc_next)                 # into c_{t-1}
-            np.matmul(da, w_hh, out=dh_next)                   # into h_{t-1} through W_hh
+            np.multiply(dc_w, f, out=dc_next_s)                # into c_{t-1}
+            np.matmul(d_gates[w], w_hh, out=dh_next)           # into h_{t-1} through W_hh
             if skip:
                 dh_next += dh[w]                               # ... and through the residual
 
     else:  # gru
         gates, hn = cache.gates, cache.hn
         assert gates is not None and hn is not None
-        d_hp = np.empty((W, B, G), dtype=dtype)
-        dh_next = np.zeros((B, H), dtype=dtype) if dh_carry is None else dh_carry.copy()
-        slope = np.empty((B, 2 * H), dtype=dtype)
-        tmp = np.empty((B, H), dtype=dtype)
+        d_hp = np.empty((W, rows, G), dtype=dtype)
+        d_hp_s = d_hp.reshape(W, B, S, G)
+        slope = np.empty((B, 1, 2 * H), dtype=dtype)
+        through_n = np.empty((B, 1, H), dtype=dtype)
+        tmp = np.empty((B, 1, H), dtype=dtype)
+        tmp_s = np.empty((B, S, H), dtype=dtype)
         for t in reversed(range(start, stop)):
             w = t - start
             np.add(dh_direct[w], dh_next, out=dh[w])
-            gate = gates[t]
-            r, z, n = (gate[:, k * H:(k + 1) * H] for k in range(3))
-            h_prev = h_before(t)
-            dar, daz, dan = (d_gates[w, :, k * H:(k + 1) * H] for k in range(3))
+            gate = gates[t][:, None]
+            r, z, n = (gate[..., k * H:(k + 1) * H] for k in range(3))
+            h_prev = h_before(t)[:, None]
+            dh_w, da = dh_s[w], d_gates_s[w]
+            dar, daz, dan = (da[..., k * H:(k + 1) * H] for k in range(3))
             # h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}; σ' = s (1 - s) for r and z
-            np.subtract(1.0, gate[:, :2 * H], out=slope)
-            slope *= gate[:, :2 * H]
-            np.subtract(1.0, z, out=dan)                              # through tanh of n
-            dan *= dh[w]
-            np.multiply(n, n, out=tmp)
-            np.subtract(1.0, tmp, out=tmp)
-            dan *= tmp
+            np.subtract(1.0, gate[..., :2 * H], out=slope)
+            slope *= gate[..., :2 * H]
+            np.multiply(n, n, out=tmp)                                # through tanh of n:
+            np.subtract(1.0, tmp, out=tmp)                            # (1 - z)(1 - n²)
+            np.subtract(1.0, z, out=through_n)
+            through_n *= tmp
+            np.multiply(dh_w, through_n, out=dan)
             np.subtract(h_prev, n, out=daz)                           # through σ of z
-            daz *= dh[w]
-            daz *= slope[:, H:]
-            np.multiply(dan, hn[t], out=dar)                          # n's r ⊙ (W_hn h + b_hn)
-            dar *= slope[:, :H]
-            d_hp[w, :, :2 * H] = d_gates[w, :, :2 * H]
-            np.multiply(dan, r, out=d_hp[w, :, 2 * H:])               # into W_hn h + b_hn
+            daz *= dh_w
+            daz *= slope[..., H:]
+            np.multiply(dan, hn[t][:, None], out=dar)                 # n's r ⊙ (W_hn h + b_hn)
+            dar *= slope[..., :H]
+            d_hp_s[w, ..., :2 * H] = da[..., :2 * H]
+            np.multiply(dan, r, out=d_hp_s[w, ..., 2 * H:])           # into W_hn h + b_hn
             np.matmul(d_hp[w], w_hh, out=dh_next)                     # into h_{t-1}: W_hh ...
-            dh_next += np.multiply(dh[w], z, out=tmp)                 # ... and z ⊙ h_{t-1}
+            dh_next_s += np.multiply(dh_w, z, out=tmp_s)              # ... and z ⊙ h_{t-1}
             if skip:
                 dh_next += dh[w]                                      # ... and the residual
 
     grads = None
-    if param_grads:
-        grads = _weight_grads(d_gates, d_hp, cache.x[start:stop], h[start:stop - 1],
+    if param_grads:  # stream 0's: every S-th row, in place
+        def first(a: np.ndarray) -> np.ndarray:
+            return a if S == 1 else a.reshape(W, B, S * G)[..., :G]
+        d0 = first(d_gates)
+        grads = _weight_grads(d0, d0 if d_hp is d_gates else first(d_hp),
+                              cache.x[start:stop], h[start:stop - 1],
                               h[start - 1] if start > 0 else None, groups)
     dx = _project(d_gates, w_ih.T, None) if input_grad else None
     carry_out = (dh_next, dc_next if arch.cell == "lstm" else None)
@@ -442,7 +468,8 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
 
 def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.ndarray, *,
              param_grads: bool = True, window: tuple[int, int] | None = None,
-             groups: int | None = None, carry: list | None = None) -> Backward:
+             groups: int | None = None, carry: list | None = None,
+             also: np.ndarray | None = None) -> Backward:
     """Backpropagate ``d_outputs`` (dL/dy, ``(T, B, O)``) through the head and every layer.
 
     With ``param_grads=False`` only the hidden (and cell) state gradients are computed.
@@ -454,15 +481,24 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
     ``carry``: per layer, the gradient arriving from after the window into its last state
     (dh, and dc for lstm), as a previous call's ``Backward.carry`` returned it: a long
     backward pass can then run window by window.
+    ``also``: a second dL/dy of the same shape whose state gradients alone are wanted (in
+    the result's ``also``). It is backpropagated in the same pass, its rows stacked under
+    the first's, so each per-step product serves both: cheaper than a second call, and
+    equal to it.
     """
     T, B, n_out = d_outputs.shape
+    if also is not None and groups is not None:
+        raise ValueError("backward: `also` and `groups` do not combine")
     start, stop = window if window is not None else (0, T)
     d_out = d_outputs[start:stop]
     W = stop - start
     top = fwd.top if fwd.top is not None else fwd.layers[-1].h
     grads: dict[str, np.ndarray] = {}
+    # what enters the top layer: both output gradients, stacked row-wise when there are two
+    d_in = d_out if also is None else \
+        np.stack([d_out, also[start:stop]], axis=2).reshape(W, 2 * B, n_out)
     if not arch.head:
-        dh_direct = d_out                           # the loss is on the top layer's output
+        dh_direct = d_in                            # the loss is on the top layer's output
     else:
         if param_grads and groups is None:
             flat = d_out.reshape(W * B, n_out)
@@ -475,7 +511,7 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
                                                                           groups)
             if arch.head_bias:
                 grads["head.bias"] = by_group.sum(axis=1)
-        dh_direct = _project(d_out, params["head.weight"].T, None)   # into the top layer
+        dh_direct = _project(d_in, params["head.weight"].T, None)    # into the top layer
     skips = residual_layers(arch)
     hidden: list[np.ndarray] = [None] * arch.num_layers  # type: ignore[list-item]
     cell: list[np.ndarray] = [None] * arch.num_layers    # type: ignore[list-item]
@@ -497,8 +533,19 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
             dx += dh_direct                         # out = h + x: the input gets it directly
         dh_direct = dx
     ordered = {name: grads[name] for name in params if name in grads}
-    return Backward(params=ordered, hidden=hidden, cell=cell if arch.cell == "lstm" else None,
-                    carry=carries)
+    lstm = arch.cell == "lstm"
+    if also is None:
+        return Backward(params=ordered, hidden=hidden, cell=cell if lstm else None,
+                        carry=carries)
+
+    def stream(a: np.ndarray, s: int) -> np.ndarray:   # rows b*2 + s
+        return a.reshape(W, B, 2, a.shape[-1])[:, :, s]
+
+    second = Backward(params={}, hidden=[stream(a, 1) for a in hidden],
+                      cell=[stream(a, 1) for a in cell] if lstm else None)
+    return Backward(params=ordered, hidden=[stream(a, 0) for a in hidden],
+                    cell=[stream(a, 0) for a in cell] if lstm else None, carry=carries,
+                    also=second)
 
 
 def truncated_bptt(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.ndarray,
