@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .bptt import Backward, Forward, backward, forward, loss_and_output_grad
+from .bptt import (
+    Backward,
+    Forward,
+    backward,
+    backward_streams,
+    forward,
+    loss_and_output_grad,
+)
 from .clip import sample_global_norms, suggest_clip
 from .data import Batches
 from .model import Architecture, Params, init_params
@@ -268,8 +275,9 @@ def truncation_stats(arch: Architecture, params: Params, fwd: Forward, d_out: np
                      full: dict[str, np.ndarray], signal: list[float], spec: Spec,
                      windows: list[int]) -> list[TruncationStats]:
     """Each window's TBPTT gradient against the full one, and what it would cost."""
-    from .bptt import truncated_bptt
+    from .bptt import truncated_bptt, truncated_bptt_cuts
     from .cost import truncated_cost
+    from .memory import stream_chunk
 
     pairs = [(k, k) for k in windows]
     configured = spec.training.truncation
@@ -278,9 +286,19 @@ def truncation_stats(arch: Architecture, params: Params, fwd: Forward, d_out: np
     full_norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in full.values()))
     squared = np.array(signal[::-1], dtype=np.float64) ** 2      # by distance from the end
     total_signal = float(squared.sum())
+    # windows with k1 = k2 go through shared passes, several side by side
+    same = [k1 for k1, k2 in pairs if k1 == k2]
+    T, B = d_out.shape[:2]
+    chunk = stream_chunk(arch, T, B, d_out.dtype.name, len(same))
+    shared: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    for first in range(0, len(same), chunk):
+        ks = same[first:first + chunk]
+        cuts = truncated_bptt_cuts(arch, params, fwd, d_out, ks)
+        shared.update(((k, k), g) for k, g in zip(ks, cuts, strict=True))
     out = []
     for k1, k2 in pairs:
-        cut = truncated_bptt(arch, params, fwd, d_out, k1, k2)
+        cut = shared.pop((k1, k2)) if (k1, k2) in shared else \
+            truncated_bptt(arch, params, fwd, d_out, k1, k2)
         diff = math.sqrt(sum(float(np.sum((cut[n] - full[n]).astype(np.float64) ** 2))
                              for n in full))
         cost = truncated_cost(arch, spec.length, spec.batch_size, spec.dtype, k1, k2)
@@ -313,16 +331,18 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
                                            spec.loss.timesteps, lengths)
         # With a loss at every step, the last step's loss alone (what reaches back only in
         # time) is backpropagated in the same pass, alongside.
-        grads = backward(arch, params, fwd, d_out,
-                         also=last_step_output_grad(d_out, lengths)
-                         if spec.loss.timesteps == "all" else None)
+        if spec.loss.timesteps == "all":
+            grads, last = backward_streams(arch, params, fwd,
+                                           [d_out, last_step_output_grad(d_out, lengths)],
+                                           param_grads=[True, False])
+        else:
+            grads = last = backward(arch, params, fwd, d_out)
         broken = non_finite_finding(params, fwd, loss, grads, names)
         hidden = [step_norms(h) for h in grads.hidden]
         cell = [step_norms(c) for c in grads.cell] if grads.cell else None
         param_grads = grads.params
-        last_hidden = grads.also.hidden if grads.also is not None else grads.hidden
-        signals = [aligned_step_norms(h, lengths) for h in last_hidden]
-        del grads, last_hidden
+        signals = [aligned_step_norms(h, lengths) for h in last.hidden]
+        del grads, last
         span = int(np.max(lengths)) if lengths is not None else spec.length
         layers = layer_stats(hidden, cell, signals, spec, span)
         param_stats = [ParameterStats(name=names[name], shape=list(g.shape),

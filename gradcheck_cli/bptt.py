@@ -30,6 +30,7 @@ This module measures and never intervenes: it returns raw gradients.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,9 +84,6 @@ class Backward:
     carry: list | None = None
     """Per layer, what leaves the window backwards: the gradient into the state just
     before it (dh, and dc for lstm)."""
-    also: Backward | None = None
-    """The state gradients of the second output gradient ``backward(..., also=...)`` was
-    given (no parameter gradients)."""
 
 
 @dataclass
@@ -93,6 +91,55 @@ class BPTTResult:
     loss: float
     forward: Forward
     grads: Backward
+
+
+class Buffers:
+    """Big arrays lent for one pass and taken back by :meth:`reclaim`, so that passes of
+    the same shapes (clip trials, training steps) reuse memory instead of asking the
+    system for fresh pages: the kernel zeroes every fresh page on first touch, which on a
+    large batch costs about as much as the arithmetic done in it.
+
+    Whoever calls :meth:`reclaim` promises that nothing it got from the passes before is
+    used again.
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[tuple, list[np.ndarray]] = {}
+        self._lent: list[np.ndarray] = []
+
+    def empty(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        key = (tuple(shape), np.dtype(dtype).str)
+        pool = self._free.get(key)
+        a = pool.pop() if pool else np.empty(shape, dtype=dtype)
+        self._lent.append(a)
+        return a
+
+    def give_back(self, a: np.ndarray) -> None:
+        """Return one array early (within a pass), when nothing uses it any more."""
+        for j, lent in enumerate(self._lent):
+            if lent is a:
+                del self._lent[j]
+                self._free.setdefault((a.shape, a.dtype.str), []).append(a)
+                return
+
+    def reclaim(self) -> None:
+        """Take back everything lent."""
+        for a in self._lent:
+            self._free.setdefault((a.shape, a.dtype.str), []).append(a)
+        self._lent = []
+
+
+class _Fresh(Buffers):
+    """No reuse: a fresh array every time (one-off passes)."""
+
+    def empty(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        return np.empty(shape, dtype=dtype)
+
+    def give_back(self, a: np.ndarray) -> None:
+        pass
+
+
+FRESH = _Fresh()
 
 
 def sigmoid_(a: np.ndarray) -> np.ndarray:
@@ -110,10 +157,12 @@ def _layer_params(params: Params, k: int) -> tuple[np.ndarray, np.ndarray,
             params.get(f"rnn.bias_ih_l{k}"), params.get(f"rnn.bias_hh_l{k}"))
 
 
-def _project(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+def _project(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+             buffers: Buffers = FRESH) -> np.ndarray:
     """``x W^T + b`` for every step at once: one ``(T*B, in) @ (in, out)`` product."""
     T, B, n_in = x.shape
-    out = x.reshape(T * B, n_in) @ w.T
+    out = buffers.empty((T, B, w.shape[0]), np.result_type(x, w))
+    np.matmul(x.reshape(T * B, n_in), w.T, out=out.reshape(T * B, w.shape[0]))
     if b is not None:
         out += b
     return out.reshape(T, B, w.shape[0])
@@ -122,7 +171,8 @@ def _project(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
 # ----------------------------------------------------------------------------- forward
 
 def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
-                  b_ih: np.ndarray | None, b_hh: np.ndarray | None) -> LayerCache:
+                  b_ih: np.ndarray | None, b_hh: np.ndarray | None,
+                  buffers: Buffers = FRESH) -> LayerCache:
     """Unroll one layer over the sequence ``x`` of shape ``(T, B, in)``.
 
     With ``arch.residual_time`` the state is h_t = h_{t-1} + cell(x_t, h_{t-1}).
@@ -131,17 +181,17 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
     H = w_hh.shape[1]
     dtype = x.dtype
     skip = arch.residual_time
-    xp = _project(x, w_ih, b_ih)            # input projections of every step: (T, B, G*H)
+    xp = _project(x, w_ih, b_ih, buffers)   # input projections of every step: (T, B, G*H)
     if b_hh is not None and arch.cell != "gru":
         xp += b_hh                          # both biases add outside the gates: fold them
         b_hh = None                         # (gru's b_hn sits inside r ⊙ (...): kept per step)
     w_hh_t = np.ascontiguousarray(w_hh.T)   # (H, G*H), so each step is h_prev @ w_hh_t
-    h = np.empty((T, B, H), dtype=dtype)
+    h = buffers.empty((T, B, H), dtype)
     h_prev = np.zeros((B, H), dtype=dtype)
     cache = LayerCache(x=x, h=h)
 
     if arch.cell == "rnn":
-        act = np.empty((T, B, H), dtype=dtype) if skip else h   # the cell's own output
+        act = buffers.empty((T, B, H), dtype) if skip else h    # the cell's own output
         for t in range(T):
             a = xp[t]
             a += h_prev @ w_hh_t
@@ -157,8 +207,8 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
 
     gates = xp  # activated in place, step by step
     if arch.cell == "lstm":
-        c = np.empty((T, B, H), dtype=dtype)
-        tanh_c = np.empty((T, B, H), dtype=dtype)
+        c = buffers.empty((T, B, H), dtype)
+        tanh_c = buffers.empty((T, B, H), dtype)
         c_prev = np.zeros((B, H), dtype=dtype)
         recurrent = np.empty((B, 4 * H), dtype=dtype)
         ig = np.empty((B, H), dtype=dtype)
@@ -180,7 +230,7 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
         return cache
 
     # gru
-    hn = np.empty((T, B, H), dtype=dtype)
+    hn = buffers.empty((T, B, H), dtype)
     hp = np.empty((B, 3 * H), dtype=dtype)
     tmp = np.empty((B, H), dtype=dtype)
     for t in range(T):
@@ -212,16 +262,21 @@ def residual_layers(arch: Architecture) -> list[int]:
     return [k for k in range(arch.num_layers) if arch.layer_input_size(k) == arch.hidden_size]
 
 
-def forward(arch: Architecture, params: Params, x: np.ndarray) -> Forward:
-    """Run the stack and the head over ``x`` of shape ``(T, B, input_size)``."""
+def forward(arch: Architecture, params: Params, x: np.ndarray, *,
+            buffers: Buffers = FRESH) -> Forward:
+    """Run the stack and the head over ``x`` of shape ``(T, B, input_size)``; the arrays
+    it keeps come from ``buffers``."""
     layers = []
     inputs = x
     skips = residual_layers(arch)
     for k in range(arch.num_layers):
-        cache = forward_layer(arch, inputs, *_layer_params(params, k))
+        cache = forward_layer(arch, inputs, *_layer_params(params, k), buffers=buffers)
         layers.append(cache)
-        inputs = cache.h + inputs if k in skips else cache.h   # residual across layers
-    outputs = _project(inputs, params["head.weight"], params.get("head.bias")) \
+        if k in skips:                                          # residual across layers
+            inputs = np.add(cache.h, inputs, out=buffers.empty(cache.h.shape, cache.h.dtype))
+        else:
+            inputs = cache.h
+    outputs = _project(inputs, params["head.weight"], params.get("head.bias"), buffers) \
         if arch.head else inputs
     return Forward(layers=layers, outputs=outputs, top=inputs)
 
@@ -278,14 +333,18 @@ def loss_and_output_grad(outputs: np.ndarray, targets: np.ndarray, kind: str,
 
 # ----------------------------------------------------------------------------- backward
 
-def _by_group(a: np.ndarray, groups: int) -> np.ndarray:
+def _by_group(a: np.ndarray, groups: int, buffers: Buffers = FRESH) -> np.ndarray:
     """``(W, groups * b, F)`` → ``(groups, W * b, F)``: each group's steps and rows together."""
     W, rows, F = a.shape
-    return a.reshape(W, groups, rows // groups, F).transpose(1, 0, 2, 3).reshape(groups, -1, F)
+    b = rows // groups
+    out = buffers.empty((groups, W * b, F), a.dtype)
+    out.reshape(groups, W, b, F)[...] = a.reshape(W, groups, b, F).transpose(1, 0, 2, 3)
+    return out
 
 
 def _weight_grads(d_gates: np.ndarray, d_hp: np.ndarray, x: np.ndarray, h: np.ndarray,
-                  h_before: np.ndarray | None, groups: int | None):
+                  h_before: np.ndarray | None, groups: int | None,
+                  buffers: Buffers = FRESH):
     """dW_ih, dW_hh, db_ih, db_hh summed over the window's steps, as one product each.
 
     x: the layer's input over the window; h: its states over the window's steps but the
@@ -305,36 +364,48 @@ def _weight_grads(d_gates: np.ndarray, d_hp: np.ndarray, x: np.ndarray, h: np.nd
         d_b_hh = d_b_ih.copy() if d_hp is d_gates else flat_hp.sum(axis=0)  # rnn, lstm: same
         return d_w_ih, d_w_hh, d_b_ih, d_b_hh
     # each group's rows, step by step: (groups, W * b, G); rows from b on skip step 0
-    d = _by_group(d_gates, groups)
-    hp = d if d_hp is d_gates else _by_group(d_hp, groups)
+    d = _by_group(d_gates, groups, buffers)
+    hp = d if d_hp is d_gates else _by_group(d_hp, groups, buffers)
     b = B // groups
-    d_w_ih = d.transpose(0, 2, 1) @ _by_group(x, groups)
-    d_w_hh = hp[:, b:].transpose(0, 2, 1) @ _by_group(h, groups) \
-        if W > 1 else np.zeros((groups, G, h.shape[-1]), dtype=d_gates.dtype)
+    x_by = _by_group(x, groups, buffers)
+    d_w_ih = d.transpose(0, 2, 1) @ x_by
+    buffers.give_back(x_by)
+    if W > 1:
+        h_by = _by_group(h, groups, buffers)
+        d_w_hh = hp[:, b:].transpose(0, 2, 1) @ h_by
+        buffers.give_back(h_by)
+    else:
+        d_w_hh = np.zeros((groups, G, h.shape[-1]), dtype=d_gates.dtype)
     if h_before is not None:
         d_w_hh += _by_group(d_hp[:1], groups).transpose(0, 2, 1) @ \
             _by_group(h_before[None], groups)
-    return d_w_ih, d_w_hh, d.sum(axis=1), hp.sum(axis=1)
+    sums = d.sum(axis=1), hp.sum(axis=1)
+    for a in {id(d): d, id(hp): hp}.values():
+        buffers.give_back(a)
+    return d_w_ih, d_w_hh, *sums
 
 
 def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
                    w_ih: np.ndarray, w_hh: np.ndarray, *, start: int = 0,
-                   param_grads: bool = True, input_grad: bool = True,
+                   param_grads: bool | Sequence[bool] = True, input_grad: bool = True,
                    groups: int | None = None,
-                   carry: tuple[np.ndarray, np.ndarray | None] | None = None):
+                   carry: tuple[np.ndarray, np.ndarray | None] | None = None,
+                   cuts: Sequence[Collection[int]] | None = None,
+                   buffers: Buffers = FRESH):
     """Backpropagate through steps ``start … start + W - 1`` of one layer.
 
     dh_direct: ``(W, S*B, H)``, the gradient reaching each h_t from outside the recurrence
-    (the head, or the layer above). S > 1 interleaves S independent output gradients
-    row-wise (row ``b*S + s`` is sequence b of stream s): they meet the same Jacobians, so
-    every per-step product serves them all; parameter gradients are stream 0's, read in
-    place (a strided view the BLAS takes as it is). Nothing arrives
-    from after the window, and nothing is passed on into h_{start-1} (truncated BPTT cuts
-    there; by default the window is the whole sequence). Returns ``(grads, dx, dh, dc,
-    carry)``: parameter gradients ``(dW_ih, dW_hh, db_ih, db_hh)`` or None, dL/dx
-    ``(W, S*B, in)`` or None, the total dL/dh_t ``(W, S*B, H)``, for lstm dL/dc_t, and the
-    carry: what leaves the window backwards (the gradient into h_{start-1}, and c_{start-1}
-    for lstm).
+    (the head, or the layer above). S > 1 interleaves S independent streams row-wise (row
+    ``b*S + s`` is sequence b of stream s): they meet the same Jacobians, so every per-step
+    product serves them all. ``param_grads``: per stream (or for all), whether its
+    parameter gradients are wanted; each is read from its own rows in place (a strided view
+    the BLAS takes as it is). ``cuts``: per stream, the steps t whose gradient does not
+    pass on into h_{t-1} (truncated BPTT's detach points). Nothing arrives from after the
+    window, and nothing is passed on into h_{start-1} (by default the window is the whole
+    sequence). Returns ``(grads, dx, dh, dc, carry)``: per stream, the parameter gradients
+    ``(dW_ih, dW_hh, db_ih, db_hh)`` or None; dL/dx ``(W, S*B, in)`` or None; the total
+    dL/dh_t ``(W, S*B, H)``; for lstm dL/dc_t; and the carry: what leaves the window
+    backwards (the gradient into h_{start-1}, and c_{start-1} for lstm).
     """
     W, rows, H = dh_direct.shape
     stop = start + W
@@ -349,8 +420,8 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
     def h_before(t: int) -> np.ndarray:
         return h[t - 1] if t > 0 else zeros
 
-    dh = np.empty_like(dh_direct)                  # total dL/dh_t, as recorded
-    d_gates = np.empty((W, rows, G), dtype=dtype)  # dL/d(pre-activation), input side
+    dh = buffers.empty(dh_direct.shape, dtype)     # total dL/dh_t, as recorded
+    d_gates = buffers.empty((W, rows, G), dtype)   # dL/d(pre-activation), input side
     d_hp = d_gates                                 # dL/d(W_hh h_{t-1} + b_hh); differs for gru
     # Per step, the same arrays seen sequence by sequence, (B, S, ...): the forward's
     # arrays, seen as (B, 1, ...), broadcast over the streams.
@@ -362,6 +433,12 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
     dh_next = np.zeros((rows, H), dtype=dtype) if dh_carry is None else dh_carry.copy()
     dh_next_s = dh_next.reshape(B, S, H)
     dc = None
+    # the streams whose gradient stops at step t, by step
+    cut_at: dict[int, list[int]] = {}
+    for stream, steps in enumerate(cuts or []):
+        for t in steps:
+            if start < t < stop:
+                cut_at.setdefault(t, []).append(stream)
 
     if arch.cell == "rnn":
         act = cache.gates if cache.gates is not None else h
@@ -376,11 +453,13 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
             np.matmul(d_gates[w], w_hh, out=dh_next)           # into h_{t-1} through W_hh
             if skip:
                 dh_next += dh[w]                               # ... and through h_t = h_{t-1} + ...
+            for stream in cut_at.get(t, ()):
+                dh_next_s[:, stream] = 0.0
 
     elif arch.cell == "lstm":
         gates, c, tanh_c = cache.gates, cache.c, cache.tanh_c
         assert gates is not None and c is not None and tanh_c is not None
-        dc = np.empty_like(dh_direct)                          # total dL/dc_t, as recorded
+        dc = buffers.empty(dh_direct.shape, dtype)             # total dL/dc_t, as recorded
         dc_s = dc.reshape(W, B, S, H)
         dc_next = np.zeros((rows, H), dtype=dtype) if dc_carry is None else dc_carry.copy()
         dc_next_s = dc_next.reshape(B, S, H)
@@ -415,11 +494,14 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
             np.matmul(d_gates[w], w_hh, out=dh_next)           # into h_{t-1} through W_hh
             if skip:
                 dh_next += dh[w]                               # ... and through the residual
+            for stream in cut_at.get(t, ()):
+                dh_next_s[:, stream] = 0.0
+                dc_next_s[:, stream] = 0.0
 
     else:  # gru
         gates, hn = cache.gates, cache.hn
         assert gates is not None and hn is not None
-        d_hp = np.empty((W, rows, G), dtype=dtype)
+        d_hp = buffers.empty((W, rows, G), dtype)
         d_hp_s = d_hp.reshape(W, B, S, G)
         slope = np.empty((B, 1, 2 * H), dtype=dtype)
         through_n = np.empty((B, 1, H), dtype=dtype)
@@ -452,16 +534,25 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
             dh_next_s += np.multiply(dh_w, z, out=tmp_s)              # ... and z ⊙ h_{t-1}
             if skip:
                 dh_next += dh[w]                                      # ... and the residual
+            for stream in cut_at.get(t, ()):
+                dh_next_s[:, stream] = 0.0
 
-    grads = None
-    if param_grads:  # stream 0's: every S-th row, in place
-        def first(a: np.ndarray) -> np.ndarray:
-            return a if S == 1 else a.reshape(W, B, S * G)[..., :G]
-        d0 = first(d_gates)
-        grads = _weight_grads(d0, d0 if d_hp is d_gates else first(d_hp),
-                              cache.x[start:stop], h[start:stop - 1],
-                              h[start - 1] if start > 0 else None, groups)
-    dx = _project(d_gates, w_ih.T, None) if input_grad else None
+    wanted = [param_grads] * S if isinstance(param_grads, bool) else list(param_grads)
+
+    def rows_of(a: np.ndarray, stream: int) -> np.ndarray:    # every S-th row, in place
+        return a if S == 1 else a.reshape(W, B, S * G)[..., stream * G:(stream + 1) * G]
+
+    def stream_grads(stream: int):
+        d = rows_of(d_gates, stream)
+        return _weight_grads(d, d if d_hp is d_gates else rows_of(d_hp, stream),
+                             cache.x[start:stop], h[start:stop - 1],
+                             h[start - 1] if start > 0 else None, groups, buffers)
+
+    grads = [stream_grads(stream) if want else None for stream, want in enumerate(wanted)]
+    dx = _project(d_gates, w_ih.T, None, buffers) if input_grad else None
+    buffers.give_back(d_gates)                     # the layer below takes them up again
+    if d_hp is not d_gates:
+        buffers.give_back(d_hp)
     carry_out = (dh_next, dc_next if arch.cell == "lstm" else None)
     return grads, dx, dh, dc, carry_out
 
@@ -469,7 +560,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
 def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.ndarray, *,
              param_grads: bool = True, window: tuple[int, int] | None = None,
              groups: int | None = None, carry: list | None = None,
-             also: np.ndarray | None = None) -> Backward:
+             buffers: Buffers = FRESH) -> Backward:
     """Backpropagate ``d_outputs`` (dL/dy, ``(T, B, O)``) through the head and every layer.
 
     With ``param_grads=False`` only the hidden (and cell) state gradients are computed.
@@ -481,37 +572,53 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
     ``carry``: per layer, the gradient arriving from after the window into its last state
     (dh, and dc for lstm), as a previous call's ``Backward.carry`` returned it: a long
     backward pass can then run window by window.
-    ``also``: a second dL/dy of the same shape whose state gradients alone are wanted (in
-    the result's ``also``). It is backpropagated in the same pass, its rows stacked under
-    the first's, so each per-step product serves both: cheaper than a second call, and
-    equal to it.
     """
-    T, B, n_out = d_outputs.shape
-    if also is not None and groups is not None:
-        raise ValueError("backward: `also` and `groups` do not combine")
+    return backward_streams(arch, params, fwd, [d_outputs], param_grads=[param_grads],
+                            window=window, groups=groups, carry=carry, buffers=buffers)[0]
+
+
+def backward_streams(arch: Architecture, params: Params, fwd: Forward,
+                     d_outputs: Sequence[np.ndarray], *, param_grads: Sequence[bool],
+                     cuts: Sequence[Collection[int]] | None = None,
+                     window: tuple[int, int] | None = None, groups: int | None = None,
+                     carry: list | None = None, buffers: Buffers = FRESH) -> list[Backward]:
+    """:func:`backward` of several output gradients at once, one :class:`Backward` each.
+
+    Every ``d_outputs[s]`` (dL/dy, ``(T, B, O)``) meets the same Jacobians, so they go
+    through one pass with their rows interleaved, and each per-step product serves them
+    all: cheaper than one call each, and equal to it. ``param_grads[s]``: whether stream
+    s's parameter gradients are wanted (otherwise its state gradients only). ``cuts[s]``:
+    the steps t at which stream s's gradient stops instead of passing into step t - 1, in
+    every layer (the detach points of truncated BPTT). ``groups`` and ``carry`` take one
+    stream. The arrays returned (and the working ones) come from ``buffers``.
+    """
+    S = len(d_outputs)
+    if S > 1 and (groups is not None or carry is not None):
+        raise ValueError("backward_streams: groups and carry take one stream")
+    T, B, n_out = d_outputs[0].shape
     start, stop = window if window is not None else (0, T)
-    d_out = d_outputs[start:stop]
     W = stop - start
+    outs = [d[start:stop] for d in d_outputs]
     top = fwd.top if fwd.top is not None else fwd.layers[-1].h
-    grads: dict[str, np.ndarray] = {}
-    # what enters the top layer: both output gradients, stacked row-wise when there are two
-    d_in = d_out if also is None else \
-        np.stack([d_out, also[start:stop]], axis=2).reshape(W, 2 * B, n_out)
+    grads: list[dict[str, np.ndarray]] = [{} for _ in range(S)]
+    # what enters the top layer: every stream, rows interleaved (b*S + s)
+    d_in = outs[0] if S == 1 else np.stack(outs, axis=2).reshape(W, S * B, n_out)
     if not arch.head:
         dh_direct = d_in                            # the loss is on the top layer's output
     else:
-        if param_grads and groups is None:
-            flat = d_out.reshape(W * B, n_out)
-            grads["head.weight"] = flat.T @ top[start:stop].reshape(W * B, -1)
-            if arch.head_bias:
-                grads["head.bias"] = flat.sum(axis=0)
-        elif param_grads and groups is not None:
-            by_group = _by_group(d_out, groups)
-            grads["head.weight"] = by_group.transpose(0, 2, 1) @ _by_group(top[start:stop],
-                                                                          groups)
-            if arch.head_bias:
-                grads["head.bias"] = by_group.sum(axis=1)
-        dh_direct = _project(d_in, params["head.weight"].T, None)    # into the top layer
+        for s, d_out in enumerate(outs):
+            if param_grads[s] and groups is None:
+                flat = d_out.reshape(W * B, n_out)
+                grads[s]["head.weight"] = flat.T @ top[start:stop].reshape(W * B, -1)
+                if arch.head_bias:
+                    grads[s]["head.bias"] = flat.sum(axis=0)
+            elif param_grads[s] and groups is not None:
+                by_group = _by_group(d_out, groups)
+                grads[s]["head.weight"] = by_group.transpose(0, 2, 1) @ _by_group(
+                    top[start:stop], groups)
+                if arch.head_bias:
+                    grads[s]["head.bias"] = by_group.sum(axis=1)
+        dh_direct = _project(d_in, params["head.weight"].T, None, buffers)  # into the top
     skips = residual_layers(arch)
     hidden: list[np.ndarray] = [None] * arch.num_layers  # type: ignore[list-item]
     cell: list[np.ndarray] = [None] * arch.num_layers    # type: ignore[list-item]
@@ -521,31 +628,48 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
         layer_grads, dx, hidden[k], cell[k], carries[k] = backward_layer(
             arch, fwd.layers[k], dh_direct, w_ih, w_hh, start=start,
             param_grads=param_grads, input_grad=k > 0, groups=groups,
-            carry=carry[k] if carry is not None else None)
-        if layer_grads is not None:
-            d_w_ih, d_w_hh, d_b_ih, d_b_hh = layer_grads
-            grads[f"rnn.weight_ih_l{k}"] = d_w_ih
-            grads[f"rnn.weight_hh_l{k}"] = d_w_hh
+            carry=carry[k] if carry is not None else None, cuts=cuts, buffers=buffers)
+        for s, stream_grads in enumerate(layer_grads):
+            if stream_grads is None:
+                continue
+            d_w_ih, d_w_hh, d_b_ih, d_b_hh = stream_grads
+            grads[s][f"rnn.weight_ih_l{k}"] = d_w_ih
+            grads[s][f"rnn.weight_hh_l{k}"] = d_w_hh
             if arch.bias:
-                grads[f"rnn.bias_ih_l{k}"] = d_b_ih
-                grads[f"rnn.bias_hh_l{k}"] = d_b_hh
+                grads[s][f"rnn.bias_ih_l{k}"] = d_b_ih
+                grads[s][f"rnn.bias_hh_l{k}"] = d_b_hh
         if k in skips and dx is not None:
             dx += dh_direct                         # out = h + x: the input gets it directly
+        if dh_direct is not d_in:
+            buffers.give_back(dh_direct)
         dh_direct = dx
-    ordered = {name: grads[name] for name in params if name in grads}
     lstm = arch.cell == "lstm"
-    if also is None:
-        return Backward(params=ordered, hidden=hidden, cell=cell if lstm else None,
-                        carry=carries)
 
-    def stream(a: np.ndarray, s: int) -> np.ndarray:   # rows b*2 + s
-        return a.reshape(W, B, 2, a.shape[-1])[:, :, s]
+    def stream(a: np.ndarray, s: int) -> np.ndarray:   # stream s's rows, in place
+        return a if S == 1 else a.reshape(*a.shape[:-2], B, S, a.shape[-1])[..., s, :]
 
-    second = Backward(params={}, hidden=[stream(a, 1) for a in hidden],
-                      cell=[stream(a, 1) for a in cell] if lstm else None)
-    return Backward(params=ordered, hidden=[stream(a, 0) for a in hidden],
-                    cell=[stream(a, 0) for a in cell] if lstm else None, carry=carries,
-                    also=second)
+    return [Backward(params={name: grads[s][name] for name in params if name in grads[s]},
+                     hidden=[stream(a, s) for a in hidden],
+                     cell=[stream(a, s) for a in cell] if lstm else None,
+                     carry=[(stream(dh, s), stream(dc, s) if dc is not None else None)
+                            for dh, dc in carries])
+            for s in range(S)]
+
+
+def truncated_bptt_cuts(arch: Architecture, params: Params, fwd: Forward,
+                        d_outputs: np.ndarray, windows: Sequence[int]
+                        ) -> list[dict[str, np.ndarray]]:
+    """:func:`truncated_bptt` (k, k) for each k of ``windows``, in one backward pass.
+
+    With k1 = k2 = k the chunks do not overlap, and each chunk's losses reach only its own
+    steps: the same as backpropagating every loss at once with the gradient stopped at the
+    start of each chunk (the sum is linear). Each window is a stream with its own cuts.
+    """
+    T = d_outputs.shape[0]
+    results = backward_streams(arch, params, fwd, [d_outputs] * len(windows),
+                               param_grads=[True] * len(windows),
+                               cuts=[range(k, T, k) for k in windows])
+    return [r.params for r in results]
 
 
 def truncated_bptt(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.ndarray,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .bptt import backward, forward, loss_and_output_grad
+from .bptt import Buffers, backward, forward, loss_and_output_grad
 from .model import Architecture, Params
 from .report import ClipCandidate, ClipSuggestion
 
@@ -34,26 +34,30 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
     Several trials' batches go through one forward and one backward pass side by side (the
     recurrence treats every sequence on its own), each with its own loss normalisation, and
     the weight gradients are summed per trial: the same numbers as one run per trial, in
-    fewer, larger matrix products.
+    fewer, larger matrix products. Chunks of the same size reuse one set of arrays.
     """
     from .memory import trial_chunk
     norms = np.empty(trials)
     B = spec.batch_size
     chunk = trial_chunk(arch, spec.length, B, spec.dtype, trials)
     done = 0
+    buffers, size = Buffers(), chunk
     while done < trials:
         k = min(chunk, trials - done)
+        if k != size:  # the last, smaller chunk: other shapes, the old arrays go
+            buffers, size = Buffers(), k
+        buffers.reclaim()
         draws = [batches.draw(done + j + 1) for j in range(k)]
         x = np.concatenate([d.x for d in draws], axis=1)
         with np.errstate(all="ignore"):
-            fwd = forward(arch, params, x)
+            fwd = forward(arch, params, x, buffers=buffers)
             d_out = np.empty_like(fwd.outputs)
             for j, d in enumerate(draws):
                 rows = slice(j * B, (j + 1) * B)
                 _, d_out[:, rows] = loss_and_output_grad(
                     fwd.outputs[:, rows], d.targets, spec.loss.kind, spec.loss.timesteps,
                     d.lengths)
-            grads = backward(arch, params, fwd, d_out, groups=k).params
+            grads = backward(arch, params, fwd, d_out, groups=k, buffers=buffers).params
             squares = sum(np.sum(g.reshape(k, -1).astype(np.float64) ** 2, axis=1)
                           for g in grads.values())
             norms[done:done + k] = np.sqrt(squares)

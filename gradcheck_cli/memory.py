@@ -42,30 +42,68 @@ def trial_chunk(arch: Architecture, steps: int, batch: int, dtype: str, trials: 
     return max(1, min(trials, STACKED_ROWS // batch, by_memory))
 
 
+def stream_bytes(arch: Architecture, steps: int, batch: int, dtype: str) -> int:
+    """What one stream of a backward pass holds: the per-step state gradients of every
+    layer (dL/dh, and dL/dc for lstm) and one layer's working arrays."""
+    H = arch.hidden_size
+    GH = arch.gates * H
+    kept = H * (2 if arch.cell == "lstm" else 1)                     # dL/dh (and dL/dc)
+    working = max(GH * (2 if arch.cell == "gru" else 1) + arch.layer_input_size(k) + H
+                  for k in range(arch.num_layers))                   # d_gates, dx, dh_direct
+    return steps * batch * (arch.num_layers * kept + working) * np.dtype(dtype).itemsize
+
+
+STREAMS = 2
+"""Output gradients that analyze's backward pass carries side by side: the loss, and the
+last step's loss alone."""
+WINDOWS = 5
+"""Truncation windows the estimate allows for: the default four and a configured one."""
+
+
+def stream_chunk(arch: Architecture, steps: int, batch: int, dtype: str, n: int) -> int:
+    """How many streams (truncation windows) go through one backward pass: as many as the
+    main pass's :data:`STREAMS` (already counted), more while they stay under
+    :data:`STACKED_BYTES`."""
+    one = stream_bytes(arch, steps, batch, dtype)
+    return max(1, min(n, max(STREAMS, STACKED_BYTES // max(one, 1))))
+
+
 def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
              optimizer_state: bool = False, trials: int = 0) -> Estimate:
     """Peak bytes of analysing (or training) ``arch`` on ``steps`` x ``batch``, with
-    ``trials`` clip trials (which may run several batches side by side)."""
-    stacked = trials > 0 and trial_chunk(arch, steps, batch, dtype, trials) > 1
-    if trials:
-        batch *= trial_chunk(arch, steps, batch, dtype, trials)
+    ``trials`` clip trials (which may run several batches side by side).
+
+    The phases run one after another and reuse memory, so the peak is the largest of:
+    the main pass (:data:`STREAMS` output gradients side by side; one when training), the
+    truncation table's passes (up to :data:`WINDOWS` windows side by side, see
+    :func:`stream_chunk`) and the clip trials (several batches side by side).
+    """
     item = np.dtype(dtype).itemsize
-    T, B, H = steps, batch, arch.hidden_size
+    T, H = steps, arch.hidden_size
     GH = arch.gates * H
-    per_layer_kept = H * (2 if arch.cell == "lstm" else 1)          # dL/dh (and dL/dc)
-    working = max(GH * (2 if arch.cell == "gru" else 1) + arch.layer_input_size(k) + H
-                  for k in range(arch.num_layers))                   # d_gates, dx, dh_direct
-    params = arch.parameter_count()
-    parts = {
-        "activations": activation_bytes(arch, T, B, item),
-        "state gradients": T * B * (arch.num_layers * per_layer_kept + working) * item,
-        "norms": T * B * H * 8,                                      # float64 copies
-        "outputs and targets": 3 * T * B * arch.output_size * item,
-        "parameters": params * item * (5 if optimizer_state else 3),
-    }
-    if stacked:  # per-trial weight gradients regroup one layer's arrays by trial
-        parts["trial regrouping"] = T * B * max(
-            2 * GH + arch.layer_input_size(k) + H for k in range(arch.num_layers)) * item
+
+    def phase(B: int, streams: int, regroup: bool) -> dict[str, int]:
+        parts = {
+            "activations": activation_bytes(arch, T, B, item),
+            "state gradients": streams * stream_bytes(arch, T, B, dtype),
+            "norms": T * B * H * 8,                                  # float64 copies
+            "outputs and targets": 3 * T * B * arch.output_size * item,
+            "parameters": arch.parameter_count() * item * (5 if optimizer_state else 3),
+        }
+        if regroup:  # per-trial weight gradients regroup one layer's arrays by trial
+            parts["trial regrouping"] = T * B * max(
+                2 * GH + arch.layer_input_size(k) + H for k in range(arch.num_layers)) * item
+        return parts
+
+    if optimizer_state:
+        phases = [phase(batch, 1, False)]
+    else:
+        phases = [phase(batch, STREAMS, False),
+                  phase(batch, stream_chunk(arch, T, batch, dtype, WINDOWS), False)]
+    if trials:
+        chunk = trial_chunk(arch, steps, batch, dtype, trials)
+        phases.append(phase(batch * chunk, 1, chunk > 1))
+    parts = max(phases, key=lambda p: sum(p.values()))
     arrays = int(sum(parts.values()) * MARGIN)
     parts["interpreter and libraries"] = OVERHEAD
     return Estimate(total=arrays + OVERHEAD, parts=parts)

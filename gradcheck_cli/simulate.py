@@ -17,7 +17,7 @@ import numpy as np
 
 from . import __version__
 from .analysis import model_parameters
-from .bptt import backward, forward, loss_and_output_grad, truncated_bptt
+from .bptt import Buffers, backward, forward, loss_and_output_grad, truncated_bptt
 from .clip import suggest_clip
 from .data import Batches
 from .mitigations import Mitigator, global_norm, parse_mitigations
@@ -103,14 +103,16 @@ def _train(spec: Spec, mitigation: str, steps: int, optimizer: str, lr: float, d
     mitigate = Mitigator(parse_mitigations(mitigation))
     opt = make_optimizer(optimizer, lr)
     trace = _Trace()
+    buffers = Buffers()  # every step has the same shapes: one set of arrays serves them all
     for step in range(steps):
         batch = batches.draw(0 if data == "fixed" else step + 1)
+        buffers.reclaim()
         with np.errstate(all="ignore"):
-            fwd = forward(arch, params, batch.x)
+            fwd = forward(arch, params, batch.x, buffers=buffers)
             loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
                                                spec.loss.timesteps, batch.lengths)
             if truncation is None:
-                grads = backward(arch, params, fwd, d_out).params
+                grads = backward(arch, params, fwd, d_out, buffers=buffers).params
             else:
                 grads = truncated_bptt(arch, params, fwd, d_out, *truncation)
             norm = global_norm(grads)

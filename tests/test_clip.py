@@ -9,6 +9,7 @@ from gradcheck_cli.analysis import model_parameters
 from gradcheck_cli.clip import fraction_clipped, sample_global_norms, suggest_clip
 from gradcheck_cli.data import Batches
 from gradcheck_cli.mitigations import global_norm
+from gradcheck_cli.model import Architecture
 from gradcheck_cli.spec import load_spec
 from tests.conftest import SAMPLES
 
@@ -63,10 +64,17 @@ def test_trials_are_independent_and_reproducible():
     ("lstm_healthy", []), ("gru_vanishing", []), ("rnn_exploding", []),
     ("lstm_healthy", ["model.residual.layers=true", "model.residual.time=true"]),
 ])
-def test_stacked_trials_give_each_trials_own_norm(name, overrides):
-    """Trials side by side in one pass give exactly what one run per trial gives."""
+@pytest.mark.parametrize("rows_per_pass", [None, 3])
+def test_stacked_trials_give_each_trials_own_norm(name, overrides, rows_per_pass, monkeypatch):
+    """Trials side by side in one pass give exactly what one run per trial gives; also
+    in chunks (3 + 3 + 1 trials), each reusing the arrays of the chunk before."""
+    from gradcheck_cli import memory
     from gradcheck_cli.bptt import bptt
     spec = load_spec(next(p for p in SAMPLES if p.stem == name), overrides)
+    if rows_per_pass is not None:
+        monkeypatch.setattr(memory, "STACKED_ROWS", rows_per_pass * spec.batch_size)
+        assert memory.trial_chunk(Architecture.from_spec(spec.model), spec.length,
+                                  spec.batch_size, spec.dtype, 7) == rows_per_pass
     arch, params = model_parameters(spec)
     batches = Batches(spec)
     stacked = sample_global_norms(arch, params, batches, spec, 7)

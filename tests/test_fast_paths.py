@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.analysis import last_step_output_grad
-from gradcheck_cli.bptt import backward, forward, loss_and_output_grad
+from gradcheck_cli.bptt import (
+    Buffers,
+    backward,
+    backward_streams,
+    forward,
+    loss_and_output_grad,
+    truncated_bptt,
+    truncated_bptt_cuts,
+)
 from gradcheck_cli.model import init_params
 from gradcheck_cli.spec import InitSpec
 from tests.conftest import make_problem
@@ -39,7 +47,8 @@ def _variant(arch, variant):
 @pytest.mark.parametrize("float32", [False, True])
 def test_a_second_output_gradient_alongside_equals_its_own_pass(rng, cell, nonlinearity,
                                                                   variant, float32):
-    """backward(d, also=d2) gives d's gradients and d2's state gradients, as two calls do."""
+    """Two output gradients in one pass give d's gradients and d2's state gradients, as
+    two calls do."""
     arch, _, x, targets = make_problem(rng, cell, nonlinearity, layers=3, T=6, B=3, I=4,
                                        H=4, O=4)
     arch = _variant(arch, variant)
@@ -52,22 +61,23 @@ def test_a_second_output_gradient_alongside_equals_its_own_pass(rng, cell, nonli
     _, d_out = loss_and_output_grad(fwd.outputs, targets.astype(dtype), "mse", "all")
     d_last = last_step_output_grad(d_out, None)
 
-    together = backward(arch, params, fwd, d_out, also=d_last)
+    together, second = backward_streams(arch, params, fwd, [d_out, d_last],
+                                        param_grads=[True, False])
     alone = backward(arch, params, fwd, d_out)
     last = backward(arch, params, fwd, d_last, param_grads=False)
     tol = dict(rtol=1e-5, atol=1e-6) if float32 else dict(rtol=1e-12, atol=1e-14)
     assert together.params.keys() == alone.params.keys()
     for name, g in alone.params.items():
         np.testing.assert_allclose(together.params[name], g, err_msg=name, **tol)
-    assert together.also is not None and together.also.params == {}
+    assert second.params == {}
     for k in range(arch.num_layers):
         np.testing.assert_allclose(together.hidden[k], alone.hidden[k], **tol)
-        np.testing.assert_allclose(together.also.hidden[k], last.hidden[k], **tol)
+        np.testing.assert_allclose(second.hidden[k], last.hidden[k], **tol)
         if cell == "lstm":
             np.testing.assert_allclose(together.cell[k], alone.cell[k], **tol)
-            np.testing.assert_allclose(together.also.cell[k], last.cell[k], **tol)
+            np.testing.assert_allclose(second.cell[k], last.cell[k], **tol)
         else:
-            assert together.cell is None and together.also.cell is None
+            assert together.cell is None and second.cell is None
 
 
 @pytest.mark.parametrize("cell,nonlinearity", CELLS)
@@ -79,19 +89,108 @@ def test_the_second_gradient_alongside_works_in_a_window_and_with_padding(rng, c
     fwd = forward(arch, params, x)
     _, d_out = loss_and_output_grad(fwd.outputs, targets, "mse", "all", lengths)
     d_last = last_step_output_grad(d_out, lengths)
-    together = backward(arch, params, fwd, d_out, also=d_last, window=(2, 6))
+    together, second = backward_streams(arch, params, fwd, [d_out, d_last],
+                                        param_grads=[True, False], window=(2, 6))
     alone = backward(arch, params, fwd, d_out, window=(2, 6))
     last = backward(arch, params, fwd, d_last, window=(2, 6), param_grads=False)
     for name, g in alone.params.items():
         _close(together.params[name], g, name)
     for k in range(arch.num_layers):
         _close(together.hidden[k], alone.hidden[k], f"layer {k}")
-        _close(together.also.hidden[k], last.hidden[k], f"layer {k}, last step")
+        _close(second.hidden[k], last.hidden[k], f"layer {k}, last step")
 
 
-def test_also_refuses_groups(rng):
+def test_streams_refuse_groups_and_carry(rng):
     arch, params, x, targets = make_problem(rng)
     fwd = forward(arch, params, x)
     _, d_out = loss_and_output_grad(fwd.outputs, targets, "mse", "all")
-    with pytest.raises(ValueError, match="also"):
-        backward(arch, params, fwd, d_out, also=d_out, groups=2)
+    with pytest.raises(ValueError, match="one stream"):
+        backward_streams(arch, params, fwd, [d_out, d_out], param_grads=[True, True],
+                         groups=2)
+
+
+@pytest.mark.parametrize("cell,nonlinearity", CELLS)
+@pytest.mark.parametrize("variant", ["plain", "residual-time", "residual-layers", "headless"])
+def test_every_streams_parameter_gradients_are_its_own(rng, cell, nonlinearity, variant):
+    """Three different output gradients side by side: each stream's parameter gradients
+    are what a call of its own gives."""
+    arch, _, x, _ = make_problem(rng, cell, nonlinearity, layers=2, T=5, B=2, I=3, H=3)
+    arch = _variant(arch, variant)
+    if variant == "residual-layers":
+        x = rng.normal(size=(5, 2, 3))
+    params = init_params(arch, InitSpec(), rng)
+    fwd = forward(arch, params, x)
+    outs = [rng.normal(size=fwd.outputs.shape) for _ in range(3)]
+    streams = backward_streams(arch, params, fwd, outs, param_grads=[True, False, True])
+    assert streams[1].params == {}
+    for s in (0, 2):
+        alone = backward(arch, params, fwd, outs[s])
+        assert streams[s].params.keys() == alone.params.keys()
+        for name, g in alone.params.items():
+            _close(streams[s].params[name], g, f"stream {s}: {name}")
+        for k in range(arch.num_layers):
+            _close(streams[s].hidden[k], alone.hidden[k], f"stream {s}: layer {k}")
+
+
+@pytest.mark.parametrize("cell,nonlinearity", CELLS)
+@pytest.mark.parametrize("variant", ["plain", "residual-time", "residual-layers"])
+def test_truncation_windows_in_one_pass_equal_chunk_by_chunk(rng, cell, nonlinearity,
+                                                              variant):
+    """TBPTT(k, k) as cuts in one pass equals backpropagating each chunk on its own, for
+    windows that divide the length and windows that leave a short last chunk."""
+    arch, _, x, targets = make_problem(rng, cell, nonlinearity, layers=2, T=11, B=2, I=3,
+                                       H=3)
+    arch = _variant(arch, variant)
+    params = init_params(arch, InitSpec(), rng)
+    fwd = forward(arch, params, x)
+    _, d_out = loss_and_output_grad(fwd.outputs, targets, "mse", "all")
+    windows = [1, 3, 4, 11]
+    together = truncated_bptt_cuts(arch, params, fwd, d_out, windows)
+    full = backward(arch, params, fwd, d_out).params
+    for k, cut in zip(windows, together, strict=True):
+        chunked = truncated_bptt(arch, params, fwd, d_out, k, k)
+        assert cut.keys() == chunked.keys()
+        for name, g in chunked.items():
+            _close(cut[name], g, f"k={k}: {name}")
+    for name, g in full.items():  # a window as long as the sequence cuts nothing
+        _close(together[-1][name], g, name)
+    # and a cut changes something: k=1 is not the full gradient
+    assert not np.allclose(together[0]["rnn.weight_hh_l0"], full["rnn.weight_hh_l0"])
+
+
+def test_buffers_lend_reclaim_and_reuse():
+    buffers = Buffers()
+    a = buffers.empty((3, 4), np.float64)
+    b = buffers.empty((3, 4), np.float64)
+    assert a is not b
+    buffers.give_back(a)
+    assert buffers.empty((3, 4), np.float64) is a          # given back early: lent again
+    assert buffers.empty((3, 4), np.float32) is not a      # another dtype: a fresh array
+    buffers.reclaim()
+    again = {id(buffers.empty((3, 4), np.float64)) for _ in range(2)}
+    assert again == {id(a), id(b)}
+    assert buffers.empty((3, 4), np.float64) is not a      # all lent: a fresh one
+
+
+@pytest.mark.parametrize("cell,nonlinearity", CELLS)
+@pytest.mark.parametrize("variant", ["plain", "residual-layers"])
+def test_passes_on_reused_buffers_equal_fresh_ones(rng, cell, nonlinearity, variant):
+    """Training-style loops: each pass on reclaimed arrays gives what a fresh pass gives,
+    whatever the previous pass left in them."""
+    arch, _, x, targets = make_problem(rng, cell, nonlinearity, layers=3, T=5, B=2, I=3, H=3)
+    arch = _variant(arch, variant)
+    params = init_params(arch, InitSpec(), rng)
+    buffers = Buffers()
+    for trial in range(3):
+        xs = rng.normal(size=x.shape)
+        buffers.reclaim()
+        fwd = forward(arch, params, xs, buffers=buffers)
+        _, d_out = loss_and_output_grad(fwd.outputs, targets, "mse", "all")
+        reused = backward(arch, params, fwd, d_out, buffers=buffers)
+        fresh_fwd = forward(arch, params, xs)
+        fresh = backward(arch, params, fresh_fwd, d_out)
+        _close(fwd.outputs, fresh_fwd.outputs, f"pass {trial}: outputs")
+        for name, g in fresh.params.items():
+            _close(reused.params[name], g, f"pass {trial}: {name}")
+        for k in range(arch.num_layers):
+            _close(reused.hidden[k], fresh.hidden[k], f"pass {trial}: layer {k}")
