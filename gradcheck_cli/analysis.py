@@ -14,6 +14,7 @@ import numpy as np
 from . import __version__
 from .bptt import (
     Backward,
+    Buffers,
     Forward,
     backward,
     backward_streams,
@@ -331,18 +332,21 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
                                            spec.loss.timesteps, lengths)
         # With a loss at every step, the last step's loss alone (what reaches back only in
         # time) is backpropagated in the same pass, alongside.
+        # Layers take up the working arrays of the layer above (held until the norms are
+        # taken, with the rest of the pass).
+        buffers = Buffers()
         if spec.loss.timesteps == "all":
             grads, last = backward_streams(arch, params, fwd,
                                            [d_out, last_step_output_grad(d_out, lengths)],
-                                           param_grads=[True, False])
+                                           param_grads=[True, False], buffers=buffers)
         else:
-            grads = last = backward(arch, params, fwd, d_out)
+            grads = last = backward(arch, params, fwd, d_out, buffers=buffers)
         broken = non_finite_finding(params, fwd, loss, grads, names)
         hidden = [step_norms(h) for h in grads.hidden]
         cell = [step_norms(c) for c in grads.cell] if grads.cell else None
         param_grads = grads.params
         signals = [aligned_step_norms(h, lengths) for h in last.hidden]
-        del grads, last
+        del grads, last, buffers
         span = int(np.max(lengths)) if lengths is not None else spec.length
         layers = layer_stats(hidden, cell, signals, spec, span)
         param_stats = [ParameterStats(name=names[name], shape=list(g.shape),

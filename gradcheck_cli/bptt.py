@@ -391,18 +391,22 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
                    groups: int | None = None,
                    carry: tuple[np.ndarray, np.ndarray | None] | None = None,
                    cuts: Sequence[Collection[int]] | None = None,
-                   buffers: Buffers = FRESH):
+                   keep_states: bool = True, buffers: Buffers = FRESH):
     """Backpropagate through steps ``start … start + W - 1`` of one layer.
 
     dh_direct: ``(W, S*B, H)``, the gradient reaching each h_t from outside the recurrence
     (the head, or the layer above). S > 1 interleaves S independent streams row-wise (row
     ``b*S + s`` is sequence b of stream s): they meet the same Jacobians, so every per-step
-    product serves them all. ``param_grads``: per stream (or for all), whether its
-    parameter gradients are wanted; each is read from its own rows in place (a strided view
-    the BLAS takes as it is). ``cuts``: per stream, the steps t whose gradient does not
-    pass on into h_{t-1} (truncated BPTT's detach points). Nothing arrives from after the
-    window, and nothing is passed on into h_{start-1} (by default the window is the whole
-    sequence). Returns ``(grads, dx, dh, dc, carry)``: per stream, the parameter gradients
+    product serves them all. Nothing arrives from after the window, and nothing is passed
+    on into h_{start-1} (by default the window is the whole sequence).
+
+    param_grads: per stream (or for all), whether its parameter gradients are wanted; each
+        is read from its own rows in place (a strided view the BLAS takes as it is).
+    cuts: per stream, the steps t whose gradient does not pass on into h_{t-1} (truncated
+        BPTT's detach points).
+    keep_states: False keeps no state gradient past its step (dh, dc returned as None).
+
+    Returns ``(grads, dx, dh, dc, carry)``: per stream, the parameter gradients
     ``(dW_ih, dW_hh, db_ih, db_hh)`` or None; dL/dx ``(W, S*B, in)`` or None; the total
     dL/dh_t ``(W, S*B, H)``; for lstm dL/dc_t; and the carry: what leaves the window
     backwards (the gradient into h_{start-1}, and c_{start-1} for lstm).
@@ -420,12 +424,13 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
     def h_before(t: int) -> np.ndarray:
         return h[t - 1] if t > 0 else zeros
 
-    dh = buffers.empty(dh_direct.shape, dtype)     # total dL/dh_t, as recorded
+    kept = W if keep_states else 1                 # steps of dh (and dc) kept: all, or one
+    dh = buffers.empty((kept, rows, H), dtype)     # total dL/dh_t, as recorded
     d_gates = buffers.empty((W, rows, G), dtype)   # dL/d(pre-activation), input side
     d_hp = d_gates                                 # dL/d(W_hh h_{t-1} + b_hh); differs for gru
     # Per step, the same arrays seen sequence by sequence, (B, S, ...): the forward's
     # arrays, seen as (B, 1, ...), broadcast over the streams.
-    dh_s = dh.reshape(W, B, S, H)
+    dh_s = dh.reshape(kept, B, S, H)
     d_gates_s = d_gates.reshape(W, B, S, G)
     # gradient into h_t from step t+1 (and c_t for lstm); zero after the window unless a
     # carry from a later window is given
@@ -444,23 +449,24 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
         act = cache.gates if cache.gates is not None else h
         for t in reversed(range(start, stop)):
             w = t - start
-            np.add(dh_direct[w], dh_next, out=dh[w])          # direct path + recurrent path
+            slot = w % kept                                    # where step t's dh and dc go
+            np.add(dh_direct[w], dh_next, out=dh[slot])       # direct path + recurrent path
             a = act[t][:, None]
             if arch.nonlinearity == "tanh":                    # backprop through tanh
-                np.multiply(dh_s[w], 1.0 - a * a, out=d_gates_s[w])
+                np.multiply(dh_s[slot], 1.0 - a * a, out=d_gates_s[w])
             else:                                              # backprop through relu
-                np.multiply(dh_s[w], a > 0, out=d_gates_s[w])
+                np.multiply(dh_s[slot], a > 0, out=d_gates_s[w])
             np.matmul(d_gates[w], w_hh, out=dh_next)           # into h_{t-1} through W_hh
             if skip:
-                dh_next += dh[w]                               # ... and through h_t = h_{t-1} + ...
+                dh_next += dh[slot]                            # ... and through h_t = h_{t-1} + ...
             for stream in cut_at.get(t, ()):
                 dh_next_s[:, stream] = 0.0
 
     elif arch.cell == "lstm":
         gates, c, tanh_c = cache.gates, cache.c, cache.tanh_c
         assert gates is not None and c is not None and tanh_c is not None
-        dc = buffers.empty(dh_direct.shape, dtype)             # total dL/dc_t, as recorded
-        dc_s = dc.reshape(W, B, S, H)
+        dc = buffers.empty((kept, rows, H), dtype)             # total dL/dc_t, as recorded
+        dc_s = dc.reshape(kept, B, S, H)
         dc_next = np.zeros((rows, H), dtype=dtype) if dc_carry is None else dc_carry.copy()
         dc_next_s = dc_next.reshape(B, S, H)
         slope = np.empty((B, 1, G), dtype=dtype)               # the gates' derivatives
@@ -468,12 +474,13 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
         zeros_s = zeros[:, None]
         for t in reversed(range(start, stop)):
             w = t - start
-            np.add(dh_direct[w], dh_next, out=dh[w])
+            slot = w % kept                                    # where step t's dh and dc go
+            np.add(dh_direct[w], dh_next, out=dh[slot])
             gate = gates[t][:, None]
             i, f, g, o = (gate[..., k * H:(k + 1) * H] for k in range(4))
             tc = tanh_c[t][:, None]
             c_prev = c[t - 1][:, None] if t > 0 else zeros_s
-            dh_w, dc_w, da = dh_s[w], dc_s[w], d_gates_s[w]
+            dh_w, dc_w, da = dh_s[slot], dc_s[slot], d_gates_s[w]
             # h_t = o ⊙ tanh(c_t): into c_t, plus what c_{t+1} sends back through f_{t+1}
             np.multiply(tc, tc, out=tmp)
             np.subtract(1.0, tmp, out=tmp)
@@ -493,7 +500,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
             np.multiply(dc_w, f, out=dc_next_s)                # into c_{t-1}
             np.matmul(d_gates[w], w_hh, out=dh_next)           # into h_{t-1} through W_hh
             if skip:
-                dh_next += dh[w]                               # ... and through the residual
+                dh_next += dh[slot]                            # ... and through the residual
             for stream in cut_at.get(t, ()):
                 dh_next_s[:, stream] = 0.0
                 dc_next_s[:, stream] = 0.0
@@ -509,11 +516,12 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
         tmp_s = np.empty((B, S, H), dtype=dtype)
         for t in reversed(range(start, stop)):
             w = t - start
-            np.add(dh_direct[w], dh_next, out=dh[w])
+            slot = w % kept                                    # where step t's dh and dc go
+            np.add(dh_direct[w], dh_next, out=dh[slot])
             gate = gates[t][:, None]
             r, z, n = (gate[..., k * H:(k + 1) * H] for k in range(3))
             h_prev = h_before(t)[:, None]
-            dh_w, da = dh_s[w], d_gates_s[w]
+            dh_w, da = dh_s[slot], d_gates_s[w]
             dar, daz, dan = (da[..., k * H:(k + 1) * H] for k in range(3))
             # h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}; σ' = s (1 - s) for r and z
             np.subtract(1.0, gate[..., :2 * H], out=slope)
@@ -533,7 +541,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
             np.matmul(d_hp[w], w_hh, out=dh_next)                     # into h_{t-1}: W_hh ...
             dh_next_s += np.multiply(dh_w, z, out=tmp_s)              # ... and z ⊙ h_{t-1}
             if skip:
-                dh_next += dh[w]                                      # ... and the residual
+                dh_next += dh[slot]                                   # ... and the residual
             for stream in cut_at.get(t, ()):
                 dh_next_s[:, stream] = 0.0
 
@@ -554,13 +562,15 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
     if d_hp is not d_gates:
         buffers.give_back(d_hp)
     carry_out = (dh_next, dc_next if arch.cell == "lstm" else None)
+    if not keep_states:
+        dh = dc = None
     return grads, dx, dh, dc, carry_out
 
 
 def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.ndarray, *,
              param_grads: bool = True, window: tuple[int, int] | None = None,
              groups: int | None = None, carry: list | None = None,
-             buffers: Buffers = FRESH) -> Backward:
+             states: bool = True, buffers: Buffers = FRESH) -> Backward:
     """Backpropagate ``d_outputs`` (dL/dy, ``(T, B, O)``) through the head and every layer.
 
     With ``param_grads=False`` only the hidden (and cell) state gradients are computed.
@@ -571,17 +581,20 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
     size K, one gradient per batch (the recurrence is per sequence, so one pass serves all).
     ``carry``: per layer, the gradient arriving from after the window into its last state
     (dh, and dc for lstm), as a previous call's ``Backward.carry`` returned it: a long
-    backward pass can then run window by window.
+    backward pass can then run window by window. ``states=False``: the parameter gradients
+    alone, without keeping the per-step state gradients (``hidden`` is then empty).
     """
     return backward_streams(arch, params, fwd, [d_outputs], param_grads=[param_grads],
-                            window=window, groups=groups, carry=carry, buffers=buffers)[0]
+                            window=window, groups=groups, carry=carry, states=states,
+                            buffers=buffers)[0]
 
 
 def backward_streams(arch: Architecture, params: Params, fwd: Forward,
                      d_outputs: Sequence[np.ndarray], *, param_grads: Sequence[bool],
                      cuts: Sequence[Collection[int]] | None = None,
                      window: tuple[int, int] | None = None, groups: int | None = None,
-                     carry: list | None = None, buffers: Buffers = FRESH) -> list[Backward]:
+                     carry: list | None = None, states: bool = True,
+                     buffers: Buffers = FRESH) -> list[Backward]:
     """:func:`backward` of several output gradients at once, one :class:`Backward` each.
 
     Every ``d_outputs[s]`` (dL/dy, ``(T, B, O)``) meets the same Jacobians, so they go
@@ -628,7 +641,8 @@ def backward_streams(arch: Architecture, params: Params, fwd: Forward,
         layer_grads, dx, hidden[k], cell[k], carries[k] = backward_layer(
             arch, fwd.layers[k], dh_direct, w_ih, w_hh, start=start,
             param_grads=param_grads, input_grad=k > 0, groups=groups,
-            carry=carry[k] if carry is not None else None, cuts=cuts, buffers=buffers)
+            carry=carry[k] if carry is not None else None, cuts=cuts, keep_states=states,
+            buffers=buffers)
         for s, stream_grads in enumerate(layer_grads):
             if stream_grads is None:
                 continue
@@ -648,9 +662,11 @@ def backward_streams(arch: Architecture, params: Params, fwd: Forward,
     def stream(a: np.ndarray, s: int) -> np.ndarray:   # stream s's rows, in place
         return a if S == 1 else a.reshape(*a.shape[:-2], B, S, a.shape[-1])[..., s, :]
 
+    if not states:
+        hidden, cell = [], []
     return [Backward(params={name: grads[s][name] for name in params if name in grads[s]},
                      hidden=[stream(a, s) for a in hidden],
-                     cell=[stream(a, s) for a in cell] if lstm else None,
+                     cell=[stream(a, s) for a in cell] if lstm and states else None,
                      carry=[(stream(dh, s), stream(dc, s) if dc is not None else None)
                             for dh, dc in carries])
             for s in range(S)]
@@ -668,7 +684,8 @@ def truncated_bptt_cuts(arch: Architecture, params: Params, fwd: Forward,
     T = d_outputs.shape[0]
     results = backward_streams(arch, params, fwd, [d_outputs] * len(windows),
                                param_grads=[True] * len(windows),
-                               cuts=[range(k, T, k) for k in windows])
+                               cuts=[range(k, T, k) for k in windows], states=False,
+                               buffers=Buffers())
     return [r.params for r in results]
 
 
@@ -687,7 +704,8 @@ def truncated_bptt(arch: Architecture, params: Params, fwd: Forward, d_outputs: 
     for stop in [*range(k1, T, k1), T]:
         d_window = np.zeros_like(d_outputs)
         d_window[first:stop] = d_outputs[first:stop]       # the losses since the last update
-        grads = backward(arch, params, fwd, d_window, window=(max(0, first - (k2 - k1)), stop))
+        grads = backward(arch, params, fwd, d_window, window=(max(0, first - (k2 - k1)), stop),
+                         states=False)
         for name, g in grads.params.items():
             total[name] += g
         first = stop

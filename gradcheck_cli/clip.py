@@ -57,7 +57,8 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
                 _, d_out[:, rows] = loss_and_output_grad(
                     fwd.outputs[:, rows], d.targets, spec.loss.kind, spec.loss.timesteps,
                     d.lengths)
-            grads = backward(arch, params, fwd, d_out, groups=k, buffers=buffers).params
+            grads = backward(arch, params, fwd, d_out, groups=k, states=False,
+                             buffers=buffers).params
             squares = sum(np.sum(g.reshape(k, -1).astype(np.float64) ** 2, axis=1)
                           for g in grads.values())
             norms[done:done + k] = np.sqrt(squares)

@@ -112,7 +112,8 @@ def _train(spec: Spec, mitigation: str, steps: int, optimizer: str, lr: float, d
             loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
                                                spec.loss.timesteps, batch.lengths)
             if truncation is None:
-                grads = backward(arch, params, fwd, d_out, buffers=buffers).params
+                grads = backward(arch, params, fwd, d_out, states=False,
+                                 buffers=buffers).params
             else:
                 grads = truncated_bptt(arch, params, fwd, d_out, *truncation)
             norm = global_norm(grads)

@@ -194,3 +194,20 @@ def test_passes_on_reused_buffers_equal_fresh_ones(rng, cell, nonlinearity, vari
             _close(reused.params[name], g, f"pass {trial}: {name}")
         for k in range(arch.num_layers):
             _close(reused.hidden[k], fresh.hidden[k], f"pass {trial}: layer {k}")
+
+
+@pytest.mark.parametrize("cell,nonlinearity", CELLS)
+@pytest.mark.parametrize("variant", ["plain", "residual-time"])
+def test_parameter_gradients_without_the_state_gradients_are_the_same(rng, cell,
+                                                                       nonlinearity, variant):
+    """states=False keeps one step of dh (and dc) instead of all: same parameter gradients."""
+    arch, _, x, targets = make_problem(rng, cell, nonlinearity, layers=2, T=6, B=2)
+    arch = _variant(arch, variant)
+    params = init_params(arch, InitSpec(), rng)
+    fwd = forward(arch, params, x)
+    _, d_out = loss_and_output_grad(fwd.outputs, targets, "mse", "all")
+    with_states = backward(arch, params, fwd, d_out)
+    without = backward(arch, params, fwd, d_out, states=False)
+    assert without.hidden == [] and without.cell is None
+    for name, g in with_states.params.items():
+        _close(without.params[name], g, name)
