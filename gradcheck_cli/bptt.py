@@ -563,7 +563,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
         buffers.give_back(d_hp)
     carry_out = (dh_next, dc_next if arch.cell == "lstm" else None)
     if not keep_states:
-        dh = dc = None
+        return grads, dx, None, None, carry_out
     return grads, dx, dh, dc, carry_out
 
 
