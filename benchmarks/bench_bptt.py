@@ -3,6 +3,7 @@
     python benchmarks/bench_bptt.py            # every shape, both dtypes
     python benchmarks/bench_bptt.py --quick    # fewer repeats
     python benchmarks/bench_bptt.py --long     # also the 10,000-step LSTM and length scaling
+    python benchmarks/bench_bptt.py --defaults # also `analyze` as users run it: trials, windows
 
 For each shape and dtype it prints the median time of
   * gradcheck: `analyze`'s own work (forward, loss, backward, the last-step backward, and
@@ -14,6 +15,9 @@ and the ratio torch / gradcheck (above 1: gradcheck is faster), the fraction of 
 machine's matrix-multiply throughput (measured in the same run) that the bare pass reaches,
 the measurement overhead (gradcheck / bare - 1), and gradcheck's peak memory (tracemalloc)
 against the estimate gradcheck refuses runs by.
+
+``--defaults`` times `analyze` with its defaults (20 clip trials and the truncation table's
+four windows) part by part, and what the 20 trials cost against 20 separate bare passes.
 """
 
 from __future__ import annotations
@@ -113,6 +117,21 @@ def bench_shape(shape, dtype, repeats, peak):
             "memory": used, "estimate": predicted}
 
 
+def defaults(shape, dtype, repeats):
+    """``analyze`` as users run it, part by part: the measurements alone, with the
+    truncation table, with the 20 clip trials; and the trials against 20 bare passes."""
+    spec = make_spec(*shape, dtype)
+    arch, params = model_parameters(spec)
+    batch = Batches(spec).draw(0)
+    core = median_time(lambda: analyze_spec(spec, trials=0, windows=[]), repeats)
+    windows = median_time(lambda: analyze_spec(spec, trials=0), repeats)
+    trials = median_time(lambda: analyze_spec(spec, trials=20, windows=[]), repeats)
+    full = median_time(lambda: analyze_spec(spec), repeats)
+    bare = median_time(lambda: bptt(arch, params, batch.x, batch.targets), repeats)
+    return {"shape": spec.source, "core": core, "windows": windows - core,
+            "trials": trials - core, "full": full, "per_bare": (trials - core) / bare}
+
+
 def length_scaling(repeats):
     """A 10,000-step LSTM (batch 32, hidden 256) and the time per step at other lengths."""
     rows = []
@@ -135,6 +154,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
     parser.add_argument("--long", action="store_true",
                         help="also the 10,000-step LSTM and length scaling")
+    parser.add_argument("--defaults", action="store_true",
+                        help="also analyze with its defaults (20 trials, 4 windows), by part")
     args = parser.parse_args()
     repeats = 3 if args.quick else 7
     try:
@@ -158,6 +179,16 @@ def main():
                   f"{r['bare'] * 1e3:7.1f}ms {torch_s} {ratio} {r['peak_fraction']:6.0%} "
                   f"{r['overhead']:6.0%} {r['memory'] / 2 ** 20:7.0f}MiB "
                   f"{r['estimate'] / 2 ** 20:7.0f}MiB")
+    if args.defaults:
+        print("\nanalyze with its defaults, by part (20 trials, 4 truncation windows)")
+        print(f"{'shape':<28} {'dtype':<8} {'measure':>9} {'+windows':>9} {'+trials':>9} "
+              f"{'total':>9}  20 trials cost")
+        for dtype in ("float64", "float32"):
+            for shape in SHAPES[:2]:
+                r = defaults(shape, dtype, max(1, repeats // 2))
+                print(f"{r['shape']:<28} {dtype:<8} {r['core'] * 1e3:7.0f}ms "
+                      f"{r['windows'] * 1e3:7.0f}ms {r['trials'] * 1e3:7.0f}ms "
+                      f"{r['full'] * 1e3:7.0f}ms  {r['per_bare']:.1f} bare passes")
     if args.long:
         print("\nLSTM, batch 32, hidden 256, float32: time and memory by length")
         for steps, elapsed, per_step, used, predicted in length_scaling(1):

@@ -23,6 +23,7 @@ from .bptt import (
 )
 from .clip import sample_global_norms, suggest_clip
 from .data import Batches
+from .memory import stream_chunk
 from .model import Architecture, Params, init_params
 from .report import (
     CostStats,
@@ -325,28 +326,35 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
     batch = batches.draw(0)
     lengths = batch.lengths
     # Each array is dropped as soon as its norms are taken: the peak is one forward pass
-    # and one backward pass, which the memory estimate counts on.
+    # and one backward pass (of one or two streams, see memory.stream_chunk), which the
+    # memory estimate counts on.
     with np.errstate(all="ignore"):
         fwd = forward(arch, params, batch.x)
         loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
                                            spec.loss.timesteps, lengths)
         # With a loss at every step, the last step's loss alone (what reaches back only in
-        # time) is backpropagated in the same pass, alongside.
-        # Layers take up the working arrays of the layer above (held until the norms are
-        # taken, with the rest of the pass).
+        # time) is backpropagated too: in the same pass, alongside, when both fit in memory
+        # (layers take up the working arrays of the layer above), else after it.
         buffers = Buffers()
-        if spec.loss.timesteps == "all":
+        alongside = stream_chunk(arch, spec.length, batch.x.shape[1], spec.dtype, 2) == 2
+        if spec.loss.timesteps == "last":
+            grads = last = backward(arch, params, fwd, d_out, buffers=buffers)
+        elif alongside:
             grads, last = backward_streams(arch, params, fwd,
                                            [d_out, last_step_output_grad(d_out, lengths)],
                                            param_grads=[True, False], buffers=buffers)
         else:
-            grads = last = backward(arch, params, fwd, d_out, buffers=buffers)
+            grads = backward(arch, params, fwd, d_out)
         broken = non_finite_finding(params, fwd, loss, grads, names)
         hidden = [step_norms(h) for h in grads.hidden]
         cell = [step_norms(c) for c in grads.cell] if grads.cell else None
         param_grads = grads.params
+        del grads
+        if spec.loss.timesteps == "all" and not alongside:
+            last = backward(arch, params, fwd, last_step_output_grad(d_out, lengths),
+                            param_grads=False)
         signals = [aligned_step_norms(h, lengths) for h in last.hidden]
-        del grads, last, buffers
+        del last, buffers
         span = int(np.max(lengths)) if lengths is not None else spec.length
         layers = layer_stats(hidden, cell, signals, spec, span)
         param_stats = [ParameterStats(name=names[name], shape=list(g.shape),

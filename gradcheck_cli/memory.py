@@ -54,18 +54,17 @@ def stream_bytes(arch: Architecture, steps: int, batch: int, dtype: str) -> int:
 
 
 STREAMS = 2
-"""Output gradients that analyze's backward pass carries side by side: the loss, and the
-last step's loss alone."""
+"""Output gradients analyze backpropagates: the loss, and the last step's loss alone."""
 WINDOWS = 5
 """Truncation windows the estimate allows for: the default four and a configured one."""
 
 
 def stream_chunk(arch: Architecture, steps: int, batch: int, dtype: str, n: int) -> int:
-    """How many streams (truncation windows) go through one backward pass: as many as the
-    main pass's :data:`STREAMS` (already counted), more while they stay under
-    :data:`STACKED_BYTES`."""
+    """How many of ``n`` streams (output gradients, truncation windows) go through one
+    backward pass side by side: as many as stay under :data:`STACKED_BYTES`, at least one.
+    Beyond that, passes run one after another: slower, but the peak stays one stream."""
     one = stream_bytes(arch, steps, batch, dtype)
-    return max(1, min(n, max(STREAMS, STACKED_BYTES // max(one, 1))))
+    return max(1, min(n, STACKED_BYTES // max(one, 1)))
 
 
 def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
@@ -74,9 +73,10 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
     ``trials`` clip trials (which may run several batches side by side).
 
     The phases run one after another and reuse memory, so the peak is the largest of:
-    the main pass (:data:`STREAMS` output gradients side by side; one when training), the
-    truncation table's passes (up to :data:`WINDOWS` windows side by side, see
-    :func:`stream_chunk`) and the clip trials (several batches side by side).
+    the main pass (its :data:`STREAMS` output gradients side by side when they fit, see
+    :func:`stream_chunk`; one when training), the truncation table's passes (up to
+    :data:`WINDOWS` windows side by side) and the clip trials (several batches side by
+    side).
     """
     item = np.dtype(dtype).itemsize
     T, H = steps, arch.hidden_size
@@ -98,7 +98,7 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
     if optimizer_state:
         phases = [phase(batch, 1, False)]
     else:
-        phases = [phase(batch, STREAMS, False),
+        phases = [phase(batch, stream_chunk(arch, T, batch, dtype, STREAMS), False),
                   phase(batch, stream_chunk(arch, T, batch, dtype, WINDOWS), False)]
     if trials:
         chunk = trial_chunk(arch, steps, batch, dtype, trials)

@@ -21,7 +21,7 @@ from gradcheck_cli.bptt import (
     truncated_bptt,
     truncated_bptt_cuts,
 )
-from gradcheck_cli.model import init_params
+from gradcheck_cli.model import Architecture, init_params
 from gradcheck_cli.spec import InitSpec
 from tests.conftest import make_problem
 
@@ -211,3 +211,26 @@ def test_parameter_gradients_without_the_state_gradients_are_the_same(rng, cell,
     assert without.hidden == [] and without.cell is None
     for name, g in with_states.params.items():
         _close(without.params[name], g, name)
+
+
+@pytest.mark.parametrize("name", ["lstm_healthy", "gru_vanishing", "rnn_exploding"])
+def test_analyze_side_by_side_or_one_after_another_reports_the_same(name, monkeypatch):
+    """When two streams would not fit in memory, the last step's loss runs after the main
+    pass, and the truncation windows one at a time: the report is the same."""
+    from gradcheck_cli import memory
+    from gradcheck_cli.analysis import analyze_spec
+    from gradcheck_cli.spec import load_spec
+    from tests.conftest import SAMPLES
+    spec = load_spec(next(p for p in SAMPLES if p.stem == name))
+    together = analyze_spec(spec, trials=2)
+    monkeypatch.setattr(memory, "STACKED_BYTES", 1)
+    arch = Architecture.from_spec(spec.model)
+    assert memory.stream_chunk(arch, spec.length, spec.batch_size, spec.dtype, 2) == 1
+    apart = analyze_spec(spec, trials=2)
+    for a, b in zip(together.layers, apart.layers, strict=True):
+        np.testing.assert_allclose(a.hidden_grad_norm, b.hidden_grad_norm, rtol=1e-12)
+        np.testing.assert_allclose(a.last_step_grad_norm, b.last_step_grad_norm, rtol=1e-12)
+    for a, b in zip(together.truncation, apart.truncation, strict=True):
+        assert (a.k1, a.k2) == (b.k1, b.k2)
+        assert a.gradient_error == pytest.approx(b.gradient_error, rel=1e-9, abs=1e-15)
+    assert together.global_grad_norm == pytest.approx(apart.global_grad_norm, rel=1e-12)
