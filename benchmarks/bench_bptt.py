@@ -6,8 +6,9 @@
     python benchmarks/bench_bptt.py --defaults # also `analyze` as users run it: trials, windows
 
 For each shape and dtype it prints the median time of
-  * gradcheck: `analyze`'s own work (forward, loss, backward, the last-step backward, and
-    every per-step norm it reports; no clip trials, no truncation table),
+  * gradcheck: `analyze`'s own work (forward, loss, backward with the last step's loss
+    alone alongside, and every per-step norm it reports; no clip trials, no truncation
+    table),
   * bare: gradcheck's forward and backward alone (parameter and state gradients),
   * torch: nn.LSTM/nn.GRU + nn.Linear, forward, MSE loss and backward (parameter gradients
     only), when torch is installed (skipped otherwise),
@@ -133,15 +134,24 @@ def defaults(shape, dtype, repeats):
 
 
 def length_scaling(repeats):
-    """A 10,000-step LSTM (batch 32, hidden 256) and the time per step at other lengths."""
+    """A 10,000-step LSTM (batch 32, hidden 256) and the time per step at other lengths.
+
+    Time and memory come from separate runs (tracemalloc slows allocation-heavy code down),
+    after a warm-up run, so that the first length does not pay for the process's start.
+    """
+    analyze_spec(make_spec("lstm", 32, 256, 1, 100, "float32"), trials=0, windows=[])
     rows = []
     for steps in (1000, 2500, 5000, 10_000):
         spec = make_spec("lstm", 32, 256, 1, steps, "float32")
         arch = Architecture.from_spec(spec.model)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            analyze_spec(spec, trials=0, windows=[])
+            times.append(time.perf_counter() - start)
+        elapsed = statistics.median(times)
         tracemalloc.start()
-        start = time.perf_counter()
         analyze_spec(spec, trials=0, windows=[])
-        elapsed = time.perf_counter() - start
         _, used = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         predicted = estimate(arch, steps, 32, "float32").total - OVERHEAD
@@ -191,7 +201,7 @@ def main():
                       f"{r['full'] * 1e3:7.0f}ms  {r['per_bare']:.1f} bare passes")
     if args.long:
         print("\nLSTM, batch 32, hidden 256, float32: time and memory by length")
-        for steps, elapsed, per_step, used, predicted in length_scaling(1):
+        for steps, elapsed, per_step, used, predicted in length_scaling(3):
             print(f"  {steps:>6} steps  {elapsed:7.2f}s  {per_step:6.3f} ms/step  "
                   f"{used / 2 ** 20:7.0f}MiB measured  {predicted / 2 ** 20:7.0f}MiB estimated")
 

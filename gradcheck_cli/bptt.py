@@ -93,6 +93,10 @@ class BPTTResult:
     grads: Backward
 
 
+STEP_BLOCK = 64
+"""Steps whose gate gradients the backward pass holds at once (see :func:`backward_layer`)."""
+
+
 class Buffers:
     """Big arrays lent for one pass and taken back by :meth:`reclaim`, so that passes of
     the same shapes (clip trials, training steps) reuse memory instead of asking the
@@ -426,12 +430,51 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
 
     kept = W if keep_states else 1                 # steps of dh (and dc) kept: all, or one
     dh = buffers.empty((kept, rows, H), dtype)     # total dL/dh_t, as recorded
-    d_gates = buffers.empty((W, rows, G), dtype)   # dL/d(pre-activation), input side
-    d_hp = d_gates                                 # dL/d(W_hh h_{t-1} + b_hh); differs for gru
+    # The gate gradients are held for a block of steps at a time: after each block, its
+    # weight gradients and dL/dx are taken (one product each) and the block is reused.
+    block = min(W, STEP_BLOCK)
+    d_gates = buffers.empty((block, rows, G), dtype)   # dL/d(pre-activation), input side
+    # dL/d(W_hh h_{t-1} + b_hh): the same for rnn and lstm; for gru it differs in n
+    d_hp = buffers.empty((block, rows, G), dtype) if arch.cell == "gru" else d_gates
     # Per step, the same arrays seen sequence by sequence, (B, S, ...): the forward's
     # arrays, seen as (B, 1, ...), broadcast over the streams.
     dh_s = dh.reshape(kept, B, S, H)
-    d_gates_s = d_gates.reshape(W, B, S, G)
+    d_gates_s = d_gates.reshape(block, B, S, G)
+    wanted = [param_grads] * S if isinstance(param_grads, bool) else list(param_grads)
+    grads: list = [None] * S
+    dx = buffers.empty((W, rows, w_ih.shape[1]), dtype) if input_grad else None
+
+    def rows_of(a: np.ndarray, stream: int) -> np.ndarray:    # every S-th row, in place
+        return a if S == 1 else a.reshape(a.shape[0], B, S * G)[..., stream * G:(stream + 1) * G]
+
+    def flush(w0: int, w1: int) -> None:
+        """Weight gradients and dL/dx of window steps w0 … w1-1 from their gate gradients."""
+        n = w1 - w0
+        first = start + w0
+        for stream, want in enumerate(wanted):
+            if not want:
+                continue
+            d = rows_of(d_gates[:n], stream)
+            part = _weight_grads(d, d if d_hp is d_gates else rows_of(d_hp[:n], stream),
+                                 cache.x[first:first + n], h[first:first + n - 1],
+                                 h[first - 1] if first > 0 else None, groups, buffers)
+            if grads[stream] is None:
+                grads[stream] = part
+            else:
+                for total, more in zip(grads[stream], part, strict=True):
+                    total += more
+        if dx is not None:
+            np.matmul(d_gates[:n].reshape(n * rows, G), w_ih,
+                      out=dx[w0:w1].reshape(n * rows, w_ih.shape[1]))
+
+    def steps_back():
+        """(t, w, j): step, its place in the window and in the block, last step first;
+        each block is flushed once its steps are done."""
+        for w1 in range(W, 0, -block):
+            w0 = max(0, w1 - block)
+            for w in reversed(range(w0, w1)):
+                yield start + w, w, w - w0
+            flush(w0, w1)
     # gradient into h_t from step t+1 (and c_t for lstm); zero after the window unless a
     # carry from a later window is given
     dh_carry, dc_carry = carry if carry is not None else (None, None)
@@ -447,16 +490,15 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
 
     if arch.cell == "rnn":
         act = cache.gates if cache.gates is not None else h
-        for t in reversed(range(start, stop)):
-            w = t - start
+        for t, w, j in steps_back():
             slot = w % kept                                    # where step t's dh and dc go
             np.add(dh_direct[w], dh_next, out=dh[slot])       # direct path + recurrent path
             a = act[t][:, None]
             if arch.nonlinearity == "tanh":                    # backprop through tanh
-                np.multiply(dh_s[slot], 1.0 - a * a, out=d_gates_s[w])
+                np.multiply(dh_s[slot], 1.0 - a * a, out=d_gates_s[j])
             else:                                              # backprop through relu
-                np.multiply(dh_s[slot], a > 0, out=d_gates_s[w])
-            np.matmul(d_gates[w], w_hh, out=dh_next)           # into h_{t-1} through W_hh
+                np.multiply(dh_s[slot], a > 0, out=d_gates_s[j])
+            np.matmul(d_gates[j], w_hh, out=dh_next)           # into h_{t-1} through W_hh
             if skip:
                 dh_next += dh[slot]                            # ... and through h_t = h_{t-1} + ...
             for stream in cut_at.get(t, ()):
@@ -472,15 +514,14 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
         slope = np.empty((B, 1, G), dtype=dtype)               # the gates' derivatives
         tmp = np.empty((B, 1, H), dtype=dtype)
         zeros_s = zeros[:, None]
-        for t in reversed(range(start, stop)):
-            w = t - start
+        for t, w, j in steps_back():
             slot = w % kept                                    # where step t's dh and dc go
             np.add(dh_direct[w], dh_next, out=dh[slot])
             gate = gates[t][:, None]
             i, f, g, o = (gate[..., k * H:(k + 1) * H] for k in range(4))
             tc = tanh_c[t][:, None]
             c_prev = c[t - 1][:, None] if t > 0 else zeros_s
-            dh_w, dc_w, da = dh_s[slot], dc_s[slot], d_gates_s[w]
+            dh_w, dc_w, da = dh_s[slot], dc_s[slot], d_gates_s[j]
             # h_t = o ⊙ tanh(c_t): into c_t, plus what c_{t+1} sends back through f_{t+1}
             np.multiply(tc, tc, out=tmp)
             np.subtract(1.0, tmp, out=tmp)
@@ -498,7 +539,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
             np.multiply(dh_w, tc, out=da[..., 3 * H:])         # into o (h_t = o tanh(c_t))
             da *= slope                                        # through σ and tanh
             np.multiply(dc_w, f, out=dc_next_s)                # into c_{t-1}
-            np.matmul(d_gates[w], w_hh, out=dh_next)           # into h_{t-1} through W_hh
+            np.matmul(d_gates[j], w_hh, out=dh_next)           # into h_{t-1} through W_hh
             if skip:
                 dh_next += dh[slot]                            # ... and through the residual
             for stream in cut_at.get(t, ()):
@@ -508,20 +549,18 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
     else:  # gru
         gates, hn = cache.gates, cache.hn
         assert gates is not None and hn is not None
-        d_hp = buffers.empty((W, rows, G), dtype)
-        d_hp_s = d_hp.reshape(W, B, S, G)
+        d_hp_s = d_hp.reshape(block, B, S, G)
         slope = np.empty((B, 1, 2 * H), dtype=dtype)
         through_n = np.empty((B, 1, H), dtype=dtype)
         tmp = np.empty((B, 1, H), dtype=dtype)
         tmp_s = np.empty((B, S, H), dtype=dtype)
-        for t in reversed(range(start, stop)):
-            w = t - start
+        for t, w, j in steps_back():
             slot = w % kept                                    # where step t's dh and dc go
             np.add(dh_direct[w], dh_next, out=dh[slot])
             gate = gates[t][:, None]
             r, z, n = (gate[..., k * H:(k + 1) * H] for k in range(3))
             h_prev = h_before(t)[:, None]
-            dh_w, da = dh_s[slot], d_gates_s[w]
+            dh_w, da = dh_s[slot], d_gates_s[j]
             dar, daz, dan = (da[..., k * H:(k + 1) * H] for k in range(3))
             # h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}; σ' = s (1 - s) for r and z
             np.subtract(1.0, gate[..., :2 * H], out=slope)
@@ -536,28 +575,15 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
             daz *= slope[..., H:]
             np.multiply(dan, hn[t][:, None], out=dar)                 # n's r ⊙ (W_hn h + b_hn)
             dar *= slope[..., :H]
-            d_hp_s[w, ..., :2 * H] = da[..., :2 * H]
-            np.multiply(dan, r, out=d_hp_s[w, ..., 2 * H:])           # into W_hn h + b_hn
-            np.matmul(d_hp[w], w_hh, out=dh_next)                     # into h_{t-1}: W_hh ...
+            d_hp_s[j, ..., :2 * H] = da[..., :2 * H]
+            np.multiply(dan, r, out=d_hp_s[j, ..., 2 * H:])           # into W_hn h + b_hn
+            np.matmul(d_hp[j], w_hh, out=dh_next)                     # into h_{t-1}: W_hh ...
             dh_next_s += np.multiply(dh_w, z, out=tmp_s)              # ... and z ⊙ h_{t-1}
             if skip:
                 dh_next += dh[slot]                                   # ... and the residual
             for stream in cut_at.get(t, ()):
                 dh_next_s[:, stream] = 0.0
 
-    wanted = [param_grads] * S if isinstance(param_grads, bool) else list(param_grads)
-
-    def rows_of(a: np.ndarray, stream: int) -> np.ndarray:    # every S-th row, in place
-        return a if S == 1 else a.reshape(W, B, S * G)[..., stream * G:(stream + 1) * G]
-
-    def stream_grads(stream: int):
-        d = rows_of(d_gates, stream)
-        return _weight_grads(d, d if d_hp is d_gates else rows_of(d_hp, stream),
-                             cache.x[start:stop], h[start:stop - 1],
-                             h[start - 1] if start > 0 else None, groups, buffers)
-
-    grads = [stream_grads(stream) if want else None for stream, want in enumerate(wanted)]
-    dx = _project(d_gates, w_ih.T, None, buffers) if input_grad else None
     buffers.give_back(d_gates)                     # the layer below takes them up again
     if d_hp is not d_gates:
         buffers.give_back(d_hp)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .bptt import STEP_BLOCK
 from .cost import activation_bytes
 from .errors import GradcheckError
 from .model import Architecture
@@ -44,13 +45,14 @@ def trial_chunk(arch: Architecture, steps: int, batch: int, dtype: str, trials: 
 
 def stream_bytes(arch: Architecture, steps: int, batch: int, dtype: str) -> int:
     """What one stream of a backward pass holds: the per-step state gradients of every
-    layer (dL/dh, and dL/dc for lstm) and one layer's working arrays."""
+    layer (dL/dh, and dL/dc for lstm), one layer's dL/dx and the gradient arriving from
+    above, and a block of gate gradients (:data:`~gradcheck_cli.bptt.STEP_BLOCK` steps)."""
     H = arch.hidden_size
-    GH = arch.gates * H
     kept = H * (2 if arch.cell == "lstm" else 1)                     # dL/dh (and dL/dc)
-    working = max(GH * (2 if arch.cell == "gru" else 1) + arch.layer_input_size(k) + H
-                  for k in range(arch.num_layers))                   # d_gates, dx, dh_direct
-    return steps * batch * (arch.num_layers * kept + working) * np.dtype(dtype).itemsize
+    working = max(arch.layer_input_size(k) for k in range(arch.num_layers)) + H
+    gates = arch.gates * H * (2 if arch.cell == "gru" else 1)        # d_gates (and gru's d_hp)
+    return (steps * (arch.num_layers * kept + working) + min(steps, STEP_BLOCK) * gates) \
+        * batch * np.dtype(dtype).itemsize
 
 
 STREAMS = 2
@@ -90,8 +92,8 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
             "outputs and targets": 3 * T * B * arch.output_size * item,
             "parameters": arch.parameter_count() * item * (5 if optimizer_state else 3),
         }
-        if regroup:  # per-trial weight gradients regroup one layer's arrays by trial
-            parts["trial regrouping"] = T * B * max(
+        if regroup:  # per-trial weight gradients regroup a block's arrays by trial
+            parts["trial regrouping"] = min(T, STEP_BLOCK) * B * max(
                 2 * GH + arch.layer_input_size(k) + H for k in range(arch.num_layers)) * item
         return parts
 

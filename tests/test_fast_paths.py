@@ -234,3 +234,37 @@ def test_analyze_side_by_side_or_one_after_another_reports_the_same(name, monkey
         assert (a.k1, a.k2) == (b.k1, b.k2)
         assert a.gradient_error == pytest.approx(b.gradient_error, rel=1e-9, abs=1e-15)
     assert together.global_grad_norm == pytest.approx(apart.global_grad_norm, rel=1e-12)
+
+
+@pytest.mark.parametrize("cell,nonlinearity", CELLS)
+@pytest.mark.parametrize("variant", ["plain", "residual-time", "residual-layers", "headless"])
+@pytest.mark.parametrize("block", [1, 2, 3])
+def test_gate_gradients_held_block_by_block_give_the_same_gradients(
+        rng, cell, nonlinearity, variant, block, monkeypatch):
+    """The backward pass takes weight gradients and dL/dx block by block: with blocks of
+    1, 2 or 3 steps (the last one short), as with the whole window at once, for two
+    streams with cuts, a window that starts mid-sequence, and grouped batches."""
+    from gradcheck_cli import bptt as core
+    arch, _, x, _ = make_problem(rng, cell, nonlinearity, layers=2, T=7, B=4, I=3, H=3)
+    arch = _variant(arch, variant)
+    params = init_params(arch, InitSpec(), rng)
+    fwd = forward(arch, params, x)
+    outs = [rng.normal(size=fwd.outputs.shape) for _ in range(2)]
+
+    def run():
+        streams = backward_streams(arch, params, fwd, outs, param_grads=[True, True],
+                                   cuts=[(), (3, 5)])
+        window = backward(arch, params, fwd, outs[0], window=(2, 7))
+        grouped = backward(arch, params, fwd, outs[0], groups=2, states=False)
+        return [*streams, window, grouped]
+
+    whole = run()
+    monkeypatch.setattr(core, "STEP_BLOCK", block)
+    blocked = run()
+    for label, a, b in zip(["stream 0", "stream 1", "window", "groups"], whole, blocked,
+                           strict=True):
+        assert a.params.keys() == b.params.keys()
+        for name, g in a.params.items():
+            _close(b.params[name], g, f"{label}: {name}")
+        for k, h in enumerate(a.hidden):
+            _close(b.hidden[k], h, f"{label}: dL/dh of layer {k}")
