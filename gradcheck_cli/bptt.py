@@ -23,7 +23,9 @@ Structure: BPTT as the textbook has it. The forward pass unrolls each layer in t
 caches what the backward pass needs; the backward pass runs the steps in reverse carrying
 ``dh_next`` (and ``dc_next``), the gradient arriving from step t+1. The input projections
 of all steps are one matrix product before the loop, and the weight gradients one product
-over all steps after it: only the recurrent product ``h_{t-1} W_hh^T`` is per step.
+per block of :data:`STEP_BLOCK` steps: only the recurrent product ``h_{t-1} W_hh^T`` is per
+step. Several output gradients can share a backward pass (:func:`backward_streams`): they
+meet the same Jacobians, so each per-step product serves them all.
 
 This module measures and never intervenes: it returns raw gradients.
 """
