@@ -23,7 +23,7 @@ from .bptt import (
 )
 from .clip import sample_global_norms, suggest_clip
 from .data import Batches
-from .memory import stream_chunk
+from .memory import WINDOWS, stream_chunk
 from .model import Architecture, Params, init_params
 from .report import (
     CostStats,
@@ -279,7 +279,6 @@ def truncation_stats(arch: Architecture, params: Params, fwd: Forward, d_out: np
     """Each window's TBPTT gradient against the full one, and what it would cost."""
     from .bptt import truncated_bptt, truncated_bptt_cuts
     from .cost import truncated_cost
-    from .memory import stream_chunk
 
     pairs = [(k, k) for k in windows]
     configured = spec.training.truncation
@@ -288,10 +287,11 @@ def truncation_stats(arch: Architecture, params: Params, fwd: Forward, d_out: np
     full_norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in full.values()))
     squared = np.array(signal[::-1], dtype=np.float64) ** 2      # by distance from the end
     total_signal = float(squared.sum())
-    # windows with k1 = k2 go through shared passes, several side by side
-    same = [k1 for k1, k2 in pairs if k1 == k2]
+    # windows with k1 = k2 go through shared passes, several side by side (as many as the
+    # memory estimate allows for)
+    same = sorted({k1 for k1, k2 in pairs if k1 == k2})
     T, B = d_out.shape[:2]
-    chunk = stream_chunk(arch, T, B, d_out.dtype.name, len(same))
+    chunk = min(WINDOWS, stream_chunk(arch, T, B, d_out.dtype.name, len(same), states=False))
     shared: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     for first in range(0, len(same), chunk):
         ks = same[first:first + chunk]
@@ -299,8 +299,7 @@ def truncation_stats(arch: Architecture, params: Params, fwd: Forward, d_out: np
         shared.update(((k, k), g) for k, g in zip(ks, cuts, strict=True))
     out = []
     for k1, k2 in pairs:
-        cut = shared.pop((k1, k2)) if (k1, k2) in shared else \
-            truncated_bptt(arch, params, fwd, d_out, k1, k2)
+        cut = shared[(k1, k2)] if k1 == k2 else truncated_bptt(arch, params, fwd, d_out, k1, k2)
         diff = math.sqrt(sum(float(np.sum((cut[n] - full[n]).astype(np.float64) ** 2))
                              for n in full))
         cost = truncated_cost(arch, spec.length, spec.batch_size, spec.dtype, k1, k2)

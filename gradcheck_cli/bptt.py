@@ -171,7 +171,7 @@ def _project(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     np.matmul(x.reshape(T * B, n_in), w.T, out=out.reshape(T * B, w.shape[0]))
     if b is not None:
         out += b
-    return out.reshape(T, B, w.shape[0])
+    return out                               # the array lent, so that it can be given back
 
 
 # ----------------------------------------------------------------------------- forward
@@ -487,7 +487,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
     cut_at: dict[int, list[int]] = {}
     for stream, steps in enumerate(cuts or []):
         for t in steps:
-            if start < t < stop:
+            if start <= t < stop:
                 cut_at.setdefault(t, []).append(stream)
 
     if arch.cell == "rnn":

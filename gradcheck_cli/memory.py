@@ -43,16 +43,20 @@ def trial_chunk(arch: Architecture, steps: int, batch: int, dtype: str, trials: 
     return max(1, min(trials, STACKED_ROWS // batch, by_memory))
 
 
-def stream_bytes(arch: Architecture, steps: int, batch: int, dtype: str) -> int:
-    """What one stream of a backward pass holds: the per-step state gradients of every
-    layer (dL/dh, and dL/dc for lstm), one layer's dL/dx and the gradient arriving from
-    above, and a block of gate gradients (:data:`~gradcheck_cli.bptt.STEP_BLOCK` steps)."""
+def stream_bytes(arch: Architecture, steps: int, batch: int, dtype: str, *,
+                 states: bool = True) -> int:
+    """What one stream of a backward pass holds: its output gradient (its own, and its copy
+    among the streams side by side; truncation windows share one), the per-step state
+    gradients of every layer (dL/dh, and dL/dc for lstm; one step without ``states``), one
+    layer's dL/dx and the gradient arriving from above, and a block of gate gradients
+    (:data:`~gradcheck_cli.bptt.STEP_BLOCK` steps)."""
     H = arch.hidden_size
-    kept = H * (2 if arch.cell == "lstm" else 1)                     # dL/dh (and dL/dc)
-    working = max(arch.layer_input_size(k) for k in range(arch.num_layers)) + H
+    kept = H * (2 if arch.cell == "lstm" else 1) * arch.num_layers   # dL/dh (and dL/dc)
+    working = max(arch.layer_input_size(k) for k in range(arch.num_layers)) + H \
+        + (2 if states else 1) * arch.output_size
     gates = arch.gates * H * (2 if arch.cell == "gru" else 1)        # d_gates (and gru's d_hp)
-    return (steps * (arch.num_layers * kept + working) + min(steps, STEP_BLOCK) * gates) \
-        * batch * np.dtype(dtype).itemsize
+    per_step = steps * working + (steps if states else 1) * kept
+    return (per_step + min(steps, STEP_BLOCK) * gates) * batch * np.dtype(dtype).itemsize
 
 
 STREAMS = 2
@@ -61,11 +65,12 @@ WINDOWS = 5
 """Truncation windows the estimate allows for: the default four and a configured one."""
 
 
-def stream_chunk(arch: Architecture, steps: int, batch: int, dtype: str, n: int) -> int:
+def stream_chunk(arch: Architecture, steps: int, batch: int, dtype: str, n: int, *,
+                 states: bool = True) -> int:
     """How many of ``n`` streams (output gradients, truncation windows) go through one
     backward pass side by side: as many as stay under :data:`STACKED_BYTES`, at least one.
     Beyond that, passes run one after another: slower, but the peak stays one stream."""
-    one = stream_bytes(arch, steps, batch, dtype)
+    one = stream_bytes(arch, steps, batch, dtype, states=states)
     return max(1, min(n, STACKED_BYTES // max(one, 1)))
 
 
@@ -84,10 +89,10 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
     T, H = steps, arch.hidden_size
     GH = arch.gates * H
 
-    def phase(B: int, streams: int, regroup: bool) -> dict[str, int]:
+    def phase(B: int, streams: int, regroup: bool, states: bool = True) -> dict[str, int]:
         parts = {
             "activations": activation_bytes(arch, T, B, item),
-            "state gradients": streams * stream_bytes(arch, T, B, dtype),
+            "state gradients": streams * stream_bytes(arch, T, B, dtype, states=states),
             "norms": T * B * H * 8,                                  # float64 copies
             "outputs and targets": 3 * T * B * arch.output_size * item,
             "parameters": arch.parameter_count() * item * (5 if optimizer_state else 3),
@@ -101,7 +106,8 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
         phases = [phase(batch, 1, False)]
     else:
         phases = [phase(batch, stream_chunk(arch, T, batch, dtype, STREAMS), False),
-                  phase(batch, stream_chunk(arch, T, batch, dtype, WINDOWS), False)]
+                  phase(batch, stream_chunk(arch, T, batch, dtype, WINDOWS, states=False),
+                        False, states=False)]
     if trials:
         chunk = trial_chunk(arch, steps, batch, dtype, trials)
         phases.append(phase(batch * chunk, 1, chunk > 1))

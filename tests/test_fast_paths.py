@@ -268,3 +268,33 @@ def test_gate_gradients_held_block_by_block_give_the_same_gradients(
             _close(b.params[name], g, f"{label}: {name}")
         for k, h in enumerate(a.hidden):
             _close(b.hidden[k], h, f"{label}: dL/dh of layer {k}")
+
+
+def test_a_cut_at_the_windows_first_step_stops_what_leaves_it(rng):
+    arch, params, x, _ = make_problem(rng, "lstm", layers=2, T=7, B=2)
+    fwd = forward(arch, params, x)
+    d = rng.normal(size=fwd.outputs.shape)
+    open_, cut = backward_streams(arch, params, fwd, [d, d], param_grads=[True, True],
+                                  cuts=[(), (2,)], window=(2, 7))
+    for k in range(arch.num_layers):
+        dh, dc = cut.carry[k]
+        assert not dh.any() and not dc.any()
+        assert open_.carry[k][0].any()
+    for name, g in open_.params.items():       # inside the window nothing differs
+        _close(cut.params[name], g, name)
+
+
+def test_repeated_truncation_windows_share_the_one_pass(monkeypatch):
+    from gradcheck_cli import bptt as core
+    from gradcheck_cli.analysis import analyze_spec
+    from gradcheck_cli.spec import load_spec
+    from tests.conftest import SAMPLES
+    spec = load_spec(next(p for p in SAMPLES if p.stem == "gru_healthy"))
+
+    def chunk_by_chunk(*args, **kwargs):
+        raise AssertionError("a k1 = k2 window went chunk by chunk")
+
+    monkeypatch.setattr(core, "truncated_bptt", chunk_by_chunk)
+    rows = analyze_spec(spec, trials=0, windows=[5, 5, 10]).truncation
+    assert [(r.k1, r.k2) for r in rows] == [(5, 5), (5, 5), (10, 10)]
+    assert rows[0].gradient_error == rows[1].gradient_error > rows[2].gradient_error

@@ -165,19 +165,29 @@ def test_max_memory_option():
     assert parse_size("1000") == 1000
 
 
-@pytest.mark.parametrize("name,overrides", [
-    ("lstm_healthy", ["sequence.length=200", "sequence.batch_size=32"]),
-    ("gru_vanishing", []), ("rnn_vanishing", []), ("lstm_exploding", []),
+WIDE_OUTPUT = ["model.hidden_size=8", "model.output_size=256", "sequence.length=300",
+               "sequence.batch_size=32"]
+
+
+@pytest.mark.parametrize("name,overrides,trials,windows", [
+    ("lstm_healthy", ["sequence.length=200", "sequence.batch_size=32"], 3, None),
+    ("gru_vanishing", [], 3, None), ("rnn_vanishing", [], 3, None),
+    ("lstm_exploding", [], 3, None),
     ("rnn_healthy", ["model.residual.time=true", "model.residual.layers=true",
-                     "model.num_layers=3"]),
+                     "model.num_layers=3"], 3, None),
+    # outputs wider than the state: the output gradients of streams side by side count
+    ("rnn_healthy", WIDE_OUTPUT, 0, None),
+    ("gru_healthy", [*WIDE_OUTPUT, "dtype=float32"], 0, None),
+    # more truncation windows than the estimate allows side by side
+    ("rnn_healthy", WIDE_OUTPUT, 0, [5, 10, 20, 30, 50, 75, 100, 150]),
 ])
-def test_memory_estimate_bounds_the_measured_peak(name, overrides):
+def test_memory_estimate_bounds_the_measured_peak(name, overrides, trials, windows):
     spec = load_spec(SAMPLE[name], overrides)
     arch = Architecture.from_spec(spec.model)
     predicted = estimate(arch, spec.length, spec.batch_size, spec.dtype,
-                         trials=3).total - OVERHEAD
+                         trials=trials).total - OVERHEAD
     tracemalloc.start()
-    analyze_spec(spec, trials=3)
+    analyze_spec(spec, trials=trials, windows=windows)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak <= predicted <= 2 * peak, (peak, predicted)
