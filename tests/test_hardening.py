@@ -289,3 +289,22 @@ def test_random_spec_text_gets_a_report_or_a_clean_error(tmp_path_factory, text)
     path = tmp_path_factory.mktemp("spec") / "s.yaml"
     path.write_text(text)
     _assert_answer(run("analyze", path, "-f", "json", "--trials", "1", "--windows", "none"))
+
+
+@pytest.mark.parametrize("cell,hidden,output", [("rnn", 8, 128), ("lstm", 32, 4)])
+def test_memory_estimate_bounds_training(cell, hidden, output):
+    """simulate's estimate (optimizer state, one stream) holds for outputs wider than the
+    state too."""
+    from gradcheck_cli.simulate import simulate
+    from gradcheck_cli.spec import spec_from_data
+    spec = spec_from_data({"model": {"cell": cell, "input_size": 8, "hidden_size": hidden,
+                                     "output_size": output},
+                           "sequence": {"length": 400, "batch_size": 32}})
+    arch = Architecture.from_spec(spec.model)
+    predicted = estimate(arch, spec.length, spec.batch_size, spec.dtype,
+                         optimizer_state=True).total - OVERHEAD
+    tracemalloc.start()
+    simulate(spec, compare=["none"], steps=2)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak <= predicted <= 2 * peak, (peak, predicted)
