@@ -14,7 +14,6 @@ import numpy as np
 from . import __version__
 from .bptt import (
     Backward,
-    Buffers,
     Forward,
     backward,
     backward_streams,
@@ -23,7 +22,7 @@ from .bptt import (
 )
 from .clip import sample_global_norms, suggest_clip
 from .data import Batches
-from .memory import WINDOWS, stream_chunk
+from .memory import STREAMS, WINDOWS, stream_chunk
 from .model import Architecture, Params, init_params
 from .report import (
     CostStats,
@@ -332,28 +331,29 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
                                            spec.loss.timesteps, lengths)
         # With a loss at every step, the last step's loss alone (what reaches back only in
-        # time) is backpropagated too: in the same pass, alongside, when both fit in memory
-        # (layers take up the working arrays of the layer above), else after it.
-        buffers = Buffers()
-        alongside = stream_chunk(arch, spec.length, batch.x.shape[1], spec.dtype, 2) == 2
-        if spec.loss.timesteps == "last":
-            grads = last = backward(arch, params, fwd, d_out, buffers=buffers)
-        elif alongside:
-            grads, last = backward_streams(arch, params, fwd,
-                                           [d_out, last_step_output_grad(d_out, lengths)],
-                                           param_grads=[True, False], buffers=buffers)
+        # time) is backpropagated too: in the same pass, alongside, when both fit in memory,
+        # else after the main pass's arrays are gone.
+        d_last = last_step_output_grad(d_out, lengths) if spec.loss.timesteps == "all" \
+            else None
+        alongside = \
+            stream_chunk(arch, spec.length, batch.x.shape[1], spec.dtype, STREAMS) == STREAMS
+        last: Backward | None
+        if d_last is not None and alongside:
+            grads, last = backward_streams(arch, params, fwd, [d_out, d_last],
+                                           param_grads=[True, False])
         else:
             grads = backward(arch, params, fwd, d_out)
+            last = grads if d_last is None else None
         broken = non_finite_finding(params, fwd, loss, grads, names)
         hidden = [step_norms(h) for h in grads.hidden]
         cell = [step_norms(c) for c in grads.cell] if grads.cell else None
         param_grads = grads.params
         del grads
-        if spec.loss.timesteps == "all" and not alongside:
-            last = backward(arch, params, fwd, last_step_output_grad(d_out, lengths),
-                            param_grads=False)
+        if last is None and d_last is not None:
+            last = backward(arch, params, fwd, d_last, param_grads=False)
+        assert last is not None
         signals = [aligned_step_norms(h, lengths) for h in last.hidden]
-        del last, buffers
+        del last, d_last
         span = int(np.max(lengths)) if lengths is not None else spec.length
         layers = layer_stats(hidden, cell, signals, spec, span)
         param_stats = [ParameterStats(name=names[name], shape=list(g.shape),

@@ -477,6 +477,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
             for w in reversed(range(w0, w1)):
                 yield start + w, w, w - w0
             flush(w0, w1)
+
     # gradient into h_t from step t+1 (and c_t for lstm); zero after the window unless a
     # carry from a later window is given
     dh_carry, dc_carry = carry if carry is not None else (None, None)
