@@ -148,13 +148,18 @@ class _Fresh(Buffers):
 FRESH = _Fresh()
 
 
-def sigmoid_(a: np.ndarray) -> np.ndarray:
-    """Logistic sigmoid, in place, in the form that does not overflow: (1 + tanh(a/2)) / 2."""
-    a *= 0.5
-    np.tanh(a, out=a)
-    a *= 0.5
-    a += 0.5
-    return a
+def _sigmoid_halves(arch: Architecture, H: int, dtype) -> np.ndarray:
+    """Per gate row, 1/2 for a sigmoid gate and 1 for a tanh one (lstm's g, gru's n).
+
+    A sigmoid is (1 + tanh(a/2)) / 2. The forward pass takes the sigmoid rows' weights and
+    biases halved, which is exact (halving a product or a sum rounds alike, 2 being the
+    base, outside the subnormal range), so that each step's pre-activations come out
+    already halved: one ``tanh`` over lstm's whole gate block, then ``* halves +
+    (1 - halves)``, activates every gate.
+    """
+    halves = np.full((arch.gates, H), 0.5, dtype=dtype)
+    halves[2] = 1.0                  # the tanh gates: lstm's (i, f, g, o) g, gru's (r, z, n) n
+    return halves.reshape(-1)
 
 
 def _layer_params(params: Params, k: int) -> tuple[np.ndarray, np.ndarray,
@@ -187,6 +192,11 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
     H = w_hh.shape[1]
     dtype = x.dtype
     skip = arch.residual_time
+    if arch.cell != "rnn":                  # sigmoid gates' rows halved: see _sigmoid_halves
+        halves = _sigmoid_halves(arch, H, dtype)
+        w_ih, w_hh = w_ih * halves[:, None], w_hh * halves[:, None]
+        b_ih = None if b_ih is None else b_ih * halves
+        b_hh = None if b_hh is None else b_hh * halves
     xp = _project(x, w_ih, b_ih, buffers)   # input projections of every step: (T, B, G*H)
     if b_hh is not None and arch.cell != "gru":
         xp += b_hh                          # both biases add outside the gates: fold them
@@ -218,13 +228,14 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
         c_prev = np.zeros((B, H), dtype=dtype)
         recurrent = np.empty((B, 4 * H), dtype=dtype)
         ig = np.empty((B, H), dtype=dtype)
+        shift = 1.0 - halves
         for t in range(T):
-            a = gates[t]
+            a = gates[t]                           # i, f and o come halved
             a += np.matmul(h_prev, w_hh_t, out=recurrent)
             i, f, g, o = (a[:, k * H:(k + 1) * H] for k in range(4))
-            sigmoid_(a[:, :2 * H])                 # i and f, side by side
-            np.tanh(g, out=g)
-            sigmoid_(o)
+            np.tanh(a, out=a)                      # every gate at once: σ(a) = (1 + tanh(a/2)) / 2
+            a *= halves
+            a += shift
             np.multiply(f, c_prev, out=c[t])       # c_t = f ⊙ c_{t-1} + i ⊙ g
             c[t] += np.multiply(i, g, out=ig)
             np.tanh(c[t], out=tanh_c[t])
@@ -243,10 +254,13 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
         np.matmul(h_prev, w_hh_t, out=hp)          # W_hh h_{t-1} (+ b_hh): (B, 3H)
         if b_hh is not None:
             hp += b_hh
-        a = gates[t]
+        a = gates[t]                               # r and z come halved
         r, z, n = (a[:, k * H:(k + 1) * H] for k in range(3))
-        a[:, :2 * H] += hp[:, :2 * H]
-        sigmoid_(a[:, :2 * H])                     # r and z, side by side
+        rz = a[:, :2 * H]
+        rz += hp[:, :2 * H]
+        np.tanh(rz, out=rz)                        # σ(a) = (1 + tanh(a/2)) / 2, side by side
+        rz *= 0.5
+        rz += 0.5
         hn[t] = hp[:, 2 * H:]
         n += np.multiply(r, hn[t], out=tmp)        # n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))
         np.tanh(n, out=n)

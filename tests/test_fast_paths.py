@@ -298,3 +298,43 @@ def test_repeated_truncation_windows_share_the_one_pass(monkeypatch):
     rows = analyze_spec(spec, trials=0, windows=[5, 5, 10]).truncation
     assert [(r.k1, r.k2) for r in rows] == [(5, 5), (5, 5), (10, 10)]
     assert rows[0].gradient_error == rows[1].gradient_error > rows[2].gradient_error
+
+
+def _sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("float32", [False, True])
+def test_gates_taken_through_one_tanh_are_each_gates_activation(rng, cell, bias, float32):
+    """The forward pass activates the gates from halved sigmoid rows (one tanh, then a
+    scale and a shift): the gates it keeps are still σ and tanh of PyTorch's
+    pre-activations, and the caller's weights are left as they were."""
+    arch, _, x, _ = make_problem(rng, cell, layers=2, bias=bias, T=5, B=3, I=4, H=6, O=2)
+    dtype = np.float32 if float32 else np.float64
+    params = init_params(arch, InitSpec(), rng, np.dtype(dtype))
+    before = {name: p.copy() for name, p in params.items()}
+    fwd = forward(arch, params, x.astype(dtype))
+    H = arch.hidden_size
+    tol = dict(rtol=1e-5, atol=1e-6) if float32 else dict(rtol=1e-13, atol=1e-15)
+    for k, cache in enumerate(fwd.layers):
+        w_ih, w_hh = params[f"rnn.weight_ih_l{k}"], params[f"rnn.weight_hh_l{k}"]
+        zeros = np.zeros(w_ih.shape[0], dtype=dtype)
+        b_ih = params.get(f"rnn.bias_ih_l{k}", zeros)
+        b_hh = params.get(f"rnn.bias_hh_l{k}", zeros)
+        for t in range(x.shape[0]):
+            h_prev = cache.h[t - 1] if t > 0 else np.zeros_like(cache.h[0])
+            gx, gh = cache.x[t] @ w_ih.T + b_ih, h_prev @ w_hh.T + b_hh
+            if cell == "lstm":
+                a = gx + gh
+                want = np.concatenate([_sigmoid(a[:, :2 * H]), np.tanh(a[:, 2 * H:3 * H]),
+                                       _sigmoid(a[:, 3 * H:])], axis=1)
+            else:
+                rz = _sigmoid(gx[:, :2 * H] + gh[:, :2 * H])
+                n = np.tanh(gx[:, 2 * H:] + rz[:, :H] * gh[:, 2 * H:])
+                want = np.concatenate([rz, n], axis=1)
+                np.testing.assert_allclose(cache.hn[t], gh[:, 2 * H:], **tol)
+            np.testing.assert_allclose(cache.gates[t], want, **tol, err_msg=f"layer {k} step {t}")
+    for name, p in params.items():
+        np.testing.assert_array_equal(p, before[name], err_msg=name)
