@@ -14,11 +14,14 @@ For each shape and dtype it prints the median time of
     only), when torch is installed (skipped otherwise),
 and the ratio torch / gradcheck (above 1: gradcheck is faster), the fraction of this
 machine's matrix-multiply throughput (measured in the same run) that the bare pass reaches,
-the measurement overhead (gradcheck / bare - 1), and gradcheck's peak memory (tracemalloc)
-against the estimate gradcheck refuses runs by.
+the measurement overhead (gradcheck / bare - 1), gradcheck's peak memory (tracemalloc)
+against the estimate gradcheck refuses runs by, and the time of the pass's matrix products
+alone (the same calls on the same shapes, without the elementwise work between them) with
+torch's time against it: the most any pass built on these products could reach.
 
 ``--defaults`` times `analyze` with its defaults (20 clip trials and the truncation table's
-four windows) part by part, and what the 20 trials cost against 20 separate bare passes.
+four windows) part by part, what the 20 trials cost against 20 bare passes, and `analyze`
+with 20 trials against 20 separate runs with one trial each.
 """
 
 from __future__ import annotations
@@ -99,6 +102,47 @@ def torch_time(cell, batch, hidden, layers, steps, dtype, repeats):
     return median_time(step, repeats)
 
 
+def products_alone(cell, batch, hidden, layers, steps, dtype, repeats):
+    """The time of the matrix products that `analyze`'s measured pass makes, alone: the
+    same calls on the same shapes, without the elementwise work between them. Its ratio
+    to torch is the most a NumPy pass built on these products could reach."""
+    gates = {"lstm": 4, "gru": 3}[cell] * hidden
+    rng = np.random.default_rng(0)
+
+    def rand(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    rows = steps * batch
+    inputs = [rand(rows, INPUT)] + [rand(rows, hidden) for _ in range(layers - 1)]
+    w_ih = [rand(gates, x.shape[1]) for x in inputs]
+    w_hh = [rand(gates, hidden) for _ in range(layers)]
+    w_hh_t = [np.ascontiguousarray(w.T) for w in w_hh]
+    head, top = rand(OUTPUT, hidden), rand(rows, hidden)
+    h, step_out = rand(batch, hidden), np.empty((batch, gates), dtype)
+    d_out = rand(rows, OUTPUT)
+    d_gates = rand(2 * rows, gates)                  # two streams: the loss and the last step's
+    dh = np.empty((2 * batch, hidden), dtype)
+
+    def run():
+        for k in range(layers):                      # forward
+            inputs[k] @ w_ih[k].T
+            for _ in range(steps):
+                np.matmul(h, w_hh_t[k], out=step_out)
+        top @ head.T
+        d_out.T @ top                                # backward: the head
+        d_out @ head
+        for k in reversed(range(layers)):
+            for t in range(steps):                   # both streams' rows, side by side
+                np.matmul(d_gates[2 * batch * t:2 * batch * (t + 1)], w_hh[k], out=dh)
+            d = d_gates[:rows]                       # weight gradients: the loss's stream
+            d.T @ inputs[k]
+            d.T @ top
+            if k > 0:                                # dL/dx, both streams
+                d_gates @ w_ih[k]
+
+    return median_time(run, repeats)
+
+
 def bench_shape(shape, dtype, repeats, peak):
     spec = make_spec(*shape, dtype)
     arch, params = model_parameters(spec)
@@ -106,6 +150,7 @@ def bench_shape(shape, dtype, repeats, peak):
     full = median_time(lambda: analyze_spec(spec, trials=0, windows=[]), repeats)
     bare = median_time(lambda: bptt(arch, params, batch.x, batch.targets), repeats)
     torch_t = torch_time(*shape, dtype, repeats)
+    products = products_alone(*shape, dtype, repeats)
     macs = bptt_cost(arch, spec.length, spec.batch_size, dtype).total_macs
     tracemalloc.start()
     analyze_spec(spec, trials=0, windows=[])
@@ -114,6 +159,7 @@ def bench_shape(shape, dtype, repeats, peak):
     predicted = estimate(arch, spec.length, spec.batch_size, dtype).total - OVERHEAD
     return {"shape": spec.source, "dtype": dtype, "gradcheck": full, "bare": bare,
             "torch": torch_t, "ratio": torch_t / full if torch_t else None,
+            "products": products, "floor": torch_t / products if torch_t else None,
             "peak_fraction": macs / bare / peak, "overhead": full / bare - 1,
             "memory": used, "estimate": predicted}
 
@@ -127,10 +173,12 @@ def defaults(shape, dtype, repeats):
     core = median_time(lambda: analyze_spec(spec, trials=0, windows=[]), repeats)
     windows = median_time(lambda: analyze_spec(spec, trials=0), repeats)
     trials = median_time(lambda: analyze_spec(spec, trials=20, windows=[]), repeats)
+    one = median_time(lambda: analyze_spec(spec, trials=1, windows=[]), repeats)
     full = median_time(lambda: analyze_spec(spec), repeats)
     bare = median_time(lambda: bptt(arch, params, batch.x, batch.targets), repeats)
     return {"shape": spec.source, "core": core, "windows": windows - core,
-            "trials": trials - core, "full": full, "per_bare": (trials - core) / bare}
+            "trials": trials - core, "full": full, "per_bare": (trials - core) / bare,
+            "with_trials": trials, "separate": 20 * one}
 
 
 def length_scaling(repeats):
@@ -176,7 +224,8 @@ def main():
     print(f"numpy {np.__version__}, {os.cpu_count()} cores; {torch_note}; medians of "
           f"{repeats}")
     header = (f"{'shape':<28} {'dtype':<8} {'gradcheck':>10} {'bare':>9} {'torch':>9} "
-              f"{'torch/gc':>8} {'peak':>6} {'extra':>6} {'memory':>9} {'estimate':>9}")
+              f"{'torch/gc':>8} {'peak':>6} {'extra':>6} {'memory':>9} {'estimate':>9} "
+              f"{'products':>9} {'torch/pr':>8}")
     print(header)
     for dtype in ("float64", "float32"):
         peak = matmul_peak(dtype, repeats)
@@ -185,20 +234,23 @@ def main():
             r = bench_shape(shape, dtype, repeats, peak)
             torch_s = f"{r['torch'] * 1e3:8.1f}ms" if r["torch"] else f"{'—':>9}"
             ratio = f"{r['ratio']:7.2f}x" if r["ratio"] else f"{'—':>8}"
+            floor = f"{r['floor']:7.2f}x" if r["floor"] else f"{'—':>8}"
             print(f"{r['shape']:<28} {dtype:<8} {r['gradcheck'] * 1e3:8.1f}ms "
                   f"{r['bare'] * 1e3:7.1f}ms {torch_s} {ratio} {r['peak_fraction']:6.0%} "
                   f"{r['overhead']:6.0%} {r['memory'] / 2 ** 20:7.0f}MiB "
-                  f"{r['estimate'] / 2 ** 20:7.0f}MiB")
+                  f"{r['estimate'] / 2 ** 20:7.0f}MiB {r['products'] * 1e3:7.1f}ms "
+                  f"{floor}")
     if args.defaults:
         print("\nanalyze with its defaults, by part (20 trials, 4 truncation windows)")
         print(f"{'shape':<28} {'dtype':<8} {'measure':>9} {'+windows':>9} {'+trials':>9} "
-              f"{'total':>9}  20 trials cost")
+              f"{'total':>9}  20 trials cost{'':<17}--trials 20 vs 20 runs of 1")
         for dtype in ("float64", "float32"):
             for shape in SHAPES[:2]:
                 r = defaults(shape, dtype, max(1, repeats // 2))
                 print(f"{r['shape']:<28} {dtype:<8} {r['core'] * 1e3:7.0f}ms "
                       f"{r['windows'] * 1e3:7.0f}ms {r['trials'] * 1e3:7.0f}ms "
-                      f"{r['full'] * 1e3:7.0f}ms  {r['per_bare']:.1f} bare passes")
+                      f"{r['full'] * 1e3:7.0f}ms  {r['per_bare']:4.1f} bare passes{'':<15}"
+                      f"{r['with_trials']:5.2f}s vs {r['separate']:5.2f}s")
     if args.long:
         print("\nLSTM, batch 32, hidden 256, float32: time and memory by length")
         for steps, elapsed, per_step, used, predicted in length_scaling(3):

@@ -53,7 +53,10 @@ def model_parameters(spec: Spec) -> tuple[Architecture, Params]:
 
 
 def step_norms(grad: np.ndarray) -> np.ndarray:
-    """``||grad[t]||`` (Frobenius over batch and features) for each step t, in float64."""
+    """``||grad[t]||`` (Frobenius over batch and features) for each step t, in float64.
+
+    Also of ``(T, B)`` per-sequence norms (``Backward.hidden_norms``): the root of the sum
+    of their squares is the same norm."""
     with np.errstate(over="ignore", invalid="ignore"):
         # no copy, also of a strided view
         axes = "tbhxyz"[:grad.ndim]
@@ -162,8 +165,12 @@ def non_finite_finding(params: Params, fwd: Forward, loss: float, grads: Backwar
                            layer=k, timestep=t)
     if not math.isfinite(loss) or not np.isfinite(fwd.outputs).all():
         return finding("the loss (the head's outputs overflow)")
-    for k in reversed(range(len(grads.hidden))):
-        states = [grads.hidden[k]] + ([grads.cell[k]] if grads.cell else [])
+    # each sequence's state gradient norms where the pass took them (NaN or Inf exactly
+    # where a value is), else the state gradients themselves
+    hidden = grads.hidden_norms if grads.hidden_norms is not None else grads.hidden
+    cell = grads.cell_norms if grads.hidden_norms is not None else grads.cell
+    for k in reversed(range(len(hidden))):
+        states = [hidden[k]] + ([cell[k]] if cell else [])
         t = _first_non_finite(states, reverse=True)
         if t is not None:
             return finding(f"the backward pass: dL/dh at layer {k}, step {t}",
@@ -335,24 +342,28 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         # else after the main pass's arrays are gone.
         d_last = last_step_output_grad(d_out, lengths) if spec.loss.timesteps == "all" \
             else None
-        alongside = \
-            stream_chunk(arch, spec.length, batch.x.shape[1], spec.dtype, STREAMS) == STREAMS
+        # The state gradients are measured step by step (each sequence's norm) and not kept.
+        alongside = stream_chunk(arch, spec.length, batch.x.shape[1], spec.dtype, STREAMS,
+                                 states=False) == STREAMS
         last: Backward | None
         if d_last is not None and alongside:
             grads, last = backward_streams(arch, params, fwd, [d_out, d_last],
-                                           param_grads=[True, False])
+                                           param_grads=[True, False], states=False,
+                                           state_norms=True)
         else:
-            grads = backward(arch, params, fwd, d_out)
+            grads = backward(arch, params, fwd, d_out, states=False, state_norms=True)
             last = grads if d_last is None else None
         broken = non_finite_finding(params, fwd, loss, grads, names)
-        hidden = [step_norms(h) for h in grads.hidden]
-        cell = [step_norms(c) for c in grads.cell] if grads.cell else None
+        assert grads.hidden_norms is not None
+        hidden = [step_norms(n) for n in grads.hidden_norms]
+        cell = [step_norms(n) for n in grads.cell_norms] if grads.cell_norms else None
         param_grads = grads.params
         del grads
         if last is None and d_last is not None:
-            last = backward(arch, params, fwd, d_last, param_grads=False)
-        assert last is not None
-        signals = [aligned_step_norms(h, lengths) for h in last.hidden]
+            last = backward(arch, params, fwd, d_last, param_grads=False, states=False,
+                            state_norms=True)
+        assert last is not None and last.hidden_norms is not None
+        signals = [aligned_step_norms(n, lengths) for n in last.hidden_norms]
         del last, d_last
         span = int(np.max(lengths)) if lengths is not None else spec.length
         layers = layer_stats(hidden, cell, signals, spec, span)

@@ -32,6 +32,7 @@ This module measures and never intervenes: it returns raw gradients.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -86,6 +87,10 @@ class Backward:
     carry: list | None = None
     """Per layer, what leaves the window backwards: the gradient into the state just
     before it (dh, and dc for lstm)."""
+    hidden_norms: list[np.ndarray] | None = None
+    """With ``state_norms``: per layer, ``(T, B)`` float64, ||dL/dh_t|| of each sequence."""
+    cell_norms: list[np.ndarray] | None = None
+    """With ``state_norms``, for lstm: per layer, ``(T, B)`` float64, ||dL/dc_t||."""
 
 
 @dataclass
@@ -353,6 +358,22 @@ def loss_and_output_grad(outputs: np.ndarray, targets: np.ndarray, kind: str,
 
 # ----------------------------------------------------------------------------- backward
 
+def row_norms(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``||a[r]||`` of each row of ``a`` ``(rows, n)``, in float64, into ``out`` ``(rows,)``.
+
+    Rows whose squares overflow float64 but whose values are finite (beyond ~1e154) are
+    rescaled by their largest value first; a row with a NaN or an Inf gets NaN or Inf.
+    """
+    np.einsum("rn,rn->r", a, a, dtype=np.float64, out=out)
+    np.sqrt(out, out=out)
+    for r in np.flatnonzero(np.isinf(out)):
+        row = a[r].astype(np.float64)
+        if np.isfinite(row).all():
+            scale = np.abs(row).max()
+            out[r] = scale * math.sqrt(float(np.dot(row / scale, row / scale)))
+    return out
+
+
 def _by_group(a: np.ndarray, groups: int, buffers: Buffers = FRESH) -> np.ndarray:
     """``(W, groups * b, F)`` → ``(groups, W * b, F)``: each group's steps and rows together."""
     W, rows, F = a.shape
@@ -411,7 +432,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
                    groups: int | None = None,
                    carry: tuple[np.ndarray, np.ndarray | None] | None = None,
                    cuts: Sequence[Collection[int]] | None = None,
-                   keep_states: bool = True, buffers: Buffers = FRESH):
+                   keep_states: bool = True, norms: bool = False, buffers: Buffers = FRESH):
     """Backpropagate through steps ``start … start + W - 1`` of one layer.
 
     dh_direct: ``(W, S*B, H)``, the gradient reaching each h_t from outside the recurrence
@@ -425,11 +446,15 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
     cuts: per stream, the steps t whose gradient does not pass on into h_{t-1} (truncated
         BPTT's detach points).
     keep_states: False keeps no state gradient past its step (dh, dc returned as None).
+    norms: take each row's ||dL/dh_t|| (and ||dL/dc_t||) as soon as its step is done, so
+        that they are there without the state gradients being kept.
 
-    Returns ``(grads, dx, dh, dc, carry)``: per stream, the parameter gradients
+    Returns ``(grads, dx, dh, dc, carry, norms)``: per stream, the parameter gradients
     ``(dW_ih, dW_hh, db_ih, db_hh)`` or None; dL/dx ``(W, S*B, in)`` or None; the total
-    dL/dh_t ``(W, S*B, H)``; for lstm dL/dc_t; and the carry: what leaves the window
-    backwards (the gradient into h_{start-1}, and c_{start-1} for lstm).
+    dL/dh_t ``(W, S*B, H)``; for lstm dL/dc_t; the carry: what leaves the window
+    backwards (the gradient into h_{start-1}, and c_{start-1} for lstm); and with
+    ``norms``, ``(dh_norms, dc_norms)``, each ``(W, S*B)`` float64 (dc_norms None but for
+    lstm), else None.
     """
     W, rows, H = dh_direct.shape
     stop = start + W
@@ -446,6 +471,10 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
 
     kept = W if keep_states else 1                 # steps of dh (and dc) kept: all, or one
     dh = buffers.empty((kept, rows, H), dtype)     # total dL/dh_t, as recorded
+    lstm = arch.cell == "lstm"
+    dc = buffers.empty((kept, rows, H), dtype) if lstm else None   # total dL/dc_t
+    dh_norms = np.empty((W, rows)) if norms else None
+    dc_norms = np.empty((W, rows)) if norms and lstm else None
     # The gate gradients are held for a block of steps at a time: after each block, its
     # weight gradients and dL/dx are taken (one product each) and the block is reused.
     block = min(W, STEP_BLOCK)
@@ -485,11 +514,16 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
 
     def steps_back():
         """(t, w, j): step, its place in the window and in the block, last step first;
-        each block is flushed once its steps are done."""
+        each step's state gradients are measured once it is done, and each block is
+        flushed once its steps are."""
         for w1 in range(W, 0, -block):
             w0 = max(0, w1 - block)
             for w in reversed(range(w0, w1)):
                 yield start + w, w, w - w0
+                if dh_norms is not None:
+                    row_norms(dh[w % kept], dh_norms[w])
+                if dc_norms is not None:
+                    row_norms(dc[w % kept], dc_norms[w])
             flush(w0, w1)
 
     # gradient into h_t from step t+1 (and c_t for lstm); zero after the window unless a
@@ -497,7 +531,6 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
     dh_carry, dc_carry = carry if carry is not None else (None, None)
     dh_next = np.zeros((rows, H), dtype=dtype) if dh_carry is None else dh_carry.copy()
     dh_next_s = dh_next.reshape(B, S, H)
-    dc = None
     # the streams whose gradient stops at step t, by step
     cut_at: dict[int, list[int]] = {}
     for stream, steps in enumerate(cuts or []):
@@ -523,8 +556,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
 
     elif arch.cell == "lstm":
         gates, c, tanh_c = cache.gates, cache.c, cache.tanh_c
-        assert gates is not None and c is not None and tanh_c is not None
-        dc = buffers.empty((kept, rows, H), dtype)             # total dL/dc_t, as recorded
+        assert gates is not None and c is not None and tanh_c is not None and dc is not None
         dc_s = dc.reshape(kept, B, S, H)
         dc_next = np.zeros((rows, H), dtype=dtype) if dc_carry is None else dc_carry.copy()
         dc_next_s = dc_next.reshape(B, S, H)
@@ -604,16 +636,18 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
     buffers.give_back(d_gates)                     # the layer below takes them up again
     if d_hp is not d_gates:
         buffers.give_back(d_hp)
-    carry_out = (dh_next, dc_next if arch.cell == "lstm" else None)
+    carry_out = (dh_next, dc_next if lstm else None)
+    measured = (dh_norms, dc_norms) if norms else None
     if not keep_states:
-        return grads, dx, None, None, carry_out
-    return grads, dx, dh, dc, carry_out
+        return grads, dx, None, None, carry_out, measured
+    return grads, dx, dh, dc, carry_out, measured
 
 
 def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.ndarray, *,
              param_grads: bool = True, window: tuple[int, int] | None = None,
              groups: int | None = None, carry: list | None = None,
-             states: bool = True, buffers: Buffers = FRESH) -> Backward:
+             states: bool = True, state_norms: bool = False,
+             buffers: Buffers = FRESH) -> Backward:
     """Backpropagate ``d_outputs`` (dL/dy, ``(T, B, O)``) through the head and every layer.
 
     With ``param_grads=False`` only the hidden (and cell) state gradients are computed.
@@ -626,10 +660,13 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
     (dh, and dc for lstm), as a previous call's ``Backward.carry`` returned it: a long
     backward pass can then run window by window. ``states=False``: the parameter gradients
     alone, without keeping the per-step state gradients (``hidden`` is then empty).
+    ``state_norms``: each sequence's ||dL/dh_t|| (and ||dL/dc_t||) at every step, in
+    ``hidden_norms`` (and ``cell_norms``), taken as the pass goes: with ``states=False``
+    they are measured without the state gradients being held.
     """
     return backward_streams(arch, params, fwd, [d_outputs], param_grads=[param_grads],
                             window=window, groups=groups, carry=carry, states=states,
-                            buffers=buffers)[0]
+                            state_norms=state_norms, buffers=buffers)[0]
 
 
 def backward_streams(arch: Architecture, params: Params, fwd: Forward,
@@ -637,7 +674,7 @@ def backward_streams(arch: Architecture, params: Params, fwd: Forward,
                      cuts: Sequence[Collection[int]] | None = None,
                      window: tuple[int, int] | None = None, groups: int | None = None,
                      carry: list | None = None, states: bool = True,
-                     buffers: Buffers = FRESH) -> list[Backward]:
+                     state_norms: bool = False, buffers: Buffers = FRESH) -> list[Backward]:
     """:func:`backward` of several output gradients at once, one :class:`Backward` each.
 
     Every ``d_outputs[s]`` (dL/dy, ``(T, B, O)``) meets the same Jacobians, so they go
@@ -679,13 +716,14 @@ def backward_streams(arch: Architecture, params: Params, fwd: Forward,
     hidden: list[np.ndarray] = [None] * arch.num_layers  # type: ignore[list-item]
     cell: list[np.ndarray] = [None] * arch.num_layers    # type: ignore[list-item]
     carries: list = [None] * arch.num_layers
+    norms: list = [None] * arch.num_layers
     for k in reversed(range(arch.num_layers)):
         w_ih, w_hh, _, _ = _layer_params(params, k)
-        layer_grads, dx, hidden[k], cell[k], carries[k] = backward_layer(
+        layer_grads, dx, hidden[k], cell[k], carries[k], norms[k] = backward_layer(
             arch, fwd.layers[k], dh_direct, w_ih, w_hh, start=start,
             param_grads=param_grads, input_grad=k > 0, groups=groups,
             carry=carry[k] if carry is not None else None, cuts=cuts, keep_states=states,
-            buffers=buffers)
+            norms=state_norms, buffers=buffers)
         for s, stream_grads in enumerate(layer_grads):
             if stream_grads is None:
                 continue
@@ -705,13 +743,20 @@ def backward_streams(arch: Architecture, params: Params, fwd: Forward,
     def stream(a: np.ndarray, s: int) -> np.ndarray:   # stream s's rows, in place
         return a if S == 1 else a.reshape(*a.shape[:-2], B, S, a.shape[-1])[..., s, :]
 
+    def stream_norms(a: np.ndarray, s: int) -> np.ndarray:   # (W, S*B) -> stream s's (W, B)
+        return a if S == 1 else a.reshape(W, B, S)[..., s]
+
     if not states:
         hidden, cell = [], []
     return [Backward(params={name: grads[s][name] for name in params if name in grads[s]},
                      hidden=[stream(a, s) for a in hidden],
                      cell=[stream(a, s) for a in cell] if lstm and states else None,
                      carry=[(stream(dh, s), stream(dc, s) if dc is not None else None)
-                            for dh, dc in carries])
+                            for dh, dc in carries],
+                     hidden_norms=[stream_norms(h, s) for h, _ in norms]
+                     if state_norms else None,
+                     cell_norms=[stream_norms(c, s) for _, c in norms]
+                     if state_norms and lstm else None)
             for s in range(S)]
 
 

@@ -89,11 +89,14 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
     T, H = steps, arch.hidden_size
     GH = arch.gates * H
 
-    def phase(B: int, streams: int, regroup: bool, states: bool = True) -> dict[str, int]:
+    measured = arch.num_layers * (2 if arch.cell == "lstm" else 1)  # ||dL/dh||, ||dL/dc||
+
+    def phase(B: int, streams: int, regroup: bool, states: bool = True,
+              norms: bool = False) -> dict[str, int]:
         parts = {
             "activations": activation_bytes(arch, T, B, item),
             "state gradients": streams * stream_bytes(arch, T, B, dtype, states=states),
-            "norms": T * B * H * 8,                                  # float64 copies
+            "norms": streams * measured * T * B * 8 if norms else 0,   # float64, per sequence
             "outputs and targets": 3 * T * B * arch.output_size * item,
             "parameters": arch.parameter_count() * item * (5 if optimizer_state else 3),
         }
@@ -104,8 +107,9 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
 
     if optimizer_state:
         phases = [phase(batch, 1, False)]
-    else:
-        phases = [phase(batch, stream_chunk(arch, T, batch, dtype, STREAMS), False),
+    else:   # the main pass measures its state gradients as it goes, without keeping them
+        phases = [phase(batch, stream_chunk(arch, T, batch, dtype, STREAMS, states=False),
+                        False, states=False, norms=True),
                   phase(batch, stream_chunk(arch, T, batch, dtype, WINDOWS, states=False),
                         False, states=False)]
     if trials:

@@ -338,3 +338,59 @@ def test_gates_taken_through_one_tanh_are_each_gates_activation(rng, cell, bias,
             np.testing.assert_allclose(cache.gates[t], want, **tol, err_msg=f"layer {k} step {t}")
     for name, p in params.items():
         np.testing.assert_array_equal(p, before[name], err_msg=name)
+
+
+@pytest.mark.parametrize("cell,nonlinearity", CELLS)
+@pytest.mark.parametrize("variant", ["plain", "residual-time", "residual-layers", "headless"])
+@pytest.mark.parametrize("float32", [False, True])
+@pytest.mark.parametrize("block", [2, 64])
+def test_state_norms_taken_step_by_step_are_the_kept_gradients_norms(
+        rng, cell, nonlinearity, variant, float32, block, monkeypatch):
+    """``state_norms``: each sequence's ||dL/dh_t|| (and ||dL/dc_t||), taken as the pass
+    goes, equal the norms of the state gradients kept, with or without keeping them, for
+    two streams side by side (one with cuts), one alone, and a window mid-sequence."""
+    from gradcheck_cli import bptt as core
+    monkeypatch.setattr(core, "STEP_BLOCK", block)
+    arch, _, x, _ = make_problem(rng, cell, nonlinearity, layers=2, T=7, B=3, I=4, H=4, O=4)
+    arch = _variant(arch, variant)
+    dtype = np.float32 if float32 else np.float64
+    params = init_params(arch, InitSpec(), rng, np.dtype(dtype))
+    fwd = forward(arch, params, x.astype(dtype))
+    outs = [rng.normal(size=fwd.outputs.shape).astype(dtype) for _ in range(2)]
+    tol = dict(rtol=1e-6, atol=0) if float32 else dict(rtol=1e-13, atol=0)
+
+    def calls(states):
+        streams = backward_streams(arch, params, fwd, outs, param_grads=[True, False],
+                                   cuts=[(), (2, 5)], states=states, state_norms=True)
+        return [*streams, backward(arch, params, fwd, outs[0], states=states,
+                                   state_norms=True),
+                backward(arch, params, fwd, outs[1], window=(2, 6), states=states,
+                         state_norms=True)]
+
+    kept, measured = calls(True), calls(False)
+    for label, a, b in zip(["stream 0", "stream 1", "alone", "window"], kept, measured,
+                           strict=True):
+        assert b.hidden == [] and b.cell is None
+        for k in range(arch.num_layers):
+            want = np.linalg.norm(a.hidden[k].astype(np.float64), axis=-1)
+            assert a.hidden_norms[k].dtype == np.float64 and a.hidden_norms[k].shape == want.shape
+            np.testing.assert_allclose(a.hidden_norms[k], want, **tol, err_msg=label)
+            np.testing.assert_allclose(b.hidden_norms[k], want, **tol, err_msg=label)
+            if cell == "lstm":
+                want = np.linalg.norm(a.cell[k].astype(np.float64), axis=-1)
+                np.testing.assert_allclose(b.cell_norms[k], want, **tol, err_msg=label)
+            else:
+                assert b.cell_norms is None
+        for name, g in a.params.items():
+            np.testing.assert_array_equal(b.params[name], g, err_msg=f"{label}: {name}")
+
+
+def test_row_norms_of_huge_and_non_finite_rows():
+    """Squares beyond float64 (values past ~1e154) are rescaled; NaN and Inf stay."""
+    from gradcheck_cli.bptt import row_norms
+    a = np.array([[3e200, 4e200], [3.0, 4.0], [np.inf, 1.0], [np.nan, 1.0], [0.0, 0.0]])
+    out = row_norms(a, np.empty(5))
+    np.testing.assert_allclose(out[[0, 1, 4]], [5e200, 5.0, 0.0], rtol=1e-15)
+    assert np.isposinf(out[2]) and np.isnan(out[3])
+    small = row_norms(a[1:2].astype(np.float32) * np.float32(1e30), np.empty(1))
+    np.testing.assert_allclose(small, [5e30], rtol=1e-7)        # float32 squares in float64
