@@ -366,6 +366,8 @@ def row_norms(a: np.ndarray, out: np.ndarray) -> np.ndarray:
     """
     np.einsum("rn,rn->r", a, a, dtype=np.float64, out=out)
     np.sqrt(out, out=out)
+    if math.isfinite(out.sum()):                   # the usual case, at one reduction's cost
+        return out
     for r in np.flatnonzero(np.isinf(out)):
         row = a[r].astype(np.float64)
         if np.isfinite(row).all():
