@@ -48,7 +48,8 @@ class LayerCache:
     x: ``(T, B, in)`` the layer's input. h: ``(T, B, H)`` its hidden states.
     gates: ``(T, B, G*H)`` activated gates (lstm i, f, g, o; gru r, z, n); for rnn the
     nonlinearity's output (the same array as h, unless residual through time).
-    c, tanh_c: ``(T, B, H)`` lstm cell states and their tanh.
+    c: ``(T, B, H)`` lstm cell states (their tanh is taken again where needed: cheaper
+    than keeping it, which costs fresh memory as large as c).
     hn: ``(T, B, H)`` gru's ``W_hn h_{t-1} + b_hn``.
     """
 
@@ -56,7 +57,6 @@ class LayerCache:
     h: np.ndarray
     gates: np.ndarray | None = None
     c: np.ndarray | None = None
-    tanh_c: np.ndarray | None = None
     hn: np.ndarray | None = None
 
 
@@ -229,10 +229,10 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
     gates = xp  # activated in place, step by step
     if arch.cell == "lstm":
         c = buffers.empty((T, B, H), dtype)
-        tanh_c = buffers.empty((T, B, H), dtype)
         c_prev = np.zeros((B, H), dtype=dtype)
         recurrent = np.empty((B, 4 * H), dtype=dtype)
         ig = np.empty((B, H), dtype=dtype)
+        tanh_c = np.empty((B, H), dtype=dtype)
         shift = 1.0 - halves
         for t in range(T):
             a = gates[t]                           # i, f and o come halved
@@ -243,12 +243,12 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
             a += shift
             np.multiply(f, c_prev, out=c[t])       # c_t = f ⊙ c_{t-1} + i ⊙ g
             c[t] += np.multiply(i, g, out=ig)
-            np.tanh(c[t], out=tanh_c[t])
-            np.multiply(o, tanh_c[t], out=h[t])    # h_t = o ⊙ tanh(c_t)
+            np.tanh(c[t], out=tanh_c)
+            np.multiply(o, tanh_c, out=h[t])       # h_t = o ⊙ tanh(c_t)
             if skip:
                 h[t] += h_prev                     # ... + h_{t-1}
             h_prev, c_prev = h[t], c[t]
-        cache.gates, cache.c, cache.tanh_c = gates, c, tanh_c
+        cache.gates, cache.c = gates, c
         return cache
 
     # gru
@@ -557,20 +557,21 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
                 dh_next_s[:, stream] = 0.0
 
     elif arch.cell == "lstm":
-        gates, c, tanh_c = cache.gates, cache.c, cache.tanh_c
-        assert gates is not None and c is not None and tanh_c is not None and dc is not None
+        gates, c = cache.gates, cache.c
+        assert gates is not None and c is not None and dc is not None
         dc_s = dc.reshape(kept, B, S, H)
         dc_next = np.zeros((rows, H), dtype=dtype) if dc_carry is None else dc_carry.copy()
         dc_next_s = dc_next.reshape(B, S, H)
         slope = np.empty((B, 1, G), dtype=dtype)               # the gates' derivatives
         tmp = np.empty((B, 1, H), dtype=dtype)
+        tc = np.empty((B, 1, H), dtype=dtype)
         zeros_s = zeros[:, None]
         for t, w, j in steps_back():
             slot = w % kept                                    # where step t's dh and dc go
             np.add(dh_direct[w], dh_next, out=dh[slot])
             gate = gates[t][:, None]
             i, f, g, o = (gate[..., k * H:(k + 1) * H] for k in range(4))
-            tc = tanh_c[t][:, None]
+            np.tanh(c[t][:, None], out=tc)                     # as the forward pass took it
             c_prev = c[t - 1][:, None] if t > 0 else zeros_s
             dh_w, dc_w, da = dh_s[slot], dc_s[slot], d_gates_s[j]
             # h_t = o ⊙ tanh(c_t): into c_t, plus what c_{t+1} sends back through f_{t+1}

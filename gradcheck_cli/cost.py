@@ -57,7 +57,7 @@ def activation_bytes(arch: Architecture, steps: int, batch: int, itemsize: int) 
     for k in range(arch.num_layers):
         per_step += h                                  # hidden states
         if arch.cell == "lstm":
-            per_step += g + 2 * h                      # gates, c, tanh(c)
+            per_step += g + h                          # gates, c
         elif arch.cell == "gru":
             per_step += g + h                          # gates, W_hn h + b_hn
         elif arch.residual_time:

@@ -83,7 +83,7 @@ def step_jacobian(arch: Architecture, cache, w_hh: np.ndarray, t: int, b: int) -
         i, f, g, o = (gate[k * H:(k + 1) * H] for k in range(4))
         w_i, w_f, w_g, w_o = blocks
         c_prev = cache.c[t - 1, b] if t > 0 else np.zeros(H)
-        tc = cache.tanh_c[t, b]
+        tc = np.tanh(cache.c[t, b])
         dc_dh = ((c_prev * f * (1 - f))[:, None] * w_f + (g * i * (1 - i))[:, None] * w_i
                  + (i * (1 - g * g))[:, None] * w_g)
         through_c = o * (1 - tc * tc)
@@ -207,7 +207,7 @@ def _one_sequence(fwd: Forward, b: int, length: int) -> Forward:
         return None if a is None else a[:length, b:b + 1]
 
     layers = [LayerCache(x=part(c.x), h=part(c.h), gates=part(c.gates), c=part(c.c),
-                         tanh_c=part(c.tanh_c), hn=part(c.hn)) for c in fwd.layers]
+                         hn=part(c.hn)) for c in fwd.layers]
     return Forward(layers=layers, outputs=part(fwd.outputs), top=part(fwd.top))
 
 

@@ -17,7 +17,7 @@ def kept_bytes(fwd) -> int:
     seen, total = set(), 0
     arrays = [fwd.outputs, fwd.top]
     for cache in fwd.layers:
-        arrays += [cache.x, cache.h, cache.gates, cache.c, cache.tanh_c, cache.hn]
+        arrays += [cache.x, cache.h, cache.gates, cache.c, cache.hn]
     for a in arrays:
         if a is None:
             continue
