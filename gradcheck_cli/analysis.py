@@ -22,7 +22,7 @@ from .bptt import (
 )
 from .clip import sample_global_norms, suggest_clip
 from .data import Batches
-from .memory import STREAMS, WINDOWS, stream_chunk
+from .memory import STREAMS, WINDOWS, main_streams, stream_chunk
 from .model import Architecture, Params, init_params
 from .report import (
     CostStats,
@@ -322,8 +322,13 @@ def truncation_stats(arch: Architecture, params: Params, fwd: Forward, d_out: np
 
 def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
                  progress: Progress | None = None,
-                 windows: list[int] | None = None, deep: bool = False) -> Report:
-    """Run BPTT on the spec's batch, measure, judge, and sample norms for clipping."""
+                 windows: list[int] | None = None, deep: bool = False,
+                 streams: int | None = None) -> Report:
+    """Run BPTT on the spec's batch, measure, judge, and sample norms for clipping.
+
+    ``streams``: the loss and the last step's loss alone through one backward pass (2) or
+    one after the other (1), as the memory check decided (:func:`memory.check`); by
+    default as :func:`memory.main_streams` rules."""
     arch, params = model_parameters(spec)
     checkpoint = spec.model.checkpoint
     names = dict(checkpoint.names) if checkpoint is not None else {n: n for n in params}
@@ -331,7 +336,7 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
     batch = batches.draw(0)
     lengths = batch.lengths
     # Each array is dropped as soon as its norms are taken: the peak is one forward pass
-    # and one backward pass (of one or two streams, see memory.stream_chunk), which the
+    # and one backward pass (of one or two streams, see memory.main_streams), which the
     # memory estimate counts on.
     with np.errstate(all="ignore"):
         fwd = forward(arch, params, batch.x)
@@ -343,8 +348,9 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         d_last = last_step_output_grad(d_out, lengths) if spec.loss.timesteps == "all" \
             else None
         # The state gradients are measured step by step (each sequence's norm) and not kept.
-        alongside = stream_chunk(arch, spec.length, batch.x.shape[1], spec.dtype, STREAMS,
-                                 states=False) == STREAMS
+        if streams is None:
+            streams = main_streams(arch, spec.length, batch.x.shape[1], spec.dtype)
+        alongside = streams == STREAMS
         last: Backward | None
         if d_last is not None and alongside:
             grads, last = backward_streams(arch, params, fwd, [d_out, d_last],

@@ -58,5 +58,6 @@ def analyze(config: str | os.PathLike[str] | Mapping[str, Any] | Spec, *,
                               base_dir=Path(base_dir) if base_dir is not None else None)
     else:
         spec = load_spec(Path(config), overrides)
-    check(spec, max_memory=max_memory, trials=trials)
-    return analyze_spec(spec, trials=trials, clip_percentile=clip_percentile)
+    est = check(spec, max_memory=max_memory, trials=trials)
+    return analyze_spec(spec, trials=trials, clip_percentile=clip_percentile,
+                        streams=est.streams)

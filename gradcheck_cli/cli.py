@@ -141,11 +141,11 @@ def _memory_limit(max_memory: str | None) -> int | None:
 
 
 def _guard_memory(spec, max_memory: str | None, *, optimizer_state: bool = False,
-                  trials: int = 0) -> None:
-    """Refuse, before allocating, a run that would not fit."""
+                  trials: int = 0):
+    """Refuse, before allocating, a run that would not fit; the estimate it fits by."""
     from .memory import check
-    check(spec, max_memory=_memory_limit(max_memory), optimizer_state=optimizer_state,
-          trials=trials)
+    return check(spec, max_memory=_memory_limit(max_memory),
+                 optimizer_state=optimizer_state, trials=trials)
 
 
 def _use_color() -> bool:
@@ -236,8 +236,7 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
     extra += [*_mitigation_overrides(mitigation), *_truncation_overrides(truncate)]
     window_list = _windows(windows)
     specs = [_load(config, overrides + tuple(extra)) for config in configs]
-    for spec in specs:
-        _guard_memory(spec, max_memory, trials=trials)
+    streams = [_guard_memory(spec, max_memory, trials=trials).streams for spec in specs]
 
     from .analysis import analyze_spec
     from .render import RenderOptions, render
@@ -246,10 +245,11 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
     options = RenderOptions(color=color, width=_width() if output is None else 100,
                             all_steps=all_steps)
     texts, failed = [], False
-    for spec in specs:
+    for spec, fitting in zip(specs, streams, strict=True):
         with _progress(trials) as progress:
             report = analyze_spec(spec, trials=trials, clip_percentile=clip_percentile,
-                                  progress=progress, windows=window_list, deep=deep)
+                                  progress=progress, windows=window_list, deep=deep,
+                                  streams=fitting)
         failed = failed or report.fails(fail_on)
         if fmt == "html" and len(specs) > 1:
             raise click.UsageError("--format html takes one CONFIG")

@@ -28,6 +28,9 @@ MARGIN = 1.2
 class Estimate:
     total: int
     parts: dict[str, int]
+    streams: int = 1
+    """How many of analyze's output gradients its main backward pass carries side by side
+    (see :func:`main_streams`): what the estimate counted on, and the run must do."""
 
 
 STACKED_ROWS = 256
@@ -74,16 +77,29 @@ def stream_chunk(arch: Architecture, steps: int, batch: int, dtype: str, n: int,
     return max(1, min(n, STACKED_BYTES // max(one, 1)))
 
 
+def main_streams(arch: Architecture, steps: int, batch: int, dtype: str) -> int:
+    """How many of analyze's :data:`STREAMS` output gradients go through its main backward
+    pass side by side: all when the extra ones take at most :data:`STACKED_BYTES`, or at
+    most a quarter of what the pass holds anyway (its activations and one stream, which
+    for long sequences is far more), else one after another (slower by about a third of
+    the backward pass, see the README's Performance section)."""
+    one = stream_bytes(arch, steps, batch, dtype, states=False)
+    extra = (STREAMS - 1) * one
+    held = activation_bytes(arch, steps, batch, np.dtype(dtype).itemsize) + one
+    return STREAMS if extra <= max(STACKED_BYTES, held // 4) else 1
+
+
 def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
-             optimizer_state: bool = False, trials: int = 0) -> Estimate:
+             optimizer_state: bool = False, trials: int = 0,
+             streams: int | None = None) -> Estimate:
     """Peak bytes of analysing (or training) ``arch`` on ``steps`` x ``batch``, with
     ``trials`` clip trials (which may run several batches side by side).
 
     The phases run one after another and reuse memory, so the peak is the largest of:
-    the main pass (its :data:`STREAMS` output gradients side by side when they fit, see
-    :func:`stream_chunk`; one when training), the truncation table's passes (up to
-    :data:`WINDOWS` windows side by side) and the clip trials (several batches side by
-    side).
+    the main pass (its :data:`STREAMS` output gradients side by side or not, see
+    :func:`main_streams`, unless ``streams`` says; one when training), the truncation
+    table's passes (up to :data:`WINDOWS` windows side by side) and the clip trials
+    (several batches side by side).
     """
     item = np.dtype(dtype).itemsize
     T, H = steps, arch.hidden_size
@@ -105,11 +121,12 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
                 2 * GH + arch.layer_input_size(k) + H for k in range(arch.num_layers)) * item
         return parts
 
+    if streams is None:
+        streams = 1 if optimizer_state else main_streams(arch, T, batch, dtype)
     if optimizer_state:
         phases = [phase(batch, 1, False)]
     else:   # the main pass measures its state gradients as it goes, without keeping them
-        phases = [phase(batch, stream_chunk(arch, T, batch, dtype, STREAMS, states=False),
-                        False, states=False, norms=True),
+        phases = [phase(batch, streams, False, states=False, norms=True),
                   phase(batch, stream_chunk(arch, T, batch, dtype, WINDOWS, states=False),
                         False, states=False)]
     if trials:
@@ -118,7 +135,7 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
     parts = max(phases, key=lambda p: sum(p.values()))
     arrays = int(sum(parts.values()) * MARGIN)
     parts["interpreter and libraries"] = OVERHEAD
-    return Estimate(total=arrays + OVERHEAD, parts=parts)
+    return Estimate(total=arrays + OVERHEAD, parts=parts, streams=streams)
 
 
 def available() -> int | None:
@@ -160,7 +177,11 @@ def human(n: float) -> str:
 def check(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
           trials: int = 0) -> Estimate:
     """Refuse (GradcheckError) a run whose estimate exceeds ``max_memory`` or what the
-    machine has available, naming the estimate and the spec values behind it."""
+    machine has available, naming the estimate and the spec values behind it.
+
+    A run that fits only with its main pass's output gradients one after another (see
+    :func:`main_streams`) is not refused: the estimate returned says so (``streams``),
+    and the run is to follow it."""
     arch = Architecture.from_spec(spec.model)
     est = estimate(arch, spec.length, spec.batch_size, spec.dtype,
                    optimizer_state=optimizer_state, trials=trials)
@@ -168,6 +189,9 @@ def check(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
     limits = [(max_memory, "--max-memory")] if max_memory is not None else []
     if free is not None:
         limits.append((free, "available on this machine"))
+    if est.streams > 1 and any(est.total > limit for limit, _ in limits):
+        est = estimate(arch, spec.length, spec.batch_size, spec.dtype, trials=trials,
+                       streams=1)
     for limit, what in limits:
         if est.total > limit:
             largest = sorted(est.parts, key=lambda k: -est.parts[k])[:2]

@@ -308,3 +308,55 @@ def test_memory_estimate_bounds_training(cell, hidden, output):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak <= predicted <= 2 * peak, (peak, predicted)
+
+
+def test_long_sequences_keep_both_streams_side_by_side_when_they_add_a_quarter_at_most():
+    """The loss and the last step's loss share the main backward pass when the second
+    stream costs at most 512 MiB or a quarter of what the pass holds anyway; when the
+    output is wide, its gradients dominate and the streams run one after the other."""
+    from gradcheck_cli import memory
+    long = Architecture(cell="lstm", input_size=32, hidden_size=256, output_size=16,
+                        num_layers=1)
+    one = memory.stream_bytes(long, 20_000, 32, "float32", states=False)
+    assert one > memory.STACKED_BYTES                      # over the fixed budget ...
+    assert memory.main_streams(long, 20_000, 32, "float32") == 2   # ... a small share
+    wide = Architecture(cell="lstm", input_size=8, hidden_size=8, output_size=4096,
+                        num_layers=1)
+    assert memory.main_streams(wide, 2000, 32, "float32") == 1
+    assert memory.main_streams(wide, 10, 32, "float32") == 2
+    apart = estimate(long, 20_000, 32, "float32", streams=1)
+    together = estimate(long, 20_000, 32, "float32")
+    assert together.streams == 2 and apart.streams == 1
+    assert together.total - apart.total >= one             # the second stream is counted
+
+
+def test_a_run_that_fits_only_one_stream_at_a_time_runs_so(monkeypatch):
+    """The memory check does not refuse a run that fits with its two output gradients one
+    after the other: it says so, and analyze follows it; below that, it refuses."""
+    from gradcheck_cli import api
+    from gradcheck_cli.memory import check
+    from gradcheck_cli.spec import spec_from_data
+    config = {"dtype": "float32", "model": {"cell": "lstm", "input_size": 32,
+                                            "hidden_size": 256, "output_size": 16},
+              "sequence": {"length": 20_000, "batch_size": 32}}
+    spec = spec_from_data(config, name="long")
+    arch = Architecture.from_spec(spec.model)
+    together = estimate(arch, spec.length, spec.batch_size, spec.dtype)
+    apart = estimate(arch, spec.length, spec.batch_size, spec.dtype, streams=1)
+    assert together.streams == 2 and apart.total < together.total
+    between = (apart.total + together.total) // 2
+    assert check(spec, max_memory=together.total).streams == 2
+    assert check(spec, max_memory=between).streams == 1
+    with pytest.raises(GradcheckError, match="--max-memory"):
+        check(spec, max_memory=apart.total - 1)
+    seen = {}
+
+    def record(spec, **kwargs):
+        seen.update(kwargs)
+        return "report"
+
+    monkeypatch.setattr(api, "analyze_spec", record)
+    assert api.analyze(config, trials=0, max_memory=between) == "report"
+    assert seen["streams"] == 1
+    assert api.analyze(config, trials=0, max_memory=together.total) == "report"
+    assert seen["streams"] == 2
