@@ -5,7 +5,7 @@
     python benchmarks/bench_bptt.py --long     # also the 10,000-step LSTM and length scaling
     python benchmarks/bench_bptt.py --defaults # also `analyze` as users run it: trials, windows
 
-For each shape and dtype it prints the median time of
+For each shape and dtype it prints the median time (the candidates timed in turns) of
   * gradcheck: `analyze`'s own work (forward, loss, backward with the last step's loss
     alone alongside, and every per-step norm it reports; no clip trials, no truncation
     table),
@@ -70,6 +70,20 @@ def median_time(fn, repeats):
     return statistics.median(times)
 
 
+def interleaved_medians(fns, repeats):
+    """The median time of each of ``fns``, timed in turns (one run of each, ``repeats``
+    times, after a warm-up of each), so that a slow spell of the machine falls on all."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]
+
+
 def bare_pass(arch, params, batch):
     """Forward, loss and backward for the parameter gradients alone: what torch is timed
     doing, and what `analyze`'s measurements are counted on top of."""
@@ -95,7 +109,9 @@ def matmul_peak(dtype, repeats):
     return n ** 3 / min(times)
 
 
-def torch_time(cell, batch, hidden, layers, steps, dtype, repeats):
+def torch_step(cell, batch, hidden, layers, steps, dtype):
+    """One forward and backward of torch's module and head, as a callable (None without
+    torch)."""
     try:
         import torch
     except ImportError:
@@ -115,11 +131,11 @@ def torch_time(cell, batch, hidden, layers, steps, dtype, repeats):
         loss = torch.nn.functional.mse_loss(head(module(x)[0]), y)
         loss.backward()
 
-    return median_time(step, repeats)
+    return step
 
 
-def products_alone(cell, batch, hidden, layers, steps, dtype, repeats):
-    """The time of the matrix products that `analyze`'s measured pass makes, alone: the
+def products_alone(cell, batch, hidden, layers, steps, dtype):
+    """The matrix products that `analyze`'s measured pass makes, alone, as a callable: the
     same calls on the same shapes, without the elementwise work between them. Its ratio
     to torch is the most a NumPy pass built on these products could reach."""
     gates = {"lstm": 4, "gru": 3}[cell] * hidden
@@ -156,17 +172,19 @@ def products_alone(cell, batch, hidden, layers, steps, dtype, repeats):
             if k > 0:                                # dL/dx, both streams
                 d_gates @ w_ih[k]
 
-    return median_time(run, repeats)
+    return run
 
 
 def bench_shape(shape, dtype, repeats, peak):
     spec = make_spec(*shape, dtype)
     arch, params = model_parameters(spec)
     batch = Batches(spec).draw(0)
-    full = median_time(lambda: analyze_spec(spec, trials=0, windows=[]), repeats)
-    bare = median_time(lambda: bare_pass(arch, params, batch), repeats)
-    torch_t = torch_time(*shape, dtype, repeats)
-    products = products_alone(*shape, dtype, repeats)
+    fns = [lambda: analyze_spec(spec, trials=0, windows=[]),
+           lambda: bare_pass(arch, params, batch), products_alone(*shape, dtype)]
+    torch_fn = torch_step(*shape, dtype)
+    full, bare, products, *rest = interleaved_medians(
+        fns + ([torch_fn] if torch_fn else []), repeats)
+    torch_t = rest[0] if rest else None
     macs = bptt_cost(arch, spec.length, spec.batch_size, dtype).total_macs
     tracemalloc.start()
     analyze_spec(spec, trials=0, windows=[])
