@@ -5,7 +5,7 @@
     python benchmarks/bench_bptt.py --long     # also the 10,000-step LSTM and length scaling
     python benchmarks/bench_bptt.py --defaults # also `analyze` as users run it: trials, windows
 
-For each shape and dtype it prints the median time (the candidates timed in turns) of
+For each shape and dtype it prints the median time (gradcheck's three in turns) of
   * gradcheck: `analyze`'s own work (forward, loss, backward with the last step's loss
     alone alongside, and every per-step norm it reports; no clip trials, no truncation
     table),
@@ -179,12 +179,13 @@ def bench_shape(shape, dtype, repeats, peak):
     spec = make_spec(*shape, dtype)
     arch, params = model_parameters(spec)
     batch = Batches(spec).draw(0)
-    fns = [lambda: analyze_spec(spec, trials=0, windows=[]),
-           lambda: bare_pass(arch, params, batch), products_alone(*shape, dtype)]
+    full, bare, products = interleaved_medians(
+        [lambda: analyze_spec(spec, trials=0, windows=[]),
+         lambda: bare_pass(arch, params, batch), products_alone(*shape, dtype)], repeats)
+    # torch apart: each library's idle threads spin for a while after its calls, and would
+    # slow the other down if they took turns
     torch_fn = torch_step(*shape, dtype)
-    full, bare, products, *rest = interleaved_medians(
-        fns + ([torch_fn] if torch_fn else []), repeats)
-    torch_t = rest[0] if rest else None
+    torch_t = median_time(torch_fn, repeats) if torch_fn else None
     macs = bptt_cost(arch, spec.length, spec.batch_size, dtype).total_macs
     tracemalloc.start()
     analyze_spec(spec, trials=0, windows=[])
