@@ -5,7 +5,7 @@
     python benchmarks/bench_bptt.py --long     # also the 10,000-step LSTM and length scaling
     python benchmarks/bench_bptt.py --defaults # also `analyze` as users run it: trials, windows
 
-For each shape and dtype it prints the median time (gradcheck's three in turns) of
+For each shape and dtype it prints the median time of
   * gradcheck: `analyze`'s own work (forward, loss, backward with the last step's loss
     alone alongside, and every per-step norm it reports; no clip trials, no truncation
     table),
@@ -68,20 +68,6 @@ def median_time(fn, repeats):
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def interleaved_medians(fns, repeats):
-    """The median time of each of ``fns``, timed in turns (one run of each, ``repeats``
-    times, after a warm-up of each), so that a slow spell of the machine falls on all."""
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, spent in zip(fns, times, strict=True):
-            start = time.perf_counter()
-            fn()
-            spent.append(time.perf_counter() - start)
-    return [statistics.median(spent) for spent in times]
 
 
 def bare_pass(arch, params, batch):
@@ -179,11 +165,12 @@ def bench_shape(shape, dtype, repeats, peak):
     spec = make_spec(*shape, dtype)
     arch, params = model_parameters(spec)
     batch = Batches(spec).draw(0)
-    full, bare, products = interleaved_medians(
-        [lambda: analyze_spec(spec, trials=0, windows=[]),
-         lambda: bare_pass(arch, params, batch), products_alone(*shape, dtype)], repeats)
-    # torch apart: each library's idle threads spin for a while after its calls, and would
-    # slow the other down if they took turns
+    # Each one back to back, in the steady state a repeated run reaches: timed in turns,
+    # the large runs pay for fresh pages that the others' arrays left (and a library's idle
+    # threads, spinning for a while after its calls, slow the other's down).
+    full = median_time(lambda: analyze_spec(spec, trials=0, windows=[]), repeats)
+    bare = median_time(lambda: bare_pass(arch, params, batch), repeats)
+    products = median_time(products_alone(*shape, dtype), repeats)
     torch_fn = torch_step(*shape, dtype)
     torch_t = median_time(torch_fn, repeats) if torch_fn else None
     macs = bptt_cost(arch, spec.length, spec.batch_size, dtype).total_macs
