@@ -165,13 +165,16 @@ def non_finite_finding(params: Params, fwd: Forward, loss: float, grads: Backwar
                            layer=k, timestep=t)
     if not math.isfinite(loss) or not np.isfinite(fwd.outputs).all():
         return finding("the loss (the head's outputs overflow)")
-    # each sequence's state gradient norms where the pass took them (NaN or Inf exactly
-    # where a value is), else the state gradients themselves
-    hidden = grads.hidden_norms if grads.hidden_norms is not None else grads.hidden
-    cell = grads.cell_norms if grads.hidden_norms is not None else grads.cell
-    for k in reversed(range(len(hidden))):
-        states = [hidden[k]] + ([cell[k]] if cell else [])
-        t = _first_non_finite(states, reverse=True)
+    # where the pass measured the state gradients, it marked the NaN and Inf it met (a
+    # finite gradient's norm can overflow); else the state gradients themselves
+    layers = len(grads.non_finite if grads.non_finite is not None else grads.hidden)
+    for k in reversed(range(layers)):
+        if grads.non_finite is not None:
+            steps = np.flatnonzero(grads.non_finite[k].any(axis=1))
+            t = int(steps[-1]) if steps.size else None
+        else:
+            states = [grads.hidden[k]] + ([grads.cell[k]] if grads.cell else [])
+            t = _first_non_finite(states, reverse=True)
         if t is not None:
             return finding(f"the backward pass: dL/dh at layer {k}, step {t}",
                            layer=k, timestep=t)

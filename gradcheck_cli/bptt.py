@@ -91,6 +91,9 @@ class Backward:
     """With ``state_norms``: per layer, ``(T, B)`` float64, ||dL/dh_t|| of each sequence."""
     cell_norms: list[np.ndarray] | None = None
     """With ``state_norms``, for lstm: per layer, ``(T, B)`` float64, ||dL/dc_t||."""
+    non_finite: list[np.ndarray] | None = None
+    """With ``state_norms``: per layer, ``(T, B)`` booleans: whether dL/dh_t (or dL/dc_t)
+    of that sequence holds a NaN or an Inf (a finite gradient's norm can be Inf too)."""
 
 
 @dataclass
@@ -358,21 +361,27 @@ def loss_and_output_grad(outputs: np.ndarray, targets: np.ndarray, kind: str,
 
 # ----------------------------------------------------------------------------- backward
 
-def row_norms(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+def row_norms(a: np.ndarray, out: np.ndarray, bad: np.ndarray | None = None) -> np.ndarray:
     """``||a[r]||`` of each row of ``a`` ``(rows, n)``, in float64, into ``out`` ``(rows,)``.
 
     Rows whose squares overflow float64 but whose values are finite (beyond ~1e154) are
-    rescaled by their largest value first; a row with a NaN or an Inf gets NaN or Inf.
+    rescaled by their largest value first (a norm past float64's range is still Inf); a
+    row with a NaN or an Inf gets NaN or Inf, and is marked True in ``bad`` (the only way
+    to tell it from a finite row whose norm is too large).
     """
     np.einsum("rn,rn->r", a, a, dtype=np.float64, out=out)
     np.sqrt(out, out=out)
     if math.isfinite(out.sum()):                   # the usual case, at one reduction's cost
         return out
-    for r in np.flatnonzero(np.isinf(out)):
+    for r in np.flatnonzero(~np.isfinite(out)):
         row = a[r].astype(np.float64)
-        if np.isfinite(row).all():
+        if not np.isfinite(row).all():
+            if bad is not None:
+                bad[r] = True
+        elif np.isinf(out[r]):
             scale = np.abs(row).max()
-            out[r] = scale * math.sqrt(float(np.dot(row / scale, row / scale)))
+            with np.errstate(over="ignore"):
+                out[r] = scale * math.sqrt(float(np.dot(row / scale, row / scale)))
     return out
 
 
@@ -455,8 +464,8 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
     ``(dW_ih, dW_hh, db_ih, db_hh)`` or None; dL/dx ``(W, S*B, in)`` or None; the total
     dL/dh_t ``(W, S*B, H)``; for lstm dL/dc_t; the carry: what leaves the window
     backwards (the gradient into h_{start-1}, and c_{start-1} for lstm); and with
-    ``norms``, ``(dh_norms, dc_norms)``, each ``(W, S*B)`` float64 (dc_norms None but for
-    lstm), else None.
+    ``norms``, ``(dh_norms, dc_norms, bad)``, each ``(W, S*B)``: the norms in float64
+    (dc_norms None but for lstm), and whether dh or dc holds a NaN or an Inf; else None.
     """
     W, rows, H = dh_direct.shape
     stop = start + W
@@ -477,6 +486,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
     dc = buffers.empty((kept, rows, H), dtype) if lstm else None   # total dL/dc_t
     dh_norms = np.empty((W, rows)) if norms else None
     dc_norms = np.empty((W, rows)) if norms and lstm else None
+    bad = np.zeros((W, rows), dtype=bool) if norms else None   # a NaN or Inf in dh or dc
     # The gate gradients are held for a block of steps at a time: after each block, its
     # weight gradients and dL/dx are taken (one product each) and the block is reused.
     block = min(W, STEP_BLOCK)
@@ -522,10 +532,10 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
             w0 = max(0, w1 - block)
             for w in reversed(range(w0, w1)):
                 yield start + w, w, w - w0
-                if dh_norms is not None:
-                    row_norms(dh[w % kept], dh_norms[w])
-                if dc_norms is not None:
-                    row_norms(dc[w % kept], dc_norms[w])
+                if dh_norms is not None and bad is not None:
+                    row_norms(dh[w % kept], dh_norms[w], bad[w])
+                if dc_norms is not None and bad is not None:
+                    row_norms(dc[w % kept], dc_norms[w], bad[w])
             flush(w0, w1)
 
     # gradient into h_t from step t+1 (and c_t for lstm); zero after the window unless a
@@ -640,7 +650,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
     if d_hp is not d_gates:
         buffers.give_back(d_hp)
     carry_out = (dh_next, dc_next if lstm else None)
-    measured = (dh_norms, dc_norms) if norms else None
+    measured = (dh_norms, dc_norms, bad) if norms else None
     if not keep_states:
         return grads, dx, None, None, carry_out, measured
     return grads, dx, dh, dc, carry_out, measured
@@ -756,10 +766,12 @@ def backward_streams(arch: Architecture, params: Params, fwd: Forward,
                      cell=[stream(a, s) for a in cell] if lstm and states else None,
                      carry=[(stream(dh, s), stream(dc, s) if dc is not None else None)
                             for dh, dc in carries],
-                     hidden_norms=[stream_norms(h, s) for h, _ in norms]
+                     hidden_norms=[stream_norms(h, s) for h, _, _ in norms]
                      if state_norms else None,
-                     cell_norms=[stream_norms(c, s) for _, c in norms]
-                     if state_norms and lstm else None)
+                     cell_norms=[stream_norms(c, s) for _, c, _ in norms]
+                     if state_norms and lstm else None,
+                     non_finite=[stream_norms(bad, s) for _, _, bad in norms]
+                     if state_norms else None)
             for s in range(S)]
 
 

@@ -490,14 +490,14 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
     limit = _memory_limit(max_memory)
     if plot is not None:
         _check_plot(plot)
-    check_points(config, overrides, axes, limit)
+    fits = check_points(config, overrides, axes, limit)
     from .render.sweep import render_sweep
     total = 1
     for axis in axes:
         total *= len(axis.values)
     with _progress(total) as progress:
         result = run_sweep(config, axes, overrides=overrides, jobs=jobs, trials=trials,
-                           progress=progress)
+                           streams=fits, progress=progress)
     color = output is None and fmt == "table" and _use_color()
     if plot is not None:
         from .render.plot import save, sweep_figure

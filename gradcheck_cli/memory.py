@@ -108,7 +108,7 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
     measured = arch.num_layers * (2 if arch.cell == "lstm" else 1)  # ||dL/dh||, ||dL/dc||
 
     def phase(B: int, streams: int, regroup: bool, states: bool = True,
-              norms: bool = False) -> dict[str, int]:
+              norms: bool = False, windows: int = 0) -> dict[str, int]:
         parts = {
             "activations": activation_bytes(arch, T, B, item),
             "state gradients": streams * stream_bytes(arch, T, B, dtype, states=states),
@@ -116,19 +116,23 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
             "outputs and targets": 3 * T * B * arch.output_size * item,
             "parameters": arch.parameter_count() * item * (5 if optimizer_state else 3),
         }
+        if windows:  # the truncation table keeps each window's parameter gradients
+            parts["window gradients"] = windows * arch.parameter_count() * item
         if regroup:  # per-trial weight gradients regroup a block's arrays by trial
             parts["trial regrouping"] = min(T, STEP_BLOCK) * B * max(
                 2 * GH + arch.layer_input_size(k) + H for k in range(arch.num_layers)) * item
         return parts
 
-    if streams is None:
-        streams = 1 if optimizer_state else main_streams(arch, T, batch, dtype)
+    if optimizer_state:
+        streams = 1                      # training: one output gradient
+    elif streams is None:
+        streams = main_streams(arch, T, batch, dtype)
     if optimizer_state:
         phases = [phase(batch, 1, False)]
     else:   # the main pass measures its state gradients as it goes, without keeping them
         phases = [phase(batch, streams, False, states=False, norms=True),
                   phase(batch, stream_chunk(arch, T, batch, dtype, WINDOWS, states=False),
-                        False, states=False)]
+                        False, states=False, windows=WINDOWS)]
     if trials:
         chunk = trial_chunk(arch, steps, batch, dtype, trials)
         phases.append(phase(batch * chunk, 1, chunk > 1))

@@ -131,12 +131,13 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _analyse_point(task: tuple[str, tuple[str, ...], dict[str, Any], int]) -> Point:
-    config, overrides, values, trials = task
+def _analyse_point(task: tuple[str, tuple[str, ...], dict[str, Any], int, int | None]
+                   ) -> Point:
+    config, overrides, values, trials, streams = task
     from .analysis import analyze_spec
     from .spec import load_spec
     spec = load_spec(config, [*overrides, *(_override(k, v) for k, v in values.items())])
-    report = analyze_spec(spec, trials=trials, windows=[])
+    report = analyze_spec(spec, trials=trials, windows=[], streams=streams)
     return Point(values=values, codes=[f.code for f in report.findings],
                  growth_factor=[layer.growth_factor for layer in report.layers],
                  ratio=[layer.ratio for layer in report.layers],
@@ -144,20 +145,28 @@ def _analyse_point(task: tuple[str, tuple[str, ...], dict[str, Any], int]) -> Po
 
 
 def check_points(config: str | Path, overrides: tuple[str, ...], axes: list[Axis],
-                 max_memory: int | None = None) -> None:
-    """Validate every point's spec (and its memory) before anything runs."""
+                 max_memory: int | None = None) -> list[int]:
+    """Validate every point's spec (and its memory) before anything runs; per point, in
+    :func:`grid` order, the backward streams side by side its memory allows (see
+    :func:`~gradcheck_cli.memory.check`), for :func:`run_sweep`."""
     from .memory import check
     from .spec import load_spec
+    streams = []
     for values in grid(axes):
         spec = load_spec(config, [*overrides, *(_override(k, v) for k, v in values.items())])
-        check(spec, max_memory=max_memory)
+        streams.append(check(spec, max_memory=max_memory).streams)
+    return streams
 
 
 def run_sweep(config: str | Path, axes: list[Axis], *, overrides: tuple[str, ...] = (),
-              jobs: int = 1, trials: int = 0,
+              jobs: int = 1, trials: int = 0, streams: list[int] | None = None,
               progress: Callable[[int, int], None] | None = None) -> Sweep:
+    """Analyse every point of the grid; ``streams``: per point, as :func:`check_points`
+    returns them (default: as :func:`~gradcheck_cli.memory.main_streams` rules)."""
     points_values = grid(axes)
-    tasks = [(str(config), tuple(overrides), values, trials) for values in points_values]
+    fits = streams if streams is not None else [None] * len(points_values)
+    tasks = [(str(config), tuple(overrides), values, trials, fit)
+             for values, fit in zip(points_values, fits, strict=True)]
     points: list[Point] = []
     if jobs <= 1:
         for task in tasks:

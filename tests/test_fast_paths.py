@@ -388,9 +388,12 @@ def test_state_norms_taken_step_by_step_are_the_kept_gradients_norms(
 def test_row_norms_of_huge_and_non_finite_rows():
     """Squares beyond float64 (values past ~1e154) are rescaled; NaN and Inf stay."""
     from gradcheck_cli.bptt import row_norms
-    a = np.array([[3e200, 4e200], [3.0, 4.0], [np.inf, 1.0], [np.nan, 1.0], [0.0, 0.0]])
-    out = row_norms(a, np.empty(5))
+    a = np.array([[3e200, 4e200], [3.0, 4.0], [np.inf, 1.0], [np.nan, 1.0], [0.0, 0.0],
+                  [1.5e308, 1.5e308]])
+    bad = np.zeros(6, dtype=bool)
+    out = row_norms(a, np.empty(6), bad)
     np.testing.assert_allclose(out[[0, 1, 4]], [5e200, 5.0, 0.0], rtol=1e-15)
-    assert np.isposinf(out[2]) and np.isnan(out[3])
+    assert np.isposinf(out[2]) and np.isnan(out[3]) and np.isposinf(out[5])
+    assert bad.tolist() == [False, False, True, True, False, False]   # finite, if huge
     small = row_norms(a[1:2].astype(np.float32) * np.float32(1e30), np.empty(1))
     np.testing.assert_allclose(small, [5e30], rtol=1e-7)        # float32 squares in float64

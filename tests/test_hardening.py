@@ -180,6 +180,11 @@ WIDE_OUTPUT = ["model.hidden_size=8", "model.output_size=256", "sequence.length=
     ("gru_healthy", [*WIDE_OUTPUT, "dtype=float32"], 0, None),
     # more truncation windows than the estimate allows side by side
     ("rnn_healthy", WIDE_OUTPUT, 0, [5, 10, 20, 30, 50, 75, 100, 150]),
+    # many parameters for the steps: the truncation windows' own parameter gradients count
+    ("lstm_healthy", ["model.input_size=128", "model.hidden_size=128", "model.num_layers=3",
+                      "model.residual.time=true", "sequence.length=1000",
+                      "sequence.batch_size=1", "dtype=float32",
+                      "training.truncation.k1=7"], 0, None),
 ])
 def test_memory_estimate_bounds_the_measured_peak(name, overrides, trials, windows):
     spec = load_spec(SAMPLE[name], overrides)
@@ -360,3 +365,59 @@ def test_a_run_that_fits_only_one_stream_at_a_time_runs_so(monkeypatch):
     assert seen["streams"] == 1
     assert api.analyze(config, trials=0, max_memory=together.total) == "report"
     assert seen["streams"] == 2
+
+
+def test_sweep_runs_each_point_with_the_streams_its_memory_allows(tmp_path, monkeypatch):
+    """A sweep point that fits only with one stream at a time runs so, as analyze does."""
+    import types
+
+    import yaml
+
+    from gradcheck_cli import analysis
+    from gradcheck_cli.sweep import check_points, parse_axis, run_sweep
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump({
+        "dtype": "float32", "model": {"cell": "lstm", "input_size": 32, "hidden_size": 256,
+                                      "output_size": 16},
+        "sequence": {"length": 20_000, "batch_size": 32}}))
+    arch = Architecture(cell="lstm", input_size=32, hidden_size=256, output_size=16,
+                        num_layers=1)
+    apart = estimate(arch, 20_000, 32, "float32", streams=1).total
+    together = estimate(arch, 20_000, 32, "float32").total
+    axes = [parse_axis("seed=0,1")]
+    assert check_points(path, (), axes, together) == [2, 2]
+    fits = check_points(path, (), axes, (apart + together) // 2)
+    assert fits == [1, 1]
+    seen = []
+
+    def record(spec, **kwargs):
+        seen.append(kwargs["streams"])
+        return types.SimpleNamespace(findings=[], layers=[])
+
+    monkeypatch.setattr(analysis, "analyze_spec", record)
+    run_sweep(path, axes, streams=fits)
+    assert seen == [1, 1]
+
+
+def test_a_finite_state_gradient_whose_norm_overflows_is_no_non_finite_finding(tmp_path):
+    """dL/dh of (0.1, 1.5e308, 1.5e308) is finite though its norm is not: the per-step norm
+    reads Inf, and no `non_finite` finding is made; a real NaN still makes one."""
+    H = 3
+    w_ih = np.zeros((H, 1))
+    w_ih[0, 0] = 1.0
+    w_hh = np.zeros((H, H))
+    w_hh[0, 1] = w_hh[0, 2] = 5.72e305
+    np.savez(tmp_path / "w.npz", **{"rnn.weight_ih_l0": w_ih, "rnn.weight_hh_l0": w_hh,
+                                    "rnn.bias_ih_l0": np.zeros(H), "rnn.bias_hh_l0": np.zeros(H)})
+    np.save(tmp_path / "x.npy", np.full((1, 2, 1), 0.5))
+    np.save(tmp_path / "y.npy", np.full((1, 2, H), -1e3))
+    from gradcheck_cli.spec import spec_from_data
+    config = {"model": {"cell": "rnn", "weights": str(tmp_path / "w.npz"), "head": False},
+              "sequence": {"inputs": str(tmp_path / "x.npy"),
+                           "targets": str(tmp_path / "y.npy")}}
+    report = analyze_spec(spec_from_data(config, name="huge"), trials=0, windows=[])
+    assert np.isinf(report.layers[0].hidden_grad_norm[0])
+    assert "non_finite" not in [f.code for f in report.findings]
+    np.save(tmp_path / "y.npy", np.array([[[0.0] * H, [np.nan] * H]]))
+    report = analyze_spec(spec_from_data(config, name="nan"), trials=0, windows=[])
+    assert [f.code for f in report.findings if f.code == "non_finite"] == ["non_finite"]
