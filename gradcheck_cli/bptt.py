@@ -170,6 +170,31 @@ def _sigmoid_halves(arch: Architecture, H: int, dtype) -> np.ndarray:
     return halves.reshape(-1)
 
 
+def _halving_is_exact(arch: Architecture, x: np.ndarray, w_ih: np.ndarray,
+                      w_hh: np.ndarray, b_ih: np.ndarray | None,
+                      b_hh: np.ndarray | None) -> bool:
+    """Whether sums from halved rows are the unhalved sums halved, bit for bit.
+
+    They are, unless a sum comes near the dtype's largest value: there the unhalved one
+    overflows (to Inf, or to NaN from Inf - Inf, as PyTorch's does) where the halved one
+    may not. Bounded by the largest input and state (|h| <= 1 without residual connections
+    through time) times each row's absolute sum, plus the biases; NaN or Inf anywhere in
+    them says no, and the pass halves after summing instead.
+    """
+    if arch.residual_time:
+        return False
+    if x.size == 0:
+        return True
+    with np.errstate(all="ignore"):
+        largest = max(float(x.max()), -float(x.min()))          # no copy of x
+        bound = largest * float(np.abs(w_ih).sum(axis=1).max()) \
+            + float(np.abs(w_hh).sum(axis=1).max())
+        for b in (b_ih, b_hh):
+            if b is not None:
+                bound += float(np.abs(b).max())
+    return bound < float(np.finfo(x.dtype).max) / 4             # False for NaN
+
+
 def _layer_params(params: Params, k: int) -> tuple[np.ndarray, np.ndarray,
                                                     np.ndarray | None, np.ndarray | None]:
     return (params[f"rnn.weight_ih_l{k}"], params[f"rnn.weight_hh_l{k}"],
@@ -200,8 +225,11 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
     H = w_hh.shape[1]
     dtype = x.dtype
     skip = arch.residual_time
-    if arch.cell != "rnn":                  # sigmoid gates' rows halved: see _sigmoid_halves
+    # sigmoid gates' rows halved (see _sigmoid_halves), unless a sum could overflow
+    prehalved = arch.cell != "rnn" and _halving_is_exact(arch, x, w_ih, w_hh, b_ih, b_hh)
+    if arch.cell != "rnn":
         halves = _sigmoid_halves(arch, H, dtype)
+    if prehalved:
         w_ih, w_hh = w_ih * halves[:, None], w_hh * halves[:, None]
         b_ih = None if b_ih is None else b_ih * halves
         b_hh = None if b_hh is None else b_hh * halves
@@ -238,9 +266,11 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
         tanh_c = np.empty((B, H), dtype=dtype)
         shift = 1.0 - halves
         for t in range(T):
-            a = gates[t]                           # i, f and o come halved
+            a = gates[t]                           # i, f and o come halved (prehalved)
             a += np.matmul(h_prev, w_hh_t, out=recurrent)
             i, f, g, o = (a[:, k * H:(k + 1) * H] for k in range(4))
+            if not prehalved:
+                a *= halves
             np.tanh(a, out=a)                      # every gate at once: σ(a) = (1 + tanh(a/2)) / 2
             a *= halves
             a += shift
@@ -262,10 +292,12 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
         np.matmul(h_prev, w_hh_t, out=hp)          # W_hh h_{t-1} (+ b_hh): (B, 3H)
         if b_hh is not None:
             hp += b_hh
-        a = gates[t]                               # r and z come halved
+        a = gates[t]                               # r and z come halved (prehalved)
         r, z, n = (a[:, k * H:(k + 1) * H] for k in range(3))
         rz = a[:, :2 * H]
         rz += hp[:, :2 * H]
+        if not prehalved:
+            rz *= 0.5
         np.tanh(rz, out=rz)                        # σ(a) = (1 + tanh(a/2)) / 2, side by side
         rz *= 0.5
         rz += 0.5

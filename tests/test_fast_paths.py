@@ -397,3 +397,40 @@ def test_row_norms_of_huge_and_non_finite_rows():
     assert bad.tolist() == [False, False, True, True, False, False]   # finite, if huge
     small = row_norms(a[1:2].astype(np.float32) * np.float32(1e30), np.empty(1))
     np.testing.assert_allclose(small, [5e30], rtol=1e-7)        # float32 squares in float64
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("float32", [False, True])
+def test_halved_rows_give_the_unhalved_sums_halved_bit_for_bit(rng, cell, bias, float32,
+                                                               monkeypatch):
+    """Halving the sigmoid rows before the products, or the sums after them (what the pass
+    does where a sum could overflow): the same states and gates, bit for bit."""
+    from gradcheck_cli import bptt as core
+    arch, _, x, _ = make_problem(rng, cell, layers=2, bias=bias, T=6, B=3, I=4, H=5, O=2)
+    dtype = np.float32 if float32 else np.float64
+    params = init_params(arch, InitSpec(), rng, np.dtype(dtype))
+    fast = forward(arch, params, x.astype(dtype))
+    monkeypatch.setattr(core, "_halving_is_exact", lambda *args: False)
+    after = forward(arch, params, x.astype(dtype))
+    for a, b in zip(fast.layers, after.layers, strict=True):
+        for name in ("h", "gates", "c", "hn"):
+            if getattr(a, name) is not None:
+                np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_gate_sum_that_overflows_is_nan_as_in_pytorch(cell):
+    """2e38·2 + 2e38·(-3) overflows float32 to Inf - Inf = NaN when summed as PyTorch sums
+    it, though its halves would not: the pass sums unhalved there, and the NaN shows."""
+    G = {"lstm": 4, "gru": 3}[cell]
+    arch = Architecture(cell=cell, input_size=2, hidden_size=1, output_size=1, num_layers=1,
+                        bias=False, head_bias=False)
+    w_ih = np.full((G, 2), 2e38, np.float32)
+    w_ih[2] = 0.0                                    # the tanh gate stays finite
+    params = {"rnn.weight_ih_l0": w_ih, "rnn.weight_hh_l0": np.zeros((G, 1), np.float32),
+              "head.weight": np.ones((1, 1), np.float32)}
+    with np.errstate(all="ignore"):
+        fwd = forward(arch, params, np.array([[[2.0, -3.0]]], np.float32))
+    gates = fwd.layers[0].gates[0, 0]
+    assert np.isnan(gates[0]) and np.isnan(gates[1]) and np.isnan(fwd.layers[0].h).all()
