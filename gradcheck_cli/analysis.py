@@ -136,20 +136,20 @@ def layer_stats(hidden: list[np.ndarray], cell: list[np.ndarray] | None,
     return layers
 
 
-def _first_non_finite(arrays: list[np.ndarray], reverse: bool) -> int | None:
-    """The first step (last, with ``reverse``) at which any of ``arrays`` is not finite."""
+def _first_non_finite(arrays: list[np.ndarray]) -> int | None:
+    """The first step at which any of ``arrays`` is not finite."""
     bad = np.zeros(arrays[0].shape[0], dtype=bool)
     for a in arrays:
         bad |= ~np.isfinite(a).reshape(a.shape[0], -1).all(axis=1)
     steps = np.flatnonzero(bad)
-    if steps.size == 0:
-        return None
-    return int(steps[-1] if reverse else steps[0])
+    return int(steps[0]) if steps.size else None
 
 
 def non_finite_finding(params: Params, fwd: Forward, loss: float, grads: Backward,
                        names: dict[str, str]) -> Finding | None:
-    """Where NaN or Inf first appeared, in the order the computation runs."""
+    """Where NaN or Inf first appeared, in the order the computation runs. ``grads`` come
+    from a pass with ``state_norms``, which marks the NaN and Inf it meets in the state
+    gradients (their norms cannot tell: a finite gradient's norm can overflow)."""
     def finding(message: str, **where) -> Finding:
         return Finding(code="non_finite", severity="error",
                        message=f"non-finite values (NaN/Inf) first appear in {message}", **where)
@@ -159,23 +159,17 @@ def non_finite_finding(params: Params, fwd: Forward, loss: float, grads: Backwar
             return finding(f"the weights: {names[name]}", parameter=names[name])
     for k, cache in enumerate(fwd.layers):
         states = [cache.h] + ([cache.c] if cache.c is not None else [])
-        t = _first_non_finite(states, reverse=False)
+        t = _first_non_finite(states)
         if t is not None:
             return finding(f"the forward pass: layer {k}'s hidden state at step {t}",
                            layer=k, timestep=t)
     if not math.isfinite(loss) or not np.isfinite(fwd.outputs).all():
         return finding("the loss (the head's outputs overflow)")
-    # where the pass measured the state gradients, it marked the NaN and Inf it met (a
-    # finite gradient's norm can overflow); else the state gradients themselves
-    layers = len(grads.non_finite if grads.non_finite is not None else grads.hidden)
-    for k in reversed(range(layers)):
-        if grads.non_finite is not None:
-            steps = np.flatnonzero(grads.non_finite[k].any(axis=1))
-            t = int(steps[-1]) if steps.size else None
-        else:
-            states = [grads.hidden[k]] + ([grads.cell[k]] if grads.cell else [])
-            t = _first_non_finite(states, reverse=True)
-        if t is not None:
+    assert grads.non_finite is not None
+    for k in reversed(range(len(grads.non_finite))):
+        steps = np.flatnonzero(grads.non_finite[k].any(axis=1))
+        if steps.size:
+            t = int(steps[-1])
             return finding(f"the backward pass: dL/dh at layer {k}, step {t}",
                            layer=k, timestep=t)
     for name, g in grads.params.items():
