@@ -108,38 +108,51 @@ STEP_BLOCK = 64
 
 
 class Buffers:
-    """Big arrays lent for one pass and taken back by :meth:`reclaim`, so that passes of
-    the same shapes (clip trials, training steps) reuse memory instead of asking the
-    system for fresh pages: the kernel zeroes every fresh page on first touch, which on a
-    large batch costs about as much as the arithmetic done in it.
+    """Big arrays lent for one pass and taken back by :meth:`reclaim`, so that passes
+    (clip trials, training steps) reuse memory instead of asking the system for fresh
+    pages: the kernel zeroes every fresh page on first touch, which on a large batch costs
+    about as much as the arithmetic done in it.
+
+    An array is lent from the smallest free one of the dtype that is large enough (its
+    leading elements, reshaped): a pass of smaller shapes (the last, smaller chunk of clip
+    trials) runs in the arrays of a larger one before it.
 
     Whoever calls :meth:`reclaim` promises that nothing it got from the passes before is
     used again.
     """
 
     def __init__(self) -> None:
-        self._free: dict[tuple, list[np.ndarray]] = {}
-        self._lent: list[np.ndarray] = []
+        self._free: dict[str, list[np.ndarray]] = {}        # dtype -> flat arrays
+        self._lent: list[tuple[np.ndarray, np.ndarray]] = []  # (what was lent, its array)
+        self.allocated = 0
+        """Bytes asked of the system so far (the rest was lent again)."""
 
     def empty(self, shape: tuple[int, ...], dtype) -> np.ndarray:
-        key = (tuple(shape), np.dtype(dtype).str)
-        pool = self._free.get(key)
-        a = pool.pop() if pool else np.empty(shape, dtype=dtype)
-        self._lent.append(a)
+        dtype = np.dtype(dtype)
+        n = math.prod(shape)
+        pool = self._free.get(dtype.str, [])
+        fits = [j for j, base in enumerate(pool) if base.size >= n]
+        if fits:
+            base = pool.pop(min(fits, key=lambda j: pool[j].size))
+        else:
+            base = np.empty(n, dtype=dtype)
+            self.allocated += base.nbytes
+        a = base[:n].reshape(shape)
+        self._lent.append((a, base))
         return a
 
     def give_back(self, a: np.ndarray) -> None:
         """Return one array early (within a pass), when nothing uses it any more."""
-        for j, lent in enumerate(self._lent):
+        for j, (lent, base) in enumerate(self._lent):
             if lent is a:
                 del self._lent[j]
-                self._free.setdefault((a.shape, a.dtype.str), []).append(a)
+                self._free.setdefault(base.dtype.str, []).append(base)
                 return
 
     def reclaim(self) -> None:
         """Take back everything lent."""
-        for a in self._lent:
-            self._free.setdefault((a.shape, a.dtype.str), []).append(a)
+        for _, base in self._lent:
+            self._free.setdefault(base.dtype.str, []).append(base)
         self._lent = []
 
 

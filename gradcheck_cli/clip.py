@@ -34,18 +34,17 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
     Several trials' batches go through one forward and one backward pass side by side (the
     recurrence treats every sequence on its own), each with its own loss normalisation, and
     the weight gradients are summed per trial: the same numbers as one run per trial, in
-    fewer, larger matrix products. Chunks of the same size reuse one set of arrays.
+    fewer, larger matrix products. Every chunk runs in the arrays of the first (a last,
+    smaller one in their leading parts).
     """
     from .memory import trial_chunk
     norms = np.empty(trials)
     B = spec.batch_size
     chunk = trial_chunk(arch, spec.length, B, spec.dtype, trials)
     done = 0
-    buffers, size = Buffers(), chunk
+    buffers = Buffers()
     while done < trials:
         k = min(chunk, trials - done)
-        if k != size:  # the last, smaller chunk: other shapes, the old arrays go
-            buffers, size = Buffers(), k
         buffers.reclaim()
         draws = [batches.draw(done + j + 1) for j in range(k)]
         x = np.concatenate([d.x for d in draws], axis=1)

@@ -40,10 +40,15 @@ STACKED_BYTES = 512 * 2 ** 20
 
 
 def trial_chunk(arch: Architecture, steps: int, batch: int, dtype: str, trials: int) -> int:
-    """How many clip trials run side by side in one pass."""
+    """How many clip trials run side by side in one pass: as many as the caps allow, spread
+    evenly over the passes that takes (20 trials at up to 16 a pass: 10 and 10, not 16
+    and 4). Fewer sequences a pass hold less memory, and passes of one size run in one set
+    of arrays: fresh memory costs about as much as the arithmetic done in it."""
     one = activation_bytes(arch, steps, batch, np.dtype(dtype).itemsize)
     by_memory = max(1, STACKED_BYTES // max(one, 1))
-    return max(1, min(trials, STACKED_ROWS // batch, by_memory))
+    most = max(1, min(trials, STACKED_ROWS // batch, by_memory))
+    passes = -(-trials // most)
+    return -(-trials // passes)
 
 
 def stream_bytes(arch: Architecture, steps: int, batch: int, dtype: str, *,

@@ -87,6 +87,49 @@ def test_stacked_trials_give_each_trials_own_norm(name, overrides, rows_per_pass
     np.testing.assert_allclose(stacked, one_by_one, rtol=1e-10)
 
 
+@pytest.mark.parametrize("trials,most,chunk", [
+    (20, 16, 10), (20, 6, 5), (20, 20, 20), (7, 3, 3), (20, 1, 1), (5, 4, 3), (1, 16, 1),
+])
+def test_trials_are_spread_evenly_over_the_passes(monkeypatch, trials, most, chunk):
+    """As many trials a pass as the caps allow, spread evenly: 20 at up to 16 a pass go
+    10 and 10 (same shapes, one set of arrays), not 16 and 4; never more passes."""
+    from gradcheck_cli import memory
+    spec = load_spec(next(p for p in SAMPLES if p.stem == "lstm_healthy"))
+    monkeypatch.setattr(memory, "STACKED_ROWS", most * spec.batch_size)
+    got = memory.trial_chunk(Architecture.from_spec(spec.model), spec.length,
+                             spec.batch_size, spec.dtype, trials)
+    assert got == chunk
+    assert -(-trials // got) == -(-trials // most)
+
+
+def test_later_trial_chunks_run_in_the_first_chunks_arrays(monkeypatch):
+    """Chunks of 3 + 3 + 1 trials: only the first asks the system for memory; the last,
+    smaller one runs in the leading parts of the arrays before it."""
+    from gradcheck_cli import clip, memory
+    from gradcheck_cli.bptt import Buffers
+    spec = load_spec(next(p for p in SAMPLES if p.stem == "gru_vanishing"))
+    monkeypatch.setattr(memory, "STACKED_ROWS", 3 * spec.batch_size)
+    pools: list = []
+    after_each: list[int] = []
+
+    class Watched(Buffers):
+        def __init__(self):
+            super().__init__()
+            pools.append(self)
+
+        def reclaim(self):
+            after_each.append(self.allocated)
+            super().reclaim()
+
+    monkeypatch.setattr(clip, "Buffers", Watched)
+    arch, params = model_parameters(spec)
+    sample_global_norms(arch, params, Batches(spec), spec, 7)
+    assert len(pools) == 1 and len(after_each) == 3
+    first = after_each[1]
+    assert after_each[0] == 0 and first > 0
+    assert after_each[2] == first and pools[0].allocated == first
+
+
 def test_file_data_trials_resample_the_files_sequences(tmp_path, write_spec, rng):
     np.save(tmp_path / "x.npy", rng.normal(size=(6, 5, 2)))
     np.save(tmp_path / "y.npy", rng.integers(0, 3, size=(6, 5)))

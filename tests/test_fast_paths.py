@@ -162,14 +162,34 @@ def test_buffers_lend_reclaim_and_reuse():
     buffers = Buffers()
     a = buffers.empty((3, 4), np.float64)
     b = buffers.empty((3, 4), np.float64)
-    assert a is not b
+    assert not np.shares_memory(a, b)
+    assert buffers.allocated == 2 * 12 * 8
     buffers.give_back(a)
-    assert buffers.empty((3, 4), np.float64) is a          # given back early: lent again
-    assert buffers.empty((3, 4), np.float32) is not a      # another dtype: a fresh array
+    again = buffers.empty((4, 3), np.float64)               # given back early: lent again
+    assert np.shares_memory(again, a) and again.shape == (4, 3)
+    assert not np.shares_memory(buffers.empty((3, 4), np.float32), a)  # another dtype
+    assert buffers.allocated == 2 * 12 * 8 + 12 * 4
     buffers.reclaim()
-    again = {id(buffers.empty((3, 4), np.float64)) for _ in range(2)}
-    assert again == {id(a), id(b)}
-    assert buffers.empty((3, 4), np.float64) is not a      # all lent: a fresh one
+    lent = [buffers.empty((3, 4), np.float64) for _ in range(2)]
+    assert {np.shares_memory(x, a) for x in lent} == {True, False}
+    assert {np.shares_memory(x, b) for x in lent} == {True, False}
+    assert not np.shares_memory(buffers.empty((3, 4), np.float64), a)   # all lent: fresh
+
+
+def test_buffers_lend_the_smallest_array_that_is_large_enough():
+    """A pass of smaller shapes runs in the leading parts of a larger pass's arrays,
+    each request in the smallest that fits; a larger request gets fresh memory."""
+    buffers = Buffers()
+    big, small = buffers.empty((10, 10), np.float64), buffers.empty((2, 4), np.float64)
+    buffers.reclaim()
+    before = buffers.allocated
+    part = buffers.empty((3, 3), np.float64)              # fits only in big
+    assert np.shares_memory(part, big) and part.flags.c_contiguous
+    tiny = buffers.empty((2, 2), np.float64)              # small is the smallest that fits
+    assert np.shares_memory(tiny, small)
+    assert buffers.allocated == before
+    larger = buffers.empty((11, 10), np.float64)
+    assert not np.shares_memory(larger, big) and buffers.allocated == before + 110 * 8
 
 
 @pytest.mark.parametrize("cell,nonlinearity", CELLS)
