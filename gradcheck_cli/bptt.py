@@ -430,24 +430,38 @@ def row_norms(a: np.ndarray, out: np.ndarray, bad: np.ndarray | None = None) -> 
     return out
 
 
-def _by_group(a: np.ndarray, groups: int, buffers: Buffers = FRESH) -> np.ndarray:
-    """``(W, groups * b, F)`` → ``(groups, W * b, F)``: each group's steps and rows together."""
+def _group_rows(a: np.ndarray, groups: int, g: int) -> np.ndarray:
+    """Batch g's rows of ``a`` ``(W, groups * b, F)`` over every step, as one
+    ``(W * b, F)`` matrix. The batches are interleaved (sequence j of batch g is row
+    ``j * groups + g``), so these rows are evenly spaced in memory: a strided view, which
+    the BLAS takes as it is, without a copy."""
     W, rows, F = a.shape
     b = rows // groups
-    out = buffers.empty((groups, W * b, F), a.dtype)
-    out.reshape(groups, W, b, F)[...] = a.reshape(W, groups, b, F).transpose(1, 0, 2, 3)
+    return a.reshape(W, b, groups, F)[:, :, g].reshape(W * b, F)
+
+
+def _per_group(d: np.ndarray, x: np.ndarray, groups: int) -> np.ndarray:
+    """``(groups, G, F)``: for each batch, the sum over steps and its rows of d^T x."""
+    out = np.empty((groups, d.shape[-1], x.shape[-1]), dtype=np.result_type(d, x))
+    for g in range(groups):
+        np.matmul(_group_rows(d, groups, g).T, _group_rows(x, groups, g), out=out[g])
     return out
 
 
+def _per_group_sums(d: np.ndarray, groups: int) -> np.ndarray:
+    """``(groups, G)``: for each batch, the sum of its rows of d ``(W, groups * b, G)``."""
+    W, rows, G = d.shape
+    return d.reshape(W, rows // groups, groups, G).sum(axis=(0, 1))
+
+
 def _weight_grads(d_gates: np.ndarray, d_hp: np.ndarray, x: np.ndarray, h: np.ndarray,
-                  h_before: np.ndarray | None, groups: int | None,
-                  buffers: Buffers = FRESH):
+                  h_before: np.ndarray | None, groups: int | None):
     """dW_ih, dW_hh, db_ih, db_hh summed over the window's steps, as one product each.
 
     x: the layer's input over the window; h: its states over the window's steps but the
     last (what W_hh meets at the next step); h_before: the state just before the window,
     a constant input for truncated BPTT. With ``groups``, the batch is that many
-    independent batches side by side, and each gets its own gradients (a leading axis).
+    independent batches, interleaved, and each gets its own gradients (a leading axis).
     """
     W, B, G = d_gates.shape
     if groups is None:
@@ -460,26 +474,14 @@ def _weight_grads(d_gates: np.ndarray, d_hp: np.ndarray, x: np.ndarray, h: np.nd
         d_b_ih = flat_d.sum(axis=0)
         d_b_hh = d_b_ih.copy() if d_hp is d_gates else flat_hp.sum(axis=0)  # rnn, lstm: same
         return d_w_ih, d_w_hh, d_b_ih, d_b_hh
-    # each group's rows, step by step: (groups, W * b, G); rows from b on skip step 0
-    d = _by_group(d_gates, groups, buffers)
-    hp = d if d_hp is d_gates else _by_group(d_hp, groups, buffers)
-    b = B // groups
-    x_by = _by_group(x, groups, buffers)
-    d_w_ih = d.transpose(0, 2, 1) @ x_by
-    buffers.give_back(x_by)
-    if W > 1:
-        h_by = _by_group(h, groups, buffers)
-        d_w_hh = hp[:, b:].transpose(0, 2, 1) @ h_by
-        buffers.give_back(h_by)
-    else:
-        d_w_hh = np.zeros((groups, G, h.shape[-1]), dtype=d_gates.dtype)
+    d_w_ih = _per_group(d_gates, x, groups)
+    d_w_hh = _per_group(d_hp[1:], h, groups) if W > 1 else \
+        np.zeros((groups, G, h.shape[-1]), dtype=d_gates.dtype)
     if h_before is not None:
-        d_w_hh += _by_group(d_hp[:1], groups).transpose(0, 2, 1) @ \
-            _by_group(h_before[None], groups)
-    sums = d.sum(axis=1), hp.sum(axis=1)
-    for a in {id(d): d, id(hp): hp}.values():
-        buffers.give_back(a)
-    return d_w_ih, d_w_hh, *sums
+        d_w_hh += _per_group(d_hp[:1], h_before[None], groups)
+    d_b_ih = _per_group_sums(d_gates, groups)
+    d_b_hh = d_b_ih.copy() if d_hp is d_gates else _per_group_sums(d_hp, groups)
+    return d_w_ih, d_w_hh, d_b_ih, d_b_hh
 
 
 def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
@@ -559,7 +561,7 @@ def backward_layer(arch: Architecture, cache: LayerCache, dh_direct: np.ndarray,
             d = rows_of(d_gates[:n], stream)
             part = _weight_grads(d, d if d_hp is d_gates else rows_of(d_hp[:n], stream),
                                  cache.x[first:first + n], h[first:first + n - 1],
-                                 h[first - 1] if first > 0 else None, groups, buffers)
+                                 h[first - 1] if first > 0 else None, groups)
             if grads[stream] is None:
                 grads[stream] = part
             else:
@@ -712,8 +714,10 @@ def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.nda
     ``window=(start, stop)`` backpropagates through those steps only (truncated BPTT: no
     gradient enters from after ``stop`` or leaves into step ``start - 1``); the state
     gradients returned then cover the window's steps. ``groups=K``: the batch holds K
-    independent batches side by side, and each parameter gradient gets a leading axis of
-    size K, one gradient per batch (the recurrence is per sequence, so one pass serves all).
+    independent batches, interleaved (sequence j of batch g is row ``j * K + g``), and each
+    parameter gradient gets a leading axis of size K, one gradient per batch (the
+    recurrence is per sequence, so one pass serves all; interleaved, each batch's rows are
+    evenly spaced, so its weight gradients are products on them in place).
     ``carry``: per layer, the gradient arriving from after the window into its last state
     (dh, and dc for lstm), as a previous call's ``Backward.carry`` returned it: a long
     backward pass can then run window by window. ``states=False``: the parameter gradients
@@ -764,11 +768,9 @@ def backward_streams(arch: Architecture, params: Params, fwd: Forward,
                 if arch.head_bias:
                     grads[s]["head.bias"] = flat.sum(axis=0)
             elif param_grads[s] and groups is not None:
-                by_group = _by_group(d_out, groups)
-                grads[s]["head.weight"] = by_group.transpose(0, 2, 1) @ _by_group(
-                    top[start:stop], groups)
+                grads[s]["head.weight"] = _per_group(d_out, top[start:stop], groups)
                 if arch.head_bias:
-                    grads[s]["head.bias"] = by_group.sum(axis=1)
+                    grads[s]["head.bias"] = _per_group_sums(d_out, groups)
         dh_direct = _project(d_in, params["head.weight"].T, None, buffers)  # into the top
     skips = residual_layers(arch)
     hidden: list[np.ndarray] = [None] * arch.num_layers  # type: ignore[list-item]

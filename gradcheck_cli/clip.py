@@ -47,21 +47,22 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
         k = min(chunk, trials - done)
         buffers.reclaim()
         draws = [batches.draw(done + j + 1) for j in range(k)]
-        x = np.concatenate([d.x for d in draws], axis=1)
+        # interleaved: sequence b of trial j is row b * k + j (see bptt.backward's groups)
+        stacked = np.stack([d.x for d in draws], axis=2)          # (T, B, k, features)
+        x = stacked.reshape(stacked.shape[0], B * k, stacked.shape[-1])
         with np.errstate(all="ignore"):
             fwd = forward(arch, params, x, buffers=buffers)
             d_out = np.empty_like(fwd.outputs)
             for j, d in enumerate(draws):
-                rows = slice(j * B, (j + 1) * B)
-                _, d_out[:, rows] = loss_and_output_grad(
-                    fwd.outputs[:, rows], d.targets, spec.loss.kind, spec.loss.timesteps,
+                _, d_out[:, j::k] = loss_and_output_grad(
+                    fwd.outputs[:, j::k], d.targets, spec.loss.kind, spec.loss.timesteps,
                     d.lengths)
             grads = backward(arch, params, fwd, d_out, groups=k, states=False,
                              buffers=buffers).params
             squares = sum(np.sum(g.reshape(k, -1).astype(np.float64) ** 2, axis=1)
                           for g in grads.values())
             norms[done:done + k] = np.sqrt(squares)
-        del fwd, d_out, grads, draws, x  # before the next chunk allocates its own
+        del fwd, d_out, grads, draws, stacked, x  # the next chunk reuses the arrays
         done += k
         if progress is not None:
             progress(done, trials)

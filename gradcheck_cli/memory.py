@@ -107,12 +107,10 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
     (several batches side by side).
     """
     item = np.dtype(dtype).itemsize
-    T, H = steps, arch.hidden_size
-    GH = arch.gates * H
-
+    T = steps
     measured = arch.num_layers * (2 if arch.cell == "lstm" else 1)  # ||dL/dh||, ||dL/dc||
 
-    def phase(B: int, streams: int, regroup: bool, states: bool = True,
+    def phase(B: int, streams: int, states: bool = True,
               norms: bool = False, windows: int = 0) -> dict[str, int]:
         parts = {
             "activations": activation_bytes(arch, T, B, item),
@@ -123,9 +121,6 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
         }
         if windows:  # the truncation table keeps each window's parameter gradients
             parts["window gradients"] = windows * arch.parameter_count() * item
-        if regroup:  # per-trial weight gradients regroup a block's arrays by trial
-            parts["trial regrouping"] = min(T, STEP_BLOCK) * B * max(
-                2 * GH + arch.layer_input_size(k) + H for k in range(arch.num_layers)) * item
         return parts
 
     if optimizer_state:
@@ -133,14 +128,14 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
     elif streams is None:
         streams = main_streams(arch, T, batch, dtype)
     if optimizer_state:
-        phases = [phase(batch, 1, False)]
+        phases = [phase(batch, 1)]
     else:   # the main pass measures its state gradients as it goes, without keeping them
-        phases = [phase(batch, streams, False, states=False, norms=True),
+        phases = [phase(batch, streams, states=False, norms=True),
                   phase(batch, stream_chunk(arch, T, batch, dtype, WINDOWS, states=False),
-                        False, states=False, windows=WINDOWS)]
+                        states=False, windows=WINDOWS)]
     if trials:
         chunk = trial_chunk(arch, steps, batch, dtype, trials)
-        phases.append(phase(batch * chunk, 1, chunk > 1))
+        phases.append(phase(batch * chunk, 1))
     parts = max(phases, key=lambda p: sum(p.values()))
     arrays = int(sum(parts.values()) * MARGIN)
     parts["interpreter and libraries"] = OVERHEAD

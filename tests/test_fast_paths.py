@@ -158,6 +158,41 @@ def test_truncation_windows_in_one_pass_equal_chunk_by_chunk(rng, cell, nonlinea
     assert not np.allclose(together[0]["rnn.weight_hh_l0"], full["rnn.weight_hh_l0"])
 
 
+@pytest.mark.parametrize("cell,nonlinearity", CELLS)
+@pytest.mark.parametrize("variant", ["plain", "residual-time", "residual-layers", "headless"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("window", [None, (2, 7)])
+def test_interleaved_batches_get_each_their_own_gradients(rng, cell, nonlinearity, variant,
+                                                          bias, window):
+    """groups=3: three batches interleaved (sequence j of batch g is row 3j + g) give, per
+    batch, the parameter gradients of that batch's own pass, also through a window that
+    starts mid-sequence (the state before it a constant input)."""
+    arch, _, _, _ = make_problem(rng, cell, nonlinearity, layers=2, bias=bias, T=7, B=2,
+                                 I=3, H=4)
+    arch = _variant(arch, variant)
+    params = init_params(arch, InitSpec(), rng)
+    xs = [rng.normal(size=(7, 2, arch.input_size)) for _ in range(3)]
+    outs = [rng.normal(size=(7, 2, arch.output_size)) for _ in range(3)]
+    x = np.stack(xs, axis=2).reshape(7, 6, arch.input_size)
+    d_out = np.stack(outs, axis=2).reshape(7, 6, arch.output_size)
+    grouped = backward(arch, params, forward(arch, params, x), d_out, groups=3,
+                       window=window, states=False).params
+    for g in range(3):
+        alone = backward(arch, params, forward(arch, params, xs[g]), outs[g],
+                         window=window, states=False).params
+        assert grouped.keys() == alone.keys()
+        for name, grad in alone.items():
+            _close(grouped[name][g], grad, f"batch {g}: {name}")
+
+
+def test_a_batchs_rows_are_read_in_place():
+    from gradcheck_cli.bptt import _group_rows
+    a = np.arange(5 * 6 * 4.0).reshape(5, 6, 4)
+    rows = _group_rows(a, 3, 1)
+    assert np.shares_memory(rows, a) and rows.shape == (10, 4)
+    np.testing.assert_array_equal(rows, a[:, 1::3].reshape(10, 4))
+
+
 def test_buffers_lend_reclaim_and_reuse():
     buffers = Buffers()
     a = buffers.empty((3, 4), np.float64)
