@@ -21,7 +21,9 @@ torch's time against it: the most any pass built on these products could reach.
 
 ``--defaults`` times `analyze` with its defaults (20 clip trials and the truncation table's
 four windows) part by part, what the 20 trials cost against 20 bare passes, and `analyze`
-with 20 trials against 20 separate runs with one trial each.
+with 20 trials against 20 separate runs with one trial each; then `gradcheck analyze` as a
+command, in a fresh process each time (start-up and fresh memory included, as a CI job
+pays them), on these shapes and on every sample config.
 """
 
 from __future__ import annotations
@@ -29,10 +31,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
+import yaml
 
 from gradcheck_cli.analysis import analyze_spec, model_parameters
 from gradcheck_cli.bptt import backward, forward, loss_and_output_grad
@@ -51,13 +58,34 @@ SHAPES = [  # cell, batch, hidden, layers, steps
 INPUT, OUTPUT = 32, 16
 
 
-def make_spec(cell, batch, hidden, layers, steps, dtype):
-    return spec_from_data({
+def spec_data(cell, batch, hidden, layers, steps, dtype):
+    return {
         "dtype": dtype,
         "model": {"cell": cell, "input_size": INPUT, "hidden_size": hidden,
                   "num_layers": layers, "output_size": OUTPUT},
         "sequence": {"length": steps, "batch_size": batch},
-    }, name=f"{cell}-b{batch}-h{hidden}-l{layers}-t{steps}")
+    }
+
+
+def shape_name(cell, batch, hidden, layers, steps):
+    return f"{cell}-b{batch}-h{hidden}-l{layers}-t{steps}"
+
+
+def make_spec(cell, batch, hidden, layers, steps, dtype):
+    return spec_from_data(spec_data(cell, batch, hidden, layers, steps, dtype),
+                          name=shape_name(cell, batch, hidden, layers, steps))
+
+
+def command_time(config, repeats):
+    """Median wall time of ``gradcheck analyze CONFIG`` run as a command, each time in a
+    fresh process: start-up, imports and fresh memory included."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "gradcheck_cli", "analyze", str(config)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def median_time(fn, repeats):
@@ -198,9 +226,13 @@ def defaults(shape, dtype, repeats):
     one = median_time(lambda: analyze_spec(spec, trials=1, windows=[]), repeats)
     full = median_time(lambda: analyze_spec(spec), repeats)
     bare = median_time(lambda: bare_pass(arch, params, batch), repeats)
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "spec.yaml"
+        config.write_text(yaml.safe_dump(spec_data(*shape, dtype)))
+        command = command_time(config, 3)
     return {"shape": spec.source, "core": core, "windows": windows - core,
             "trials": trials - core, "full": full, "per_bare": (trials - core) / bare,
-            "with_trials": trials, "separate": 20 * one}
+            "with_trials": trials, "separate": 20 * one, "command": command}
 
 
 def length_scaling(repeats):
@@ -266,14 +298,19 @@ def main():
     if args.defaults:
         print("\nanalyze with its defaults, by part (20 trials, 4 truncation windows)")
         print(f"{'shape':<28} {'dtype':<8} {'measure':>9} {'+windows':>9} {'+trials':>9} "
-              f"{'total':>9}  20 trials cost{'':<17}--trials 20 vs 20 runs of 1")
+              f"{'total':>9} {'command':>9}  20 trials cost{'':<4}--trials 20 vs 20 runs of 1")
         for dtype in ("float64", "float32"):
             for shape in SHAPES[:2]:
                 r = defaults(shape, dtype, max(1, repeats // 2))
                 print(f"{r['shape']:<28} {dtype:<8} {r['core'] * 1e3:7.0f}ms "
                       f"{r['windows'] * 1e3:7.0f}ms {r['trials'] * 1e3:7.0f}ms "
-                      f"{r['full'] * 1e3:7.0f}ms  {r['per_bare']:4.1f} bare passes{'':<15}"
+                      f"{r['full'] * 1e3:7.0f}ms {r['command'] * 1e3:7.0f}ms  "
+                      f"{r['per_bare']:4.1f} bare passes  "
                       f"{r['with_trials']:5.2f}s vs {r['separate']:5.2f}s")
+        samples = sorted((Path(__file__).resolve().parents[1] / "sample_configs").glob("*.yaml"))
+        print("\ngradcheck analyze on each sample config, as a command (median of 5)")
+        for config in samples:
+            print(f"  {config.name:<24} {command_time(config, 5):5.2f}s")
     if args.long:
         print("\nLSTM, batch 32, hidden 256, float32: time and memory by length")
         for steps, elapsed, per_step, fastest, used, predicted in length_scaling(3):
