@@ -113,9 +113,12 @@ class Buffers:
     pages: the kernel zeroes every fresh page on first touch, which on a large batch costs
     about as much as the arithmetic done in it.
 
-    An array is lent from the smallest free one of the dtype that is large enough (its
-    leading elements, reshaped): a pass of smaller shapes (the last, smaller chunk of clip
-    trials) runs in the arrays of a larger one before it.
+    Passes after the first ask for the same arrays in the same order (perhaps smaller: the
+    last, smaller chunk of clip trials), so each request is lent the array that the same
+    request had in the pass before, if it is free (its leading elements, reshaped);
+    otherwise the smallest free one of the dtype that fits. Either only if it is large
+    enough but not more than twice as large, so that a small request never ties up a large
+    array that a later request would then have to get fresh.
 
     Whoever calls :meth:`reclaim` promises that nothing it got from the passes before is
     used again.
@@ -124,19 +127,29 @@ class Buffers:
     def __init__(self) -> None:
         self._free: dict[str, list[np.ndarray]] = {}        # dtype -> flat arrays
         self._lent: list[tuple[np.ndarray, np.ndarray]] = []  # (what was lent, its array)
+        self._order: list[np.ndarray] = []                  # the arrays, request by request
+        self._before: list[np.ndarray] = []                 # ... in the pass before
         self.allocated = 0
         """Bytes asked of the system so far (the rest was lent again)."""
+
+    def _take(self, n: int, dtype: np.dtype) -> np.ndarray:
+        pool = self._free.get(dtype.str, [])
+        i = len(self._order)
+        if i < len(self._before):                           # what this request had before
+            for j, base in enumerate(pool):
+                if base is self._before[i] and n <= base.size <= 2 * n:
+                    return pool.pop(j)
+        fits = [j for j, base in enumerate(pool) if n <= base.size <= 2 * n]
+        if fits:
+            return pool.pop(min(fits, key=lambda j: pool[j].size))
+        self.allocated += n * dtype.itemsize
+        return np.empty(n, dtype=dtype)
 
     def empty(self, shape: tuple[int, ...], dtype) -> np.ndarray:
         dtype = np.dtype(dtype)
         n = math.prod(shape)
-        pool = self._free.get(dtype.str, [])
-        fits = [j for j, base in enumerate(pool) if base.size >= n]
-        if fits:
-            base = pool.pop(min(fits, key=lambda j: pool[j].size))
-        else:
-            base = np.empty(n, dtype=dtype)
-            self.allocated += base.nbytes
+        base = self._take(n, dtype)
+        self._order.append(base)
         a = base[:n].reshape(shape)
         self._lent.append((a, base))
         return a
@@ -154,6 +167,7 @@ class Buffers:
         for _, base in self._lent:
             self._free.setdefault(base.dtype.str, []).append(base)
         self._lent = []
+        self._before, self._order = self._order, []
 
 
 class _Fresh(Buffers):
@@ -267,6 +281,7 @@ def forward_layer(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.
             if skip:
                 np.add(h_prev, act[t], out=h[t])   # h_t = h_{t-1} + act(...)
             h_prev = h[t]
+        buffers.give_back(xp)                      # the pre-activations are not kept
         cache.gates = act
         return cache
 

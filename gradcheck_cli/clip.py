@@ -34,17 +34,16 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
     Several trials' batches go through one forward and one backward pass side by side (the
     recurrence treats every sequence on its own), each with its own loss normalisation, and
     the weight gradients are summed per trial: the same numbers as one run per trial, in
-    fewer, larger matrix products. Every chunk runs in the arrays of the first (a last,
-    smaller one in their leading parts).
+    fewer, larger matrix products. The chunks differ in size by one at most, and every one
+    runs in the arrays of the first (a smaller one in their leading parts).
     """
     from .memory import trial_chunk
     norms = np.empty(trials)
     B = spec.batch_size
-    chunk = trial_chunk(arch, spec.length, B, spec.dtype, trials)
+    passes = -(-trials // trial_chunk(arch, spec.length, B, spec.dtype, trials))
     done = 0
     buffers = Buffers()
-    while done < trials:
-        k = min(chunk, trials - done)
+    for k in [trials // passes + (i < trials % passes) for i in range(passes)]:
         buffers.reclaim()
         draws = [batches.draw(done + j + 1) for j in range(k)]
         # interleaved: sequence b of trial j is row b * k + j (see bptt.backward's groups)
@@ -59,8 +58,8 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
                     d.lengths)
             grads = backward(arch, params, fwd, d_out, groups=k, states=False,
                              buffers=buffers).params
-            squares = sum(np.sum(g.reshape(k, -1).astype(np.float64) ** 2, axis=1)
-                          for g in grads.values())
+            squares = sum(np.einsum("kn,kn->k", g.reshape(k, -1), g.reshape(k, -1),
+                                    dtype=np.float64) for g in grads.values())
             norms[done:done + k] = np.sqrt(squares)
         del fwd, d_out, grads, draws, stacked, x  # the next chunk reuses the arrays
         done += k

@@ -40,10 +40,11 @@ STACKED_BYTES = 512 * 2 ** 20
 
 
 def trial_chunk(arch: Architecture, steps: int, batch: int, dtype: str, trials: int) -> int:
-    """How many clip trials run side by side in one pass: as many as the caps allow, spread
-    evenly over the passes that takes (20 trials at up to 16 a pass: 10 and 10, not 16
-    and 4). Fewer sequences a pass hold less memory, and passes of one size run in one set
-    of arrays: fresh memory costs about as much as the arithmetic done in it."""
+    """How many clip trials run side by side in one pass, at most: as many as the caps
+    allow, spread evenly over the passes that takes (20 trials at up to 16 a pass: 10 and
+    10, not 16 and 4; 7 at up to 3: 3, 2 and 2). Fewer sequences a pass hold less memory,
+    and passes of about one size run in one set of arrays: fresh memory costs about as
+    much as the arithmetic done in it."""
     one = activation_bytes(arch, steps, batch, np.dtype(dtype).itemsize)
     by_memory = max(1, STACKED_BYTES // max(one, 1))
     most = max(1, min(trials, STACKED_ROWS // batch, by_memory))
@@ -111,7 +112,7 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
     measured = arch.num_layers * (2 if arch.cell == "lstm" else 1)  # ||dL/dh||, ||dL/dc||
 
     def phase(B: int, streams: int, states: bool = True,
-              norms: bool = False, windows: int = 0) -> dict[str, int]:
+              norms: bool = False, windows: int = 0, trials: int = 0) -> dict[str, int]:
         parts = {
             "activations": activation_bytes(arch, T, B, item),
             "state gradients": streams * stream_bytes(arch, T, B, dtype, states=states),
@@ -121,6 +122,12 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
         }
         if windows:  # the truncation table keeps each window's parameter gradients
             parts["window gradients"] = windows * arch.parameter_count() * item
+        if trials:   # trials side by side: each its own parameter gradients, and one
+            #          layer's more for the block being added in
+            layer = max(arch.gates * arch.hidden_size
+                        * (arch.layer_input_size(k) + arch.hidden_size + 2)
+                        for k in range(arch.num_layers))
+            parts["trial gradients"] = trials * (arch.parameter_count() + layer) * item
         return parts
 
     if optimizer_state:
@@ -135,7 +142,7 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
                         states=False, windows=WINDOWS)]
     if trials:
         chunk = trial_chunk(arch, steps, batch, dtype, trials)
-        phases.append(phase(batch * chunk, 1))
+        phases.append(phase(batch * chunk, 1, states=False, trials=chunk))
     parts = max(phases, key=lambda p: sum(p.values()))
     arrays = int(sum(parts.values()) * MARGIN)
     parts["interpreter and libraries"] = OVERHEAD

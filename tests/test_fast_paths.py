@@ -212,19 +212,46 @@ def test_buffers_lend_reclaim_and_reuse():
 
 
 def test_buffers_lend_the_smallest_array_that_is_large_enough():
-    """A pass of smaller shapes runs in the leading parts of a larger pass's arrays,
-    each request in the smallest that fits; a larger request gets fresh memory."""
+    """A pass of somewhat smaller shapes runs in the leading parts of a larger pass's
+    arrays, each request in the smallest that fits; a request of less than half an array
+    does not tie it up, and a larger one gets fresh memory."""
     buffers = Buffers()
     big, small = buffers.empty((10, 10), np.float64), buffers.empty((2, 4), np.float64)
     buffers.reclaim()
     before = buffers.allocated
-    part = buffers.empty((3, 3), np.float64)              # fits only in big
+    part = buffers.empty((7, 8), np.float64)              # fits only in big
     assert np.shares_memory(part, big) and part.flags.c_contiguous
     tiny = buffers.empty((2, 2), np.float64)              # small is the smallest that fits
     assert np.shares_memory(tiny, small)
     assert buffers.allocated == before
     larger = buffers.empty((11, 10), np.float64)
     assert not np.shares_memory(larger, big) and buffers.allocated == before + 110 * 8
+    buffers.reclaim()
+    one = buffers.empty((1,), np.float64)                 # not in a 100-element array
+    assert not np.shares_memory(one, big) and not np.shares_memory(one, small)
+    assert np.shares_memory(buffers.empty((10, 10), np.float64), big)
+
+
+def test_a_deeper_stack_asks_for_no_more_than_its_extra_layers_arrays(rng):
+    """Each layer's backward pass runs in the arrays the layer above gave back: the
+    memory a pooled forward and backward pass asks for grows with the depth only by what
+    each layer keeps (its activations, and its one-step state gradients)."""
+    def asked(cell, layers):
+        arch = Architecture(cell=cell, input_size=8, hidden_size=8, output_size=4,
+                            num_layers=layers)
+        params = init_params(arch, InitSpec(), rng)
+        buffers = Buffers()
+        fwd = forward(arch, params, rng.normal(size=(20, 16, 8)), buffers=buffers)
+        kept = buffers.allocated
+        backward(arch, params, fwd, rng.normal(size=(20, 16, 4)), states=False,
+                 buffers=buffers)
+        return kept, buffers.allocated - kept
+
+    for cell in ("rnn", "lstm", "gru"):
+        (kept2, back2), (kept8, back8) = asked(cell, 2), asked(cell, 8)
+        per_layer_state = 16 * 8 * 8 * (2 if cell == "lstm" else 1)     # one step of dh, dc
+        assert back8 <= back2 + 6 * per_layer_state, (cell, back2, back8)
+        assert kept8 < 4.5 * kept2, (cell, kept2, kept8)
 
 
 @pytest.mark.parametrize("cell,nonlinearity", CELLS)

@@ -185,6 +185,15 @@ WIDE_OUTPUT = ["model.hidden_size=8", "model.output_size=256", "sequence.length=
                       "model.residual.time=true", "sequence.length=1000",
                       "sequence.batch_size=1", "dtype=float32",
                       "training.truncation.k1=7"], 0, None),
+    # trials side by side, each with its own parameter gradients: many parameters, short
+    ("lstm_healthy", ["model.hidden_size=256", "sequence.length=10",
+                      "sequence.batch_size=1"], 20, None),
+    ("rnn_healthy", ["model.hidden_size=512", "sequence.batch_size=4"], 20, None),
+    # deep stacks: each layer's pass runs in the arrays the layer above gave back
+    ("lstm_healthy", ["model.hidden_size=16", "model.num_layers=12",
+                      "sequence.batch_size=8"], 20, None),
+    ("rnn_healthy", ["model.hidden_size=16", "model.num_layers=30",
+                     "sequence.batch_size=8"], 20, None),
 ])
 def test_memory_estimate_bounds_the_measured_peak(name, overrides, trials, windows):
     spec = load_spec(SAMPLE[name], overrides)
