@@ -120,6 +120,8 @@ def header(source, where: str) -> tuple[tuple[int, ...], np.dtype]:
             member = _npz_member(source, where)
             with zipfile.ZipFile(path) as archive, archive.open(member + ".npy") as fh:
                 shape, dtype = read_npy_header(fh)
+    except InputFileError:     # already says what is wrong (which arrays an .npz holds)
+        raise
     except Exception as exc:  # a damaged header fails in many ways (tokenizer, literal_eval)
         raise InputFileError(f"{where}: {path.name} is not a readable {path.suffix} file "
                              f"({type(exc).__name__}: {exc})") from None

@@ -168,6 +168,7 @@ def test_bad_padding_files(write_spec, tmp_path, padded_files, extra, needle):
     with pytest.raises(GradcheckError) as info:
         load_spec(write_spec(text))
     assert needle in str(info.value)
+    assert "not a readable" not in str(info.value)      # said as it is, not as a damaged file
 
 
 def test_class_out_of_range_in_a_valid_step_is_refused(write_spec, tmp_path, padded_files):
