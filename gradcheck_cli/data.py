@@ -238,7 +238,8 @@ def resolve_sequence(ctx, seq, model, loss):
         ctx.fail(("sequence", "mask"), "give sequence.lengths or sequence.mask, not both")
     if lengths is not None:
         lengths = as_data_file(lengths)
-        valid_lengths = read_checked(ctx, ("sequence", "lengths"), lengths)
+        valid_lengths = lengths_values(read_checked(ctx, ("sequence", "lengths"), lengths),
+                                       lengths)
         _check_lengths(ctx, valid_lengths, batch, length)
     if mask is not None:
         mask = as_data_file(mask)
@@ -266,6 +267,13 @@ def read_checked(ctx, key, source) -> np.ndarray:
     if dtype.kind not in "iub":
         ctx.fail(key, f"{source.file.name} has dtype {dtype}, expected integers")
     return np.asarray(read(source, where))
+
+
+def lengths_values(values: np.ndarray, source) -> np.ndarray:
+    """A lengths file's values as ``[batch]``: a CSV holds them in one column or one row."""
+    if as_data_file(source).file.suffix == ".csv" and values.ndim == 2 and 1 in values.shape:
+        return values.reshape(-1)
+    return values
 
 
 def _check_lengths(ctx, values: np.ndarray, batch: int, length: int) -> None:
@@ -355,7 +363,8 @@ class Batches:
                 y = y[..., None]
             self._targets = y.astype(np.int64 if is_classes else self.dtype)
         if seq.lengths is not None:
-            self._lengths = np.asarray(read(seq.lengths), dtype=np.int64)
+            self._lengths = lengths_values(np.asarray(read(seq.lengths), dtype=np.int64),
+                                           seq.lengths)
         elif seq.mask is not None:
             mask = self._batch_first_array(seq.mask)
             self._lengths = lengths_from_mask(_NoContext(), mask, spec.batch_size, spec.length)

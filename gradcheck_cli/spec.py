@@ -166,7 +166,7 @@ class SequenceSpec:
                        "...]")
     lengths: FileSource | None = _opt(
         None, "padded sequences: a file of [batch] valid lengths (padding after the valid "
-              "steps)")
+              "steps; a CSV in one column or one row)")
     mask: FileSource | None = _opt(
         None, "padded sequences: a file of [batch, length] 1 for valid steps, 0 for padding")
 

@@ -92,6 +92,25 @@ def test_lengths_mask_and_npz_keys_agree(write_spec, padded_files):
     assert hidden[-1] > 0  # the longest sequence reaches the last step
 
 
+@pytest.mark.parametrize("text", ["5\n2\n4\n", "5,2,4\n"])
+def test_lengths_from_a_csv_column_or_row(write_spec, tmp_path, padded_files, text):
+    (tmp_path / "lengths.csv").write_text(text)
+    by_npy = analyze_spec(load_spec(write_spec(SPEC.format(extra="  lengths: lengths.npy"),
+                                               "a.yaml")), trials=2)
+    spec = load_spec(write_spec(SPEC.format(extra="  lengths: lengths.csv"), "b.yaml"))
+    np.testing.assert_array_equal(Batches(spec).draw(0).lengths, LENGTHS)
+    by_csv = analyze_spec(spec, trials=2)
+    assert by_csv.loss == by_npy.loss and by_csv.clip == by_npy.clip
+
+
+def test_lengths_csv_of_several_rows_and_columns_is_refused(write_spec, tmp_path,
+                                                             padded_files):
+    (tmp_path / "lengths.csv").write_text("5,2\n4,1\n")
+    with pytest.raises(GradcheckError, match=r"sequence.lengths: has shape \[2, 2\], "
+                                             r"expected \[3\]"):
+        load_spec(write_spec(SPEC.format(extra="  lengths: lengths.csv")))
+
+
 def test_last_step_signal_is_aligned_at_each_sequences_end(write_spec, padded_files):
     from gradcheck_cli.analysis import aligned_step_norms
     grad = np.zeros((5, 3, 2))
