@@ -17,6 +17,9 @@ import click
 from . import __version__
 from .errors import GradcheckError
 
+ANALYZE_TRIALS = 20
+"""Clip trials `analyze` samples by default (and `validate` estimates memory for)."""
+
 EXIT_STATUS_HELP = """\b
 Exit status:
   0  healthy: no finding at or above --fail-on
@@ -186,7 +189,7 @@ def cli(debug: bool) -> None:
               help="Write the report to FILE (atomically) instead of stdout.")
 @click.option("--save-grads", type=click.Path(path_type=Path), metavar="FILE.npz",
               help="Save every parameter's gradient under its PyTorch name.")
-@click.option("--trials", type=click.IntRange(min=0), default=20, show_default=True,
+@click.option("--trials", type=click.IntRange(min=0), default=ANALYZE_TRIALS, show_default=True,
               help="Independent batches sampled for the clip suggestion (0: none).")
 @click.option("--clip-percentile", type=click.FloatRange(0, 100, min_open=True),
               default=10.0, show_default=True,
@@ -353,22 +356,29 @@ def verify(config: Path, entries: int, all_entries: bool, tolerance: float, fmt:
 
 @cli.command()
 @click.argument("configs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--max-memory", metavar="SIZE",
+              help="Also refuse specs that `analyze` (with its 20 clip trials) is estimated "
+                   "to need more than SIZE for (e.g. 2G, 512M); this machine's own memory "
+                   "is not checked, since the run may be elsewhere.")
 @_overrides_option
-def validate(configs: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
+def validate(configs: tuple[Path, ...], max_memory: str | None,
+             overrides: tuple[str, ...]) -> None:
     """Check spec files and the files they name, without running BPTT (fast: for
-    pre-commit). Exit status 0 when all are valid, 2 otherwise."""
+    pre-commit), and print the memory `analyze` will need with its 20 clip trials. Exit
+    status 0 when all are valid, 2 otherwise."""
+    from .memory import check, human
     from .model import Architecture
+    limit = _memory_limit(max_memory)
     bad = 0
     for config in configs:
         try:
             spec = _load(config, overrides)
+            need = check(spec, max_memory=limit, trials=ANALYZE_TRIALS, machine=False).total
         except GradcheckError as exc:
             _stderr("error: " + " ".join(str(exc).split()))
             bad += 1
             continue
         arch = Architecture.from_spec(spec.model)
-        from .memory import estimate, human
-        need = estimate(arch, spec.length, spec.batch_size, spec.dtype).total
         click.echo(f"ok: {config}: {arch.describe()} · {spec.length} steps × batch "
                    f"{spec.batch_size} · {arch.parameter_count():,} parameters · "
                    f"needs about {human(need)}")

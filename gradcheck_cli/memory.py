@@ -186,9 +186,10 @@ def human(n: float) -> str:
 
 
 def check(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
-          trials: int = 0) -> Estimate:
-    """Refuse (GradcheckError) a run whose estimate exceeds ``max_memory`` or what the
-    machine has available, naming the estimate and the spec values behind it.
+          trials: int = 0, machine: bool = True) -> Estimate:
+    """Refuse (GradcheckError) a run whose estimate exceeds ``max_memory`` or (with
+    ``machine``) what the machine has available, naming the estimate and the spec values
+    behind it.
 
     A run that fits only with its main pass's output gradients one after another (see
     :func:`main_streams`) is not refused: the estimate returned says so (``streams``),
@@ -196,7 +197,7 @@ def check(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
     arch = Architecture.from_spec(spec.model)
     est = estimate(arch, spec.length, spec.batch_size, spec.dtype,
                    optimizer_state=optimizer_state, trials=trials)
-    free = available()
+    free = available() if machine else None
     limits = [(max_memory, "--max-memory")] if max_memory is not None else []
     if free is not None:
         limits.append((free, "available on this machine"))

@@ -209,6 +209,28 @@ def test_validate_many_files(write_spec):
         result.stderr
 
 
+def test_validate_prints_and_can_enforce_what_analyze_will_need(monkeypatch):
+    """validate's figure is the estimate analyze refuses runs by (20 clip trials);
+    --max-memory turns it into a check, without this machine's memory entering it."""
+    from gradcheck_cli import memory
+    from gradcheck_cli.memory import check, human
+    spec = load_spec(SAMPLE["lstm_healthy"])
+    need = check(spec, trials=20).total
+    assert need > check(spec, trials=0).total       # the trials are counted
+    result = run("validate", SAMPLE["lstm_healthy"])
+    assert_exit(result, 0)
+    assert f"needs about {human(need)}" in result.stdout
+    below = str(need // 2 ** 20 - 1) + "M"
+    result = run("validate", SAMPLE["lstm_healthy"], "--max-memory", below)
+    assert_exit(result, 2)
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+    assert f"more than the {human(int(below[:-1]) * 2 ** 20)} --max-memory" in result.stderr
+    assert_exit(run("validate", SAMPLE["lstm_healthy"], "--max-memory", "8G"), 0)
+    monkeypatch.setattr(memory, "available", lambda: 2 ** 20)   # a tiny machine: no matter
+    assert_exit(run("validate", SAMPLE["lstm_healthy"]), 0)
+    assert_exit(run("validate", SAMPLE["lstm_healthy"], "--max-memory", "lots"), 2)
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_init_writes_a_valid_starter_and_never_overwrites(tmp_path, cell):
     path = tmp_path / "g.yaml"
