@@ -193,10 +193,11 @@ def check(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
 
     A run that fits only with its main pass's output gradients one after another (see
     :func:`main_streams`) is not refused: the estimate returned says so (``streams``),
-    and the run is to follow it."""
+    and the run is to follow it. With the loss at the last step only there is one."""
     arch = Architecture.from_spec(spec.model)
     est = estimate(arch, spec.length, spec.batch_size, spec.dtype,
-                   optimizer_state=optimizer_state, trials=trials)
+                   optimizer_state=optimizer_state, trials=trials,
+                   streams=1 if spec.loss.timesteps == "last" else None)
     free = available() if machine else None
     limits = [(max_memory, "--max-memory")] if max_memory is not None else []
     if free is not None:

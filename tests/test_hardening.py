@@ -305,6 +305,30 @@ def test_random_spec_text_gets_a_report_or_a_clean_error(tmp_path_factory, text)
     _assert_answer(run("analyze", path, "-f", "json", "--trials", "1", "--windows", "none"))
 
 
+def test_a_loss_at_the_last_step_only_is_estimated_with_one_stream():
+    """analyze backpropagates one output gradient when the loss is at the last step only:
+    the check counts one (it tells where the main pass is the largest phase: long
+    sequences), and the peak stays within it."""
+    from gradcheck_cli.memory import check
+
+    def spec(length, timesteps):
+        return load_spec(SAMPLE["lstm_healthy"], [f"sequence.length={length}",
+                                                  "sequence.batch_size=32",
+                                                  f"loss.timesteps={timesteps}"])
+    every, last = check(spec(20_000, "all"), machine=False), \
+        check(spec(20_000, "last"), machine=False)
+    assert every.streams == 2 and last.streams == 1 and last.total < every.total
+    short = spec(400, "last")
+    est = check(short)
+    arch = Architecture.from_spec(short.model)
+    assert est.total == estimate(arch, 400, 32, short.dtype, streams=1).total
+    tracemalloc.start()
+    analyze_spec(short, trials=0)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak <= est.total - OVERHEAD <= 2 * peak, (peak, est.total - OVERHEAD)
+
+
 @pytest.mark.parametrize("cell,hidden,output", [("rnn", 8, 128), ("lstm", 32, 4)])
 def test_memory_estimate_bounds_training(cell, hidden, output):
     """simulate's estimate (optimizer state, one stream) holds for outputs wider than the
