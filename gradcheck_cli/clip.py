@@ -37,13 +37,12 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
     fewer, larger matrix products. The chunks differ in size by one at most, and every one
     runs in the arrays of the first (a smaller one in their leading parts).
     """
-    from .memory import trial_chunk
+    from .memory import trial_chunks
     norms = np.empty(trials)
     B = spec.batch_size
-    passes = -(-trials // trial_chunk(arch, spec.length, B, spec.dtype, trials))
     done = 0
     buffers = Buffers()
-    for k in [trials // passes + (i < trials % passes) for i in range(passes)]:
+    for k in trial_chunks(arch, spec.length, B, spec.dtype, trials):
         buffers.reclaim()
         draws = [batches.draw(done + j + 1) for j in range(k)]
         # interleaved: sequence b of trial j is row b * k + j (see bptt.backward's groups)

@@ -39,17 +39,23 @@ STACKED_BYTES = 512 * 2 ** 20
 """... and as long as their activations stay under this (or one trial's, if larger)."""
 
 
-def trial_chunk(arch: Architecture, steps: int, batch: int, dtype: str, trials: int) -> int:
-    """How many clip trials run side by side in one pass, at most: as many as the caps
-    allow, spread evenly over the passes that takes (20 trials at up to 16 a pass: 10 and
-    10, not 16 and 4; 7 at up to 3: 3, 2 and 2). Fewer sequences a pass hold less memory,
-    and passes of about one size run in one set of arrays: fresh memory costs about as
-    much as the arithmetic done in it."""
+def trial_chunks(arch: Architecture, steps: int, batch: int, dtype: str,
+                 trials: int) -> list[int]:
+    """How many clip trials run side by side in each pass: as many as the caps allow,
+    spread evenly over the passes that takes (20 trials at up to 16 a pass: 10 and 10, not
+    16 and 4; 7 at up to 3: 3, 2 and 2). Fewer sequences a pass hold less memory, and
+    passes of about one size run in one set of arrays: fresh memory costs about as much as
+    the arithmetic done in it."""
     one = activation_bytes(arch, steps, batch, np.dtype(dtype).itemsize)
     by_memory = max(1, STACKED_BYTES // max(one, 1))
     most = max(1, min(trials, STACKED_ROWS // batch, by_memory))
     passes = -(-trials // most)
-    return -(-trials // passes)
+    return [trials // passes + (i < trials % passes) for i in range(passes)]
+
+
+def trial_chunk(arch: Architecture, steps: int, batch: int, dtype: str, trials: int) -> int:
+    """The most clip trials one pass holds (see :func:`trial_chunks`)."""
+    return max(trial_chunks(arch, steps, batch, dtype, trials), default=1)
 
 
 def stream_bytes(arch: Architecture, steps: int, batch: int, dtype: str, *,
