@@ -1,0 +1,413 @@
+"""``gradcheck verify``: BPTT's gradients against derivatives that need no step size.
+
+**The exact check** is the complex-step derivative (Squire & Trapp 1998; Martins, Sturdza &
+Alonso 2003): for a direction v in parameter space,
+
+    d/dε L(θ + ε v) at ε = 0   =   Im L(θ + i·h·v) / h,        h = 1e-30,
+
+one complex forward pass per direction, through the reference cells
+(:mod:`gradcheck_cli.reference`). No difference is taken, so nothing cancels: with h that
+small, h² vanishes beside every number in the pass, and the result is the derivative to
+rounding. It is compared with v·∇L from BPTT along random directions of each parameter
+tensor (every entry at once) and along single entries (the tensor's largest, and seeded
+random ones).
+
+Both derivatives are taken along the same trajectory: at every step, each state's real part
+is set to what the fast forward pass computed, and only its imaginary part (the tangent) is
+carried from the reference step. Where the dynamics are chaotic, two forward passes that
+differ only in the rounding of a sum part ways (at recurrent gain 4 over 100 steps, their
+losses by 1e-13 and their gradients by 1e-9), so a derivative taken along another
+trajectory would measure that, not BPTT. The real part of every reference step is compared
+with the fast pass's too: that checks the fast forward pass against the reference cells one
+step at a time, where chaos cannot amplify a difference.
+
+**Central differences** ``(L(θ + εv) − L(θ − εv)) / 2ε`` of the fast forward pass, along the
+same random directions, are a second, independent check where they converge: two
+successive steps of 1e-5 … 1e-9 giving the same estimate. Where the forward pass amplifies
+a perturbation more than any usable step allows (chaotic dynamics), or a relu kink lies
+within the step, they do not converge; that is said, and is not a failure.
+
+Always float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import reference
+from .bptt import Forward, bptt, covered_steps, loss_value
+from .model import Architecture, Params
+
+STEP = 1e-30
+"""The complex step h."""
+TOLERANCE = 1e-10
+"""Largest relative error of BPTT against the exact derivative that passes (measured on the
+sample configs and every model kind: 1e-12 or better)."""
+DIFFERENCE_TOLERANCE = 1e-5
+"""Largest relative error of a converged central difference that passes: their own error
+(truncation, and the rounding of a loss difference divided by the step) reaches 1e-6 on
+the sample configs."""
+FLOOR = 1e-3
+"""Errors are relative to ``max(|a|, |n|, FLOOR·s)``, s the largest derivative of the tensor
+along such a direction (see :func:`relative_error`)."""
+DIFFERENCE_STEPS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9)
+"""Steps tried in turn along a unit direction: where the loss is smooth the largest is the
+most accurate (rounding grows as the step shrinks); where the dynamics are chaotic only small
+ones follow the derivative (the truncation error falls a hundredfold a decade)."""
+ROUNDING_DRIFT = 1e-2
+"""How far the smaller steps may stray from a settled estimate by rounding alone."""
+DIRECTIONS = 2
+ENTRIES = 8
+CHUNK_BYTES = 64 * 2 ** 20
+"""Bounds the perturbed copies of a tensor and the working states of one complex pass."""
+
+
+def relative_error(analytic: float, numeric: float, floor: float) -> float:
+    """``|a − n| / max(|a|, |n|, floor)``: 0 when all three are 0; NaN when either is."""
+    if not (math.isfinite(analytic) and math.isfinite(numeric)):
+        return math.nan
+    scale = max(abs(analytic), abs(numeric), floor)
+    return abs(analytic - numeric) / scale if scale > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One derivative compared: along a random unit direction (``index`` None), or along
+    a single entry."""
+
+    index: tuple[int, ...] | None
+    bptt: float
+    exact: float
+    error: float
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Central differences along one random direction.
+
+    ``outcome``: ``agrees`` (an estimate within tolerance of BPTT, at ``step``),
+    ``disagrees`` (none did, and the estimates settled elsewhere: two successive ones within
+    a tenth of the tolerance of each other, and every smaller step near them) or ``not
+    converged`` (they did not settle: see :func:`central_differences`)."""
+
+    outcome: str
+    estimate: float
+    error: float
+    step: float | None
+
+    @property
+    def converged(self) -> bool:
+        return self.outcome != "not converged"
+
+
+@dataclass(frozen=True)
+class TensorCheck:
+    """Every check of one parameter tensor, under the checkpoint's own name."""
+
+    name: str
+    shape: tuple[int, ...]
+    directions: list[Probe]
+    entries: list[Probe]
+    differences: list[Difference]
+    tolerance: float
+    difference_tolerance: float
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def worst(self) -> Probe:
+        """The probe furthest from the exact derivative (NaN counts as furthest)."""
+        probes = self.directions + self.entries
+        return max(probes, key=lambda p: math.inf if math.isnan(p.error) else p.error)
+
+    @property
+    def converged(self) -> list[Difference]:
+        return [d for d in self.differences if d.converged]
+
+    @property
+    def difference_error(self) -> float | None:
+        """The worst error of the central differences that converged."""
+        return max((d.error for d in self.converged), default=None)
+
+    @property
+    def status(self) -> str:
+        """``ok``, or ``fail``: a probe above tolerance (or not finite), or a converged
+        central difference that disagrees."""
+        if not self.worst.error <= self.tolerance:
+            return "fail"
+        if any(d.outcome == "disagrees" for d in self.differences):
+            return "fail"
+        return "ok"
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What ``gradcheck verify`` found; ``to_dict`` is its JSON."""
+
+    config: str
+    tolerance: float
+    difference_tolerance: float
+    forward_error: float
+    """The fast forward pass's states and loss against the reference cells, one step at a
+    time: the largest relative difference."""
+    tensors: list[TensorCheck] = field(default_factory=list)
+
+    @property
+    def forward_ok(self) -> bool:
+        return self.forward_error <= self.tolerance
+
+    @property
+    def passed(self) -> bool:
+        return self.forward_ok and all(t.status == "ok" for t in self.tensors)
+
+    def to_dict(self) -> dict[str, Any]:
+        from .report import _strict
+
+        def tensor(t: TensorCheck) -> dict[str, Any]:
+            worst = t.worst
+            return {
+                "status": t.status, "shape": list(t.shape), "size": t.size,
+                "directions": len(t.directions), "checked": len(t.entries),
+                "worst_error": worst.error,
+                "worst_index": None if worst.index is None else list(worst.index),
+                "analytic": worst.bptt, "numeric": worst.exact,
+                "central_difference": {
+                    "directions": len(t.differences), "converged": len(t.converged),
+                    "worst_error": t.difference_error},
+            }
+        return _strict({
+            "config": self.config, "method": "complex_step", "step": STEP,
+            "tolerance": self.tolerance,
+            "central_difference_tolerance": self.difference_tolerance,
+            "passed": self.passed, "forward_error": self.forward_error,
+            "parameters": {t.name: tensor(t) for t in self.tensors},
+        })
+
+
+# ----------------------------------------------------------------------------- the exact check
+
+def tensor_layer(arch: Architecture, name: str) -> int:
+    """The layer a parameter belongs to; the head counts as the layer above the top."""
+    if name.startswith("head."):
+        return arch.num_layers
+    return int(name.rsplit("_l", 1)[1])
+
+
+def _discrepancy(new: np.ndarray, cached: np.ndarray) -> float:
+    """The largest difference between a reference step's real part (first variant) and the
+    fast pass's state, relative to the larger of the two."""
+    real = new.real.reshape(-1, *cached.shape)[0]
+    scale = max(float(np.abs(cached).max(initial=0.0)), float(np.abs(real).max(initial=0.0)))
+    if scale == 0.0 or not math.isfinite(scale):
+        return 0.0 if scale == 0.0 else math.nan
+    return float(np.abs(real - cached).max()) / scale
+
+
+def shadowed_loss_sum(arch: Architecture, params: Params, fwd: Forward,
+                      targets: np.ndarray, covered: np.ndarray, kind: str,
+                      first: int) -> tuple[np.ndarray, float]:
+    """The loss summed over what ``covered`` marks, for the K variants ``params`` carries
+    (see :func:`reference.variants`), stepping the reference cells from layer ``first``
+    up with every state's real part set to the fast pass's (``fwd``); and the largest
+    :func:`_discrepancy` met. Layers below ``first`` are the fast pass's, as they are."""
+    T, B = covered.shape
+    lead = reference.variants(arch, params)
+    states = [reference.zero_state(arch, (*lead, B, arch.hidden_size), np.complex128)
+              for _ in range(arch.num_layers)]
+    total = np.zeros(lead, dtype=np.complex128)
+    worst = 0.0
+    for t in range(T):
+        inputs = fwd.layers[first].x[t] if first < arch.num_layers else \
+            (fwd.top[t] if fwd.top is not None else fwd.layers[-1].h[t])
+        for k in range(first, arch.num_layers):
+            new = reference.step(arch, params, k, inputs, states[k])
+            cache = fwd.layers[k]
+            cached = (cache.h[t],) if cache.c is None else (cache.h[t], cache.c[t])
+            worst = max(worst, *(_discrepancy(n, c) for n, c in zip(new, cached, strict=True)))
+            # the tangent goes on; the point it is taken at is the fast pass's
+            states[k] = tuple(c + 1j * n.imag for n, c in zip(new, cached, strict=True))
+            inputs = reference.layer_output(arch, k, states[k][0], inputs)
+        total = total + reference.step_loss_sum(reference.head(arch, params, inputs),
+                                                targets[t], covered[t], kind)
+    return total, worst
+
+
+def complex_step(arch: Architecture, params: Params, fwd: Forward, targets: np.ndarray,
+                 covered: np.ndarray, kind: str, name: str, count: int,
+                 directions: Callable[[int, int], np.ndarray]
+                 ) -> tuple[np.ndarray, float, float]:
+    """d/dε L(θ + ε v) for ``count`` directions of tensor ``name`` (``directions(start,
+    stop)`` gives those rows, ``(stop - start, *shape)``), by the complex step along the fast
+    pass's trajectory, a chunk of directions per pass; the largest discrepancy met, and the
+    loss itself (the real part)."""
+    value = params[name]
+    state_bytes = 16 * covered.shape[1] * arch.gates * arch.hidden_size * arch.num_layers
+    per_chunk = max(1, CHUNK_BYTES // (16 * value.size + state_bytes))
+    normaliser = reference.loss_count(covered, kind, arch.output_size)
+    first = tensor_layer(arch, name)
+    derivatives, worst, loss = [], 0.0, math.nan
+    for start in range(0, count, per_chunk):
+        stop = min(count, start + per_chunk)
+        perturbed = dict(params)
+        perturbed[name] = value + 1j * STEP * directions(start, stop)
+        total, discrepancy = shadowed_loss_sum(arch, perturbed, fwd, targets, covered, kind,
+                                               first)
+        derivatives.append(total.imag / STEP / normaliser)
+        loss = float(total.real[0]) / normaliser
+        worst = max(worst, discrepancy)
+    return np.concatenate(derivatives), worst, loss
+
+
+# ----------------------------------------------------------------------------- the checks
+
+def _random_directions(shape: tuple[int, ...], count: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    """``count`` random unit vectors of ``shape`` (Gaussian, normalised)."""
+    v = rng.standard_normal((count, *shape))
+    norms = np.sqrt((v.reshape(count, -1) ** 2).sum(axis=1))
+    return v / norms.reshape(count, *([1] * len(shape)))
+
+
+def _entries(grad: np.ndarray, count: int | None, rng: np.random.Generator) -> list[int]:
+    """Flat indices to check: all, or the largest |gradient| and ``count - 1`` drawn at
+    random (seeded) among the rest."""
+    size = grad.size
+    if count is None or count >= size:
+        return list(range(size))
+    if count == 0:
+        return []
+    largest = int(np.argmax(np.abs(grad)))
+    others = np.delete(np.arange(size), largest)
+    picked = rng.choice(others, size=max(0, count - 1), replace=False)
+    return [largest, *sorted(int(i) for i in picked)]
+
+
+def central_differences(loss, params: Params, name: str, direction: np.ndarray,
+                        analytic: float, floor: float, tolerance: float,
+                        steps: tuple[float, ...] = DIFFERENCE_STEPS) -> Difference:
+    """Central differences of ``loss(params)`` along ``direction`` at decreasing steps,
+    against ``analytic`` (see :class:`Difference`).
+
+    Two successive estimates that agree are not enough to call the quotient converged: in a
+    chaotic regime with a bounded loss (saturated tanh), the secants over the larger steps
+    agree with one another on the loss's coarse slope, and the smaller steps then jump away.
+    It has settled elsewhere only if every smaller step stays near it, as rounding alone
+    moves them."""
+    value = params[name]
+    estimates = []
+    for eps in steps:
+        params[name] = value + eps * direction
+        plus = loss(params)
+        params[name] = value - eps * direction
+        minus = loss(params)
+        params[name] = value
+        estimate = (plus - minus) / (2 * eps)
+        error = relative_error(analytic, estimate, floor)
+        if error <= tolerance:
+            return Difference("agrees", estimate, error, eps)
+        estimates.append(estimate)
+    for k in range(len(estimates) - 1):
+        settled = estimates[k]
+        # among themselves, with no floor: the gradient's own scale would hide any jump
+        if relative_error(settled, estimates[k + 1], 0.0) <= tolerance / 10 and all(
+                relative_error(settled, later, 0.0) <= ROUNDING_DRIFT
+                for later in estimates[k + 2:]):
+            return Difference("disagrees", settled, relative_error(analytic, settled, floor),
+                              steps[k])
+    return Difference("not converged", estimates[-1], relative_error(analytic, estimates[-1],
+                                                                        floor), None)
+
+
+def check_gradients(arch: Architecture, params: Params, x: np.ndarray, targets: np.ndarray,
+                    loss_kind: str = "mse", timesteps: str = "all",
+                    lengths: np.ndarray | None = None, *, names: dict[str, str] | None = None,
+                    directions: int = DIRECTIONS, entries: int | None = ENTRIES,
+                    seed: int = 0, tolerance: float = TOLERANCE,
+                    difference_tolerance: float = DIFFERENCE_TOLERANCE,
+                    config: str = "<model>") -> Verification:
+    """Every parameter's BPTT gradient against the complex-step derivative (``directions``
+    random unit directions and ``entries`` single entries per tensor, None: all), and
+    against central differences along the same random directions. Float64."""
+    params = {name: np.array(value, dtype=np.float64) for name, value in params.items()}
+    x = np.asarray(x, dtype=np.float64)
+    if targets.dtype.kind == "f":
+        targets = targets.astype(np.float64)
+    names = names or {name: name for name in params}
+    result = bptt(arch, params, x, targets, loss_kind, timesteps, lengths)
+    T, B = x.shape[:2]
+    covered = covered_steps(T, B, timesteps, lengths)
+    rng = np.random.default_rng(seed)
+
+    def loss(p: Params) -> float:
+        return loss_value(arch, p, x, targets, loss_kind, timesteps, lengths)
+
+    tensors = []
+    forward_error = 0.0
+    for name, value in params.items():
+        grad = result.grads.params[name]
+        random = _random_directions(value.shape, directions, rng)
+        flat = _entries(grad, entries, rng)
+
+        def rows(start: int, stop: int, random=random, flat=flat, shape=value.shape):
+            """Directions start..stop: the random ones, then one unit vector per entry."""
+            out = np.zeros((stop - start, math.prod(shape)))
+            for row, j in enumerate(range(start, stop)):
+                if j < len(random):
+                    out[row] = random[j].ravel()
+                else:
+                    out[row, flat[j - len(random)]] = 1.0
+            return out.reshape(stop - start, *shape)
+
+        exact, discrepancy, loss_at = complex_step(arch, params, result.forward, targets,
+                                                   covered, loss_kind, name,
+                                                   len(random) + len(flat), rows)
+        forward_error = max(forward_error, discrepancy,
+                            relative_error(result.loss, loss_at, 0.0))
+        along = [float(np.vdot(v, grad)) for v in random] + \
+            [float(grad.flat[j]) for j in flat]
+        g_norm = float(np.sqrt(np.sum(grad ** 2)))
+        g_max = float(np.abs(grad).max(initial=0.0))
+        probes = [Probe(None, a, float(n), relative_error(a, float(n), FLOOR * g_norm))
+                  for a, n in zip(along[:len(random)], exact, strict=False)]
+        probes += [Probe(tuple(int(i) for i in np.unravel_index(j, value.shape)), a,
+                         float(n), relative_error(a, float(n), FLOOR * g_max))
+                   for j, a, n in zip(flat, along[len(random):], exact[len(random):],
+                                      strict=True)]
+        differences = [central_differences(loss, params, name, v, a, FLOOR * g_norm,
+                                           difference_tolerance)
+                       for v, a in zip(random, along[:len(random)], strict=True)]
+        tensors.append(TensorCheck(name=names[name], shape=tuple(value.shape),
+                                   directions=probes[:len(random)],
+                                   entries=probes[len(random):], differences=differences,
+                                   tolerance=tolerance,
+                                   difference_tolerance=difference_tolerance))
+    return Verification(config=config, tolerance=tolerance,
+                        difference_tolerance=difference_tolerance,
+                        forward_error=forward_error, tensors=tensors)
+
+
+def verify_spec(spec, *, directions: int = DIRECTIONS, entries: int | None = ENTRIES,
+                tolerance: float = TOLERANCE,
+                difference_tolerance: float = DIFFERENCE_TOLERANCE) -> Verification:
+    """``gradcheck verify``: :func:`check_gradients` on a spec's model and batch, under the
+    checkpoint's own parameter names."""
+    from .analysis import model_parameters
+    from .data import Batches
+
+    arch, params = model_parameters(spec)
+    checkpoint = spec.model.checkpoint
+    names = dict(checkpoint.names) if checkpoint is not None else None
+    batch = Batches(spec).draw(0)
+    with np.errstate(all="ignore"):
+        return check_gradients(arch, params, batch.x, batch.targets, spec.loss.kind,
+                               spec.loss.timesteps, batch.lengths, names=names,
+                               directions=directions, entries=entries, seed=spec.seed,
+                               tolerance=tolerance, difference_tolerance=difference_tolerance,
+                               config=spec.source)
