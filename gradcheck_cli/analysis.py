@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from .report import (
     LayerStats,
     MitigationEffect,
     ModelSummary,
+    Padding,
     ParameterStats,
     Report,
     TruncationStats,
@@ -37,8 +39,6 @@ from .report import (
 from .spec import Spec
 
 Progress = Callable[[int, int], None]
-
-SIGNAL = "dL_T/dh_t: the gradient of the last step's loss with respect to each hidden state"
 
 
 def model_parameters(spec: Spec) -> tuple[Architecture, Params]:
@@ -69,21 +69,6 @@ def step_norms(grad: np.ndarray) -> np.ndarray:
     return norms
 
 
-def aligned_step_norms(grad: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
-    """:func:`step_norms` with every sequence aligned at its own last valid step.
-
-    Entry T-1-d holds the norm over the sequences of their gradient d steps before their
-    end; with whole sequences this is plain ``step_norms``.
-    """
-    if lengths is None:
-        return step_norms(grad)
-    T = grad.shape[0]
-    aligned = np.zeros_like(grad)
-    for b, length in enumerate(lengths):
-        aligned[T - length:, b] = grad[:length, b]
-    return step_norms(aligned)
-
-
 def array_norm(a: np.ndarray) -> float:
     return float(step_norms(a.reshape(1, -1))[0])
 
@@ -91,47 +76,157 @@ def array_norm(a: np.ndarray) -> float:
 def fit_growth(norms: np.ndarray) -> float | None:
     """Per-step growth factor going back in time: exp of the slope of log ||g_t|| against
     the distance T-1-t, by least squares over the finite, non-zero norms."""
-    distance = np.arange(len(norms))[::-1].astype(np.float64)
-    usable = np.isfinite(norms) & (norms > 0)
-    if usable.sum() < 2:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope = _log_slope(np.log(norms[::-1]))     # by distance from the end
+    if slope is None:
         return None
-    d, y = distance[usable], np.log(norms[usable])
-    d_centred = d - d.mean()
-    slope = float(np.dot(d_centred, y - y.mean()) / np.dot(d_centred, d_centred))
     return math.exp(slope) if slope < 709 else math.inf
 
 
-def horizon(growth: float | None, vanishing: float, exploding: float) -> float | None:
-    """Steps back until a gradient changing by ``growth`` per step crosses a threshold."""
-    if growth is None or growth == 1.0 or not math.isfinite(growth):
+def _log_slope(logs: np.ndarray) -> float | None:
+    """The least-squares slope of ``logs[d]`` against d over its finite entries (None with
+    fewer than two)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.arange(len(logs), dtype=np.float64)
+        usable = np.isfinite(logs)
+        if usable.sum() < 2:
+            return None
+        d, y = d[usable], logs[usable]
+        d_centred = d - d.mean()
+        return float(np.dot(d_centred, y - y.mean()) / np.dot(d_centred, d_centred))
+
+
+@dataclass(frozen=True)
+class Decay:
+    """How the last step's gradient changes going back from the end.
+
+    series: ``‖dL_T/dh_t‖`` for every step t (None where no sequence reaches);
+    relative: its size d steps back from the end over its size at the end, d = 0 … span-1;
+    growth: the per-step factor; sequences: the sequences it was measured on.
+    """
+
+    series: list[float | None]
+    relative: np.ndarray
+    growth: float | None
+    sequences: int
+
+
+def whole_batch_decay(norms: np.ndarray) -> Decay:
+    """Whole sequences: the batch's gradient norm at each step (the root of the sum of
+    the sequences' squares), its growth fitted over every step."""
+    series = step_norms(norms)
+    end = series[-1]
+    with np.errstate(all="ignore"):
+        relative = series[::-1] / end if end > 0 and np.isfinite(end) else \
+            np.full(len(series), np.nan)
+    return Decay(series=series.tolist(), relative=relative, growth=fit_growth(series),
+                 sequences=norms.shape[1])
+
+
+@dataclass(frozen=True)
+class Combined:
+    """Padded sequences' last-step gradients combined (see :func:`combine_sequences`), in
+    natural logarithms: ``relative[d]`` for d = 0 … span-1 steps back from the ends,
+    ``scale`` the batch's norm at the ends, ``slopes`` each sequence's own log slope."""
+
+    relative: np.ndarray
+    scale: float
+    slopes: list[float]
+    sequences: int
+
+
+def combine_sequences(logs: np.ndarray, lengths: np.ndarray) -> Combined:
+    """Padded sequences, each measured over its own length from its own last step, then
+    combined so that neither a sequence's length nor its norm weighs.
+
+    ``logs``: ``(T, B)`` each sequence's ln ‖dL_T/dh_t‖ (-inf where it is 0);
+    ``lengths``: ``(B,)``. For each sequence, ln of its norm d steps back over its norm at
+    its end; at each distance d, the mean of that over the sequences that reach d (so the
+    geometric mean of their relative norms); each sequence's least-squares slope of it
+    against d (none for a sequence of one step). Sequences whose gradient at their end is
+    zero or not finite have no relative curve and are left out.
+    """
+    span = int(lengths.max())
+    total, count = np.zeros(span), np.zeros(span)
+    slopes, ends = [], []
+    with np.errstate(invalid="ignore"):
+        for b, length in enumerate(int(n) for n in lengths):
+            back = logs[:length, b][::-1]               # d = 0 … length-1 steps back
+            if not np.isfinite(back[0]):
+                continue
+            relative = back - back[0]
+            total[:length] += relative
+            count[:length] += 1
+            ends.append(back[0])
+            slope = _log_slope(relative)
+            if slope is not None:
+                slopes.append(slope)
+        relative = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    if not ends:
+        return Combined(relative=relative, scale=-math.inf, slopes=[], sequences=0)
+    peak = max(ends)                                    # ln sqrt(Σ norm²), overflow-safe
+    scale = peak + 0.5 * math.log(sum(math.exp(2 * (e - peak)) for e in ends))
+    return Combined(relative=relative, scale=scale, slopes=slopes, sequences=len(ends))
+
+
+def padded_decay(norms: np.ndarray, lengths: np.ndarray) -> Decay:
+    """Padded sequences (see :func:`combine_sequences`): the growth factor is the geometric
+    mean of the sequences' own (exp of the mean of their log slopes); the relative curve
+    (and so the ratio) the geometric mean at each distance over the sequences that reach
+    it; the series that curve times the batch's norm at the sequences' ends (the root of
+    the sum of their squares), aligned at the ends: entry T-1-d is d steps before each
+    sequence's end, None where none reaches. ``norms``: ``(T, B)`` each sequence's
+    ‖dL_T/dh_t‖."""
+    T = norms.shape[0]
+    with np.errstate(divide="ignore"):
+        combined = combine_sequences(np.log(norms), lengths)
+    growth = None
+    if combined.slopes:
+        mean = float(np.mean(combined.slopes))
+        growth = math.exp(mean) if mean < 709 else math.inf
+    relative = np.exp(combined.relative)
+    series: list[float | None] = [None] * T
+    with np.errstate(over="ignore", invalid="ignore"):
+        for d, value in enumerate(np.exp(combined.scale + combined.relative)):
+            series[T - 1 - d] = None if math.isnan(value) else float(value)
+    return Decay(series=series, relative=relative, growth=growth,
+                 sequences=combined.sequences)
+
+
+def horizon(relative: np.ndarray, growth: float | None, vanishing: float,
+            exploding: float) -> float | None:
+    """Steps back at which the gradient, relative to its size at the end, first crosses a
+    threshold: measured where it does so within ``relative`` (d = 0 … span-1 steps back),
+    else extrapolated from the last measured step by ``growth`` towards the threshold it
+    moves to. None when it never does (growth 1, or moving away from both)."""
+    with np.errstate(invalid="ignore"):
+        crossed = np.flatnonzero((relative < vanishing) | (relative > exploding))
+    if crossed.size:
+        return float(crossed[0])
+    last = float(relative[-1]) if len(relative) else math.nan
+    if growth is None or growth == 1.0 or not math.isfinite(growth) or growth <= 0 \
+            or not (math.isfinite(last) and last > 0):
         return None
-    if growth < 1.0:
-        return math.log(vanishing) / math.log(growth) if growth > 0 else 0.0
-    return math.log(exploding) / math.log(growth)
+    threshold = vanishing if growth < 1.0 else exploding
+    return (len(relative) - 1) + math.log(threshold / last) / math.log(growth)
 
 
 def layer_stats(hidden: list[np.ndarray], cell: list[np.ndarray] | None,
-                signals: list[np.ndarray], spec: Spec, span: int | None = None
-                ) -> list[LayerStats]:
-    """Per layer: the per-step norms, and the growth of the last step's gradient over the
-    ``span`` steps the longest sequence has (all of them for whole sequences)."""
+                decays: list[Decay], spec: Spec) -> list[LayerStats]:
+    """Per layer: the per-step norms, and the growth, ratio and horizon of the last step's
+    gradient over the span the longest sequence has (all of it for whole sequences)."""
     th = spec.thresholds
     layers = []
-    span = span or spec.length
-    for k, signal in enumerate(signals):
-        reach = signal[len(signal) - span:]
-        growth = fit_growth(reach)
-        start, end = reach[-1], reach[0]
-        with np.errstate(all="ignore"):
-            ratio = float(end / start) if start > 0 and np.isfinite(start) else None
+    for k, decay in enumerate(decays):
+        end = decay.relative[-1] if len(decay.relative) else math.nan
         layers.append(LayerStats(
             index=k,
             hidden_grad_norm=hidden[k].tolist(),
             cell_grad_norm=cell[k].tolist() if cell else None,
-            last_step_grad_norm=signal.tolist(),
-            growth_factor=growth,
-            ratio=ratio,
-            horizon=horizon(growth, th.vanishing, th.exploding),
+            last_step_grad_norm=decay.series,
+            growth_factor=decay.growth,
+            ratio=float(end) if np.isfinite(end) or np.isinf(end) else None,
+            horizon=horizon(decay.relative, decay.growth, th.vanishing, th.exploding),
         ))
     return layers
 
@@ -178,6 +273,29 @@ def non_finite_finding(params: Params, fwd: Forward, loss: float, grads: Backwar
     return None
 
 
+def no_gradient_findings(hidden: list[np.ndarray], params: Params,
+                         loss_grad_is_zero: bool) -> list[Finding]:
+    """Layers that no gradient reaches: ‖dL/dh_t‖ zero at every step. Their temporal
+    verdicts have nothing to measure, and training would never change them."""
+    if any(not np.isfinite(h).all() for h in hidden):
+        return []                              # a non_finite finding says what happened
+    if loss_grad_is_zero:
+        cause = "the loss's gradient on the outputs is zero (outputs equal to the targets?)"
+    elif "head.weight" in params and not params["head.weight"].any():
+        cause = "the head's weights are all zero (as with zero initialisation): analyse " \
+                "after a training step, or with the head initialised"
+    else:
+        cause = "the layer above passes none down (its input weights are all zero?)"
+    out = []
+    for k, norms in enumerate(hidden):
+        if not norms.any():
+            out.append(Finding(
+                code="no_gradient", severity="error", layer=k,
+                message=f"layer {k}: no gradient reaches it (‖dL/dh_t‖ is 0 at every step): "
+                        f"{cause}"))
+    return out
+
+
 def temporal_findings(layers: list[LayerStats], spec: Spec,
                       span: int | None = None) -> list[Finding]:
     """exploding / vanishing verdicts per layer, from the last step's gradient over time."""
@@ -192,7 +310,7 @@ def temporal_findings(layers: list[LayerStats], spec: Spec,
             if ratio < th.vanishing:
                 out.append(Finding(
                     code="vanishing", severity="warning", layer=layer.index,
-                    values={"ratio": ratio, "growth_factor": None, "horizon": None},
+                    values={"ratio": ratio, "growth_factor": None, "horizon": layer.horizon},
                     message=(f"layer {layer.index}: the last step's gradient shrinks to "
                              f"{ratio:.3g} of its size {steps} steps back: it does not reach "
                              "earlier steps at all")))
@@ -226,17 +344,31 @@ def mitigation_effect(spec: Spec, grads: dict[str, np.ndarray],
                             global_grad_norm_after=global_norm(mitigated))
 
 
-def last_step_output_grad(d_out: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
-    """The part of dL/dy that comes from each sequence's last (valid) step's loss."""
-    T, B = d_out.shape[:2]
-    ends = np.full(B, T - 1) if lengths is None else np.asarray(lengths) - 1
-    d_last = np.zeros_like(d_out)
-    d_last[ends, np.arange(B)] = d_out[ends, np.arange(B)]
-    return d_last
+def last_step_loss_grad(outputs: np.ndarray, targets: np.ndarray, kind: str,
+                        lengths: np.ndarray | None) -> np.ndarray:
+    """dL_T/dy: the gradient of the last step's own loss (each sequence's last valid step,
+    the mean over the batch as the loss takes it), the signal that reaches earlier steps
+    only through the recurrence."""
+    return loss_and_output_grad(outputs, targets, kind, "last", lengths)[1]
 
 
-def notes_for(spec: Spec) -> list[str]:
-    """What the user should know about how the run was set up."""
+def padding_note(lengths: np.ndarray) -> str:
+    """How padded sequences are measured and combined (see :func:`padded_decay`)."""
+    span = int(lengths.max())
+    longest = int((lengths == span).sum())
+    which = "the sequence" if longest == 1 else f"the {longest} sequences"
+    return (f"padded sequences (lengths {int(lengths.min())}–{span}): the steps after each "
+            "sequence's length take no loss; the last step's gradient is measured in each "
+            "sequence over its own length, back from its own last step, and combined so that "
+            "neither a sequence's length nor its norm weighs: the growth factor is the "
+            "geometric mean of the sequences' own, the ratio that of "
+            f"{which} of the longest length ({span} steps), and the ‖dL_T/dh_t‖ column is "
+            "aligned at the sequences' ends")
+
+
+def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
+    """What the user should know about how the run was set up; ``lengths``: the batch's
+    valid lengths when they are not all full."""
     notes = []
     checkpoint = spec.model.checkpoint
     if checkpoint is not None:
@@ -263,9 +395,15 @@ def notes_for(spec: Spec) -> list[str]:
                          "(no projection is added)")
     if arch.residual_time:
         notes.append("residual through time: h_t = h_{t-1} + cell(x_t, h_{t-1})")
-    if spec.sequence.lengths is not None or spec.sequence.mask is not None:
-        notes.append("padded sequences: the steps after each sequence's length take no loss; "
-                     "the last step's gradient is aligned at each sequence's own end")
+    if checkpoint is not None and checkpoint.nonlinearity_assumed:
+        notes.append(f"nonlinearity {spec.model.nonlinearity} assumed: an nn.RNN checkpoint "
+                     "does not record it; set model.nonlinearity: relu if the model uses relu "
+                     "(its gradients are not tanh's)")
+    if lengths is not None:
+        notes.append(padding_note(lengths))
+    elif spec.sequence.lengths is not None or spec.sequence.mask is not None:
+        notes.append(f"padded sequences: every sequence has the full length ({spec.length} "
+                     "steps)")
     return notes
 
 
@@ -277,7 +415,7 @@ def _last_reach(T: int, k1: int, k2: int) -> int:
 
 
 def truncation_stats(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
-                     full: dict[str, np.ndarray], signal: list[float], spec: Spec,
+                     full: dict[str, np.ndarray], signal: list[float | None], spec: Spec,
                      windows: list[int]) -> list[TruncationStats]:
     """Each window's TBPTT gradient against the full one, and what it would cost."""
     from .bptt import truncated_bptt, truncated_bptt_cuts
@@ -288,7 +426,7 @@ def truncation_stats(arch: Architecture, params: Params, fwd: Forward, d_out: np
     if configured is not None:
         pairs = sorted({*pairs, (configured.k1, configured.k2 or configured.k1)})
     full_norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in full.values()))
-    squared = np.array(signal[::-1], dtype=np.float64) ** 2      # by distance from the end
+    squared = np.array([0.0 if v is None else v for v in signal[::-1]]) ** 2  # by distance
     total_signal = float(squared.sum())
     # windows with k1 = k2 go through shared passes, several side by side (as many as the
     # memory estimate allows for)
@@ -339,11 +477,12 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         fwd = forward(arch, params, batch.x)
         loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
                                            spec.loss.timesteps, lengths)
-        # With a loss at every step, the last step's loss alone (what reaches back only in
+        loss_grad_is_zero = not d_out.any()
+        # With a loss at every step, the last step's own loss (what reaches back only in
         # time) is backpropagated too: in the same pass, alongside, when both fit in memory,
         # else after the main pass's arrays are gone.
-        d_last = last_step_output_grad(d_out, lengths) if spec.loss.timesteps == "all" \
-            else None
+        d_last = last_step_loss_grad(fwd.outputs, batch.targets, spec.loss.kind, lengths) \
+            if spec.loss.timesteps == "all" else None
         # The state gradients are measured step by step (each sequence's norm) and not kept.
         if streams is None:
             streams = main_streams(arch, spec.length, batch.x.shape[1], spec.dtype)
@@ -366,10 +505,11 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
             last = backward(arch, params, fwd, d_last, param_grads=False, states=False,
                             state_norms=True)
         assert last is not None and last.hidden_norms is not None
-        signals = [aligned_step_norms(n, lengths) for n in last.hidden_norms]
+        decays = [whole_batch_decay(n) if lengths is None else padded_decay(n, lengths)
+                  for n in last.hidden_norms]
         del last, d_last
         span = int(np.max(lengths)) if lengths is not None else spec.length
-        layers = layer_stats(hidden, cell, signals, spec, span)
+        layers = layer_stats(hidden, cell, decays, spec)
         param_stats = [ParameterStats(name=names[name], shape=list(g.shape),
                                       grad_norm=array_norm(g),
                                       grad_max_abs=float(np.abs(g).max()),
@@ -386,11 +526,13 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         if deep:
             from .dynamics import layer_dynamics
             dynamics = layer_dynamics(arch, params, fwd, spec.seed,
-                                      d_last=last_step_output_grad(d_out, lengths),
+                                      d_last=last_step_loss_grad(fwd.outputs, batch.targets,
+                                                                 spec.loss.kind, lengths),
                                       lengths=lengths)
         del fwd, d_out
 
     findings = [] if broken is None else [broken]
+    findings += no_gradient_findings(hidden, params, loss_grad_is_zero)
     findings += temporal_findings(layers, spec, span)
 
     clip = None
@@ -411,19 +553,24 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
                            input_size=arch.input_size, hidden_size=arch.hidden_size,
                            num_layers=arch.num_layers, output_size=arch.output_size,
                            head=arch.head, parameter_count=arch.parameter_count(),
-                           weights=str(Path(model.weights).name) if model.weights else None),
+                           weights=str(Path(model.weights).name) if model.weights else None,
+                           nonlinearity_assumed=model.checkpoint is not None
+                           and model.checkpoint.nonlinearity_assumed),
         length=spec.length, batch_size=spec.batch_size,
         loss_kind=spec.loss.kind, loss_timesteps=spec.loss.timesteps,
         thresholds={"vanishing": spec.thresholds.vanishing,
                     "exploding": spec.thresholds.exploding},
         loss=loss, global_grad_norm=global_norm,
         parameters=param_stats, layers=layers, findings=findings, clip=clip,
-        notes=notes_for(spec),
+        notes=notes_for(spec, lengths),
         mitigation=mitigation,
         dynamics=dynamics,
         cost=CostStats(forward_macs=cost.forward_macs, backward_macs=cost.backward_macs,
                        activation_bytes=cost.activation_bytes,
                        parameter_count=cost.parameter_count),
         truncation=truncation,
+        padding=None if lengths is None else Padding(
+            min_length=int(lengths.min()), max_length=int(lengths.max()),
+            longest=int((lengths == lengths.max()).sum())),
         gradients={names[name]: g for name, g in param_grads.items()},
     )

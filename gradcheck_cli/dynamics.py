@@ -213,24 +213,26 @@ def _one_sequence(fwd: Forward, b: int, length: int) -> Forward:
 
 def log_space_signal_padded(arch: Architecture, params: Params, fwd: Forward,
                             d_last: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
-    """:func:`log_space_signal` for padded sequences: each sequence on its own, aligned at
-    its own end, the norms combined over the batch in log space (log-sum-exp)."""
+    """:func:`log_space_signal` for padded sequences: each sequence on its own, then
+    combined in log space by the rule the report's norms follow
+    (:func:`analysis.combine_sequences`), aligned at the sequences' ends."""
+    from .analysis import combine_sequences
     T = d_last.shape[0]
     per_sequence = []
     for b, length in enumerate(lengths):
         logs = log_space_signal(arch, params, _one_sequence(fwd, b, int(length)),
                                 d_last[:length, b:b + 1])
-        aligned = [np.full(T, -np.inf) for _ in logs]
-        for k, values in enumerate(logs):
-            aligned[k][T - length:] = values
-        per_sequence.append(aligned)
+        per_sequence.append([np.concatenate([values, np.full(T - length, -np.inf)])
+                             for values in logs])
     out = []
     for k in range(arch.num_layers):
-        twice = np.stack([2 * np.log(10) * seq[k] for seq in per_sequence])  # ln ‖g‖²
-        peak = np.max(twice, axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            total = peak + np.log(np.sum(np.exp(twice - peak), axis=0))
-        out.append(np.where(np.isfinite(peak), total / (2 * np.log(10)), -np.inf))
+        natural = np.stack([seq[k] for seq in per_sequence], axis=1) * np.log(10)
+        combined = combine_sequences(natural, lengths)
+        aligned = np.full(T, -np.inf)
+        span = len(combined.relative)
+        with np.errstate(invalid="ignore"):
+            aligned[T - span:] = ((combined.scale + combined.relative) / np.log(10))[::-1]
+        out.append(np.where(np.isnan(aligned), -np.inf, aligned))
     return out
 
 

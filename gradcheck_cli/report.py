@@ -43,20 +43,27 @@ class LayerStats:
 
     hidden_grad_norm[t]: ||dL/dh_t||, the total gradient of the loss reaching h_t.
     cell_grad_norm[t]: ||dL/dc_t|| (lstm only).
-    last_step_grad_norm[t]: ||dL_T/dh_t||, the gradient of the last step's loss alone:
-        only the recurrent path carries it back, so its change with distance is the
-        network's, not the loss's.
+    last_step_grad_norm[t]: ||dL_T/dh_t||, the gradient of the last step's own loss L_T
+        (the mean over the batch of each sequence's loss at its last step; not the share
+        of the mean over steps, which would carry a factor 1/T): only the recurrent path
+        carries it back, so its change with distance is the network's, not the loss's.
+        With padded sequences it is aligned at the sequences' ends (entry T-1-d is d steps
+        before each one's end: see analysis.padded_decay), None where none reaches.
     growth_factor: per-step factor of last_step_grad_norm going back in time, from a least
-        squares fit of its logarithm (< 1 shrinking, > 1 growing).
-    ratio: last_step_grad_norm[0] / last_step_grad_norm[T-1], measured.
-    horizon: steps back until the fitted gradient crosses the vanishing (growth < 1) or
-        exploding (growth > 1) threshold; None when it never does.
+        squares fit of its logarithm (< 1 shrinking, > 1 growing); padded: the geometric
+        mean of each sequence's own.
+    ratio: its size at the first step over its size at the last, measured (padded: over the
+        longest sequences' span).
+    horizon: steps back at which it first falls below the vanishing threshold or rises above
+        the exploding one (relative to its size at the last step): measured where that
+        happens within the sequence, else extrapolated from the first step by the growth
+        factor; None when it never does.
     """
 
     index: int
     hidden_grad_norm: list[float]
     cell_grad_norm: list[float] | None
-    last_step_grad_norm: list[float]
+    last_step_grad_norm: list[float | None]
     growth_factor: float | None
     ratio: float | None
     horizon: float | None
@@ -118,6 +125,16 @@ class TruncationStats:
 
 
 @dataclass(frozen=True)
+class Padding:
+    """A padded batch: its sequences' lengths, and how many have the longest (whose span
+    the ratio is measured over)."""
+
+    min_length: int
+    max_length: int
+    longest: int
+
+
+@dataclass(frozen=True)
 class ModelSummary:
     cell: str
     nonlinearity: str | None
@@ -128,6 +145,8 @@ class ModelSummary:
     head: bool
     parameter_count: int
     weights: str | None
+    nonlinearity_assumed: bool = False
+    """An rnn checkpoint's nonlinearity, not stated in the spec (tensors do not record it)."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +174,9 @@ class Report:
     mitigation: MitigationEffect | None = None
     cost: CostStats | None = None
     truncation: list[TruncationStats] = field(default_factory=list)
+    padding: Padding | None = None
+    """Padded sequences (not all of the full length): each is measured over its own length
+    and the per-step ‖dL_T/dh_t‖ is aligned at their ends; None for whole sequences."""
     schema_version: int = SCHEMA_VERSION
     gradients: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
@@ -210,7 +232,7 @@ def report_json_schema() -> dict[str, Any]:
         "required": ["code", "severity", "message"],
         "properties": {
             "code": {"type": "string", "description": "stable identifier: exploding, "
-                     "vanishing, non_finite"},
+                     "vanishing, non_finite, no_gradient"},
             "severity": {"enum": ["warning", "error"]},
             "message": {"type": "string"},
             "layer": {"type": ["integer", "null"]},
@@ -235,7 +257,9 @@ def report_json_schema() -> dict[str, Any]:
             "cell_grad_norm": {"anyOf": [_NUMBERS, {"type": "null"}],
                                "description": "||dL/dc_t|| per timestep (lstm)"},
             "last_step_grad_norm": {**_NUMBERS,
-                                    "description": "||dL_T/dh_t|| per timestep"},
+                                    "description": "||dL_T/dh_t|| per timestep: the "
+                                    "gradient of the last step's own loss (padded: aligned at "
+                                    "the sequences' ends, null where none reaches)"},
             "growth_factor": _NUMBER, "ratio": _NUMBER, "horizon": _NUMBER,
         },
     }
@@ -267,7 +291,11 @@ def report_json_schema() -> dict[str, Any]:
                        "num_layers": {"type": "integer"}, "output_size": {"type": "integer"},
                        "head": {"type": "boolean"},
                        "parameter_count": {"type": "integer"},
-                       "weights": {"type": ["string", "null"]}},
+                       "weights": {"type": ["string", "null"]},
+                       "nonlinearity_assumed": {
+                           "type": "boolean",
+                           "description": "an rnn checkpoint's nonlinearity, assumed (tanh) "
+                                          "because the spec does not state it"}},
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -331,6 +359,13 @@ def report_json_schema() -> dict[str, Any]:
                         "properties": {"gate": {"type": "string"},
                                        "saturated": {"type": "number"}}}}}}}],
                 "description": "with --deep: spectra, step Jacobians, Lyapunov exponents"},
+            "padding": {
+                "type": ["object", "null"],
+                "required": ["min_length", "max_length", "longest"],
+                "properties": {k: {"type": "integer", "minimum": 1}
+                               for k in ("min_length", "max_length", "longest")},
+                "description": "padded sequences: each measured over its own length, "
+                               "last_step_grad_norm aligned at their ends; null when whole"},
             "truncation": {"type": "array", "items": {
                 "type": "object",
                 "required": ["k1", "k2", "backward_macs", "activation_bytes", "gradient_error",

@@ -634,9 +634,10 @@ def _model_from_weights(ctx: _Context, model: ModelSpec, data: Mapping[str, Any]
     except InputFileError as exc:
         ctx.fail(key, str(exc))
     half = tuple(sorted(names[c] for c in names if index[names[c]].dtype in weights.HALF_DTYPES))
-    checkpoint = weights.Checkpoint(path=path, rnn_prefix=rnn_prefix, head_prefix=head_prefix,
-                                    names=names, inferred=inferred, half=half,
-                                    ignored=len(set(index) - set(names.values())))
+    checkpoint = weights.Checkpoint(
+        path=path, rnn_prefix=rnn_prefix, head_prefix=head_prefix, names=names,
+        inferred=inferred, half=half, ignored=len(set(index) - set(names.values())),
+        nonlinearity_assumed=model.cell == "rnn" and not _given(data, ("model", "nonlinearity")))
     return dataclasses.replace(model, checkpoint=checkpoint)
 
 

@@ -46,6 +46,8 @@ class Checkpoint:
     inferred: dict[str, object] = field(default_factory=dict)
     half: tuple[str, ...] = ()
     ignored: int = 0
+    nonlinearity_assumed: bool = False
+    """An rnn checkpoint whose spec does not state the nonlinearity (the tensors cannot)."""
 
 
 def read_npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:

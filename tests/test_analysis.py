@@ -56,8 +56,28 @@ def test_vanishing_is_found_when_built_to_vanish():
     assert codes(report) == ["vanishing"]
     finding = report.findings[0]
     assert finding.severity == "warning"
-    assert finding.values["horizon"] == pytest.approx(math.log(1e-6) / math.log(0.45), rel=1e-2)
+    # measured: 0.45^17 = 1.3e-6, 0.45^18 = 5.8e-7 is the first step back below 1e-6
+    assert finding.values["horizon"] == 18
+    assert "dependencies longer than ~18 steps" in finding.message
     assert report.ok and not report.fails("error") and report.fails("warning")
+
+
+@pytest.mark.parametrize("gain", [0.3, 0.45, 0.6, 0.8, 1.2, 1.3, 1.6])
+def test_the_horizon_agrees_with_the_measured_decay(gain):
+    """Where the gradient crosses a threshold within the sequence, the horizon is the
+    distance at which it does, never beyond the span it was measured over; where it does
+    not, it lies beyond the span, extrapolated from the last measured step."""
+    report = analyze_spec(spec_from_data(linear_rnn(gain)), trials=0, windows=[])
+    layer = report.layers[0]
+    relative = np.array(layer.last_step_grad_norm[::-1]) / layer.last_step_grad_norm[-1]
+    crossed = np.flatnonzero((relative < 1e-6) | (relative > 100))
+    if crossed.size:
+        assert layer.horizon == crossed[0] <= 19
+        assert (relative[:int(layer.horizon)] >= 1e-6).all()
+    else:
+        assert layer.horizon > 19
+        threshold = 1e-6 if gain < 1 else 100
+        assert layer.horizon == pytest.approx(math.log(threshold) / math.log(gain), rel=1e-3)
 
 
 @pytest.mark.parametrize("gain", [0.6, 1.0, 1.2])
@@ -119,18 +139,20 @@ def test_nan_in_weights_names_the_parameter(tmp_path, write_spec):
     assert report.findings[0].parameter == "rnn.weight_hh_l0"
 
 
-def test_last_step_signal_is_the_last_steps_loss_alone():
-    """With a loss at every step, dL_T/dh_t is what a loss at the last step alone gives
-    (mse's mean over T steps scales it by 1/T)."""
+def test_last_step_signal_is_the_last_steps_own_loss():
+    """With a loss at every step, dL_T/dh_t is the gradient of the last step's own loss:
+    exactly what a loss at the last step alone gives (not its share of the mean over the
+    T steps, which would carry a factor 1/T); the ratio and growth factor do not change."""
     data = linear_rnn(0.9)
     data["model"]["num_layers"] = 2
     every = analyze_spec(spec_from_data(data), trials=0)
     data["loss"] = {"timesteps": "last"}
     last = analyze_spec(spec_from_data(data), trials=0)
     for a, b in zip(every.layers, last.layers, strict=True):
-        np.testing.assert_allclose(np.array(a.last_step_grad_norm) * 20,
-                                   b.hidden_grad_norm, rtol=1e-10)
+        np.testing.assert_allclose(a.last_step_grad_norm, b.hidden_grad_norm, rtol=1e-10)
         np.testing.assert_allclose(b.last_step_grad_norm, b.hidden_grad_norm, rtol=1e-12)
+        assert a.growth_factor == pytest.approx(b.growth_factor, rel=1e-12)
+        assert a.ratio == pytest.approx(b.ratio, rel=1e-12)
 
 
 def test_per_step_norms_are_those_of_the_core():
@@ -171,9 +193,21 @@ def test_fit_growth_recovers_a_geometric_sequence():
 
 
 def test_horizon():
-    assert horizon(0.5, 1e-6, 100.0) == pytest.approx(math.log(1e-6) / math.log(0.5))
-    assert horizon(2.0, 1e-6, 100.0) == pytest.approx(math.log(100) / math.log(2))
-    assert horizon(1.0, 1e-6, 100.0) is None and horizon(None, 1e-6, 100.0) is None
+    def relative(g, steps=10):
+        return g ** np.arange(steps, dtype=float)
+
+    # beyond the span: extrapolated from its last step
+    assert horizon(relative(0.5), 0.5, 1e-6, 100.0) == pytest.approx(
+        math.log(1e-6) / math.log(0.5))
+    assert horizon(relative(2.0, 5), 2.0, 1e-6, 100.0) == pytest.approx(
+        math.log(100) / math.log(2))
+    # within it: measured, the first step past the threshold
+    assert horizon(relative(0.1, 12), 0.1, 1e-6, 100.0) == 7.0
+    assert horizon(relative(3.0), 3.0, 1e-6, 100.0) == 5.0
+    noisy = np.array([1.0, 0.5, 1e-7, 0.5, 0.4])        # first crossing, not the fit
+    assert horizon(noisy, 0.8, 1e-6, 100.0) == 2.0
+    assert horizon(relative(1.0), 1.0, 1e-6, 100.0) is None
+    assert horizon(relative(0.9), None, 1e-6, 100.0) is None
 
 
 def test_step_norms_survive_huge_finite_values():

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from gradcheck_cli.analysis import last_step_output_grad
+from gradcheck_cli.analysis import last_step_loss_grad
 from gradcheck_cli.bptt import (
     Buffers,
     backward,
@@ -59,7 +59,7 @@ def test_a_second_output_gradient_alongside_equals_its_own_pass(rng, cell, nonli
         targets = rng.normal(size=(6, 3, arch.hidden_size))
     fwd = forward(arch, params, x)
     _, d_out = loss_and_output_grad(fwd.outputs, targets.astype(dtype), "mse", "all")
-    d_last = last_step_output_grad(d_out, None)
+    d_last = last_step_loss_grad(fwd.outputs, targets.astype(dtype), "mse", None)
 
     together, second = backward_streams(arch, params, fwd, [d_out, d_last],
                                         param_grads=[True, False])
@@ -88,7 +88,7 @@ def test_the_second_gradient_alongside_works_in_a_window_and_with_padding(rng, c
     lengths = np.array([7, 4, 2])
     fwd = forward(arch, params, x)
     _, d_out = loss_and_output_grad(fwd.outputs, targets, "mse", "all", lengths)
-    d_last = last_step_output_grad(d_out, lengths)
+    d_last = last_step_loss_grad(fwd.outputs, targets, "mse", lengths)
     together, second = backward_streams(arch, params, fwd, [d_out, d_last],
                                         param_grads=[True, False], window=(2, 6))
     alone = backward(arch, params, fwd, d_out, window=(2, 6))

@@ -111,17 +111,131 @@ def test_lengths_csv_of_several_rows_and_columns_is_refused(write_spec, tmp_path
         load_spec(write_spec(SPEC.format(extra="  lengths: lengths.csv")))
 
 
-def test_last_step_signal_is_aligned_at_each_sequences_end(write_spec, padded_files):
-    from gradcheck_cli.analysis import aligned_step_norms
-    grad = np.zeros((5, 3, 2))
-    for b, length in enumerate(LENGTHS):
-        grad[length - 1, b] = [3.0, 4.0]        # 5 at each sequence's last step
-        if length > 1:
-            grad[length - 2, b] = [0.0, 1.0]    # 1 one step before
-    norms = aligned_step_norms(grad, LENGTHS)
-    np.testing.assert_allclose(norms[-1], np.sqrt(3) * 5)
-    np.testing.assert_allclose(norms[-2], np.sqrt(3))
-    np.testing.assert_allclose(norms[:3], 0.0)
+def test_sequences_with_known_decay_rates_combine_by_the_stated_rule(rng):
+    """Each sequence b decays by exactly g_b per step over its own length, from a norm c_b
+    at its end: the growth factor is the geometric mean of the g_b, the ratio the
+    geometric mean of g_b^(span-1) over the sequences of the longest length, and at each
+    distance the curve is the geometric mean over the sequences reaching it. The norms c_b
+    (spread over twelve orders of magnitude) and the lengths do not enter."""
+    from gradcheck_cli.analysis import padded_decay
+    T = 12
+    lengths = np.array([12, 3, 7, 12, 1, 9])
+    rates = np.array([0.5, 1.3, 0.9, 0.7, 2.0, 1.05])
+    scales = 10.0 ** rng.uniform(-6, 6, size=len(lengths))
+    norms = np.zeros((T, len(lengths)))
+    for b, (length, g, c) in enumerate(zip(lengths, rates, scales, strict=True)):
+        norms[:length, b] = c * g ** np.arange(length)[::-1]     # d = length-1-t back
+    decay = padded_decay(norms, lengths)
+    has_slope = lengths > 1
+    assert decay.growth == pytest.approx(np.exp(np.log(rates[has_slope]).mean()), rel=1e-12)
+    longest = lengths == 12
+    assert decay.relative[-1] == pytest.approx(np.exp(11 * np.log(rates[longest]).mean()),
+                                               rel=1e-12)
+    for d in range(12):
+        reach = lengths > d
+        assert decay.relative[d] == pytest.approx(
+            np.exp(d * np.log(rates[reach]).mean()), rel=1e-12)
+    end = np.sqrt(np.sum(scales ** 2))                  # the batch's norm at the ends
+    np.testing.assert_allclose(decay.series[::-1], end * decay.relative, rtol=1e-12)
+    assert decay.sequences == 6
+
+
+def test_steps_no_sequence_reaches_have_no_value():
+    from gradcheck_cli.analysis import padded_decay
+    norms = np.zeros((6, 2))
+    norms[:3, 0] = [4.0, 2.0, 1.0]
+    norms[:2, 1] = [2.0, 1.0]
+    decay = padded_decay(norms, np.array([3, 2]))
+    assert decay.series[:3] == [None, None, None]
+    np.testing.assert_allclose(decay.series[3:], np.sqrt(2) * np.array([4.0, 2.0, 1.0]))
+    assert decay.growth == pytest.approx(2.0)
+
+
+def _identity_rnn(tmp_path, rng, lengths, T, key="lengths"):
+    """A tanh RNN with W_hh = I and nothing else moving its state (zero input weights and
+    biases): the state stays 0, tanh' = 1, and every Jacobian is the identity, so the last
+    step's gradient keeps its size exactly, in every sequence."""
+    H, I, O = 6, 3, 2
+    np.savez(tmp_path / "w.npz", **{
+        "rnn.weight_ih_l0": np.zeros((H, I)), "rnn.weight_hh_l0": np.eye(H),
+        "rnn.bias_ih_l0": np.zeros(H), "rnn.bias_hh_l0": np.zeros(H),
+        "head.weight": rng.normal(size=(O, H)), "head.bias": rng.normal(size=O)})
+    B = len(lengths)
+    np.save(tmp_path / "x.npy", rng.normal(size=(B, T, I)))
+    if key == "lengths":
+        np.save(tmp_path / "p.npy", np.asarray(lengths))
+    else:
+        np.save(tmp_path / "p.npy", (np.arange(T)[None, :] < np.asarray(lengths)[:, None])
+                .astype(np.int8))
+    (tmp_path / "s.yaml").write_text(
+        "model: {weights: w.npz, nonlinearity: tanh}\n"
+        f"sequence: {{inputs: x.npy, {key}: p.npy}}\n")
+    return load_spec(tmp_path / "s.yaml")
+
+
+@pytest.mark.parametrize("draw", range(4))
+def test_a_norm_preserving_rnn_is_exactly_norm_preserving_over_any_padding(tmp_path, draw):
+    """Before, the batch's norm at each distance mixed sequences: far back only the long
+    ones count, near the end all, and this model was reported vanishing (×0.79, exit 1)."""
+    rng = np.random.default_rng(draw)
+    T = int(rng.integers(8, 60))
+    lengths = rng.integers(1, T + 1, size=int(rng.integers(2, 20)))
+    lengths[rng.integers(len(lengths))] = T
+    spec = _identity_rnn(tmp_path, rng, lengths, T, "lengths" if draw % 2 else "mask")
+    report = analyze_spec(spec, trials=0, windows=[])
+    layer = report.layers[0]
+    assert layer.growth_factor == pytest.approx(1.0, abs=1e-12)
+    assert layer.ratio == pytest.approx(1.0, abs=1e-12)
+    assert layer.horizon is None
+    assert report.findings == []
+    finite = [v for v in layer.last_step_grad_norm if v is not None]
+    np.testing.assert_allclose(finite, finite[-1], rtol=1e-12)
+    assert report.padding is not None and report.padding.max_length == T
+
+
+def test_each_sequences_own_decay_rate_is_measured_end_to_end(tmp_path, rng):
+    """A GRU whose state is carried by its update gate alone (W_hh = 0; r and n read
+    nothing): every step Jacobian is z ⊙ I, with z = σ(w x_b) set by each sequence's
+    constant input x_b. Sequence b's gradient decays by exactly z_b per step."""
+    H, O = 4, 2
+    w = 1.5
+    w_ih = np.zeros((3 * H, 1))
+    w_ih[H:2 * H] = w                                   # the z block reads the input
+    np.savez(tmp_path / "w.npz", **{
+        "rnn.weight_ih_l0": w_ih, "rnn.weight_hh_l0": np.zeros((3 * H, H)),
+        "rnn.bias_ih_l0": np.zeros(3 * H), "rnn.bias_hh_l0": np.zeros(3 * H),
+        "head.weight": rng.normal(size=(O, H)), "head.bias": rng.normal(size=O)})
+    lengths = np.array([30, 12, 30, 5, 21, 2])
+    levels = np.array([1.0, -0.5, 2.0, 0.3, -1.2, 0.8])
+    x = np.broadcast_to(levels[:, None, None], (6, 30, 1)).copy()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "lengths.npy", lengths)
+    (tmp_path / "s.yaml").write_text("model: {weights: w.npz}\n"
+                                     "sequence: {inputs: x.npy, lengths: lengths.npy}\n")
+    report = analyze_spec(load_spec(tmp_path / "s.yaml"), trials=0, windows=[])
+    z = 1 / (1 + np.exp(-w * levels))
+    layer = report.layers[0]
+    assert layer.growth_factor == pytest.approx(np.exp(np.log(z).mean()), rel=1e-10)
+    longest = lengths == 30
+    assert layer.ratio == pytest.approx(np.exp(29 * np.log(z[longest]).mean()), rel=1e-10)
+
+
+def test_the_per_step_table_says_when_it_is_aligned_at_the_ends(tmp_path, rng):
+    from gradcheck_cli.render import RenderOptions, render
+    spec = _identity_rnn(tmp_path, rng, [9, 4, 6], 9)
+    report = analyze_spec(spec, trials=0, windows=[])
+    import html
+    for fmt in ("table", "markdown", "html"):
+        text = html.unescape(render(report, fmt, RenderOptions(width=120)))
+        assert "‖dL_T/dh‖ l0 *" in text
+        assert "aligned at the sequences' ends: row t is 8−t steps before each one's end" \
+            in text
+    assert "padded sequences (lengths 4–9)" in " ".join(report.notes)
+    assert "geometric mean" in " ".join(report.notes)
+    whole = analyze_spec(load_spec(tmp_path / "s.yaml", ["sequence.lengths=null"]),
+                         trials=0, windows=[])
+    assert whole.padding is None
+    assert "‖dL_T/dh‖ l0 *" not in render(whole, "table", RenderOptions(width=120))
 
 
 def test_trials_resample_lengths(write_spec, padded_files):

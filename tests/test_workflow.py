@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -114,7 +115,8 @@ def test_compare_horizon_tolerance():
         return {"schema_version": 1, "config": "c", "loss": 1.0, "global_grad_norm": 1.0,
                 "parameters": {}, "findings": [],
                 "layers": [{"index": 0, "growth_factor": growth, "ratio": growth ** 9,
-                            "horizon": horizon(growth, 1e-6, 100.0)}]}
+                            "horizon": horizon(growth ** np.arange(10.0), growth, 1e-6,
+                                               100.0)}]}
 
     def worse(a, b):
         return compare_reports(report(a), report(b), baseline_name="a", new_name="b").worse

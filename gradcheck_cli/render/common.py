@@ -51,7 +51,8 @@ def verdict(report: Report, layer: LayerStats) -> str:
 
 def title(report: Report) -> str:
     m = report.model
-    cell = f"rnn ({m.nonlinearity})" if m.cell == "rnn" else m.cell
+    assumed = ", assumed" if m.nonlinearity_assumed else ""
+    cell = f"rnn ({m.nonlinearity}{assumed})" if m.cell == "rnn" else m.cell
     layers = f"{m.num_layers} layer{'s' if m.num_layers > 1 else ''}"
     weights = f" · weights {m.weights}" if m.weights else ""
     where = "every step" if report.loss_timesteps == "all" else "the last step"
@@ -59,9 +60,29 @@ def title(report: Report) -> str:
             f"{report.batch_size} · {report.loss_kind} at {where} · {report.dtype}{weights}")
 
 
+SIGNAL = "‖dL_T/dh_t‖, the gradient of the last step's own loss"
+
+
+def last_step_header(report: Report, index: int) -> str:
+    """The per-step column of layer ``index``'s ‖dL_T/dh‖, marked when it is aligned at the
+    sequences' ends (see :func:`aligned_text`)."""
+    return f"‖dL_T/dh‖ l{index}" + (" *" if report.padding is not None else "")
+
+
+def aligned_text(report: Report) -> str | None:
+    """What the mark on the ‖dL_T/dh‖ columns means, for padded sequences."""
+    if report.padding is None:
+        return None
+    return (f"* aligned at the sequences' ends: row t is {report.length - 1}−t steps before "
+            "each one's end, combined over the sequences that reach that far")
+
+
 def bar(value: float | None, low: float, high: float, width: int = 24) -> str:
-    """A bar whose length is ``value``'s place between ``low`` and ``high`` on a log scale."""
-    if value is None or not math.isfinite(value) or value <= 0:
+    """A bar whose length is ``value``'s place between ``low`` and ``high`` on a log scale
+    (none for no value: a step no padded sequence reaches)."""
+    if value is None:
+        return ""
+    if not math.isfinite(value) or value <= 0:
         return "·" if value == 0 else "?"
     if high <= low:
         return "█" * width
@@ -71,7 +92,7 @@ def bar(value: float | None, low: float, high: float, width: int = 24) -> str:
     return "█" * full + (" ▏▎▍▌▋▊▉"[part] if part else "") or "▏"
 
 
-def log_range(values: list[float]) -> tuple[float, float]:
+def log_range(values: list[float | None]) -> tuple[float, float]:
     positive = [v for v in values if v is not None and math.isfinite(v) and v > 0]
     if not positive:
         return 1.0, 1.0

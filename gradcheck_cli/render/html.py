@@ -9,10 +9,13 @@ from ..report import Report
 from . import RenderOptions
 from .common import (
     DYNAMICS_HEADER,
+    SIGNAL,
     TRUNCATION_HEADER,
+    aligned_text,
     dynamics_rows,
     growth_text,
     horizon_text,
+    last_step_header,
     num,
     steps_to_show,
     title,
@@ -63,16 +66,20 @@ def render_html(report: Report, options: RenderOptions) -> str:
                  f"{escape(num(report.global_grad_norm, 5))}</p>")
     parts.append(_chart(report))
     parts.append("<h2>Through time</h2>")
+    parts.append(f"<p>{escape(SIGNAL)}</p>")
     parts.append(_table(["layer", "growth / step", "ratio at step 0", "horizon", "verdict"],
                         [[str(layer.index), growth_text(layer), num(layer.ratio),
                           horizon_text(layer), verdict(report, layer)]
                          for layer in report.layers]))
     steps = steps_to_show(report.length, options.all_steps)
     header = ["step"] + [f"‖dL/dh‖ l{layer.index}" for layer in report.layers] + \
-        [f"‖dL_T/dh‖ l{layer.index}" for layer in report.layers]
+        [last_step_header(report, layer.index) for layer in report.layers]
     rows = [[str(t)] + [num(layer.hidden_grad_norm[t]) for layer in report.layers]
             + [num(layer.last_step_grad_norm[t]) for layer in report.layers] for t in steps]
-    parts += ["<h2>Per step</h2>", _table(header, rows), "<h2>Parameters</h2>",
+    aligned = aligned_text(report)
+    parts += ["<h2>Per step</h2>", _table(header, rows)]
+    parts += [f"<p>{escape(aligned)}</p>"] if aligned else []
+    parts += ["<h2>Parameters</h2>",
               _table(["name", "shape", "grad norm", "max |grad|", "weight norm"],
                      [[p.name, "×".join(map(str, p.shape)), num(p.grad_norm),
                        num(p.grad_max_abs), num(p.weight_norm)] for p in report.parameters])]

@@ -6,10 +6,13 @@ from ..report import Report
 from . import RenderOptions
 from .common import (
     DYNAMICS_HEADER,
+    SIGNAL,
     TRUNCATION_HEADER,
+    aligned_text,
     dynamics_rows,
     growth_text,
     horizon_text,
+    last_step_header,
     num,
     si,
     size_bytes,
@@ -45,9 +48,9 @@ def render_markdown(report: Report, options: RenderOptions) -> str:
     out += ["", f"**loss** {num(report.loss, 5)} · **global grad norm** "
                 f"{num(report.global_grad_norm, 5)}{after}", ""]
 
-    out += ["### Through time", "",
-            f"‖dL_T/dh_t‖: the gradient of the last step's loss, going back "
-            f"{report.length - 1} steps.", ""]
+    span = report.padding.max_length if report.padding is not None else report.length
+    out += ["### Through time", "", f"{SIGNAL[0].upper()}{SIGNAL[1:]}, going back {span - 1} "
+            "steps.", ""]
     out += _table(["layer", "growth / step", "ratio at step 0", "horizon", "verdict"],
                   [[str(layer.index), growth_text(layer), num(layer.ratio),
                     horizon_text(layer), verdict(report, layer)] for layer in report.layers],
@@ -59,7 +62,7 @@ def render_markdown(report: Report, options: RenderOptions) -> str:
         header.append(f"‖dL/dh‖ l{layer.index}")
         if layer.cell_grad_norm is not None:
             header.append(f"‖dL/dc‖ l{layer.index}")
-        header.append(f"‖dL_T/dh‖ l{layer.index}")
+        header.append(last_step_header(report, layer.index))
     rows = []
     for t in steps:
         row = [str(t)]
@@ -72,6 +75,9 @@ def render_markdown(report: Report, options: RenderOptions) -> str:
     out += ["", "<details><summary>Per step "
                 f"({len(steps)} of {report.length} steps)</summary>", ""]
     out += _table(header, rows, ["--:"] * len(header))
+    aligned = aligned_text(report)
+    if aligned:
+        out += ["", aligned.replace("*", "\\*", 1)]
     out += ["", "</details>", "", "### Parameters", ""]
     out += _table(["name", "shape", "grad norm", "max \\|grad\\|", "weight norm"],
                   [[f"`{p.name}`", "×".join(map(str, p.shape)), num(p.grad_norm),

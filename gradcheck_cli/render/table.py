@@ -13,12 +13,15 @@ from ..report import LayerStats, Report
 from . import RenderOptions
 from .common import (
     DYNAMICS_HEADER,
+    SIGNAL,
     SUMMARY_ROWS,
     TRUNCATION_HEADER,
+    aligned_text,
     bar,
     dynamics_rows,
     growth_text,
     horizon_text,
+    last_step_header,
     log_range,
     num,
     si,
@@ -115,7 +118,7 @@ def _per_step(report: Report, all_steps: bool) -> Table:
         table.add_column(f"‖dL/dh‖ l{layer.index}", justify="right")
         if layer.cell_grad_norm is not None:
             table.add_column(f"‖dL/dc‖ l{layer.index}", justify="right")
-    table.add_column(f"‖dL_T/dh‖ l{charted.index}", justify="right")
+    table.add_column(last_step_header(report, charted.index), justify="right")
     table.add_column("log scale", no_wrap=True)
     for t in steps:
         row = [str(t)]
@@ -195,8 +198,9 @@ def render_table(report: Report, options: RenderOptions) -> str:
         console.print(_summary(report))
         console.print()
         bold = "bold"
-        console.print(Text(f"Through time: ‖dL_T/dh_t‖, the gradient of the last step's loss, "
-                           f"going back {report.length - 1} steps", style=bold))
+        span = report.padding.max_length if report.padding is not None else report.length
+        console.print(Text(f"Through time: {SIGNAL}, going back {span - 1} steps",
+                           style=bold))
         console.print(_layers(report))
         shown = "every step" if options.all_steps or report.length <= SUMMARY_ROWS else \
             f"{SUMMARY_ROWS} of {report.length} steps; --all-steps shows every one"
@@ -205,6 +209,9 @@ def render_table(report: Report, options: RenderOptions) -> str:
         console.print(Text(f"Per step ({shown}); the bar is ‖dL_T/dh‖ of layer {charted.index} "
                            f"on a log scale from {num(low)} to {num(high)}", style=bold))
         console.print(_per_step(report, options.all_steps))
+        aligned = aligned_text(report)
+        if aligned:
+            console.print(Text(aligned))
         console.print(Text("Parameters", style=bold))
         console.print(_parameters(report))
         console.print(_clip(report))
