@@ -366,6 +366,44 @@ def padding_note(lengths: np.ndarray) -> str:
             "aligned at the sequences' ends")
 
 
+SHOWN = 3
+"""Tensors named in a note or a finding before "and N more"."""
+
+
+def _some(names: list[str]) -> str:
+    """The first few names, and how many more."""
+    more = len(names) - SHOWN
+    return ", ".join(names[:SHOWN]) + (f" and {more} more" if more > 0 else "")
+
+
+def ignored_text(ignored: tuple[str, ...]) -> str:
+    """The checkpoint's tensors the model does not use, named."""
+    if not ignored:
+        return "no other tensors"
+    count = len(ignored)
+    return f"{count} other tensor{'' if count == 1 else 's'} ignored: {_some(list(ignored))}"
+
+
+def unmodelled_finding(spec: Spec) -> Finding | None:
+    """A warning when the checkpoint holds tensors that could be modules on the path from
+    the inputs to the loss, which gradcheck would be analysing the network without."""
+    checkpoint = spec.model.checkpoint
+    if checkpoint is None or not checkpoint.on_path:
+        return None
+    shown = [f"{t.name} {list(t.shape)}" for t in checkpoint.on_path]
+    rnn = checkpoint.rnn_prefix or "(no prefix)"
+    head = f"the head ({checkpoint.head_prefix or 'no prefix'}) reads its output" \
+        if checkpoint.head_prefix is not None else "the loss is taken on its output"
+    return Finding(
+        code="unmodelled", severity="warning",
+        message=(f"{checkpoint.path.name} holds tensors gradcheck does not model that could "
+                 f"sit on the path from the inputs to the loss (a norm, an embedding, a "
+                 f"linear layer): {_some(shown)}; the analysis assumes that the recurrent "
+                 f"module ({rnn}) reads the inputs and {head} directly, and its numbers are "
+                 "for that network. If those tensors are elsewhere in the model, list them "
+                 "in model.unused"))
+
+
 def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
     """What the user should know about how the run was set up; ``lengths``: the batch's
     valid lengths when they are not all full."""
@@ -375,9 +413,8 @@ def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
         found = f"recurrent module {checkpoint.rnn_prefix or '(no prefix)'}"
         found += f", head {checkpoint.head_prefix or '(no prefix)'}" \
             if checkpoint.head_prefix is not None else ", no head"
-        ignored = checkpoint.ignored
-        notes.append(f"weights from {checkpoint.path.name}: {found}; {ignored} other "
-                     f"tensor{'' if ignored == 1 else 's'} ignored")
+        notes.append(f"weights from {checkpoint.path.name}: {found}; "
+                     + ignored_text(checkpoint.ignored))
         if checkpoint.half:
             half = checkpoint.half
             shown = ", ".join(half[:3]) + (f" and {len(half) - 3} more" if len(half) > 3 else "")
@@ -528,10 +565,13 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
             dynamics = layer_dynamics(arch, params, fwd, spec.seed,
                                       d_last=last_step_loss_grad(fwd.outputs, batch.targets,
                                                                  spec.loss.kind, lengths),
-                                      lengths=lengths)
+                                      lengths=lengths,
+                                      measured=[layer.growth_factor for layer in layers])
         del fwd, d_out
 
     findings = [] if broken is None else [broken]
+    unmodelled = unmodelled_finding(spec)
+    findings += [unmodelled] if unmodelled is not None else []
     findings += no_gradient_findings(hidden, params, loss_grad_is_zero)
     findings += temporal_findings(layers, spec, span)
 

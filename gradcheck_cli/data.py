@@ -211,7 +211,13 @@ def resolve_sequence(ctx, seq, model, loss):
         targets = as_data_file(targets)
         shape, dtype = header(targets, ctx.where(("sequence", "targets")))
         is_csv = targets.file.suffix == ".csv"
-        shape = shape if is_csv else _batch_first(shape, layout)
+        one_each = per_sequence_targets(shape, loss.kind, is_csv, batch, length, outputs)
+        if one_each and loss.timesteps != "last":
+            ctx.fail(("sequence", "targets"), f"{targets.file.name} has shape {list(shape)}: "
+                     "one target per sequence needs loss.timesteps: last (else give one per "
+                     "step)")
+        if not one_each:
+            shape = shape if is_csv else _batch_first(shape, layout)
         if loss.kind == "cross_entropy":
             expected = [batch, length]
             if dtype.kind not in "iu":
@@ -220,17 +226,19 @@ def resolve_sequence(ctx, seq, model, loss):
                                                   "indices")
         else:
             expected = [batch, length, outputs]
-            if is_csv:
+            if is_csv and not one_each:
                 shape = (*shape, 1)
             if dtype.kind not in "fiu":
                 ctx.fail(("sequence", "targets"), f"{targets.file.name} has dtype {dtype}, "
                                                   "expected numbers")
-        if list(shape) != expected:
+        if not one_each and list(shape) != expected:
             dims = [str(n) for n in expected]
+            last = f" (or {[batch] if loss.kind == 'cross_entropy' else [batch, outputs]} " \
+                "with timesteps: last, one per sequence)"
             ctx.fail(("sequence", "targets"),
                      f"{targets.file.name} has shape {list(shape)}, expected "
                      f"{_layout_text(dims, 'batch_first')} for {loss.kind} with batch "
-                     f"{batch}, length {length}")
+                     f"{batch}, length {length}{last}")
 
     lengths, mask = seq.lengths, seq.mask
     valid_lengths = None
@@ -252,13 +260,29 @@ def resolve_sequence(ctx, seq, model, loss):
                 and inputs.file.suffix == ".csv":
             valid_lengths = read_csv(inputs.file, inputs.file.name)[1]
         classes = read(targets)
-        if targets.file.suffix != ".csv" and layout == "time_first":
+        if per_sequence_targets(classes.shape, loss.kind, targets.file.suffix == ".csv",
+                                batch, length, outputs):
+            classes = np.repeat(classes.reshape(batch, 1), length, axis=1)
+        elif targets.file.suffix != ".csv" and layout == "time_first":
             classes = classes.swapaxes(0, 1)
         problem = class_range_problem(classes, valid_lengths, outputs)
         if problem:
             ctx.fail(("sequence", "targets"), f"{targets.file.name}: {problem}")
     return dataclasses.replace(seq, length=length, batch_size=batch, inputs=inputs,
                                targets=targets, lengths=lengths, mask=mask)
+
+
+def per_sequence_targets(shape: tuple[int, ...], kind: str, is_csv: bool, batch: int,
+                         length: int, outputs: int) -> bool:
+    """Whether a targets file holds one target per sequence, as a classifier's data loader
+    gives them: ``[batch]`` classes, ``[batch, output_size]`` values (a 2-D array: per-step
+    values are 3-D), or a CSV of one per line; which ``timesteps: last`` takes."""
+    if is_csv:
+        return tuple(shape) == (batch, 1) and (length > 1 or kind == "mse") and \
+            (kind == "cross_entropy" or outputs == 1)
+    if kind == "cross_entropy":
+        return tuple(shape) == (batch,)
+    return tuple(shape) == (batch, outputs)
 
 
 def read_checked(ctx, key, source) -> np.ndarray:
@@ -358,9 +382,17 @@ class Batches:
             self._inputs = x.astype(self.dtype)
         is_classes = spec.loss.kind == "cross_entropy"
         if not isinstance(seq.targets, Distribution):
-            y = self._batch_first_array(seq.targets)
-            if y.ndim == 2 and not is_classes:
-                y = y[..., None]
+            raw = read(seq.targets)
+            B, T = spec.batch_size, spec.length
+            if per_sequence_targets(raw.shape, spec.loss.kind, seq.targets.file.suffix == ".csv",
+                                    B, T, spec.model.output_size):
+                # one per sequence: held at every step, of which the loss takes the last
+                y = np.repeat(raw.reshape(B, 1, -1), T, axis=1)
+                y = y[..., 0] if is_classes else y
+            else:
+                y = self._batch_first_array(seq.targets, raw)
+                if y.ndim == 2 and not is_classes:
+                    y = y[..., None]
             self._targets = y.astype(np.int64 if is_classes else self.dtype)
         if seq.lengths is not None:
             self._lengths = lengths_values(np.asarray(read(seq.lengths), dtype=np.int64),
@@ -371,8 +403,8 @@ class Batches:
         if self._lengths is not None and (self._lengths == spec.length).all():
             self._lengths = None
 
-    def _batch_first_array(self, source) -> np.ndarray:
-        array = read(source)
+    def _batch_first_array(self, source, array: np.ndarray | None = None) -> np.ndarray:
+        array = read(source) if array is None else array
         if self.layout == "time_first" and source.file.suffix != ".csv" and array.ndim >= 2:
             array = array.swapaxes(0, 1)
         return array

@@ -9,8 +9,11 @@ For each layer, along the trajectory the forward pass took:
 * the largest singular value of the step Jacobian ∂s_t/∂s_{t-1}, s the layer's state (h, or
   (h, c) for an LSTM), at every step;
 * the Lyapunov spectrum of the Jacobian product (the QR method: Q ← J_t Q, re-orthonormalised
-  at every step, log |diag R| averaged after a transient), whose largest exponent λ₁
-  predicts the gradient's per-step growth factor exp(λ₁);
+  at every step, log |diag R| averaged after a transient). exp(λ₁) is the asymptotic
+  growth per step of the fastest-growing direction: over a long run no gradient grows
+  faster, and a particular loss's gradient can shrink faster (when it lies mostly along
+  directions that shrink faster than the fastest one). It is set beside the growth
+  measured, with how far apart a run of this length can put them (:func:`allowance`);
 * for LSTM and GRU, the share of gate activations that are saturated (σ within 0.05 of 0 or
   1, tanh beyond ±0.95): a saturated gate passes almost no gradient;
 * the last step's gradient ‖dL_T/dh_t‖ in log space: propagated a few steps at a time, the
@@ -55,10 +58,16 @@ class LayerDynamics:
     pascanu: str | None
     jacobian_norm: list[float]
     lyapunov: list[float]
-    predicted_growth: float | None
+    lyapunov_growth: float | None
+    """exp(λ₁): the fastest-growing direction's asymptotic growth per step."""
     saturation: list[GateSaturation]
     log10_last_step_grad_norm: list[float] | None = None
     log10_ratio: float | None = None
+    growth_gap: float | None = None
+    """ln(measured growth factor) − λ₁: below 0, the gradient shrinks faster than the
+    fastest direction; above, it grows faster than a long run allows."""
+    allowance: float | None = None
+    """How large |growth_gap| a run of this length explains (see :func:`allowance`)."""
 
 
 GATE_NAMES = {"rnn": ("h",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
@@ -236,10 +245,29 @@ def log_space_signal_padded(arch: Architecture, params: Params, fwd: Forward,
     return out
 
 
+def allowance(state_size: int, steps: int, leading: list[float]) -> float | None:
+    """How far apart, in log per step, a run of ``steps`` can put the growth measured on one
+    gradient and λ₁, with nothing but its length to blame.
+
+    Over n steps a vector's growth is λ₁ n plus the log of its component along the fastest
+    direction: for a direction drawn at random in a state of size N that component is
+    about 1/√N, and a factor of 10 more is allowed, so (ln √N + ln 10) / n. To that, twice
+    the standard error of λ₁ over the sequences it was estimated on (``leading``, each
+    sequence's λ₁). None for a run too short to measure a growth.
+    """
+    if steps < 1:
+        return None
+    spread = float(np.std(leading, ddof=1) / math.sqrt(len(leading))) \
+        if len(leading) > 1 else 0.0
+    return (0.5 * math.log(state_size) + math.log(10)) / steps + 2 * spread
+
+
 def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
                    seed: int = 0, d_last: np.ndarray | None = None,
-                   lengths: np.ndarray | None = None) -> list[LayerDynamics]:
-    """Every layer's dynamics; with ``d_last``, the last step's gradient in log space."""
+                   lengths: np.ndarray | None = None,
+                   measured: list[float | None] | None = None) -> list[LayerDynamics]:
+    """Every layer's dynamics; with ``d_last``, the last step's gradient in log space; with
+    ``measured`` (each layer's growth factor), how it compares with exp(λ₁)."""
     out = []
     rng = np.random.default_rng([seed, 2])
     T, B = fwd.layers[0].h.shape[:2]
@@ -272,16 +300,24 @@ def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
             jacobian_norm = np.where(counts > 0, np.sqrt(squares / np.maximum(counts, 1)),
                                      np.nan)
         spectrum = np.mean(exponents, axis=0) if exponents else np.array([])
+        lam = float(spectrum[0]) if spectrum.size and math.isfinite(spectrum[0]) else None
+        growth = measured[k] if measured is not None else None
+        gap = None
+        if lam is not None and growth is not None and 0 < growth < math.inf:
+            gap = math.log(growth) - lam
+        state = H * (2 if arch.cell == "lstm" else 1)
         out.append(LayerDynamics(
             index=k, sigma_max=sigma, spectral_radius=radius,
             gate_sigma_max=gate_sigma if arch.cell != "rnn" else {},
             pascanu=pascanu_verdict(arch, sigma),
             jacobian_norm=jacobian_norm.tolist(),
             lyapunov=spectrum.tolist(),
-            predicted_growth=math.exp(spectrum[0]) if spectrum.size and
-            math.isfinite(spectrum[0]) else None,
+            lyapunov_growth=math.exp(lam) if lam is not None else None,
             saturation=gate_saturation(arch, cache),
             log10_last_step_grad_norm=logs[k].tolist() if logs is not None else None,
             log10_ratio=float(logs[k][T - span] - logs[k][-1])
-            if logs is not None and np.isfinite(logs[k][[T - span, -1]]).all() else None))
+            if logs is not None and np.isfinite(logs[k][[T - span, -1]]).all() else None,
+            growth_gap=gap,
+            allowance=allowance(state, span - 1, [float(e[0]) for e in exponents])
+            if gap is not None else None))
     return out

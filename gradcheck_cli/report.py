@@ -9,7 +9,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: last_step_grad_norm is the last step's own loss's gradient (1 scaled it by 1/T), padded
+sequences are measured one by one, horizons are measured, dynamics' predicted_growth is
+lyapunov_growth."""
 
 Severity = Literal["warning", "error"]
 SEVERITY_RANK = {"never": 3, "error": 2, "warning": 1}
@@ -340,7 +343,7 @@ def report_json_schema() -> dict[str, Any]:
             "dynamics": {"anyOf": [{"type": "null"}, {"type": "array", "items": {
                 "type": "object",
                 "required": ["index", "sigma_max", "spectral_radius", "gate_sigma_max",
-                             "pascanu", "jacobian_norm", "lyapunov", "predicted_growth",
+                             "pascanu", "jacobian_norm", "lyapunov", "lyapunov_growth",
                              "saturation"],
                 "properties": {
                     "index": {"type": "integer"}, "sigma_max": _NUMBER,
@@ -349,7 +352,12 @@ def report_json_schema() -> dict[str, Any]:
                     "pascanu": {"type": ["string", "null"]},
                     "jacobian_norm": {**_NUMBERS, "description": "σ_max(∂s_t/∂s_(t-1)) per "
                                       "step, RMS over the first sequences"},
-                    "lyapunov": _NUMBERS, "predicted_growth": _NUMBER,
+                    "lyapunov": _NUMBERS,
+                    "lyapunov_growth": {**_NUMBER, "description": "exp(λ₁): the asymptotic "
+                                        "growth per step of the fastest-growing direction"},
+                    "growth_gap": {**_NUMBER, "description": "ln(growth_factor) − λ₁"},
+                    "allowance": {**_NUMBER, "description": "the |growth_gap| a run of this "
+                                  "length explains"},
                     "log10_last_step_grad_norm": {
                         "anyOf": [_NUMBERS, {"type": "null"}],
                         "description": "log10 ||dL_T/dh_t|| per step, tracked in log space"},

@@ -124,6 +124,9 @@ class ModelSpec:
     head_prefix: str | None = _opt(
         None, "the head's prefix in the weights file (e.g. decoder.fc); found when only one "
               "fits")
+    unused: tuple[str, ...] = _opt(
+        (), "tensors of the weights file (names or prefixes) that are not on the path from "
+              "the inputs to the loss (an auxiliary head, an EMA copy): no warning for them")
     checkpoint: Any = field(default=None, compare=False, metadata={"internal": True})
 
 
@@ -428,6 +431,11 @@ def _convert(ctx: _Context, key: Key, value: Any, hint: Any, meta: Mapping[str, 
         wanted = "a mapping (random data) or a file path" if Distribution in sections else \
             "a file path, or a mapping {file: ..., key: ...}"
         ctx.fail(key, f"must be {wanted}, got {_describe(value)}")
+    if origin is tuple:                     # tuple[X, ...]: a YAML list of X
+        if not isinstance(value, list):
+            ctx.fail(key, f"must be a list, got {_describe(value)}")
+        return tuple(_convert(ctx, (*key, str(i)), item, args[0], meta)
+                     for i, item in enumerate(value))
     if origin is Literal:
         if value not in args:
             near = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
@@ -572,6 +580,8 @@ def _resolve_model(ctx: _Context, spec: Spec, data: Mapping[str, Any]) -> ModelS
         for key in ("rnn_prefix", "head_prefix"):
             if getattr(model, key) is not None:
                 ctx.fail(("model", key), "applies only with model.weights")
+        if model.unused:
+            ctx.fail(("model", "unused"), "applies only with model.weights")
         head = True if model.head is None else model.head
         if head and model.output_size is None:
             ctx.fail(("model", "output_size"), "missing required key (outputs of the linear "
@@ -634,9 +644,23 @@ def _model_from_weights(ctx: _Context, model: ModelSpec, data: Mapping[str, Any]
     except InputFileError as exc:
         ctx.fail(key, str(exc))
     half = tuple(sorted(names[c] for c in names if index[names[c]].dtype in weights.HALF_DTYPES))
+    used = set(names.values())
+    ignored = tuple(name for name in index if name not in used)
+    for prefix in model.unused:
+        if not any(weights.declared_unused(name, (prefix,)) for name in ignored):
+            covered = sorted(n for n in used if weights.declared_unused(n, (prefix,)))
+            ctx.fail(("model", "unused"), f"{prefix!r} names tensors the model uses "
+                                          f"({covered[0]})" if covered else
+                     f"{prefix!r} matches no tensor of {path.name} (names or prefixes of "
+                     "tensors the model does not use)")
+    sizes = tuple(int(n) for n in (model.input_size, model.hidden_size,
+                                   model.output_size if model.head else None) if n is not None)
+    on_path = tuple(index[name] for name in ignored
+                    if not weights.declared_unused(name, model.unused)
+                    and weights.could_be_on_path(index[name], sizes))
     checkpoint = weights.Checkpoint(
         path=path, rnn_prefix=rnn_prefix, head_prefix=head_prefix, names=names,
-        inferred=inferred, half=half, ignored=len(set(index) - set(names.values())),
+        inferred=inferred, half=half, ignored=ignored, on_path=on_path,
         nonlinearity_assumed=model.cell == "rnn" and not _given(data, ("model", "nonlinearity")))
     return dataclasses.replace(model, checkpoint=checkpoint)
 
@@ -684,6 +708,8 @@ def _type_schema(hint: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
         return options[0] if len(options) == 1 else {"anyOf": options}
     if origin is Literal:
         return {"enum": list(args)}
+    if origin is tuple:
+        return {"type": "array", "items": _type_schema(args[0], meta)}
     if dataclasses.is_dataclass(hint):
         return _section_schema(typing.cast(type, hint))
     bounds = {k: meta[k] for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
@@ -711,7 +737,7 @@ def _section_schema(cls: type) -> dict[str, Any]:
         prop = _type_schema(hints[f.name], f.metadata)
         prop = {"description": f.metadata["doc"], **prop}
         if f.default is not dataclasses.MISSING and f.default is not None:
-            prop["default"] = f.default
+            prop["default"] = list(f.default) if isinstance(f.default, tuple) else f.default
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             required.append(f.name)
         props[f.name] = prop

@@ -45,7 +45,11 @@ class Checkpoint:
     names: dict[str, str] = field(default_factory=dict)
     inferred: dict[str, object] = field(default_factory=dict)
     half: tuple[str, ...] = ()
-    ignored: int = 0
+    ignored: tuple[str, ...] = ()
+    """The file's tensors the model does not use, in the file's order."""
+    on_path: tuple[Tensor, ...] = ()
+    """Those of them that could sit on the path from the inputs to the loss (see
+    :func:`could_be_on_path`) and that the spec does not declare unused."""
     nonlinearity_assumed: bool = False
     """An rnn checkpoint whose spec does not state the nonlinearity (the tensors cannot)."""
 
@@ -253,6 +257,32 @@ def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
         if values["head_bias"]:
             names["head.bias"] = _join(head_prefix, "bias")
     return values, names
+
+
+OPTIMISER_STATE = {"optimizer", "optimizer_state_dict", "optim", "opt_state", "exp_avg",
+                   "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg",
+                   "scheduler", "lr_scheduler"}
+"""Name parts of what a training checkpoint holds beside the model: no module's weights."""
+
+
+def could_be_on_path(tensor: Tensor, sizes: tuple[int, ...]) -> bool:
+    """Whether a tensor the model does not use could be a module between the inputs and the
+    loss: a floating 1-D or 2-D tensor with a dimension of the input, hidden or output size
+    (an embedding of the input's width, a norm, a linear layer before the recurrent module,
+    between it and the head, or after the head), not optimiser state, not another recurrent
+    module's."""
+    parts = set(tensor.name.split("."))
+    last = tensor.name.rsplit(".", 1)[-1]
+    if parts & OPTIMISER_STATE or _LAYER_TENSOR.match(last):
+        return False
+    if not (tensor.dtype.startswith("float") or tensor.dtype == "bfloat16"):
+        return False
+    return len(tensor.shape) in (1, 2) and any(n in sizes for n in tensor.shape)
+
+
+def declared_unused(name: str, unused: tuple[str, ...]) -> bool:
+    """Whether ``name`` is one of the ``unused`` tensors or under one of those prefixes."""
+    return any(name == p or name.startswith(p + ".") for p in unused)
 
 
 def check_shapes(index: dict[str, Tensor], path: Path, names: dict[str, str],

@@ -215,3 +215,37 @@ def test_step_norms_survive_huge_finite_values():
     np.testing.assert_allclose(step_norms(g), [1e200 * math.sqrt(12)] * 2, rtol=1e-12)
     g[1, 0, 0] = np.inf
     assert np.isinf(step_norms(g)[1])
+
+
+def _zeroed(tmp_path, write_spec, zero):
+    """The lstm sample's weights in a file, with the tensors named in ``zero`` set to 0."""
+    from gradcheck_cli.analysis import model_parameters
+    _, params = model_parameters(load_spec(SAMPLES[4]))          # lstm_healthy: 2 layers
+    for name in zero:
+        params[name] = np.zeros_like(params[name])
+    np.savez(tmp_path / "w.npz", **params)
+    return load_spec(write_spec("model: {weights: w.npz}\nsequence: {length: 20}\n"))
+
+
+def test_no_gradient_reaching_the_recurrent_layers_is_a_finding(tmp_path, write_spec):
+    """A head of zeros passes nothing back: before, this was reported healthy."""
+    assert SAMPLES[4].name == "lstm_healthy.yaml"
+    report = analyze_spec(_zeroed(tmp_path, write_spec, ["head.weight"]), trials=0,
+                          windows=[])
+    assert [(f.code, f.layer, f.severity) for f in report.findings] == [
+        ("no_gradient", 0, "error"), ("no_gradient", 1, "error")]
+    assert "the head's weights are all zero" in report.findings[0].message
+    assert not report.ok
+
+
+def test_a_layer_cut_off_from_the_loss_is_named_alone(tmp_path, write_spec):
+    report = analyze_spec(_zeroed(tmp_path, write_spec, ["rnn.weight_ih_l1"]), trials=0,
+                          windows=[])
+    assert [(f.code, f.layer) for f in report.findings if f.code == "no_gradient"] == [
+        ("no_gradient", 0)]
+    assert "the layer above passes none down" in report.findings[0].message
+
+
+def test_a_healthy_model_has_no_no_gradient_finding():
+    report = analyze_spec(load_spec(SAMPLES[4]), trials=0, windows=[])
+    assert "no_gradient" not in codes(report)

@@ -93,13 +93,13 @@ def test_lyapunov_spectrum_of_a_linear_rnn_with_a_chosen_spectrum():
     [layer] = layer_dynamics(arch, params, forward(arch, params, x))
     expected = np.sort(np.log(np.abs(spectrum)))[::-1]
     np.testing.assert_allclose(layer.lyapunov, expected, atol=0.02)
-    assert layer.predicted_growth == pytest.approx(0.95, rel=0.02)
+    assert layer.lyapunov_growth == pytest.approx(0.95, rel=0.02)
     assert layer.sigma_max == pytest.approx(0.95) and layer.spectral_radius == pytest.approx(0.95)
     assert "sufficient for the gradient to vanish" in layer.pascanu
     np.testing.assert_allclose(layer.jacobian_norm, 0.95, rtol=1e-6)
 
 
-def test_largest_exponent_predicts_the_measured_growth():
+def test_largest_exponent_matches_the_measured_growth_when_the_gradient_is_generic():
     from gradcheck_cli.analysis import analyze_spec
     from gradcheck_cli.spec import spec_from_data
     data = {"model": {"cell": "rnn", "input_size": 3, "hidden_size": 16, "output_size": 2,
@@ -109,8 +109,59 @@ def test_largest_exponent_predicts_the_measured_growth():
                          "inputs": {"distribution": "normal", "scale": 1e-5}}}
     report = analyze_spec(spec_from_data(data), trials=0, windows=[], deep=True)
     layer, deep = report.layers[0], report.dynamics[0]
-    assert deep.predicted_growth == pytest.approx(0.8, rel=1e-3)
-    assert layer.growth_factor == pytest.approx(deep.predicted_growth, rel=1e-2)
+    assert deep.lyapunov_growth == pytest.approx(0.8, rel=1e-3)
+    assert layer.growth_factor == pytest.approx(deep.lyapunov_growth, rel=1e-2)
+
+
+def _diagonal_rnn(tmp_path, rates, head_units, T=40):
+    """A tanh RNN in its linear regime with W_hh = diag(rates): every Jacobian is that
+    diagonal. The head reads only ``head_units``, so the last step's gradient starts, and
+    stays, along those units."""
+    H = len(rates)
+    head = np.zeros((1, H))
+    head[0, list(head_units)] = 1.0
+    np.savez(tmp_path / "w.npz", **{
+        "rnn.weight_ih_l0": np.ones((H, 1)), "rnn.weight_hh_l0": np.diag(rates),
+        "rnn.bias_ih_l0": np.zeros(H), "rnn.bias_hh_l0": np.zeros(H),
+        "head.weight": head, "head.bias": np.zeros(1)})
+    (tmp_path / "s.yaml").write_text(
+        "model: {weights: w.npz, nonlinearity: tanh}\n"
+        f"sequence: {{length: {T}, batch_size: 4, inputs: {{scale: 1.0e-9}}}}\n")
+    from gradcheck_cli.spec import load_spec
+    return load_spec(tmp_path / "s.yaml")
+
+
+def test_a_gradient_along_fast_shrinking_directions_is_said_to_differ_from_the_bound(
+        tmp_path):
+    """exp(λ₁) bounds the fastest direction (0.95 per step); a loss that reads only a unit
+    shrinking by 0.5 gives a gradient that shrinks by 0.5. Both are shown, and the report
+    says they differ by more than 39 steps can explain."""
+    from gradcheck_cli.analysis import analyze_spec
+    from gradcheck_cli.render import RenderOptions, render
+    rates = [0.95, 0.9, 0.5, 0.5, 0.8, 0.7]
+    report = analyze_spec(_diagonal_rnn(tmp_path, rates, [2, 3]), trials=0, windows=[],
+                          deep=True)
+    layer, deep = report.layers[0], report.dynamics[0]
+    assert deep.lyapunov_growth == pytest.approx(0.95, rel=0.03)   # QR over 40 steps
+    assert layer.growth_factor == pytest.approx(0.5, rel=1e-6)
+    assert deep.growth_gap == pytest.approx(math.log(0.5 / deep.lyapunov_growth), rel=1e-6)
+    assert abs(deep.growth_gap) > deep.allowance
+    for fmt in ("table", "markdown", "html"):
+        text = render(report, fmt, RenderOptions(width=200))
+        assert "the last step's gradient shrinks faster (×0.5 per step) than the fastest " \
+               "direction's exp(λ₁) = ×0.9" in text.replace("&#x27;", "'"), fmt
+    generic = analyze_spec(_diagonal_rnn(tmp_path, rates, range(6)), trials=0, windows=[],
+                           deep=True)
+    assert abs(generic.dynamics[0].growth_gap) < generic.dynamics[0].allowance
+    assert "shrinks faster" not in render(generic, "table", RenderOptions(width=200))
+
+
+def test_the_allowance_shrinks_with_the_run_and_grows_with_the_spread():
+    from gradcheck_cli.dynamics import allowance
+    assert allowance(64, 99, [0.1]) == pytest.approx((0.5 * math.log(64) + math.log(10)) / 99)
+    assert allowance(64, 999, [0.1]) < allowance(64, 99, [0.1])
+    assert allowance(64, 99, [0.1, 0.2, 0.3]) > allowance(64, 99, [0.2, 0.2, 0.2])
+    assert allowance(64, 0, [0.1]) is None
 
 
 def test_lyapunov_qr_converges_on_diagonal_products():
@@ -156,7 +207,7 @@ def test_deep_report_in_every_format():
     jsonschema.validate(data, report_json_schema())
     assert [d["index"] for d in data["dynamics"]] == [0, 1]
     for d, layer in zip(data["dynamics"], data["layers"], strict=True):
-        assert d["predicted_growth"] == pytest.approx(layer["growth_factor"], rel=0.02)
+        assert d["lyapunov_growth"] == pytest.approx(layer["growth_factor"], rel=0.02)
         assert {s["gate"] for s in d["saturation"]} == {"r", "z", "n"}
         assert len(d["jacobian_norm"]) == data["length"] and len(d["lyapunov"]) == 8
     table = runner.invoke(cli, ["analyze", path, "--deep", "--trials", "0"]).stdout

@@ -62,7 +62,7 @@ def test_deep_survives_non_finite_weights_and_blown_up_states(tmp_path):
         "model.init.recurrent.gain=3", "sequence.length=800"]), trials=3, windows=[],
         deep=True)
     assert relu.findings[0].code == "non_finite"
-    assert relu.dynamics[0].lyapunov == [] and relu.dynamics[0].predicted_growth is None
+    assert relu.dynamics[0].lyapunov == [] and relu.dynamics[0].lyapunov_growth is None
     assert math.isnan(relu.clip.max_norm) or relu.clip.max_norm > 0  # never a bogus label
 
 
@@ -162,11 +162,11 @@ def test_odd_options_are_one_clean_line(args, needle):
 
 
 @pytest.mark.parametrize("report", [
-    '{"schema_version":1,"config":"c","loss":1,"global_grad_norm":1,"parameters":{},'
+    '{"schema_version":2,"config":"c","loss":1,"global_grad_norm":1,"parameters":{},'
     '"layers":[{}],"findings":[]}',
-    '{"schema_version":1,"config":"c","loss":1,"global_grad_norm":1,"parameters":{},'
+    '{"schema_version":2,"config":"c","loss":1,"global_grad_norm":1,"parameters":{},'
     '"layers":[],"findings":"abc"}',
-    '{"schema_version":1,"config":"c","loss":NaN,"global_grad_norm":1,"parameters":{},'
+    '{"schema_version":2,"config":"c","loss":NaN,"global_grad_norm":1,"parameters":{},'
     '"layers":[],"findings":[]}',
     "[" * 100_000,
 ])

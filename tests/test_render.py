@@ -141,3 +141,20 @@ def test_cost_truncation_and_mitigation_in_every_format():
     data = json.loads(render(report, "json"))
     jsonschema.validate(data, report_json_schema())
     assert data["truncation"][1]["k2"] == 20 and data["cost"]["parameter_count"] == 52_484
+
+
+@pytest.mark.parametrize("width", [80, 100, 140, 200])
+def test_deep_column_headers_are_never_cut(width):
+    """Before, the saturation column squeezed the others to `σ_max(…` and `measur…`."""
+    from gradcheck_cli.analysis import analyze_spec
+    from gradcheck_cli.render.common import DYNAMICS_HEADER
+    from gradcheck_cli.spec import load_spec
+    from tests.conftest import SAMPLES
+    sample = next(p for p in SAMPLES if p.stem == "lstm_exploding")
+    report = analyze_spec(load_spec(sample, ["sequence.length=30"]), trials=0, windows=[],
+                          deep=True)
+    text = render(report, "table", RenderOptions(width=width))
+    assert "…" not in text
+    header = next(line for line in text.splitlines() if line.startswith("layer") and "λ₁" in line)
+    assert header.split() == DYNAMICS_HEADER
+    assert "layer 0 saturated gates: i " in text

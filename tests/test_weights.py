@@ -196,3 +196,78 @@ def test_bf16_checkpoint_in_a_fresh_process(tmp_path, rng):
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert any("bfloat16" in note for note in json.loads(result.stdout)["notes"])
+
+
+def test_ignored_tensors_are_named_and_those_on_the_path_warned_about(tmp_path, write_spec,
+                                                                        rng):
+    """An embedding of the input's width and a norm of the head's size could sit on the
+    path: the report says the analysis assumes they do not, and how to say they are not
+    there. Optimiser state and integer counters are only named."""
+    tensors = checkpoint(rng)
+    tensors["optimizer.state.0.exp_avg"] = np.zeros((4 * H, I), np.float32)
+    _save(tmp_path, tensors, "ckpt.safetensors")
+    report = analyze_spec(load_spec(write_spec(SPEC.format(file="ckpt.safetensors"))),
+                          trials=0, windows=[])
+    note = next(n for n in report.notes if n.startswith("weights from"))
+    assert "4 other tensors ignored: decoder.norm.weight, encoder.embedding.weight, " \
+           "optimizer.state.0.exp_avg and 1 more" in note
+    [finding] = [f for f in report.findings if f.code == "unmodelled"]
+    assert finding.severity == "warning"
+    assert "decoder.norm.weight [4], encoder.embedding.weight [7, 3]" in finding.message
+    assert "exp_avg" not in finding.message and "step" not in finding.message.split(":")[1]
+    assert "assumes that the recurrent module (encoder.lstm) reads the inputs and the head " \
+           "(decoder.fc) reads its output directly" in finding.message
+    assert "model.unused" in finding.message
+    assert report.ok and report.fails("warning")
+
+    declared = analyze_spec(load_spec(write_spec(SPEC.format(file="ckpt.safetensors")),
+                                      ["model.unused=[encoder.embedding, decoder.norm]"]),
+                            trials=0, windows=[])
+    assert "unmodelled" not in [f.code for f in declared.findings]
+    clean = checkpoint(rng, extra=False)
+    _save(tmp_path, clean, "clean.safetensors")
+    plain = analyze_spec(load_spec(write_spec(SPEC.format(file="clean.safetensors"))),
+                         trials=0, windows=[])
+    assert "unmodelled" not in [f.code for f in plain.findings]
+    assert any("no other tensors" in n for n in plain.notes)
+
+
+def test_declaring_unused_tensors_is_checked(tmp_path, write_spec, rng):
+    _save(tmp_path, checkpoint(rng), "ckpt.npz")
+    path = write_spec(SPEC.format(file="ckpt.npz"))
+    with pytest.raises(GradcheckError, match=r"model.unused: 'decoder.fcx' matches no tensor "
+                                             r"of ckpt.npz"):
+        load_spec(path, ["model.unused=[decoder.fcx]"])
+    with pytest.raises(GradcheckError, match=r"'decoder.fc' names tensors the model uses "
+                                             r"\(decoder.fc.bias\)"):
+        load_spec(path, ["model.unused=[decoder.fc]"])
+    with pytest.raises(GradcheckError, match=r"model\.unused: must be a list"):
+        load_spec(path, ["model.unused=encoder.embedding"])
+    with pytest.raises(GradcheckError, match=r"applies only with model\.weights"):
+        load_spec(write_spec("model: {cell: rnn, input_size: 2, hidden_size: 3, "
+                             "output_size: 2, unused: [x]}\nsequence: {length: 3}\n", "s.yaml"))
+
+
+def test_an_rnn_checkpoints_nonlinearity_is_said_to_be_assumed(tmp_path, write_spec, rng):
+    """A relu RNN's checkpoint looks like a tanh one's: every format says which was used
+    when the spec does not."""
+    from gradcheck_cli.render import RenderOptions, render
+    _save(tmp_path, checkpoint(rng, cell="rnn", layers=1, extra=False), "rnn.safetensors")
+    assumed = analyze_spec(load_spec(write_spec(SPEC.format(file="rnn.safetensors"))),
+                           trials=0, windows=[])
+    assert assumed.model.nonlinearity_assumed
+    assert json.loads(assumed.to_json())["model"]["nonlinearity_assumed"] is True
+    note = "nonlinearity tanh assumed: an nn.RNN checkpoint does not record it"
+    for fmt in ("table", "markdown", "html", "json"):
+        text = render(assumed, fmt, RenderOptions(width=200))
+        assert note in text, fmt
+        if fmt != "json":
+            assert "rnn (tanh, assumed)" in text, fmt
+    stated = analyze_spec(load_spec(write_spec(SPEC.format(file="rnn.safetensors")),
+                                    ["model.nonlinearity=tanh"]), trials=0, windows=[])
+    assert not stated.model.nonlinearity_assumed
+    assert not any("assumed" in n for n in stated.notes)
+    _save(tmp_path, checkpoint(rng, cell="gru", extra=False), "gru.safetensors")
+    gru = analyze_spec(load_spec(write_spec(SPEC.format(file="gru.safetensors"))), trials=0,
+                       windows=[])
+    assert not gru.model.nonlinearity_assumed and not any("assumed" in n for n in gru.notes)

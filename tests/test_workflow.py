@@ -112,7 +112,7 @@ def test_compare_horizon_tolerance():
     from gradcheck_cli.analysis import horizon
 
     def report(growth):
-        return {"schema_version": 1, "config": "c", "loss": 1.0, "global_grad_norm": 1.0,
+        return {"schema_version": 2, "config": "c", "loss": 1.0, "global_grad_norm": 1.0,
                 "parameters": {}, "findings": [],
                 "layers": [{"index": 0, "growth_factor": growth, "ratio": growth ** 9,
                             "horizon": horizon(growth ** np.arange(10.0), growth, 1e-6,

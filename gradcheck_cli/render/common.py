@@ -134,7 +134,12 @@ TRUNCATION_HEADER = ["window k1:k2", "backward work", "activations", "gradient e
 
 
 DYNAMICS_HEADER = ["layer", "σ_max(W_hh)", "ρ(W_hh)", "λ₁", "exp(λ₁)", "measured",
-                   "σ_max(J_t)", "ratio", "saturated"]
+                   "σ_max(J_t)", "ratio"]
+
+DYNAMICS_TITLE = ("Dynamics: σ of W_hh, step Jacobians J_t = ∂s_t/∂s_(t-1) (mean over steps), "
+                  "Lyapunov exponents λ. exp(λ₁) is the fastest-growing direction's asymptotic "
+                  "growth per step: over a long run no gradient grows faster, and a particular "
+                  "loss's gradient can shrink faster; beside it, the growth measured")
 
 
 def from_log10(value: float | None) -> str:
@@ -149,18 +154,50 @@ def from_log10(value: float | None) -> str:
 
 
 def dynamics_rows(report: Report) -> list[list[str]]:
-    """Per layer: the spectra, the largest Lyapunov exponent and the growth it predicts
-    beside the growth measured, the mean step-Jacobian norm, the saturated gates."""
+    """Per layer: the spectra, the largest Lyapunov exponent and the growth of the fastest
+    direction beside the growth measured, the mean step-Jacobian norm, the ratio."""
     rows = []
     measured = {layer.index: layer for layer in report.layers}
     for d in report.dynamics or []:
         lam = d.lyapunov[0] if d.lyapunov else None
         jac = [v for v in d.jacobian_norm if math.isfinite(v)]
-        saturated = " ".join(f"{s.gate} {s.saturated:.0%}" for s in d.saturation
-                             if s.saturated >= 0.01) or ("none" if d.saturation else "—")
         rows.append([str(d.index), num(d.sigma_max), num(d.spectral_radius), num(lam),
-                     "—" if d.predicted_growth is None else f"×{d.predicted_growth:.4g}",
+                     "—" if d.lyapunov_growth is None else f"×{d.lyapunov_growth:.4g}",
                      growth_text(measured[d.index]),
-                     num(float(np.mean(jac))) if jac else "—", from_log10(d.log10_ratio),
-                     saturated])
+                     num(float(np.mean(jac))) if jac else "—", from_log10(d.log10_ratio)])
     return rows
+
+
+def dynamics_lines(report: Report) -> list[str]:
+    """Per layer, in words: where the measured growth and exp(λ₁) differ by more than the
+    run's length explains, Pascanu's conditions, the saturated gates, the spectrum."""
+    lines = []
+    measured = {layer.index: layer for layer in report.layers}
+    steps = (report.padding.max_length if report.padding is not None else report.length) - 1
+    for d in report.dynamics or []:
+        growth = measured[d.index].growth_factor
+        if d.growth_gap is not None and d.allowance is not None and growth is not None \
+                and d.lyapunov_growth is not None and abs(d.growth_gap) > d.allowance:
+            bound = f"exp(λ₁) = ×{d.lyapunov_growth:.4g}"
+            if d.growth_gap < 0:
+                lines.append(
+                    f"layer {d.index}: the last step's gradient shrinks faster (×{growth:.4g} "
+                    f"per step) than the fastest direction's {bound}, by more than {steps} "
+                    f"steps explain (±{d.allowance:.2g} in log per step): it lies mostly "
+                    "along directions that shrink faster than the fastest one")
+            else:
+                lines.append(
+                    f"layer {d.index}: the last step's gradient grows faster (×{growth:.4g} "
+                    f"per step) than {bound} allows over a long run, by more than {steps} "
+                    f"steps explain (±{d.allowance:.2g} in log per step): transient growth "
+                    "(non-normal Jacobians) that a longer run would not sustain")
+        if d.pascanu:
+            lines.append(f"layer {d.index}: {d.pascanu} (Pascanu et al. 2013)")
+        if d.saturation:
+            saturated = " ".join(f"{s.gate} {s.saturated:.0%}" for s in d.saturation
+                                 if s.saturated >= 0.01) or "none"
+            lines.append(f"layer {d.index} saturated gates: {saturated}")
+        if d.lyapunov:
+            lines.append(f"layer {d.index} Lyapunov spectrum: "
+                         + " ".join(num(v) for v in d.lyapunov))
+    return lines

@@ -9,9 +9,11 @@ from ..report import Report
 from . import RenderOptions
 from .common import (
     DYNAMICS_HEADER,
+    DYNAMICS_TITLE,
     SIGNAL,
     TRUNCATION_HEADER,
     aligned_text,
+    dynamics_lines,
     dynamics_rows,
     growth_text,
     horizon_text,
@@ -95,6 +97,8 @@ def render_html(report: Report, options: RenderOptions) -> str:
         parts += ["<h2>Truncated BPTT</h2>",
                   _table(TRUNCATION_HEADER, truncation_rows(report))]
     if report.dynamics is not None:
-        parts += ["<h2>Dynamics</h2>", _table(DYNAMICS_HEADER, dynamics_rows(report))]
+        parts += ["<h2>Dynamics</h2>", f"<p>{escape(DYNAMICS_TITLE.split(': ', 1)[1])}.</p>",
+                  _table(DYNAMICS_HEADER, dynamics_rows(report))]
+        parts += [f"<p>{escape(line)}</p>" for line in dynamics_lines(report)]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -6,9 +6,11 @@ from ..report import Report
 from . import RenderOptions
 from .common import (
     DYNAMICS_HEADER,
+    DYNAMICS_TITLE,
     SIGNAL,
     TRUNCATION_HEADER,
     aligned_text,
+    dynamics_lines,
     dynamics_rows,
     growth_text,
     horizon_text,
@@ -108,10 +110,7 @@ def render_markdown(report: Report, options: RenderOptions) -> str:
             out += _table(TRUNCATION_HEADER, truncation_rows(report),
                           ["---", "--:", "--:", "--:", "--:"])
     if report.dynamics is not None:
-        out += ["", "### Dynamics", ""]
-        out += _table(DYNAMICS_HEADER, dynamics_rows(report),
-                      ["--:"] * (len(DYNAMICS_HEADER) - 1) + ["---"])
-        for d in report.dynamics:
-            if d.pascanu:
-                out += ["", f"Layer {d.index}: {d.pascanu} (Pascanu et al. 2013)."]
+        out += ["", "### Dynamics", "", DYNAMICS_TITLE.split(": ", 1)[1] + ".", ""]
+        out += _table(DYNAMICS_HEADER, dynamics_rows(report), ["--:"] * len(DYNAMICS_HEADER))
+        out += [""] + [f"- {line}" for line in dynamics_lines(report)]
     return "\n".join(out) + "\n"

@@ -13,11 +13,13 @@ from ..report import LayerStats, Report
 from . import RenderOptions
 from .common import (
     DYNAMICS_HEADER,
+    DYNAMICS_TITLE,
     SIGNAL,
     SUMMARY_ROWS,
     TRUNCATION_HEADER,
     aligned_text,
     bar,
+    dynamics_lines,
     dynamics_rows,
     growth_text,
     horizon_text,
@@ -114,11 +116,12 @@ def _per_step(report: Report, all_steps: bool) -> Table:
     low, high = log_range(charted.last_step_grad_norm)
     table = Table(box=box.SIMPLE_HEAD)
     table.add_column("step", justify="right")
-    for layer in report.layers:
-        table.add_column(f"‖dL/dh‖ l{layer.index}", justify="right")
+    for layer in report.layers:                    # narrow terminals fold, never cut
+        table.add_column(f"‖dL/dh‖ l{layer.index}", justify="right", overflow="fold")
         if layer.cell_grad_norm is not None:
-            table.add_column(f"‖dL/dc‖ l{layer.index}", justify="right")
-    table.add_column(last_step_header(report, charted.index), justify="right")
+            table.add_column(f"‖dL/dc‖ l{layer.index}", justify="right", overflow="fold")
+    table.add_column(last_step_header(report, charted.index), justify="right",
+                     overflow="fold")
     table.add_column("log scale", no_wrap=True)
     for t in steps:
         row = [str(t)]
@@ -166,23 +169,19 @@ def _clip(report: Report) -> Group | Text:
     )
 
 
-def _dynamics(report: Report) -> Group:
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for i, column in enumerate(DYNAMICS_HEADER):
-        last = i == len(DYNAMICS_HEADER) - 1
-        table.add_column(column, justify="left" if last else "right", no_wrap=last)
-    for row in dynamics_rows(report):
+def _dynamics(report: Report, width: int) -> Group:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    rows = dynamics_rows(report)
+    widest = [max([len(column)] + [len(row[i]) for row in rows])
+              for i, column in enumerate(DYNAMICS_HEADER)]
+    whole = sum(widest) + 2 * (len(widest) - 1) <= width  # else folded, never cut
+    for column, least in zip(DYNAMICS_HEADER, widest, strict=True):
+        table.add_column(column, justify="right", no_wrap=whole,
+                         min_width=least if whole else None, overflow="fold")
+    for row in rows:
         table.add_row(*row)
-    parts: list[Text | Table] = [
-        Text("Dynamics: σ of W_hh, step Jacobians J_t = ∂s_t/∂s_(t-1) (mean over steps), "
-             "Lyapunov exponents λ; exp(λ₁) predicts the measured growth per step",
-             style="bold"), table]
-    for d in report.dynamics or []:
-        if d.pascanu:
-            parts.append(Text(f"layer {d.index}: {d.pascanu} (Pascanu et al. 2013)"))
-        if d.lyapunov:
-            parts.append(Text(f"layer {d.index} Lyapunov spectrum: "
-                              + " ".join(num(v) for v in d.lyapunov)))
+    parts: list[Text | Table] = [Text(DYNAMICS_TITLE, style="bold"), table]
+    parts += [Text(line) for line in dynamics_lines(report)]
     return Group(*parts)
 
 
@@ -219,5 +218,5 @@ def render_table(report: Report, options: RenderOptions) -> str:
         console.print(_cost(report))
         if report.dynamics is not None:
             console.print()
-            console.print(_dynamics(report))
+            console.print(_dynamics(report, options.width))
     return buffer.getvalue()
