@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.bptt import bptt
-from gradcheck_cli.finite_diff import central_difference, check_gradients, relative_error
 from tests.conftest import make_problem
+from tests.finite_diff import central_difference, check_gradients, relative_error
 from tests.naive import naive_loss
 
 CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]
@@ -89,7 +89,7 @@ def test_hidden_and_cell_gradients_match_finite_differences(rng, cell, nonlinear
 def test_a_wrong_gradient_is_caught(rng):
     """The check can fail: a perturbed analytic gradient is reported."""
     arch, params, x, targets = make_problem(rng, "gru")
-    import gradcheck_cli.finite_diff as fd
+    import tests.finite_diff as fd
 
     real = fd.bptt
 

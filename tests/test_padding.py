@@ -9,10 +9,10 @@ from gradcheck_cli.analysis import analyze_spec, model_parameters
 from gradcheck_cli.bptt import bptt
 from gradcheck_cli.data import Batches
 from gradcheck_cli.errors import GradcheckError
-from gradcheck_cli.finite_diff import check_gradients
 from gradcheck_cli.model import Architecture
 from gradcheck_cli.spec import load_spec
 from tests.conftest import make_problem
+from tests.finite_diff import check_gradients
 
 LENGTHS = np.array([5, 2, 4])
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.bptt import bptt, forward, loss_and_output_grad, truncated_bptt
-from gradcheck_cli.finite_diff import central_difference, check_gradients, relative_error
 from tests.conftest import make_problem
+from tests.finite_diff import central_difference, check_gradients, relative_error
 from tests.naive import naive_loss, naive_outputs, step_losses
 
 CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]

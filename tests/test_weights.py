@@ -13,8 +13,8 @@ from safetensors.numpy import save_file
 from gradcheck_cli.analysis import analyze_spec, model_parameters
 from gradcheck_cli.data import Batches
 from gradcheck_cli.errors import GradcheckError
-from gradcheck_cli.finite_diff import check_gradients
 from gradcheck_cli.spec import load_spec
+from tests.finite_diff import check_gradients
 
 H, I, O, E = 5, 3, 4, 7  # hidden, input (= embedding output), head outputs, vocabulary
 

@@ -1,6 +1,6 @@
-"""Central finite differences: the check that BPTT's gradients are the true derivatives.
-
-Used by ``gradcheck verify`` and by the test suite. Always float64.
+"""Central finite differences entry by entry: the test suite's own check that BPTT's
+gradients are the true derivatives, independent of ``gradcheck verify`` (which compares
+them with the complex-step derivative). Always float64.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bptt import bptt, loss_value
-from .model import Architecture, Params
+from gradcheck_cli.bptt import bptt, loss_value
+from gradcheck_cli.model import Architecture, Params
 
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_FLOOR = 1e-5
@@ -143,17 +143,3 @@ def check_gradients(arch: Architecture, params: Params, x: np.ndarray, targets: 
             worst_index=indices[worst], analytic=float(analytic[name][indices[worst]]),
             numeric=checks[worst].numeric, tolerance=tolerance))
     return results
-
-
-def verify_spec(spec, *, max_entries: int | None = 25,
-                tolerance: float = DEFAULT_TOLERANCE) -> list[ParameterCheck]:
-    """``gradcheck verify``: :func:`check_gradients` on a spec's model and batch."""
-    from .analysis import model_parameters
-    from .data import Batches
-
-    arch, params = model_parameters(spec)
-    batch = Batches(spec).draw(0)
-    with np.errstate(all="ignore"):
-        return check_gradients(arch, params, batch.x, batch.targets, spec.loss.kind,
-                               spec.loss.timesteps, batch.lengths, max_entries=max_entries,
-                               seed=spec.seed, tolerance=tolerance)
