@@ -400,8 +400,9 @@ def unmodelled_finding(spec: Spec) -> Finding | None:
                  f"sit on the path from the inputs to the loss (a norm, an embedding, a "
                  f"linear layer): {_some(shown)}; the analysis assumes that the recurrent "
                  f"module ({rnn}) reads the inputs and {head} directly, and its numbers are "
-                 "for that network. If those tensors are elsewhere in the model, list them "
-                 "in model.unused"))
+                 "for that network. If those tensors are not between the inputs given and "
+                 "the loss (an embedding whose output the inputs are, an auxiliary head), "
+                 "list them in model.unused"))
 
 
 def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:

@@ -125,8 +125,9 @@ class ModelSpec:
         None, "the head's prefix in the weights file (e.g. decoder.fc); found when only one "
               "fits")
     unused: tuple[str, ...] = _opt(
-        (), "tensors of the weights file (names or prefixes) that are not on the path from "
-              "the inputs to the loss (an auxiliary head, an EMA copy): no warning for them")
+        (), "tensors of the weights file (names or prefixes) that are not between the inputs "
+            "and the loss (an embedding whose output the inputs are, an auxiliary head, an EMA "
+            "copy): no warning for them")
     checkpoint: Any = field(default=None, compare=False, metadata={"internal": True})
 
 
@@ -163,7 +164,8 @@ class SequenceSpec:
         Distribution, "random inputs, or a file of shape [batch, length, input_size]")
     targets: DataSource | None = _opt(
         None, "random targets, or a file: [batch, length, output_size] floats for mse, "
-              "[batch, length] integer classes for cross_entropy")
+              "[batch, length] integer classes for cross_entropy; with timesteps: last also "
+              "one per sequence ([batch, output_size], [batch])")
     layout: Literal["batch_first", "time_first"] = _opt(
         "batch_first", "axis order of the data files: [batch, length, ...] or [length, batch, "
                        "...]")

@@ -40,3 +40,23 @@ def test_changelog_has_an_unreleased_section():
 def test_version_is_single_sourced():
     assert "version = attr: gradcheck_cli.__version__" in (ROOT / "setup.cfg").read_text()
     assert re.fullmatch(r"\d+\.\d+\.\d+", __version__)
+
+
+def test_readme_outputs_are_what_the_code_prints():
+    """Every captured block marked in README is regenerated and compared (see
+    docs/readme_outputs.py); a block that no longer reproduces fails here."""
+    import sys
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import readme_outputs
+    finally:
+        sys.path.pop(0)
+    names = readme_outputs.marked(README)
+    assert sorted(names) == sorted(readme_outputs.BLOCKS)
+    regenerated = readme_outputs.update(README)
+    if regenerated != README:
+        import difflib
+        diff = "".join(list(difflib.unified_diff(README.splitlines(True),
+                                                 regenerated.splitlines(True)))[:60])
+        raise AssertionError("README's captured outputs differ from the code's; run python "
+                             f"docs/readme_outputs.py\n{diff}")

@@ -111,7 +111,8 @@ def size_bytes(value: float) -> str:
     """Bytes in binary units: 1.5 MiB."""
     for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
         if value >= size:
-            return f"{value / size:.3g} {unit}"
+            scaled = value / size
+            return f"{scaled:.3g} {unit}" if scaled < 1000 else f"{scaled:.0f} {unit}"
     return f"{value:.0f} B"
 
 

@@ -34,10 +34,10 @@ def render_verify(result: Verification, color: bool, width: int, relu: bool = Fa
         console.print(Text(f"Gradient check of {result.config}: BPTT against the exact "
                            "derivative (complex step, float64)", style="bold"))
         directions = max((len(t.directions) for t in result.tensors), default=0)
-        console.print(Text(f"exact: Im L(θ + i·h·v) / h with h = {STEP:g}, along {directions} "
-                           "random unit directions v per parameter and along single entries "
-                           "(its largest gradient and random ones), on the forward pass's own "
-                           "trajectory; at: the entry, or v"))
+        console.print(Text(f"exact: Im L(θ + i·h·v) / h, h = {STEP:g}, on the forward pass's own "
+                           f"trajectory; v: {directions} random unit directions per parameter "
+                           "and single entries (the largest gradient's and random ones); at: "
+                           "the worst one"))
         agreement = "agrees" if result.forward_ok else "DISAGREES"
         console.print(Text(f"forward pass: every state and the loss {agreement} with the "
                            f"reference cells, one step at a time, to {result.forward_error:.1e}",
