@@ -50,14 +50,20 @@ def analyze(config: str | os.PathLike[str] | Mapping[str, Any] | Spec, *,
         raise ValueError("trials must be 0 or more")
     if not 0 < clip_percentile <= 100:
         raise ValueError("clip_percentile must be in (0, 100]")
+    estimates = []
+
+    def guard(spec: Spec) -> None:            # before any file's values are read
+        estimates.append(check(spec, max_memory=max_memory, trials=trials))
+
     if isinstance(config, Spec):
         spec = config
+        guard(spec)
     elif isinstance(config, Mapping):
         data, origins = apply_overrides(copy.deepcopy(dict(config)), overrides)
         spec = spec_from_data(data, name="<dict>", origins=origins,
-                              base_dir=Path(base_dir) if base_dir is not None else None)
+                              base_dir=Path(base_dir) if base_dir is not None else None,
+                              guard=guard)
     else:
-        spec = load_spec(Path(config), overrides)
-    est = check(spec, max_memory=max_memory, trials=trials)
+        spec = load_spec(Path(config), overrides, guard=guard)
     return analyze_spec(spec, trials=trials, clip_percentile=clip_percentile,
-                        streams=est.streams)
+                        streams=estimates[-1].streams)

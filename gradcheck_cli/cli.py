@@ -1,11 +1,13 @@
 """The command line: parse options, call the core, pick a renderer, set the exit status.
 
 Exit status: 0 nothing at or above --fail-on; 1 findings at or above it (verify: a gradient
-disagrees); 2 bad usage, a bad spec or input file, or an internal error; 130 interrupted.
+disagrees); 2 bad usage, a bad spec or input file, or an internal error; 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -15,17 +17,19 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import GradcheckError
+from .errors import GradcheckError, Terminated
 
 ANALYZE_TRIALS = 20
 """Clip trials `analyze` samples by default (and `validate` estimates memory for)."""
+MAX_TRIALS = 100_000
+"""Each trial is a forward and backward pass: beyond this, a run would not end."""
 
 EXIT_STATUS_HELP = """\b
 Exit status:
   0  healthy: no finding at or above --fail-on
   1  findings at or above --fail-on (verify: a gradient disagrees)
   2  bad usage, a bad spec or input file, or an internal error
-  130  interrupted
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM); 129 hung up (SIGHUP)
 """
 
 VERIFY_EXIT_HELP = """\b
@@ -47,7 +51,10 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def _stderr(message: str) -> None:
-    click.echo(message, err=True)
+    """One message on stderr, whatever bytes the file names in it hold."""
+    text = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    with contextlib.suppress(OSError, ValueError):   # stderr gone: nowhere left to say it
+        click.echo(text, err=True)
 
 
 class GradcheckGroup(click.Group):
@@ -73,6 +80,9 @@ class GradcheckGroup(click.Group):
         except KeyboardInterrupt:
             _stderr("interrupted")
             ctx.exit(130)
+        except Terminated as exc:
+            _stderr(exc.message)
+            ctx.exit(exc.status)
         except Exception as exc:  # a bug of ours: say so, and never exit 1 (a finding)
             if ctx.params.get("debug"):
                 _stderr(traceback.format_exc().rstrip())
@@ -90,6 +100,9 @@ def _overrides_option(f):
 def _check_plot(path: Path) -> None:
     """Say a missing extra or a wrong suffix before the work, not after it."""
     from .render.plot import check_target
+    if str(path) == "-":
+        raise click.BadParameter("a chart's format is its file's suffix (.png or .svg); "
+                                 "give a file name", param_hint="--plot")
     check_target(path)
 
 
@@ -124,9 +137,51 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
     return value
 
 
-def _load(config: Path, overrides: tuple[str, ...]):
+def _load(config: Path, overrides: tuple[str, ...], max_memory: str | None = None, *,
+          training: bool = False, optimizer: str | None = None, trials: int = 0,
+          dtype: str | None = None, machine: bool = True):
+    """The spec, refused before any data value is read when the run it describes would
+    not fit (see :func:`memory.check`; ``training``: simulate's, with Adam's state when
+    ``optimizer`` or the spec says adam; ``dtype`` overrides the run's, as verify's
+    float64); and the estimate it fits by."""
+    import dataclasses
+
+    from .memory import check
     from .spec import load_spec
-    return load_spec(config, overrides)
+    limit = _memory_limit(max_memory)
+    estimates = []
+
+    def guard(spec) -> None:
+        run = dataclasses.replace(spec, dtype=dtype) if dtype else spec
+        adam = training and (optimizer or spec.training.optimizer) == "adam"
+        estimates.append(check(run, max_memory=limit, optimizer_state=adam, trials=trials,
+                               machine=machine))
+
+    spec = load_spec(config, overrides, guard=guard,
+                     budget=limit if not machine and limit is not None else None)
+    return spec, estimates[-1]
+
+
+def _inputs(spec) -> list[Path]:
+    """The files a run reads: the spec's, the weights, the data."""
+    from .spec import DataFile
+    paths = [Path(spec.source)]
+    if spec.model.weights is not None:
+        paths.append(spec.model.weights)
+    for source in (spec.sequence.inputs, spec.sequence.targets, spec.sequence.lengths,
+                   spec.sequence.mask):
+        if isinstance(source, DataFile):
+            paths.append(source.file)
+        elif isinstance(source, Path):
+            paths.append(source)
+    return paths
+
+
+def _plan(inputs, **outputs):
+    """Every output checked (and ``-`` taken as stdout) before any work: see
+    :func:`files.plan_all`. Keys are option names with ``_`` for ``-``."""
+    from .files import plan_all
+    return plan_all({"--" + k.replace("_", "-"): v for k, v in outputs.items()}, inputs)
 
 
 def _max_memory_option(f):
@@ -144,31 +199,25 @@ def _memory_limit(max_memory: str | None) -> int | None:
         raise click.BadParameter(str(exc), param_hint="--max-memory") from None
 
 
-def _guard_memory(spec, max_memory: str | None, *, optimizer_state: bool = False,
-                  trials: int = 0):
-    """Refuse, before allocating, a run that would not fit; the estimate it fits by."""
-    from .memory import check
-    return check(spec, max_memory=_memory_limit(max_memory),
-                 optimizer_state=optimizer_state, trials=trials)
+def _on_terminal() -> bool:
+    return sys.stdout is not None and sys.stdout.isatty()
 
 
 def _use_color() -> bool:
-    return (sys.stdout.isatty() and "NO_COLOR" not in os.environ
-            and os.environ.get("TERM") != "dumb")
+    return _on_terminal() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
 def _width() -> int:
     import shutil
-    return shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
+    return shutil.get_terminal_size((100, 24)).columns if _on_terminal() else 100
 
 
-def _emit(text: str, output: Path | None) -> None:
-    if output is None:
-        click.echo(text, nl=False)
-        return
+def _emit(text: str, target) -> None:
+    """Write a command's result where it was planned to go (a files.Target)."""
     from .files import write_text
-    write_text(output, text)
-    _stderr(f"wrote {output}")
+    write_text(target, text)
+    if target.kind != "stdout":
+        _stderr(f"wrote {target.describe()}")
 
 
 @click.group(cls=GradcheckGroup, context_settings=CONTEXT, epilog=EXIT_STATUS_HELP)
@@ -190,8 +239,10 @@ def cli(debug: bool) -> None:
               help="Write the report to FILE (atomically) instead of stdout.")
 @click.option("--save-grads", type=click.Path(path_type=Path), metavar="FILE.npz",
               help="Save every parameter's gradient under its PyTorch name.")
-@click.option("--trials", type=click.IntRange(min=0), default=ANALYZE_TRIALS, show_default=True,
-              help="Independent batches sampled for the clip suggestion (0: none).")
+@click.option("--trials", type=click.IntRange(min=0, max=MAX_TRIALS), default=ANALYZE_TRIALS,
+              show_default=True,
+              help=f"Independent batches sampled for the clip suggestion (0: none; at most "
+                   f"{MAX_TRIALS:,}).")
 @click.option("--clip-percentile", type=click.FloatRange(0, 100, min_open=True),
               default=10.0, show_default=True,
               callback=_finite,
@@ -233,45 +284,53 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
     --format json then writes one JSON object per line."""
     if (save_grads is not None or plot is not None) and len(configs) > 1:
         raise click.UsageError("--save-grads and --plot take one CONFIG")
+    if fmt == "html" and len(configs) > 1:
+        raise click.UsageError("--format html takes one CONFIG")
     if plot is not None:
         _check_plot(plot)
     extra = [f"thresholds.{name}={value!r}" for name, value in
              (("vanishing", vanishing), ("exploding", exploding)) if value is not None]
     extra += [*_mitigation_overrides(mitigation), *_truncation_overrides(truncate)]
     window_list = _windows(windows)
-    specs = [_load(config, overrides + tuple(extra)) for config in configs]
-    streams = [_guard_memory(spec, max_memory, trials=trials).streams for spec in specs]
+    loaded = [_load(config, overrides + tuple(extra), max_memory, trials=trials)
+              for config in configs]
+    targets = _plan([path for spec, _ in loaded for path in _inputs(spec)],
+                    output=output or "-", save_grads=save_grads, plot=plot)
 
     from .analysis import analyze_spec
     from .render import RenderOptions, render
 
-    color = output is None and fmt == "table" and _use_color()
-    options = RenderOptions(color=color, width=_width() if output is None else 100,
+    to_terminal = targets["--output"].kind == "stdout"
+    color = to_terminal and fmt == "table" and _use_color()
+    options = RenderOptions(color=color, width=_width() if to_terminal else 100,
                             all_steps=all_steps)
     texts, failed = [], False
-    for spec, fitting in zip(specs, streams, strict=True):
+    for spec, fitting in loaded:
         with _progress(trials) as progress:
             report = analyze_spec(spec, trials=trials, clip_percentile=clip_percentile,
                                   progress=progress, windows=window_list, deep=deep,
-                                  streams=fitting)
+                                  streams=fitting.streams)
         failed = failed or report.fails(fail_on)
-        if fmt == "html" and len(specs) > 1:
-            raise click.UsageError("--format html takes one CONFIG")
-        if fmt == "json" and len(specs) > 1:
+        if fmt == "json" and len(loaded) > 1:
             texts.append(report.to_json(indent=None) + "\n")
         else:
             texts.append(render(report, fmt, options))
     if save_grads is not None:
         from .files import write_npz
-        write_npz(save_grads, report.gradients)
-        _stderr(f"wrote {save_grads}")
+        write_npz(targets["--save-grads"], report.gradients)
+        _report_written(targets["--save-grads"])
     if plot is not None:
         from .render.plot import report_figure, save
-        save(report_figure(report), plot)
-        _stderr(f"wrote {plot}")
+        save(report_figure(report), targets["--plot"])
+        _report_written(targets["--plot"])
     separator = "" if fmt == "json" else "\n"
-    _emit(separator.join(texts), output)
+    _emit(separator.join(texts), targets["--output"])
     sys.exit(1 if failed else 0)
+
+
+def _report_written(target) -> None:
+    if target.kind != "stdout":
+        _stderr(f"wrote {target.describe()}")
 
 
 def _windows(text: str) -> list[int] | None:
@@ -344,20 +403,20 @@ def verify(config: Path, directions: int, entries: int, all_entries: bool, toler
     every parameter agrees."""
     if directions == 0 and entries == 0 and not all_entries:
         raise click.UsageError("nothing to check: --directions and --entries are both 0")
-    spec = _load(config, overrides)
-    import dataclasses
-    _guard_memory(dataclasses.replace(spec, dtype="float64"), max_memory)
+    spec, _ = _load(config, overrides, max_memory, dtype="float64")
+    from .files import Target
     from .verify import verify_spec
 
     result = verify_spec(spec, directions=directions,
                          entries=None if all_entries else entries, tolerance=tolerance,
                          difference_tolerance=difference_tolerance)
     if fmt == "json":
-        click.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+        text = json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
     else:
         from .render.verify import render_verify
         relu = spec.model.cell == "rnn" and spec.model.nonlinearity == "relu"
-        click.echo(render_verify(result, _use_color(), _width(), relu=relu), nl=False)
+        text = render_verify(result, _use_color(), _width(), relu=relu)
+    _emit(text, Target("-", "stdout"))
     sys.exit(0 if result.passed else 1)
 
 
@@ -373,22 +432,23 @@ def validate(configs: tuple[Path, ...], max_memory: str | None,
     """Check spec files and the files they name, without running BPTT (fast: for
     pre-commit), and print the memory `analyze` will need with its 20 clip trials. Exit
     status 0 when all are valid, 2 otherwise."""
-    from .memory import check, human
+    from .files import Target, shown
+    from .memory import human
     from .model import Architecture
-    limit = _memory_limit(max_memory)
+    _memory_limit(max_memory)                      # a bad SIZE is bad usage, before any file
     bad = 0
     for config in configs:
         try:
-            spec = _load(config, overrides)
-            need = check(spec, max_memory=limit, trials=ANALYZE_TRIALS, machine=False).total
+            spec, need = _load(config, overrides, max_memory, trials=ANALYZE_TRIALS,
+                               machine=False)
         except GradcheckError as exc:
             _stderr("error: " + " ".join(str(exc).split()))
             bad += 1
             continue
         arch = Architecture.from_spec(spec.model)
-        click.echo(f"ok: {config}: {arch.describe()} · {spec.length} steps × batch "
-                   f"{spec.batch_size} · {arch.parameter_count():,} parameters · "
-                   f"needs about {human(need)}")
+        _emit(f"ok: {shown(config)}: {arch.describe()} · {spec.length} steps × batch "
+              f"{spec.batch_size} · {arch.parameter_count():,} parameters · "
+              f"needs about {human(need.total)}\n", Target("-", "stdout"))
     if bad:
         sys.exit(2)
 
@@ -400,15 +460,16 @@ def validate(configs: tuple[Path, ...], max_memory: str | None,
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
 def init(path: Path, cell: str, force: bool) -> None:
     """Write a commented starter spec to PATH ('-' for stdout)."""
+    from .files import plan, shown, write_text
     from .starter import starter_spec
-    if str(path) == "-":
-        click.echo(starter_spec(cell), nl=False)
+    target = plan(path, "PATH")
+    if target.kind == "stdout":
+        write_text(target, starter_spec(cell))
         return
-    if path.exists() and not force:
-        raise GradcheckError(f"{path} exists; choose another name or pass --force")
-    from .files import write_text
-    write_text(path, starter_spec(cell, path.name))
-    _stderr(f"wrote {path}; next: gradcheck analyze {path}")
+    if target.kind == "atomic" and os.path.lexists(path) and not force:
+        raise GradcheckError(f"{shown(path)} exists; choose another name or pass --force")
+    write_text(target, starter_spec(cell, path.name))
+    _stderr(f"wrote {target.describe()}; next: gradcheck analyze {shown(path)}")
 
 
 @cli.command(epilog=EXIT_STATUS_HELP)
@@ -449,17 +510,20 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
     Findings per run: divergence (error: a non-finite loss, gradient or weight, or a loss
     ending ten times above its start), loss_spike (warning: a loss three times the median
     of the ten steps before) and stalled (warning: updates under 1e-6 of the weights)."""
-    spec = _load(config, overrides + _mitigation_overrides(mitigation)
-                 + _truncation_overrides(truncate))
-    _guard_memory(spec, max_memory,
-                  optimizer_state=(optimizer or spec.training.optimizer) == "adam")
     compare_labels = [c.strip() for c in compare_list.split(",")] if compare_list else []
     from .mitigations import parse_mitigations
     for label in compare_labels:
+        if not label:
+            raise click.BadParameter(f"{compare_list!r}: an empty mitigation between commas",
+                                     param_hint="--compare")
         try:
             parse_mitigations(label)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--compare") from None
+    spec, _ = _load(config, overrides + _mitigation_overrides(mitigation)
+                    + _truncation_overrides(truncate), max_memory, training=True,
+                    optimizer=optimizer)
+    targets = _plan(_inputs(spec), output=output or "-")
     from .render.simulate import render_simulation
     from .simulate import simulate as run_simulation
     total = (steps or spec.training.steps) * (1 + len(compare_labels))
@@ -467,8 +531,10 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
         sim = run_simulation(spec, compare=compare_labels, steps=steps, optimizer=optimizer,
                              lr=lr, data=data, clip_percentile=clip_percentile,
                              progress=progress)
-    color = output is None and fmt == "table" and _use_color()
-    _emit(render_simulation(sim, fmt, color, _width()), output)
+    to_terminal = targets["--output"].kind == "stdout"
+    color = to_terminal and fmt == "table" and _use_color()
+    _emit(render_simulation(sim, fmt, color, _width() if to_terminal else 100),
+          targets["--output"])
     sys.exit(1 if sim.fails(fail_on) else 0)
 
 
@@ -479,7 +545,8 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
                    "or a list. Repeat for a grid of every combination.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Points analysed in parallel, in separate processes.")
-@click.option("--trials", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--trials", type=click.IntRange(min=0, max=MAX_TRIALS), default=0,
+              show_default=True,
               help="Clip trials per point (the verdicts need none).")
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
               default="table", show_default=True, help="Output format.")
@@ -496,9 +563,10 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
     """Analyse CONFIG at every combination of the --vary values, and name the region where
     the gradient neither explodes nor vanishes. Exit status 0 when the sweep ran, 2 when a
     point's spec is invalid (every point is checked before any runs)."""
-    from .sweep import check_points, parse_axis, run_sweep
+    from .sweep import check_grid, check_points, parse_axis, run_sweep
     try:
         axes = [parse_axis(v) for v in varies]
+        total = check_grid(axes)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--vary") from None
     keys = [a.key for a in axes]
@@ -507,20 +575,22 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
     limit = _memory_limit(max_memory)
     if plot is not None:
         _check_plot(plot)
+    from .files import check_regular
+    check_regular(config)
+    targets = _plan([config], output=output or "-", plot=plot)
     fits = check_points(config, overrides, axes, limit)
     from .render.sweep import render_sweep
-    total = 1
-    for axis in axes:
-        total *= len(axis.values)
     with _progress(total) as progress:
         result = run_sweep(config, axes, overrides=overrides, jobs=jobs, trials=trials,
                            streams=fits, progress=progress)
-    color = output is None and fmt == "table" and _use_color()
+    to_terminal = targets["--output"].kind == "stdout"
+    color = to_terminal and fmt == "table" and _use_color()
     if plot is not None:
         from .render.plot import save, sweep_figure
-        save(sweep_figure(result), plot)
-        _stderr(f"wrote {plot}")
-    _emit(render_sweep(result, fmt, color, _width()), output)
+        save(sweep_figure(result), targets["--plot"])
+        _report_written(targets["--plot"])
+    _emit(render_sweep(result, fmt, color, _width() if to_terminal else 100),
+          targets["--output"])
 
 
 @cli.command(epilog=COMPARE_EXIT_HELP)
@@ -541,12 +611,16 @@ def compare(baseline: Path, new: Path, tolerance: float, fmt: str,
     finding, or a layer's horizon (the steps the gradient reaches back before crossing a
     threshold) shorter by more than --tolerance."""
     from .compare import compare_reports, read_report
+    from .files import shown
     from .render.compare import render_comparison
+    targets = _plan([baseline, new], output=output or "-")
     comparison = compare_reports(read_report(baseline), read_report(new),
-                                 baseline_name=str(baseline), new_name=str(new),
+                                 baseline_name=shown(baseline), new_name=shown(new),
                                  tolerance=tolerance)
-    color = output is None and fmt == "table" and _use_color()
-    _emit(render_comparison(comparison, fmt, color, _width()), output)
+    to_terminal = targets["--output"].kind == "stdout"
+    color = to_terminal and fmt == "table" and _use_color()
+    _emit(render_comparison(comparison, fmt, color, _width() if to_terminal else 100),
+          targets["--output"])
     sys.exit(1 if comparison.worse else 0)
 
 
@@ -563,9 +637,20 @@ def schema(which: str) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
+def _raise_terminated(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
 def main() -> None:
+    import signal
+    for name in ("SIGTERM", "SIGHUP"):         # ended as Ctrl-C ends a run: cleaned up
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _raise_terminated)
     try:
         cli(prog_name="gradcheck")
     except KeyboardInterrupt:  # before a command started (while importing, parsing)
         _stderr("interrupted")
         sys.exit(130)
+    except Terminated as exc:
+        _stderr(exc.message)
+        sys.exit(exc.status)

@@ -17,6 +17,18 @@ from typing import Any
 from .errors import InputFileError
 from .report import SCHEMA_VERSION, SEVERITY_RANK
 
+MAX_REPORT_BYTES = 256 * 2 ** 20
+"""A report of 10,000 steps and 20 layers is about 10 MB; nothing larger is one."""
+
+
+def _bounded_int(text: str) -> int | float:
+    """JSON integers as Python reads them, but none of thousands of digits (whose
+    conversion Python refuses) and none beyond float64 where a number is compared."""
+    if len(text.lstrip("-")) > 20:
+        raise ValueError(f"the integer {text[:12]}… has {len(text)} digits")
+    return int(text)
+
+
 REQUIRED = ("schema_version", "config", "loss", "global_grad_norm", "parameters", "layers",
             "findings")
 
@@ -51,17 +63,27 @@ class Comparison:
 
 def read_report(path: Path) -> dict[str, Any]:
     """A report written by ``gradcheck analyze --format json``, checked for its shape."""
-    if not path.exists():
-        raise InputFileError(f"{path}: file not found")
-    if path.is_dir():
-        raise InputFileError(f"{path}: is a directory, not a report")
+    from .errors import GradcheckError
+    from .files import read_bytes, shown
+    try:
+        raw = read_bytes(path, MAX_REPORT_BYTES)
+    except GradcheckError as exc:
+        raise InputFileError(str(exc)) from None
+
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON")
 
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"the number {text} is beyond float64's range")
+        return value
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise InputFileError(f"{path}: not a JSON report ({exc})") from None
+        data = json.loads(raw.decode("utf-8"), parse_constant=refuse, parse_float=finite,
+                          parse_int=_bounded_int)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InputFileError(f"{shown(path)}: not a JSON report ({exc})") from None
     if not isinstance(data, dict):
         raise InputFileError(f"{path}: not a gradcheck report (not a JSON object)")
     missing = [k for k in REQUIRED if k not in data]

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import zipfile
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,9 +66,22 @@ def _npz_member(source, where: str) -> str:
     return keys[0]
 
 
+MAX_CSV_BYTES = 32 * 2 ** 20
+"""CSV is for the simple case; beyond this, an .npy is read from its header and far faster."""
+
+
 def read_csv(path: Path, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of numbers, padded with zeros to the longest; returns (array, row lengths)."""
-    rows = []
+    """Rows of numbers, padded with zeros to the longest; returns (array, row lengths).
+
+    Refused beyond :data:`MAX_CSV_BYTES` before parsing; parsed into flat arrays (8 bytes a
+    number), and the padded array's size, known once the rows are counted, is checked
+    before it is made (a CSV of one long row and many short ones would pad to a square)."""
+    from .files import check_regular
+    size = check_regular(path, where).st_size
+    if size > MAX_CSV_BYTES:
+        raise InputFileError(f"{where}: {path.name} is {size} bytes, more than the "
+                             f"{MAX_CSV_BYTES} a CSV may have; save the array as .npy")
+    values, counts = array("d"), array("q")
     try:
         with open(path, newline="") as fh:
             for number, row in enumerate(csv.reader(fh), start=1):
@@ -76,20 +91,28 @@ def read_csv(path: Path, where: str) -> tuple[np.ndarray, np.ndarray]:
                 if not cells:
                     continue
                 try:
-                    rows.append([float(c) for c in cells])
+                    values.extend(float(c) for c in cells)
                 except ValueError:
                     bad = next(c for c in cells if not _is_number(c))
                     raise InputFileError(f"{where}: {path.name}:{number}: {bad!r} is not a "
                                          "number") from None
+                counts.append(len(cells))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputFileError(f"{where}: {path.name} is not a readable CSV file ({exc})") from None
-    if not rows:
+    if not counts:
         raise InputFileError(f"{where}: {path.name} has no rows")
-    lengths = np.array([len(r) for r in rows])
-    array = np.zeros((len(rows), lengths.max()))
-    for i, r in enumerate(rows):
-        array[i, :len(r)] = r
-    return array, lengths
+    lengths = np.frombuffer(counts, dtype=np.int64).copy()
+    longest = int(lengths.max())
+    if len(lengths) * longest > 4 * MAX_CSV_BYTES:
+        raise InputFileError(f"{where}: {path.name}: {len(lengths)} rows padded to the longest, "
+                             f"{longest}, would be {len(lengths) * longest} numbers; save the "
+                             "array as .npy")
+    flat = np.frombuffer(values, dtype=np.float64)
+    array_ = np.zeros((len(lengths), longest))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    for i, (start, count) in enumerate(zip(starts, lengths, strict=True)):
+        array_[i, :count] = flat[start:start + count]
+    return array_, lengths
 
 
 def _is_number(text: str) -> bool:
@@ -108,6 +131,8 @@ def header(source, where: str) -> tuple[tuple[int, ...], np.dtype]:
         raise InputFileError(f"{where}: {path.name}: data files are .npy, .npz or .csv")
     if source.key is not None and path.suffix != ".npz":
         raise InputFileError(f"{where}: key applies to .npz files only")
+    from .files import check_regular
+    check_regular(path, where)
     if path.suffix == ".csv":
         array, _ = read_csv(path, where)
         integral = bool(np.all(array == np.round(array)))
@@ -128,25 +153,33 @@ def header(source, where: str) -> tuple[tuple[int, ...], np.dtype]:
     if dtype.hasobject:
         raise InputFileError(f"{where}: {path.name} holds Python objects; only numeric arrays "
                              "are read (no pickle)")
+    if any(n < 0 for n in shape):
+        raise InputFileError(f"{where}: {path.name}: its header gives the shape "
+                             f"{list(shape)}, with a negative dimension (a damaged file)")
     return shape, dtype
 
 
 def read(source, where: str = "") -> np.ndarray:
-    """The whole array of a (checked) file source, never unpickling."""
+    """The whole array of a (checked) file source, never unpickling. ``where``: the spec
+    line and key it comes from, which errors name before the file (and the array of an
+    .npz)."""
     source = as_data_file(source)
     path = source.file
-    where = where or path.name
+    prefix = f"{where}: " if where else ""
     if path.suffix == ".csv":
-        return read_csv(path, where)[0]
+        return read_csv(path, where or path.name)[0]
+    member = None
     try:
         if path.suffix == ".npz":
+            member = _npz_member(source, where or path.name)
             with np.load(path, allow_pickle=False) as archive:
-                return archive[_npz_member(source, where)]
+                return archive[member]
         return np.load(path, allow_pickle=False)
     except InputFileError:
         raise
     except Exception as exc:  # the header was fine, the data is not (truncated, say)
-        raise InputFileError(f"{where}: {path.name}: the data cannot be read "
+        array_name = f" array {member!r}" if member is not None else ""
+        raise InputFileError(f"{prefix}{path.name}{array_name}: the data cannot be read "
                              f"({type(exc).__name__}: {exc})") from None
 
 
@@ -241,35 +274,85 @@ def resolve_sequence(ctx, seq, model, loss):
                      f"{batch}, length {length}{last}")
 
     lengths, mask = seq.lengths, seq.mask
-    valid_lengths = None
     if lengths is not None and mask is not None:
         ctx.fail(("sequence", "mask"), "give sequence.lengths or sequence.mask, not both")
     if lengths is not None:
         lengths = as_data_file(lengths)
-        valid_lengths = lengths_values(read_checked(ctx, ("sequence", "lengths"), lengths),
-                                       lengths)
-        _check_lengths(ctx, valid_lengths, batch, length)
+        shape = _integer_header(ctx, ("sequence", "lengths"), lengths)
+        if lengths.file.suffix == ".csv" and len(shape) == 2 and 1 in shape:
+            shape = (shape[0] * shape[1],)
+        if shape != (batch,):
+            ctx.fail(("sequence", "lengths"), f"has shape {list(shape)}, expected [{batch}] "
+                                              "(one length per sequence)")
     if mask is not None:
         mask = as_data_file(mask)
-        values = read_checked(ctx, ("sequence", "mask"), mask)
-        if values.ndim == 2 and mask.file.suffix != ".csv":
-            values = values.T if layout == "time_first" else values
+        shape = _integer_header(ctx, ("sequence", "mask"), mask)
+        if mask.file.suffix != ".csv":
+            shape = _batch_first(shape, layout)
+        if shape != (batch, length):
+            ctx.fail(("sequence", "mask"), f"has shape {list(shape)}, expected [{batch}, "
+                                           f"{length}]")
+    return dataclasses.replace(seq, length=length, batch_size=batch, inputs=inputs,
+                               targets=targets, lengths=lengths, mask=mask)
+
+
+def value_bytes(seq) -> int:
+    """What :func:`check_values` reads: the lengths, the mask, class targets (their shapes
+    are known from the headers)."""
+    from .spec import Distribution
+    total = 0
+    for source in (seq.lengths, seq.mask, seq.targets):
+        if source is None or isinstance(source, Distribution):
+            continue
+        shape, dtype = header(source, "")
+        total += math.prod(shape) * max(dtype.itemsize, 1)
+    return total
+
+
+def check_values(ctx, seq, model, loss, budget: int | None = None) -> None:
+    """What the headers cannot vouch for: lengths within [1, length], masks of valid steps
+    then padding, class indices within range. Reads those files' values (refused first
+    when they would take more than ``budget`` bytes), in rows of a few MiB where a mask is
+    checked, so that the check itself takes little beyond the array."""
+    from .spec import Distribution
+    if budget is not None:
+        need = value_bytes(seq)
+        if need > budget:
+            from .memory import human
+            ctx.fail(("sequence",), f"checking its lengths, mask and targets reads "
+                                    f"{human(need)}, more than the {human(budget)} there is")
+    batch, length, layout = seq.batch_size, seq.length, seq.layout
+    valid_lengths = None
+    if seq.lengths is not None:
+        valid_lengths = lengths_values(read(seq.lengths, ctx.where(("sequence", "lengths"))),
+                                       seq.lengths)
+        _check_lengths(ctx, valid_lengths, batch, length)
+    if seq.mask is not None:
+        values = read(seq.mask, ctx.where(("sequence", "mask")))
+        if values.ndim == 2 and seq.mask.file.suffix != ".csv" and layout == "time_first":
+            values = values.T
         valid_lengths = lengths_from_mask(ctx, values, batch, length)
+    targets, inputs = seq.targets, seq.inputs
     if loss.kind == "cross_entropy" and not isinstance(targets, Distribution):
         if valid_lengths is None and not isinstance(inputs, Distribution) \
                 and inputs.file.suffix == ".csv":
             valid_lengths = read_csv(inputs.file, inputs.file.name)[1]
-        classes = read(targets)
+        classes = read(targets, ctx.where(("sequence", "targets")))
         if per_sequence_targets(classes.shape, loss.kind, targets.file.suffix == ".csv",
-                                batch, length, outputs):
+                                batch, length, model.output_size):
             classes = np.repeat(classes.reshape(batch, 1), length, axis=1)
         elif targets.file.suffix != ".csv" and layout == "time_first":
             classes = classes.swapaxes(0, 1)
-        problem = class_range_problem(classes, valid_lengths, outputs)
+        problem = class_range_problem(classes, valid_lengths, model.output_size)
         if problem:
             ctx.fail(("sequence", "targets"), f"{targets.file.name}: {problem}")
-    return dataclasses.replace(seq, length=length, batch_size=batch, inputs=inputs,
-                               targets=targets, lengths=lengths, mask=mask)
+
+
+def _integer_header(ctx, key, source) -> tuple[int, ...]:
+    shape, dtype = header(source, ctx.where(key))
+    if dtype.kind not in "iub":
+        ctx.fail(key, f"{source.file.name} has dtype {dtype}, expected integers")
+    return tuple(shape)
 
 
 def per_sequence_targets(shape: tuple[int, ...], kind: str, is_csv: bool, batch: int,
@@ -283,14 +366,6 @@ def per_sequence_targets(shape: tuple[int, ...], kind: str, is_csv: bool, batch:
     if kind == "cross_entropy":
         return tuple(shape) == (batch,)
     return tuple(shape) == (batch, outputs)
-
-
-def read_checked(ctx, key, source) -> np.ndarray:
-    where = ctx.where(key)
-    _, dtype = header(source, where)
-    if dtype.kind not in "iub":
-        ctx.fail(key, f"{source.file.name} has dtype {dtype}, expected integers")
-    return np.asarray(read(source, where))
 
 
 def lengths_values(values: np.ndarray, source) -> np.ndarray:
@@ -310,19 +385,29 @@ def _check_lengths(ctx, values: np.ndarray, batch: int, length: int) -> None:
         ctx.fail(key, f"sequence {bad[0]} has length {values[bad[0]]}, outside [1, {length}]")
 
 
+MASK_ROWS_BYTES = 4 * 2 ** 20
+"""A mask is checked this many bytes of rows at a time (its temporaries stay that size)."""
+
+
 def lengths_from_mask(ctx, mask: np.ndarray, batch: int, length: int) -> np.ndarray:
     """Valid lengths from a [batch, length] mask whose ones come first in every row."""
     key = ("sequence", "mask")
     if mask.shape != (batch, length):
         ctx.fail(key, f"has shape {list(mask.shape)}, expected [{batch}, {length}]")
-    if not np.isin(mask, (0, 1)).all():
-        ctx.fail(key, "must hold only 0 (padding) and 1 (valid step)")
-    lengths = mask.sum(axis=1).astype(np.int64)
-    prefix = np.arange(length)[None, :] < lengths[:, None]
-    bad = np.flatnonzero((prefix != mask.astype(bool)).any(axis=1) | (lengths == 0))
-    if bad.size:
-        ctx.fail(key, f"row {bad[0]} is not valid steps followed by padding (the valid steps "
-                      "must come first, and at least one)")
+    lengths = np.empty(batch, dtype=np.int64)
+    rows = max(1, MASK_ROWS_BYTES // max(length, 1))
+    steps = np.arange(length)[None, :]
+    for first in range(0, batch, rows):
+        part = mask[first:first + rows]
+        if not ((part == 0) | (part == 1)).all():
+            ctx.fail(key, "must hold only 0 (padding) and 1 (valid step)")
+        counts = part.sum(axis=1, dtype=np.int64)
+        bad = np.flatnonzero(((steps < counts[:, None]) != part.astype(bool)).any(axis=1)
+                             | (counts == 0))
+        if bad.size:
+            ctx.fail(key, f"row {first + bad[0]} is not valid steps followed by padding (the "
+                          "valid steps must come first, and at least one)")
+        lengths[first:first + rows] = counts
     return lengths
 
 
@@ -373,16 +458,22 @@ class Batches:
         seq = spec.sequence
         self.layout = seq.layout
         self._inputs = self._targets = self._lengths = None
+
+        def where(key: str) -> str:          # the spec line and key, for errors
+            return f"{spec.places[key]}: {key}" if key in spec.places else key
+
         if not isinstance(seq.inputs, Distribution):
             if seq.inputs.file.suffix == ".csv":  # one feature per step; rows may be ragged
-                x, self._lengths = read_csv(seq.inputs.file, seq.inputs.file.name)
+                x, self._lengths = read_csv(seq.inputs.file, where("sequence.inputs"))
                 x = x[..., None]
             else:
-                x = self._batch_first_array(seq.inputs)
-            self._inputs = x.astype(self.dtype)
+                x = self._batch_first_array(seq.inputs, read(seq.inputs,
+                                                             where("sequence.inputs")))
+            with np.errstate(over="ignore"):          # beyond float32: a finding later
+                self._inputs = x.astype(self.dtype)
         is_classes = spec.loss.kind == "cross_entropy"
         if not isinstance(seq.targets, Distribution):
-            raw = read(seq.targets)
+            raw = read(seq.targets, where("sequence.targets"))
             B, T = spec.batch_size, spec.length
             if per_sequence_targets(raw.shape, spec.loss.kind, seq.targets.file.suffix == ".csv",
                                     B, T, spec.model.output_size):
@@ -393,18 +484,18 @@ class Batches:
                 y = self._batch_first_array(seq.targets, raw)
                 if y.ndim == 2 and not is_classes:
                     y = y[..., None]
-            self._targets = y.astype(np.int64 if is_classes else self.dtype)
+            with np.errstate(over="ignore"):
+                self._targets = y.astype(np.int64 if is_classes else self.dtype)
         if seq.lengths is not None:
-            self._lengths = lengths_values(np.asarray(read(seq.lengths), dtype=np.int64),
-                                           seq.lengths)
+            self._lengths = lengths_values(np.asarray(read(seq.lengths, where("sequence.lengths")),
+                                                      dtype=np.int64), seq.lengths)
         elif seq.mask is not None:
-            mask = self._batch_first_array(seq.mask)
+            mask = self._batch_first_array(seq.mask, read(seq.mask, where("sequence.mask")))
             self._lengths = lengths_from_mask(_NoContext(), mask, spec.batch_size, spec.length)
         if self._lengths is not None and (self._lengths == spec.length).all():
             self._lengths = None
 
-    def _batch_first_array(self, source, array: np.ndarray | None = None) -> np.ndarray:
-        array = read(source) if array is None else array
+    def _batch_first_array(self, source, array: np.ndarray) -> np.ndarray:
         if self.layout == "time_first" and source.file.suffix != ".csv" and array.ndim >= 2:
             array = array.swapaxes(0, 1)
         return array

@@ -24,3 +24,22 @@ class SpecError(GradcheckError):
 
 class InputFileError(GradcheckError):
     """A weights or data file that cannot be read or does not fit the spec."""
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised where the program is (as Ctrl-C raises KeyboardInterrupt),
+    so that everything on the way out is cleaned up: a half-written output's temporary
+    file, a sweep's workers. Not an Exception: nothing that handles errors may swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def status(self) -> int:
+        """The shell's exit status for death by this signal: 128 + its number."""
+        return 128 + self.signum
+
+    @property
+    def message(self) -> str:
+        return {1: "hangup", 15: "terminated"}.get(self.signum, f"signal {self.signum}")

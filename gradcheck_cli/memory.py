@@ -39,8 +39,28 @@ STACKED_BYTES = 512 * 2 ** 20
 """... and as long as their activations stay under this (or one trial's, if larger)."""
 
 
+@dataclass(frozen=True)
+class Chunks:
+    """``trials`` clip trials in ``passes`` passes, spread evenly (sizes differ by one at
+    most): iterating gives each pass's size, computed as it goes, in constant space."""
+
+    trials: int
+    passes: int
+
+    def __iter__(self):
+        for i in range(self.passes):
+            yield self.trials // self.passes + (i < self.trials % self.passes)
+
+    def __len__(self) -> int:
+        return self.passes
+
+    @property
+    def largest(self) -> int:
+        return -(-self.trials // self.passes) if self.passes else 0
+
+
 def trial_chunks(arch: Architecture, steps: int, batch: int, dtype: str,
-                 trials: int) -> list[int]:
+                 trials: int) -> Chunks:
     """How many clip trials run side by side in each pass: as many as the caps allow,
     spread evenly over the passes that takes (20 trials at up to 16 a pass: 10 and 10, not
     16 and 4; 7 at up to 3: 3, 2 and 2). Fewer sequences a pass hold less memory, and
@@ -49,13 +69,12 @@ def trial_chunks(arch: Architecture, steps: int, batch: int, dtype: str,
     one = activation_bytes(arch, steps, batch, np.dtype(dtype).itemsize)
     by_memory = max(1, STACKED_BYTES // max(one, 1))
     most = max(1, min(trials, STACKED_ROWS // batch, by_memory))
-    passes = -(-trials // most)
-    return [trials // passes + (i < trials % passes) for i in range(passes)]
+    return Chunks(trials=trials, passes=-(-trials // most) if trials > 0 else 0)
 
 
 def trial_chunk(arch: Architecture, steps: int, batch: int, dtype: str, trials: int) -> int:
     """The most clip trials one pass holds (see :func:`trial_chunks`)."""
-    return max(trial_chunks(arch, steps, batch, dtype, trials), default=1)
+    return max(trial_chunks(arch, steps, batch, dtype, trials).largest, 1)
 
 
 def stream_bytes(arch: Architecture, steps: int, batch: int, dtype: str, *,

@@ -13,15 +13,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
+import re
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
-from .errors import SpecError
+from .errors import GradcheckError, SpecError
 
 MAX_SPEC_BYTES = 1_000_000
 """A spec is a few hundred bytes; anything this large is not one."""
@@ -234,6 +236,10 @@ class Spec:
     thresholds: Thresholds = _opt(Thresholds, "verdict thresholds")
     training: Training = _opt(Training, "mitigations, truncation and simulated training")
     source: str = field(default="<spec>", compare=False, metadata={"internal": True})
+    places: dict[str, str] = field(default_factory=dict, compare=False,
+                                   metadata={"internal": True})
+    """Where each file key was given (``config.yaml:7``, ``--set ...``), for errors found
+    when the file is read."""
 
     @property
     def length(self) -> int:
@@ -253,17 +259,15 @@ DEFAULT_BATCH_SIZE = 16
 
 def read_yaml(path: Path) -> tuple[Any, dict[Key, int]]:
     """Parse ``path`` safely into plain Python values and the line of every key."""
+    from .files import read_bytes
     name = str(path)
-    if not path.exists():
-        raise SpecError("file not found", where=name)
-    if path.is_dir():
-        raise SpecError("is a directory, not a spec file", where=name)
     try:
-        size = path.stat().st_size
-        if size > MAX_SPEC_BYTES:
-            raise SpecError(f"{size} bytes is too large for a spec (limit {MAX_SPEC_BYTES})",
-                            where=name)
-        raw = path.read_bytes()
+        raw = read_bytes(path, MAX_SPEC_BYTES)
+    except GradcheckError as exc:
+        detail = str(exc).removeprefix(f"{path}: ")
+        if "more than the" in detail:
+            detail = f"too large for a spec (limit {MAX_SPEC_BYTES} bytes)"
+        raise SpecError(detail, where=name) from None
     except OSError as exc:
         raise SpecError(f"cannot read: {exc.strerror}", where=name) from None
     try:
@@ -275,9 +279,36 @@ def read_yaml(path: Path) -> tuple[Any, dict[Key, int]]:
     return parse_yaml(text, name)
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a document of more than :data:`MAX_SPEC_NODES` nodes
+    while it composes them (before, a 500,000-item list was built whole, in seconds, and
+    refused after)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.nodes = 0
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        self.nodes += 1
+        if self.nodes > MAX_SPEC_NODES:
+            mark = self.peek_event().start_mark
+            raise _TooLarge(mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+class _TooLarge(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
 def parse_yaml(text: str, name: str = "<spec>") -> tuple[Any, dict[Key, int]]:
+    loader = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _BoundedLoader(text)
+        node = loader.get_single_node()
+    except _TooLarge as exc:
+        raise SpecError(f"more than {MAX_SPEC_NODES} YAML nodes: not a spec",
+                        where=f"{name}:{exc.line}") from None
     except RecursionError:
         raise SpecError("not valid YAML for a spec: nested too deeply", where=name) from None
     except yaml.MarkedYAMLError as exc:
@@ -289,6 +320,9 @@ def parse_yaml(text: str, name: str = "<spec>") -> tuple[Any, dict[Key, int]]:
         reason = str(exc).splitlines()[0]
         at = f" (character {position})" if position is not None else ""
         raise SpecError(f"not valid YAML: {reason}{at}", where=name) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if node is None:
         raise SpecError("the file is empty; `gradcheck init` writes a starter spec", where=name)
     lines: dict[Key, int] = {}
@@ -300,6 +334,10 @@ _scalar_loader = yaml.SafeLoader("")
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map",
                                                   "seq")}
 
+
+_NUMBER_TAGS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+_SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?$")
+"""YAML 1.1's base-60 numbers (``1:30`` is 90): nobody means them in a spec."""
 
 MAX_DEPTH = 50
 """A spec nests four levels; anything deeper (or an alias that contains itself) is not one."""
@@ -313,8 +351,16 @@ def _plain(node: yaml.Node, key: Key, lines: dict[Key, int], budget: list[int], 
     if budget[0] < 0:
         raise SpecError(f"more than {MAX_SPEC_NODES} YAML nodes (aliases counted at each use): "
                         "not a spec", where=f"{name}:{node.start_mark.line + 1}")
+    if node.tag == "tag:yaml.org,2002:timestamp" and isinstance(node, yaml.ScalarNode):
+        raise SpecError(f"{node.value!r} reads as a date in YAML; no spec value is one (quote "
+                        "it if you mean text)", where=f"{name}:{node.start_mark.line + 1}")
     if node.tag not in _PLAIN_TAGS:
         raise SpecError(f"not valid YAML for a spec: the tag {node.tag} is not allowed",
+                        where=f"{name}:{node.start_mark.line + 1}")
+    if isinstance(node, yaml.ScalarNode) and node.style is None and \
+            node.tag in _NUMBER_TAGS and _SEXAGESIMAL.match(node.value):
+        raise SpecError(f"{node.value} is a base-60 number in YAML 1.1 ({node.value} would "
+                        "read as one number); write the number itself, or quote it for text",
                         where=f"{name}:{node.start_mark.line + 1}")
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
@@ -337,6 +383,21 @@ def _plain(node: yaml.Node, key: Key, lines: dict[Key, int], budget: list[int], 
     return _scalar_loader.construct_object(node)
 
 
+def parse_value(text: str, where: str) -> Any:
+    """One value given on the command line (``--set``, ``--vary``), read as a spec's values
+    are: plain YAML only (no tags, dates or base-60 numbers), bounded in size and depth."""
+    if not text.strip():
+        return None
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError(f"the value is {len(text)} characters, more than a spec holds",
+                        where=where)
+    try:
+        value, _ = parse_yaml(text, where)
+    except SpecError as exc:
+        raise SpecError(exc.detail, where=where) from None
+    return value
+
+
 def apply_overrides(data: Any, overrides: Sequence[str]) -> tuple[Any, dict[Key, str]]:
     """Apply ``--set key.path=value`` overrides; returns the data and each override's origin."""
     origins: dict[Key, str] = {}
@@ -351,10 +412,7 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> tuple[Any, dict[Key,
             raise SpecError("expected KEY.PATH=VALUE, for example model.hidden_size=64",
                             where=where)
         key = tuple(part.strip() for part in dotted.split("."))
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            raise SpecError(f"cannot parse the value {text!r}", where=where) from None
+        value = parse_value(text, where)
         node = data
         for depth, part in enumerate(key[:-1]):
             child = node.get(part)
@@ -480,16 +538,16 @@ def _convert(ctx: _Context, key: Key, value: Any, hint: Any, meta: Mapping[str, 
     if hint is Path:
         if not isinstance(value, str) or not value.strip():
             ctx.fail(key, f"must be a file path, got {_describe(value)}")
-        try:
-            path = (ctx.base_dir / value).resolve() if not Path(value).is_absolute() \
-                else Path(value)
-            exists, is_dir = path.exists(), path.is_dir()
-        except (OSError, ValueError) as exc:
-            ctx.fail(key, f"not a usable file path: {exc}")
-        if not exists:
+        from .files import check_regular
+        if "\x00" in value:
+            ctx.fail(key, "not a usable file path: it holds a NUL character")
+        path = Path(os.path.abspath(ctx.base_dir / value))
+        if not os.path.lexists(path):
             ctx.fail(key, f"file not found: {value} (paths are relative to the spec's folder)")
-        if is_dir:
-            ctx.fail(key, f"{value} is a directory, not a file")
+        try:
+            check_regular(path)                    # before anything reads it
+        except GradcheckError as exc:
+            ctx.fail(key, str(exc).replace(str(path), value, 1).replace(": is ", " is ", 1))
         return path
     raise AssertionError(f"unhandled spec type {hint!r} at {'.'.join(key)}")
 
@@ -513,16 +571,34 @@ def _build(ctx: _Context, key: Key, data: dict[str, Any], cls: type) -> Any:
     return cls(**values)
 
 
+Guard = Callable[["Spec"], object]
+"""Called with a spec resolved from its files' headers, before any file's values are read:
+the memory check, which may refuse the run (raise) before anything large is loaded."""
+
+
 def spec_from_data(data: Any, *, name: str = "<spec>", base_dir: Path | None = None,
                    lines: Mapping[Key, int] | None = None,
-                   origins: Mapping[Key, str] | None = None) -> Spec:
-    """Validate plain data (as YAML gives it) into a :class:`Spec`."""
+                   origins: Mapping[Key, str] | None = None, guard: Guard | None = None,
+                   budget: int | None = None) -> Spec:
+    """Validate plain data (as YAML gives it) into a :class:`Spec`.
+
+    Files are read in two steps: their headers first (shapes and dtypes, which resolve the
+    spec), then ``guard`` runs, then the values no header vouches for (lengths, masks,
+    class targets), refused first when they would take more than ``budget`` bytes (by
+    default, the memory the machine has available)."""
     ctx = _Context(name, base_dir or Path.cwd(), lines or {}, origins or {})
     if not isinstance(data, dict):
         ctx.fail((), f"the spec must be a mapping of keys (model:, sequence:, ...), "
                      f"got {_describe(data)}")
     spec = _build(ctx, (), data, Spec)
-    return _resolve(ctx, spec, data, name)
+    spec = _resolve(ctx, spec, data, name)
+    if guard is not None:
+        guard(spec)
+    from . import data as data_files
+    from .memory import available
+    data_files.check_values(ctx, spec.sequence, spec.model, spec.loss,
+                            budget if budget is not None else available())
+    return spec
 
 
 def _given(data: Mapping[str, Any], key: Key) -> bool:
@@ -545,8 +621,11 @@ def _resolve(ctx: _Context, spec: Spec, data: Mapping[str, Any], name: str) -> S
         ctx.fail(("model", "output_size"), "cross_entropy needs at least 2 classes")
     sequence = data_files.resolve_sequence(ctx, seq, model, loss)
     training = _resolve_training(ctx, spec.training)
+    places = {".".join(key): ctx.where(key) for key in
+              (("model", "weights"), ("sequence", "inputs"), ("sequence", "targets"),
+               ("sequence", "lengths"), ("sequence", "mask"))}
     return dataclasses.replace(spec, model=model, sequence=sequence, training=training,
-                               source=name)
+                               source=name, places=places)
 
 
 def _resolve_training(ctx: _Context, training: Training) -> Training:
@@ -689,13 +768,15 @@ def _yaml(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
-    """Read, validate and resolve a spec file; raises :class:`SpecError` on any problem."""
+def load_spec(path: str | Path, overrides: Sequence[str] = (), *, guard: Guard | None = None,
+              budget: int | None = None) -> Spec:
+    """Read, validate and resolve a spec file; raises :class:`SpecError` on any problem
+    (``guard``, ``budget``: see :func:`spec_from_data`)."""
     path = Path(path)
     data, lines = read_yaml(path)
     data, origins = apply_overrides(data, overrides)
     return spec_from_data(data, name=str(path), base_dir=path.resolve().parent,
-                          lines=lines, origins=origins)
+                          lines=lines, origins=origins, guard=guard, budget=budget)
 
 
 # ----------------------------------------------------------------------------- JSON Schema

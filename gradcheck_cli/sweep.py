@@ -15,14 +15,20 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+
+MAX_POINTS = 10_000
+"""Points a sweep may have: each is a full analysis."""
+MAX_VALUES = 1_000
+"""Values one --vary may give."""
+WORKERS_PER_CORE = 4
+"""--jobs beyond this many per core only adds processes that wait."""
 
 
 @dataclass(frozen=True)
@@ -97,8 +103,8 @@ def parse_axis(text: str) -> Axis:
                 from None
         if not (math.isfinite(start) and math.isfinite(stop)):
             raise ValueError(f"{text!r}: START and STOP must be finite")
-        if count < 1 or count > 1000:
-            raise ValueError(f"{text!r}: COUNT must be between 1 and 1000")
+        if count < 1 or count > MAX_VALUES:
+            raise ValueError(f"{text!r}: COUNT must be between 1 and {MAX_VALUES}")
         if len(parts) == 4:
             if start <= 0 or stop <= 0:
                 raise ValueError(f"{text!r}: a log range needs positive ends")
@@ -109,11 +115,42 @@ def parse_axis(text: str) -> Axis:
         values = [int(v.round()) if integral else float(f"{v:.12g}") for v in spaced]
         values = list(dict.fromkeys(values))            # integer rounding may repeat
     else:
+        from .errors import SpecError
+        from .spec import parse_value
+        items = spec.split(",")
+        if len(items) > MAX_VALUES:
+            raise ValueError(f"{key}: {len(items)} values, more than the {MAX_VALUES} one "
+                             "--vary may give")
         try:
-            values = [yaml.safe_load(v) for v in spec.split(",")]
-        except yaml.YAMLError:
-            raise ValueError(f"{text!r}: cannot read the values") from None
+            values = [parse_value(v, f"{key}={v}") for v in items]
+        except SpecError as exc:
+            raise ValueError(str(exc)) from None
+        for v in values:
+            if isinstance(v, (dict, list)):
+                raise ValueError(f"{key}: {json.dumps(v)[:40]} is not one value (a number, "
+                                 "a word, true, false or null)")
     return Axis(key=key, values=values)
+
+
+def grid_size(axes: list[Axis]) -> int:
+    """The number of points of the grid, counted before it is built."""
+    return math.prod(len(a.values) for a in axes)
+
+
+def check_grid(axes: list[Axis]) -> int:
+    """The grid's size; ValueError beyond :data:`MAX_POINTS`, saying how large it is."""
+    size = grid_size(axes)
+    if size > MAX_POINTS:
+        shape = " × ".join(str(len(a.values)) for a in axes)
+        raise ValueError(f"the grid has {size:,} points ({shape}), more than the "
+                         f"{MAX_POINTS:,} a sweep may run")
+    return size
+
+
+def workers(jobs: int, points: int) -> int:
+    """Processes to start for ``jobs`` and ``points``: no more than there are points, nor
+    than :data:`WORKERS_PER_CORE` per core."""
+    return max(1, min(jobs, points, WORKERS_PER_CORE * (os.cpu_count() or 1)))
 
 
 def grid(axes: list[Axis]) -> list[dict[str, Any]]:
@@ -125,10 +162,19 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"   # JSON is YAML: strings, numbers, null, booleans
 
 
-def _ignore_interrupts() -> None:
-    """Workers leave Ctrl-C to the parent, which ends the sweep with one line."""
+def _worker_start() -> None:
+    """Workers leave Ctrl-C to the parent, which ends them and the sweep with one line; they
+    die of SIGTERM at once, and (on Linux) when the parent dies, however it dies."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):     # not Linux: the parent's own clean-up remains
+        pass
 
 
 def _analyse_point(task: tuple[str, tuple[str, ...], dict[str, Any], int, int | None]
@@ -146,15 +192,18 @@ def _analyse_point(task: tuple[str, tuple[str, ...], dict[str, Any], int, int | 
 
 def check_points(config: str | Path, overrides: tuple[str, ...], axes: list[Axis],
                  max_memory: int | None = None) -> list[int]:
-    """Validate every point's spec (and its memory) before anything runs; per point, in
-    :func:`grid` order, the backward streams side by side its memory allows (see
-    :func:`~gradcheck_cli.memory.check`), for :func:`run_sweep`."""
+    """Validate every point's spec (and its memory, before its files' values are read)
+    before anything runs; per point, in :func:`grid` order, the backward streams side by
+    side its memory allows (see :func:`~gradcheck_cli.memory.check`), for
+    :func:`run_sweep`."""
     from .memory import check
     from .spec import load_spec
-    streams = []
+    check_grid(axes)
+    streams: list[int] = []
     for values in grid(axes):
-        spec = load_spec(config, [*overrides, *(_override(k, v) for k, v in values.items())])
-        streams.append(check(spec, max_memory=max_memory).streams)
+        load_spec(config, [*overrides, *(_override(k, v) for k, v in values.items())],
+                  guard=lambda spec: streams.append(check(spec, max_memory=max_memory)
+                                                    .streams))
     return streams
 
 
@@ -168,17 +217,27 @@ def run_sweep(config: str | Path, axes: list[Axis], *, overrides: tuple[str, ...
     tasks = [(str(config), tuple(overrides), values, trials, fit)
              for values, fit in zip(points_values, fits, strict=True)]
     points: list[Point] = []
-    if jobs <= 1:
+    processes = workers(jobs, len(tasks))
+    if processes <= 1:
         for task in tasks:
             points.append(_analyse_point(task))
             if progress:
                 progress(len(points), len(tasks))
     else:
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_interrupts) as pool:
-            for point in pool.map(_analyse_point, tasks):
+        import multiprocessing
+        pool = multiprocessing.Pool(processes, initializer=_worker_start)
+        try:
+            for point in pool.imap(_analyse_point, tasks):
                 points.append(point)
                 if progress:
                     progress(len(points), len(tasks))
+        except BaseException:        # an error, Ctrl-C, SIGTERM: no worker is left running
+            pool.terminate()
+            raise
+        else:
+            pool.close()
+        finally:
+            pool.join()
     return Sweep(config=str(config), axes=axes, points=points,
                  boundaries=boundaries(axes, points))
 

@@ -63,6 +63,8 @@ def read_npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:
         shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
     else:
         raise ValueError(f".npy format version {version} is not supported")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"the header's shape {list(shape)} has a negative dimension")
     return tuple(shape), dtype
 
 
@@ -101,6 +103,8 @@ def _safetensors_index(path: Path) -> dict[str, Tensor]:
 
 def read_index(path: Path) -> dict[str, Tensor]:
     """Every tensor's name, shape and dtype, from the file's header alone."""
+    from .files import check_regular
+    check_regular(path)
     try:
         if path.suffix == ".safetensors":
             index = _safetensors_index(path)
@@ -308,19 +312,24 @@ def check_shapes(index: dict[str, Tensor], path: Path, names: dict[str, str],
 
 def load(checkpoint: Checkpoint, dtype: np.dtype) -> dict[str, np.ndarray]:
     """The model's parameters, under canonical names, in ``dtype``."""
-    wanted = set(checkpoint.names.values())
+    wanted = sorted(set(checkpoint.names.values()))
     path = checkpoint.path
+    raw = {}
+    name = None
     try:
         if path.suffix == ".safetensors":
             import ml_dtypes  # noqa: F401  (gives NumPy the bfloat16 safetensors hands over)
             from safetensors import safe_open
             with safe_open(str(path), framework="numpy") as f:
-                raw = {name: f.get_tensor(name) for name in wanted}
+                for name in wanted:
+                    raw[name] = f.get_tensor(name)
         else:
             with np.load(path, allow_pickle=False) as archive:
-                raw = {name: archive[name] for name in wanted}
+                for name in wanted:
+                    raw[name] = archive[name]
     except Exception as exc:  # the headers were fine, the data is not
-        raise InputFileError(f"{path.name}: a tensor cannot be read "
+        which = f"tensor {name}" if name is not None else "a tensor"
+        raise InputFileError(f"{path.name}: {which} cannot be read "
                              f"({type(exc).__name__}: {exc})") from None
     return {canonical: np.asarray(raw[name], dtype=np.float64).astype(dtype)
             for canonical, name in checkpoint.names.items()}

@@ -245,11 +245,10 @@ def test_interrupted_write_leaves_the_previous_file(tmp_path, monkeypatch):
     out.write_text("old report")
     import gradcheck_cli.files as files
 
-    def interrupted(fh, *args, **kwargs):
-        fh.write(b"half a rep")
+    def interrupted(fd):                 # the report is written, not yet in place
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(files, "_encode_and_write", interrupted)
+    monkeypatch.setattr(files.os, "fsync", interrupted)
     result = run("analyze", SAMPLE["rnn_healthy"], "-o", out, "--trials", "0")
     assert result.exit_code == 130 and result.stderr.strip() == "interrupted"
     assert out.read_text() == "old report"

@@ -137,7 +137,10 @@ def figure_bytes(fig: Any, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def save(fig: Any, path: Path) -> None:
-    """Write the chart atomically, in the format the file name asks for."""
-    from ..files import write_bytes
-    write_bytes(path, figure_bytes(fig, _format(path)))
+def save(fig: Any, target: Any) -> None:
+    """Write the chart where ``target`` (a files.Target, or a path) was planned to go, in
+    the format its file name asks for."""
+    from ..files import Target, plan, write
+    if not isinstance(target, Target):
+        target = plan(target, "--plot")
+    write(target, figure_bytes(fig, _format(Path(target.given))))
