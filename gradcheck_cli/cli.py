@@ -157,8 +157,11 @@ def _load(config: Path, overrides: tuple[str, ...], max_memory: str | None = Non
         estimates.append(check(run, max_memory=limit, optimizer_state=adam, trials=trials,
                                machine=machine))
 
-    spec = load_spec(config, overrides, guard=guard,
-                     budget=limit if not machine and limit is not None else None)
+    budget = None                              # analyze and the rest: the machine's memory
+    if not machine:                            # validate: what --max-memory allows, else a
+        from .memory import VALIDATE_READ  # pre-commit hook's reasonable share
+        budget = limit if limit is not None else VALIDATE_READ
+    spec = load_spec(config, overrides, guard=guard, budget=budget)
     return spec, estimates[-1]
 
 
@@ -430,8 +433,9 @@ def verify(config: Path, directions: int, entries: int, all_entries: bool, toler
 def validate(configs: tuple[Path, ...], max_memory: str | None,
              overrides: tuple[str, ...]) -> None:
     """Check spec files and the files they name, without running BPTT (fast: for
-    pre-commit), and print the memory `analyze` will need with its 20 clip trials. Exit
-    status 0 when all are valid, 2 otherwise."""
+    pre-commit), and print the memory `analyze` will need with its 20 clip trials. The
+    values of lengths, masks and class targets are checked too, reading at most 1 GiB of
+    them (--max-memory sets that limit). Exit status 0 when all are valid, 2 otherwise."""
     from .files import Target, shown
     from .memory import human
     from .model import Architecture

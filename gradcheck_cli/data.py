@@ -206,7 +206,7 @@ def resolve_sequence(ctx, seq, model, loss):
     inputs = seq.inputs
     if not isinstance(inputs, Distribution):
         inputs = as_data_file(inputs)
-        where = ctx.where(("sequence", "inputs"))
+        where = _where(ctx, ("sequence", "inputs"))
         shape, dtype = header(inputs, where)
         if inputs.file.suffix == ".csv":
             if model.input_size != 1:
@@ -242,7 +242,7 @@ def resolve_sequence(ctx, seq, model, loss):
                      "cross_entropy targets are classes: use distribution: uniform")
     else:
         targets = as_data_file(targets)
-        shape, dtype = header(targets, ctx.where(("sequence", "targets")))
+        shape, dtype = header(targets, _where(ctx, ("sequence", "targets")))
         is_csv = targets.file.suffix == ".csv"
         one_each = per_sequence_targets(shape, loss.kind, is_csv, batch, length, outputs)
         if one_each and loss.timesteps != "last":
@@ -320,15 +320,16 @@ def check_values(ctx, seq, model, loss, budget: int | None = None) -> None:
         if need > budget:
             from .memory import human
             ctx.fail(("sequence",), f"checking its lengths, mask and targets reads "
-                                    f"{human(need)}, more than the {human(budget)} there is")
+                                    f"{human(need)}, more than the {human(budget)} it may use "
+                                    "(--max-memory sets it)")
     batch, length, layout = seq.batch_size, seq.length, seq.layout
     valid_lengths = None
     if seq.lengths is not None:
-        valid_lengths = lengths_values(read(seq.lengths, ctx.where(("sequence", "lengths"))),
+        valid_lengths = lengths_values(read(seq.lengths, _where(ctx, ("sequence", "lengths"))),
                                        seq.lengths)
         _check_lengths(ctx, valid_lengths, batch, length)
     if seq.mask is not None:
-        values = read(seq.mask, ctx.where(("sequence", "mask")))
+        values = read(seq.mask, _where(ctx, ("sequence", "mask")))
         if values.ndim == 2 and seq.mask.file.suffix != ".csv" and layout == "time_first":
             values = values.T
         valid_lengths = lengths_from_mask(ctx, values, batch, length)
@@ -337,7 +338,7 @@ def check_values(ctx, seq, model, loss, budget: int | None = None) -> None:
         if valid_lengths is None and not isinstance(inputs, Distribution) \
                 and inputs.file.suffix == ".csv":
             valid_lengths = read_csv(inputs.file, inputs.file.name)[1]
-        classes = read(targets, ctx.where(("sequence", "targets")))
+        classes = read(targets, _where(ctx, ("sequence", "targets")))
         if per_sequence_targets(classes.shape, loss.kind, targets.file.suffix == ".csv",
                                 batch, length, model.output_size):
             classes = np.repeat(classes.reshape(batch, 1), length, axis=1)
@@ -348,8 +349,13 @@ def check_values(ctx, seq, model, loss, budget: int | None = None) -> None:
             ctx.fail(("sequence", "targets"), f"{targets.file.name}: {problem}")
 
 
+def _where(ctx, key) -> str:
+    """The spec line and the key, as errors about a key's file begin."""
+    return f"{ctx.where(key)}: {'.'.join(key)}"
+
+
 def _integer_header(ctx, key, source) -> tuple[int, ...]:
-    shape, dtype = header(source, ctx.where(key))
+    shape, dtype = header(source, _where(ctx, key))
     if dtype.kind not in "iub":
         ctx.fail(key, f"{source.file.name} has dtype {dtype}, expected integers")
     return tuple(shape)

@@ -147,7 +147,7 @@ def plan(given: os.PathLike[str] | str, option: str,
             raise GradcheckError(f"{where}: is one of this run's inputs ({shown(source)}); "
                                  "writing it would replace what the run reads")
     mode = status.st_mode
-    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or _names_a_descriptor(path):
         return Target(text, "through", path)
     if stat.S_ISDIR(mode):
         raise GradcheckError(f"{where}: is a directory; give a file name")
@@ -163,10 +163,28 @@ def plan(given: os.PathLike[str] | str, option: str,
         notes.append(f"through the symlink to {shown(real)}")
     if status.st_nlink > 1:
         others = status.st_nlink - 1
-        notes.append(f"its {others} other name{'s' if others > 1 else ''} (hard link"
-                     f"{'s' if others > 1 else ''}) keep the previous content")
+        notes.append("its other name (a hard link) keeps the previous content" if others == 1
+                     else f"its {others} other names (hard links) keep the previous content")
     planned = _plan_new(text, real, where)
     return Target(text, "atomic", planned.path, "; ".join(notes) or None)
+
+
+def _names_a_descriptor(path: Path) -> bool:
+    """Whether a path is, or links through, an open file descriptor (``/dev/stdout`` is
+    ``/proc/self/fd/1``): what it names is open already, in the shell's redirection, and is
+    written into, not replaced."""
+    seen = 0
+    current = Path(os.path.abspath(path))
+    while seen < 40:
+        parts = current.parts
+        if (parts[:2] == ("/", "proc") and len(parts) >= 5 and parts[3] == "fd") or \
+                parts[:3] == ("/", "dev", "fd"):
+            return True
+        if not current.is_symlink():
+            return False
+        current = Path(os.path.abspath(current.parent / os.readlink(current)))
+        seen += 1
+    return False
 
 
 def _plan_new(text: str, path: Path, where: str, note: str | None = None) -> Target:
@@ -228,10 +246,10 @@ def _mode_for(path: Path) -> int:
 
 
 def _through(path: Path, data: bytes) -> None:
-    """Write into a character device or FIFO as it is: a FIFO that no process reads is
-    refused rather than waited on for ever."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    """Write into a character device, a FIFO or an open descriptor as it is: a FIFO that no
+    process reads is refused rather than waited on for ever."""
+    try:   # appended: a file a shell opened for us (`> out`, `>> log`) keeps what it had
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
             raise GradcheckError(f"{shown(path)}: a FIFO that no process reads") from None

@@ -18,6 +18,9 @@ from .cost import activation_bytes
 from .errors import GradcheckError
 from .model import Architecture
 
+VALIDATE_READ = 2 ** 30
+"""What `validate` reads at most to check the values of lengths, masks and class targets,
+unless --max-memory says otherwise: a pre-commit hook's share of a machine."""
 OVERHEAD = 150 * 2 ** 20
 """The interpreter, NumPy and the libraries, before any array."""
 MARGIN = 1.2

@@ -359,8 +359,9 @@ def _plain(node: yaml.Node, key: Key, lines: dict[Key, int], budget: list[int], 
                         where=f"{name}:{node.start_mark.line + 1}")
     if isinstance(node, yaml.ScalarNode) and node.style is None and \
             node.tag in _NUMBER_TAGS and _SEXAGESIMAL.match(node.value):
-        raise SpecError(f"{node.value} is a base-60 number in YAML 1.1 ({node.value} would "
-                        "read as one number); write the number itself, or quote it for text",
+        value = _scalar_loader.construct_object(node)
+        raise SpecError(f"{node.value} reads as {value:g} (a base-60 number in YAML 1.1); "
+                        "write the number itself, or quote it for text",
                         where=f"{name}:{node.start_mark.line + 1}")
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
@@ -381,6 +382,16 @@ def _plain(node: yaml.Node, key: Key, lines: dict[Key, int], budget: list[int], 
         return [_plain(item, (*key, str(i)), lines, budget, name)
                 for i, item in enumerate(node.value)]
     return _scalar_loader.construct_object(node)
+
+
+SHOWN_CHARACTERS = 60
+"""How much of a value given on the command line an error repeats."""
+
+
+def shorten(text: str) -> str:
+    """``text``, cut to :data:`SHOWN_CHARACTERS` with an ellipsis: an error repeats what was
+    given, not all of it."""
+    return text if len(text) <= SHOWN_CHARACTERS else text[:SHOWN_CHARACTERS] + "…"
 
 
 def parse_value(text: str, where: str) -> Any:
@@ -406,7 +417,7 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> tuple[Any, dict[Key,
     if not isinstance(data, dict):
         return data, origins
     for item in overrides:
-        where = f"--set {item}"
+        where = f"--set {shorten(item)}"
         dotted, sep, text = item.partition("=")
         if not sep or not dotted.strip():
             raise SpecError("expected KEY.PATH=VALUE, for example model.hidden_size=64",

@@ -87,27 +87,29 @@ class Sweep:
 
 def parse_axis(text: str) -> Axis:
     """``key=a:b:n[:log]`` or ``key=v1,v2,...``; ValueError with a one-line reason."""
+    from .spec import shorten
     key, sep, spec = text.partition("=")
     key = key.strip()
     if not sep or not key or not spec.strip():
-        raise ValueError(f"{text!r}: expected KEY.PATH=START:STOP:COUNT[:log] or "
+        raise ValueError(f"{shorten(text)!r}: expected KEY.PATH=START:STOP:COUNT[:log] or "
                          "KEY.PATH=V1,V2,...")
     if ":" in spec:
         parts = spec.split(":")
         if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "log"):
-            raise ValueError(f"{text!r}: a range is START:STOP:COUNT or START:STOP:COUNT:log")
+            raise ValueError(f"{shorten(text)!r}: a range is START:STOP:COUNT or "
+                             "START:STOP:COUNT:log")
         try:
             start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
         except ValueError:
-            raise ValueError(f"{text!r}: START and STOP are numbers, COUNT a whole number") \
-                from None
+            raise ValueError(f"{shorten(text)!r}: START and STOP are numbers, COUNT a whole "
+                             "number") from None
         if not (math.isfinite(start) and math.isfinite(stop)):
-            raise ValueError(f"{text!r}: START and STOP must be finite")
+            raise ValueError(f"{shorten(text)!r}: START and STOP must be finite")
         if count < 1 or count > MAX_VALUES:
-            raise ValueError(f"{text!r}: COUNT must be between 1 and {MAX_VALUES}")
+            raise ValueError(f"{shorten(text)!r}: COUNT must be between 1 and {MAX_VALUES}")
         if len(parts) == 4:
             if start <= 0 or stop <= 0:
-                raise ValueError(f"{text!r}: a log range needs positive ends")
+                raise ValueError(f"{shorten(text)!r}: a log range needs positive ends")
             spaced = np.geomspace(start, stop, count)
         else:
             spaced = np.linspace(start, stop, count)
@@ -122,7 +124,7 @@ def parse_axis(text: str) -> Axis:
             raise ValueError(f"{key}: {len(items)} values, more than the {MAX_VALUES} one "
                              "--vary may give")
         try:
-            values = [parse_value(v, f"{key}={v}") for v in items]
+            values = [parse_value(v, shorten(f"{key}={v}")) for v in items]
         except SpecError as exc:
             raise ValueError(str(exc)) from None
         for v in values:

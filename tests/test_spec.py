@@ -103,7 +103,7 @@ def test_init_overrides_fall_back_to_the_shared_scheme(write_spec):
     (GOOD.replace("length: 10", "length: 10\n  inputs: [1, 2]"), ":9",
      "sequence.inputs: must be a mapping (random data) or a file path, got a list"),
     (GOOD.replace("  output_size: 2\n", "  output_size: 2\n  weights: .\n"), ":7",
-     "model.weights: . is a directory, not a file"),
+     "model.weights: . is a directory, not a regular file"),
 ])
 def test_bad_values_name_file_line_and_key(write_spec, text, where, needle):
     path = write_spec(text)
