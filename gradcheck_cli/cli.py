@@ -647,9 +647,12 @@ def _raise_terminated(signum: int, frame) -> None:
 
 def main() -> None:
     import signal
+    import warnings
     for name in ("SIGTERM", "SIGHUP"):         # ended as Ctrl-C ends a run: cleaned up
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _raise_terminated)
+    # overflow and NaN are findings (non_finite, divergence), never warnings on stderr
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
     try:
         cli(prog_name="gradcheck")
     except KeyboardInterrupt:  # before a command started (while importing, parsing)

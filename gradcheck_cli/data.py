@@ -296,6 +296,21 @@ def resolve_sequence(ctx, seq, model, loss):
                                targets=targets, lengths=lengths, mask=mask)
 
 
+def held_bytes(spec) -> int:
+    """What :class:`Batches` holds of the spec's files for the whole run (inputs and
+    targets in the run's dtype, batch-first), from their headers."""
+    from .spec import Distribution
+    seq, item = spec.sequence, np.dtype(spec.dtype).itemsize
+    B, T = spec.batch_size, spec.length
+    total = 0
+    if not isinstance(seq.inputs, Distribution):
+        total += B * T * spec.model.input_size * item
+    if not isinstance(seq.targets, Distribution) and seq.targets is not None:
+        per_step = 8 if spec.loss.kind == "cross_entropy" else spec.model.output_size * item
+        total += B * T * per_step
+    return total
+
+
 def value_bytes(seq) -> int:
     """What :func:`check_values` reads: the lengths, the mask, class targets (their shapes
     are known from the headers)."""
@@ -536,6 +551,7 @@ class Batches:
 
 def _sample(dist, rng: np.random.Generator, shape: tuple[int, ...],
             dtype: np.dtype) -> np.ndarray:
-    if dist.distribution == "normal":
-        return rng.normal(0.0, dist.scale, size=shape).astype(dtype)
-    return rng.uniform(-dist.scale, dist.scale, size=shape).astype(dtype)
+    draw = rng.normal(0.0, dist.scale, size=shape) if dist.distribution == "normal" else \
+        rng.uniform(-dist.scale, dist.scale, size=shape)
+    with np.errstate(over="ignore"):       # beyond float32's range: Inf, a finding later
+        return draw.astype(dtype)

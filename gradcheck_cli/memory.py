@@ -213,6 +213,16 @@ def human(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def with_data(est: Estimate, spec) -> Estimate:
+    """``est`` and the data files' arrays the run holds throughout (from their headers)."""
+    from .data import held_bytes
+    held = held_bytes(spec)
+    if not held:
+        return est
+    parts = {**est.parts, "data files": held}
+    return Estimate(total=est.total + int(held * MARGIN), parts=parts, streams=est.streams)
+
+
 def check(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
           trials: int = 0, machine: bool = True) -> Estimate:
     """Refuse (GradcheckError) a run whose estimate exceeds ``max_memory`` or (with
@@ -223,16 +233,16 @@ def check(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
     :func:`main_streams`) is not refused: the estimate returned says so (``streams``),
     and the run is to follow it. With the loss at the last step only there is one."""
     arch = Architecture.from_spec(spec.model)
-    est = estimate(arch, spec.length, spec.batch_size, spec.dtype,
-                   optimizer_state=optimizer_state, trials=trials,
-                   streams=1 if spec.loss.timesteps == "last" else None)
+    est = with_data(estimate(arch, spec.length, spec.batch_size, spec.dtype,
+                             optimizer_state=optimizer_state, trials=trials,
+                             streams=1 if spec.loss.timesteps == "last" else None), spec)
     free = available() if machine else None
     limits = [(max_memory, "--max-memory")] if max_memory is not None else []
     if free is not None:
         limits.append((free, "available on this machine"))
     if est.streams > 1 and any(est.total > limit for limit, _ in limits):
-        est = estimate(arch, spec.length, spec.batch_size, spec.dtype, trials=trials,
-                       streams=1)
+        est = with_data(estimate(arch, spec.length, spec.batch_size, spec.dtype,
+                                 trials=trials, streams=1), spec)
     for limit, what in limits:
         if est.total > limit:
             largest = sorted(est.parts, key=lambda k: -est.parts[k])[:2]

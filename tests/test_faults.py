@@ -1,0 +1,485 @@
+"""Fault injection: what gradcheck does with hostile files, special files, signals and limits.
+
+Each class of defect is tried for real: devices and FIFOs made in a temporary folder,
+signals sent to a real subprocess, headers that promise more than they hold. Every case
+ends with exit status 2 (or 129, 130, 143 on a signal) and one line on stderr, no file the
+user had changed, no process left behind, within the subprocess's timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gradcheck_cli.analysis import analyze_spec
+from gradcheck_cli.memory import OVERHEAD, estimate, trial_chunks
+from gradcheck_cli.model import Architecture
+from gradcheck_cli.spec import load_spec
+from tests.conftest import SAMPLES
+from tests.test_cli import assert_clean_error, run
+
+SAMPLE = {p.stem: p for p in SAMPLES}
+TIMEOUT = 60
+"""A subprocess that has not ended by then is a process that would never end."""
+
+
+def gradcheck(*args, cwd=None, stdout=subprocess.PIPE, timeout=TIMEOUT, text=True):
+    """``gradcheck ARGS`` as a real process: its result, stdout and stderr as text."""
+    return subprocess.run([sys.executable, "-m", "gradcheck_cli", *map(str, args)], cwd=cwd,
+                          stdout=stdout, stderr=subprocess.PIPE, text=text, timeout=timeout,
+                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+
+
+def one_line(result, needle: str, status: int = 2) -> None:
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert needle in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def model(tmp_path):
+    """A spec reading a weights file and an inputs file, in tmp_path."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "w.npz", **{
+        "rnn.weight_ih_l0": rng.normal(size=(8, 3)), "rnn.weight_hh_l0": rng.normal(size=(8, 8)),
+        "rnn.bias_ih_l0": np.zeros(8), "rnn.bias_hh_l0": np.zeros(8),
+        "head.weight": rng.normal(size=(2, 8)), "head.bias": np.zeros(2)})
+    np.save(tmp_path / "x.npy", rng.normal(size=(4, 6, 3)))
+    spec = tmp_path / "s.yaml"
+    spec.write_text("model: {weights: w.npz, nonlinearity: tanh}\nsequence: {inputs: x.npy}\n")
+    return spec
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- nothing lost
+
+@pytest.mark.parametrize("option,target", [
+    ("--save-grads", "w.npz"), ("--save-grads", "link.npz"), ("--save-grads", "hard.npz"),
+    ("-o", "s.yaml"), ("-o", "x.npy"), ("--plot", "w.png")])
+def test_an_output_that_is_an_input_is_refused_before_any_work(model, option, target):
+    """Before, --save-grads onto the weights replaced the trained weights with gradients."""
+    folder = model.parent
+    (folder / "link.npz").symlink_to("w.npz")
+    os.link(folder / "w.npz", folder / "hard.npz")
+    if target == "w.png":        # the same file under a chart's name
+        os.link(folder / "w.npz", folder / "w.png")
+    before = _snapshot(folder)
+    result = run("analyze", model, option, folder / target, "--trials", "0")
+    assert_clean_error(result, "is one of this run's inputs")
+    assert _snapshot(folder) == before
+
+
+def test_compare_refuses_to_write_over_a_report_it_reads(tmp_path):
+    report = tmp_path / "base.json"
+    run("analyze", SAMPLE["rnn_healthy"], "-f", "json", "-o", report, "--trials", "0")
+    text = report.read_text()
+    assert_clean_error(run("compare", report, report, "-o", report), "is one of this run's")
+    assert report.read_text() == text
+
+
+def test_a_character_device_is_written_through_never_replaced(tmp_path):
+    """Before, -o /dev/null as root turned the system's /dev/null into a regular file."""
+    device = tmp_path / "null"
+    try:
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:            # no mknod here: the system's own, as users give it
+        device = Path("/dev/null")
+    result = run("analyze", SAMPLE["rnn_healthy"], "-o", device, "--trials", "0")
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISCHR(os.stat(device).st_mode)
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_a_fifo_is_written_through_to_its_reader_and_refused_without_one(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    one_line(gradcheck("analyze", SAMPLE["rnn_healthy"], "-o", fifo, "--trials", "0"),
+             "a FIFO that no process reads")
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    time.sleep(0.2)
+    result = gradcheck("analyze", SAMPLE["rnn_healthy"], "-o", fifo, "--trials", "0")
+    reader.join(TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert received and received[0].startswith("gradcheck ")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_dev_stdout_reaches_stdout(tmp_path):
+    """Before, /dev/stdout (a symlink) was replaced, and nothing reached stdout."""
+    result = gradcheck("analyze", SAMPLE["rnn_healthy"], "-o", "/dev/stdout", "--trials", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("gradcheck ")
+    log = tmp_path / "log.txt"
+    log.write_text("kept\n")
+    with open(log, "a") as fh:                     # `>> log.txt`: appended, not truncated
+        gradcheck("analyze", SAMPLE["rnn_healthy"], "-o", "/dev/stdout", "--trials", "0",
+                  stdout=fh)
+    assert log.read_text().startswith("kept\ngradcheck ")
+
+
+def test_a_symlink_is_followed_and_kept(tmp_path):
+    (tmp_path / "real.json").write_text("old")
+    (tmp_path / "link.json").symlink_to("real.json")
+    result = run("analyze", SAMPLE["rnn_healthy"], "-f", "json", "-o", tmp_path / "link.json",
+                 "--trials", "0")
+    assert result.exit_code == 0
+    assert "through the symlink to" in result.stderr
+    assert (tmp_path / "link.json").is_symlink()
+    assert json.loads((tmp_path / "real.json").read_text())["config"]
+
+
+def test_a_read_only_file_is_not_replaced(tmp_path):
+    """Before, the rename replaced a file its mode said nobody may write."""
+    kept = tmp_path / "kept.txt"
+    kept.write_text("theirs")
+    kept.chmod(0o444)
+    assert_clean_error(run("analyze", SAMPLE["rnn_healthy"], "-o", kept, "--trials", "0"),
+                       "is read-only")
+    assert kept.read_text() == "theirs"
+
+
+def test_a_hard_links_other_names_are_said_to_keep_the_old_content(tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("old")
+    os.link(first, second)
+    result = run("analyze", SAMPLE["rnn_healthy"], "-o", first, "--trials", "0")
+    assert result.exit_code == 0
+    assert "its other name (a hard link) keeps the previous content" in result.stderr
+    assert second.read_text() == "old" and first.read_text().startswith("gradcheck ")
+
+
+SLOW_WRITE = """
+import os, sys, time
+import gradcheck_cli.files as files
+def slow(fd):
+    sys.stderr.write("writing\\n"); sys.stderr.flush(); time.sleep(60)
+files.os.fsync = slow
+from gradcheck_cli.cli import main
+sys.argv = ["gradcheck", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("sig,status,line", [(signal.SIGTERM, 143, "terminated"),
+                                             (signal.SIGHUP, 129, "hangup"),
+                                             (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_during_a_write_leaves_the_old_file_and_no_temporary(tmp_path, sig, status,
+                                                                      line):
+    """Before, SIGTERM and SIGHUP left hidden .NAME.*.tmp files behind."""
+    out = tmp_path / "r.txt"
+    out.write_text("old")
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITE, "analyze", str(SAMPLE["rnn_healthy"]), "-o",
+         str(out), "--trials", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert process.stderr is not None
+    assert process.stderr.readline() == "writing\n"        # the temporary file is there
+    assert any(p.name.startswith(".r.txt.") for p in tmp_path.iterdir())
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == status and err.strip() == line
+    assert out.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.txt"]
+
+
+def test_dash_means_stdout_everywhere(tmp_path):
+    """Before, -o - wrote a file named '-'."""
+    result = gradcheck("analyze", SAMPLE["rnn_healthy"], "-o", "-", "--trials", "0",
+                       cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("gradcheck ")
+    assert not (tmp_path / "-").exists()
+    grads = gradcheck("analyze", SAMPLE["rnn_healthy"], "--save-grads", "-", "-o",
+                      tmp_path / "r.txt", "--trials", "0", stdout=subprocess.PIPE,
+                      text=False)
+    assert grads.returncode == 0 and grads.stdout.startswith(b"PK")     # an .npz
+    assert_clean_error(run("analyze", SAMPLE["rnn_healthy"], "--save-grads", "-",
+                           "--trials", "0"), "both write to stdout")
+
+
+def test_every_output_is_checked_before_the_analysis(tmp_path, monkeypatch):
+    """Before, --plot into a missing folder failed only after the whole analysis."""
+    import gradcheck_cli.analysis as analysis
+
+    def never(*args, **kwargs):
+        raise AssertionError("the analysis ran")
+
+    monkeypatch.setattr(analysis, "analyze_spec", never)
+    for option, path in (("--plot", tmp_path / "missing" / "c.png"),
+                         ("-o", tmp_path / "missing" / "r.txt"),
+                         ("--save-grads", tmp_path / "missing" / "g.npz")):
+        assert_clean_error(run("analyze", SAMPLE["rnn_healthy"], option, path),
+                           "does not exist")
+
+
+# ----------------------------------------------------------------------------- nothing unbounded
+
+@pytest.mark.parametrize("what", ["spec", "weights", "inputs", "lengths", "report"])
+@pytest.mark.parametrize("kind", ["zero", "symlink to zero", "fifo", "loop"])
+def test_an_input_that_is_not_a_regular_file_is_refused_before_reading(model, what, kind):
+    """Before, /dev/zero as the spec grew to 6 GB, and a FIFO blocked for ever."""
+    folder = model.parent
+    special = folder / "special"
+    if kind == "zero":
+        special = Path("/dev/zero")
+    elif kind == "symlink to zero":
+        special.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(special)
+    else:
+        special.symlink_to(folder / "special")
+    if what == "spec":
+        result = gradcheck("analyze", special, "--trials", "0")
+    elif what == "report":
+        run("analyze", model, "-f", "json", "-o", folder / "r.json", "--trials", "0")
+        result = gradcheck("compare", folder / "r.json", special)
+    else:
+        key = {"weights": "model: {weights: %s, nonlinearity: tanh}\n"
+                          "sequence: {inputs: x.npy}\n",
+               "inputs": "model: {weights: w.npz, nonlinearity: tanh}\n"
+                         "sequence: {inputs: %s}\n",
+               "lengths": "model: {weights: w.npz, nonlinearity: tanh}\n"
+                          "sequence: {inputs: x.npy, lengths: %s}\n"}[what]
+        model.write_text(key % special)
+        result = gradcheck("analyze", model, "--trials", "0")
+    needle = "a symlink loop" if kind == "loop" else "not a regular file"
+    one_line(result, needle)
+
+
+def _header_only(path: Path, shape: tuple[int, ...], dtype) -> None:
+    """An .npy whose header promises ``shape``, and no data."""
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+            "shape": shape})
+
+
+def test_every_array_is_sized_from_its_header_before_any_is_read(tmp_path):
+    """Before, a mask of [2000, 1000000] was read (14 GB) before the memory check."""
+    _header_only(tmp_path / "x.npy", (2000, 1_000_000, 1), np.float32)
+    _header_only(tmp_path / "mask.npy", (2000, 1_000_000), np.int8)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("model: {cell: rnn, input_size: 1, hidden_size: 4, output_size: 1}\n"
+                    "sequence: {inputs: x.npy, mask: mask.npy}\n")
+    one_line(gradcheck("analyze", spec, "--max-memory", "1G"), "more than the 1 GiB "
+                                                                "--max-memory")
+    one_line(gradcheck("validate", spec, "--max-memory", "1G"), "more than the 1 GiB")
+    one_line(gradcheck("validate", spec), "checking its lengths, mask and targets reads 1.86 "
+                                          "GiB, more than the 1 GiB it may use")
+    _header_only(tmp_path / "big.npy", (16, 1_000_000), np.int8)
+    spec.write_text("model: {cell: rnn, input_size: 1, hidden_size: 4, output_size: 1}\n"
+                    "sequence: {length: 5, mask: big.npy}\n")
+    one_line(gradcheck("validate", spec), "sequence.mask: has shape [16, 1000000], expected "
+                                          "[16, 5]")
+
+
+def test_a_header_with_a_negative_dimension_is_refused(tmp_path):
+    """Before, validate passed it as "-6 steps × batch 3"."""
+    _header_only(tmp_path / "x.npy", (3, -6, 1), np.float64)
+    (tmp_path / "s.yaml").write_text("model: {cell: rnn, input_size: 1, hidden_size: 4, "
+                                     "output_size: 1}\nsequence: {inputs: x.npy}\n")
+    assert_clean_error(run("validate", tmp_path / "s.yaml"), "negative dimension")
+
+
+def test_a_large_csv_is_refused_by_its_size_before_parsing(tmp_path):
+    """Before, a 50 MB one-column CSV took 45 s and 3.7 GB before the refusal."""
+    (tmp_path / "lengths.csv").write_text("1\n" * 25_000_000)
+    (tmp_path / "s.yaml").write_text("model: {cell: rnn, input_size: 1, hidden_size: 4, "
+                                     "output_size: 1}\nsequence: {length: 5, lengths: "
+                                     "lengths.csv}\n")
+    one_line(gradcheck("validate", tmp_path / "s.yaml"), "50000000 bytes, more than the")
+
+
+def test_a_spec_of_too_many_nodes_is_refused_while_it_is_read(tmp_path):
+    """Before, a 500,000-item list was composed whole (14 s) and refused after: the error's
+    line shows where reading stopped, at the ten-thousandth node, not the file's end."""
+    items = "- 1\n" * 240_000
+    path = tmp_path / "s.yaml"
+    path.write_text("model: {cell: rnn, input_size: 1, hidden_size: 4, output_size: 1}\n"
+                    "sequence: {length: 5}\nx:\n" + items)
+    result = run("validate", path)
+    assert_clean_error(result, "more than 10000 YAML nodes")
+    line = int(result.stderr.split(f"{path}:")[1].split(":")[0])
+    assert line < 10_100
+
+
+def test_the_trial_count_and_its_estimate_are_bounded():
+    """Before, --trials 1000000000000 built one entry per pass (2.2 GB after a minute)."""
+    assert_clean_error(run("analyze", SAMPLE["rnn_healthy"], "--trials", "1000000000000"),
+                       "is not in the range")
+    arch = Architecture(cell="lstm", input_size=8, hidden_size=64, output_size=4)
+    chunks = trial_chunks(arch, 100, 16, "float64", 10 ** 12)
+    assert len(chunks) == 10 ** 12 // 16 and chunks.largest == 16
+    assert sum(next(iter(chunks)) for _ in range(3)) == 48
+    assert list(trial_chunks(arch, 100, 16, "float64", 20)) == [10, 10]
+
+
+def test_many_truncation_windows_hold_no_more_than_one_pass(tmp_path):
+    """Before, every window's gradients were kept until the end: 100 windows on a large
+    LSTM peaked at 6.6 GB against an estimate that assumes 5."""
+    spec = load_spec(SAMPLE["lstm_healthy"], ["model.hidden_size=128", "sequence.length=60"])
+    arch = Architecture.from_spec(spec.model)
+    predicted = estimate(arch, spec.length, spec.batch_size, spec.dtype).total - OVERHEAD
+    tracemalloc.start()
+    analyze_spec(spec, trials=0, windows=list(range(1, 41)))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak <= predicted, (peak, predicted)
+
+
+def test_a_sweep_grid_is_counted_before_it_is_built_and_workers_are_capped():
+    """Before, three 1000-value axes reached 6 GB at 50 s, and --jobs 3000 forked 3000."""
+    from gradcheck_cli import sweep
+    result = run("sweep", SAMPLE["rnn_healthy"], "--vary", "seed=1:1000:1000", "--vary",
+                 "model.hidden_size=1:1000:1000", "--vary", "sequence.length=1:1000:1000")
+    assert_clean_error(result, "the grid has 1,000,000,000 points (1000 × 1000 × 1000)")
+    assert sweep.workers(3000, 2) == 2
+    assert sweep.workers(3000, 10 ** 6) == sweep.WORKERS_PER_CORE * (os.cpu_count() or 1)
+    ok = run("sweep", SAMPLE["rnn_healthy"], "--vary", "seed=1,2", "--jobs", "3000", "--set",
+             "sequence.length=5")
+    assert ok.exit_code == 0, ok.output
+
+
+# ----------------------------------------------------------------------------- no process left
+
+def _children(pid: int) -> list[int]:
+    """The living child processes of ``pid`` (Linux's /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux's /proc")
+@pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_sweep_ends_its_workers_on_a_signal(sig, status):
+    """Before, SIGTERM to sweep --jobs 2 orphaned its workers (alive 80 s later), and
+    Ctrl-C waited for the running points to finish."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gradcheck_cli", "sweep", str(SAMPLE["lstm_exploding"]),
+         "--vary", "seed=1:8:8", "--jobs", "2", "--set", "sequence.length=3000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + TIMEOUT
+    while len(_children(process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _children(process.pid)
+    assert len(workers) >= 2
+    time.sleep(0.5)                                # the points are running
+    started = time.monotonic()
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == status, err
+    assert time.monotonic() - started < 10         # running points are stopped, not awaited
+    time.sleep(0.2)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()
+                and "Z" not in Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1][:3]]
+
+
+# ----------------------------------------------------------------------------- no internal error
+
+def test_what_was_an_internal_error_is_a_clean_one(tmp_path, model):
+    deep = "[" * 5000 + "]" * 5000
+    folder = model.parent
+    (folder / "loop").symlink_to(folder / "loop")
+    model.write_text("model: {weights: loop}\nsequence: {length: 3}\n")
+    cases = [
+        (["analyze", model], "model.weights: loop: a symlink loop"),
+        (["analyze", SAMPLE["rnn_healthy"], "--set", f"seed={deep}"], "nested too deeply"),
+        (["sweep", SAMPLE["rnn_healthy"], "--vary", f"seed={deep}"], "nested too deeply"),
+        (["sweep", SAMPLE["rnn_healthy"], "--vary", "seed=2001-12-14,1"], "reads as a date"),
+        (["analyze", SAMPLE["rnn_healthy"], "--set", "seed=!!binary aGVsbG8="],
+         "the tag tag:yaml.org,2002:binary is not allowed"),
+        (["sweep", SAMPLE["rnn_healthy"], "--vary", "seed=!!set {a},1"],
+         "the tag tag:yaml.org,2002:set is not allowed"),
+        (["analyze", SAMPLE["rnn_healthy"], "--set", "sequence.length=1:30"],
+         "1:30 reads as 90 (a base-60 number in YAML 1.1)"),
+        (["simulate", SAMPLE["rnn_healthy"], "--compare", ",,"], "an empty mitigation"),
+    ]
+    for args, needle in cases:
+        result = run(*args)
+        assert_clean_error(result, needle)
+        assert len(result.stderr) < 400            # a long value is not repeated whole
+
+
+def test_a_report_with_an_out_of_range_number_is_not_a_report(tmp_path):
+    """Before, 1e999 was an internal error in JSON and read as inf by the table."""
+    base = tmp_path / "base.json"
+    run("analyze", SAMPLE["rnn_healthy"], "-f", "json", "-o", base, "--trials", "0")
+    bad = tmp_path / "bad.json"
+    bad.write_text(base.read_text().replace('"loss": ', '"loss": 1e999, "x": ', 1))
+    for fmt in ("table", "json"):
+        assert_clean_error(run("compare", base, bad, "-f", fmt),
+                           "the number 1e999 is beyond float64's range")
+
+
+def test_a_file_name_that_is_not_utf8_is_written_and_named(tmp_path):
+    name = os.fsdecode(b"r\xff.txt")
+    result = gradcheck("analyze", SAMPLE["rnn_healthy"], "-o", tmp_path / name, "--trials",
+                       "0")
+    assert result.returncode == 0, result.stderr
+    assert "wrote " in result.stderr and "\\xff" in result.stderr
+    assert (tmp_path / name).read_text().startswith("gradcheck ")
+
+
+def test_a_closed_stdout_is_said(tmp_path):
+    """Before: AttributeError on isatty, an internal error."""
+    result = subprocess.run([sys.executable, "-m", "gradcheck_cli", "analyze",
+                             str(SAMPLE["rnn_healthy"]), "--trials", "0"],
+                            stdout=None, stderr=subprocess.PIPE, text=True, timeout=TIMEOUT,
+                            preexec_fn=lambda: os.close(1))
+    one_line(result, "stdout is closed")
+
+
+def test_errors_found_reading_data_name_the_spec_line_and_key_once(model):
+    folder = model.parent
+    data = (folder / "x.npy").read_bytes()
+    (folder / "x.npy").write_bytes(data[:-40])                 # a truncated .npy
+    result = run("analyze", model, "--trials", "0")
+    assert_clean_error(result, "s.yaml:2: sequence.inputs: x.npy: the data cannot be read")
+    assert result.stderr.count("x.npy") == 1
+    np.savez(folder / "d.npz", inputs=np.zeros((4, 6, 3)))
+    raw = bytearray((folder / "d.npz").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF                                 # a damaged member
+    (folder / "d.npz").write_bytes(bytes(raw))
+    model.write_text("model: {weights: w.npz, nonlinearity: tanh}\n"
+                     "sequence: {inputs: {file: d.npz, key: inputs}}\n")
+    assert_clean_error(run("analyze", model, "--trials", "0"), "inputs")
+
+
+@pytest.mark.parametrize("command", ["analyze", "simulate", "verify"])
+def test_inputs_at_float32s_edge_give_findings_not_warnings(tmp_path, model, command):
+    """Before, inputs scaled to 1e38 in float32 printed NumPy's RuntimeWarning and its
+    source path."""
+    for scale_file, extra in ((False, ["--set", "sequence.inputs.scale=1e38"]), (True, [])):
+        if scale_file:
+            np.save(model.parent / "x.npy", np.full((4, 6, 3), 1e39))
+            model.write_text("dtype: float32\nmodel: {weights: w.npz, nonlinearity: tanh}\n"
+                             "sequence: {inputs: x.npy}\n")
+            result = gradcheck(command, model, *extra)
+        else:
+            result = gradcheck(command, SAMPLE["lstm_exploding"], *extra)
+        assert result.returncode == 1 and result.stderr == "", result.stderr
