@@ -127,68 +127,79 @@ def whole_batch_decay(norms: np.ndarray) -> Decay:
 class Combined:
     """Padded sequences' last-step gradients combined (see :func:`combine_sequences`), in
     natural logarithms: ``relative[d]`` for d = 0 … span-1 steps back from the ends,
-    ``scale`` the batch's norm at the ends, ``slopes`` each sequence's own log slope."""
+    ``scale`` the batch's norm at the ends."""
 
     relative: np.ndarray
     scale: float
-    slopes: list[float]
     sequences: int
+    reached: np.ndarray
+    """``(span,)``: whether any sequence that takes part reaches d steps back."""
+
+
+def _log_norm(logs: np.ndarray) -> float:
+    """ln sqrt(Σ exp(2 logs)): the root of the sum of squares of norms given by their
+    logarithms, without overflow (-inf for none, or all zero)."""
+    finite = logs[np.isfinite(logs) | (logs == np.inf)]
+    if finite.size == 0:
+        return -math.inf
+    peak = float(finite.max())
+    if not math.isfinite(peak):
+        return peak
+    return peak + 0.5 * math.log(float(np.sum(np.exp(2 * (finite - peak)))))
 
 
 def combine_sequences(logs: np.ndarray, lengths: np.ndarray) -> Combined:
-    """Padded sequences, each measured over its own length from its own last step, then
-    combined so that neither a sequence's length nor its norm weighs.
+    """Padded sequences, each aligned at its own last step, combined so that a sequence's
+    length does not weigh as its norm.
 
-    ``logs``: ``(T, B)`` each sequence's ln ‖dL_T/dh_t‖ (-inf where it is 0);
-    ``lengths``: ``(B,)``. For each sequence, ln of its norm d steps back over its norm at
-    its end; at each distance d, the mean of that over the sequences that reach d (so the
-    geometric mean of their relative norms); each sequence's least-squares slope of it
-    against d (none for a sequence of one step). Sequences whose gradient at their end is
-    zero or not finite have no relative curve and are left out.
+    ``logs``: ``(T, B)`` each sequence's ln ‖dL_T/dh_t‖ (-inf where it is 0); ``lengths``:
+    ``(B,)``. At each distance d, over the sequences that reach d steps back: the root of
+    the sum of their squared norms there, over the same sum at their own ends. Each
+    sequence is compared with itself, so that a short sequence missing far back lowers
+    nothing (before, the far-back norm summed the few long sequences and the end norm all
+    of them); it is each sequence's own ratio, weighted by its share of the batch's
+    gradient at the end, and with sequences of one length it is the whole batch's norm
+    over its norm at the end. Sequences whose gradient at their end is zero or not finite
+    take no part.
     """
+    lengths = np.asarray(lengths, dtype=np.int64)
     span = int(lengths.max())
-    total, count = np.zeros(span), np.zeros(span)
-    slopes, ends = [], []
+    ends = np.array([logs[n - 1, b] for b, n in enumerate(lengths)])
+    usable = np.isfinite(ends)
+    relative = np.full(span, np.nan)
+    reached = np.zeros(span, dtype=bool)
+    if not usable.any():
+        return Combined(relative=relative, scale=-math.inf, sequences=0, reached=reached)
     with np.errstate(invalid="ignore"):
-        for b, length in enumerate(int(n) for n in lengths):
-            back = logs[:length, b][::-1]               # d = 0 … length-1 steps back
-            if not np.isfinite(back[0]):
+        for d in range(span):
+            reach = usable & (lengths > d)
+            if not reach.any():
                 continue
-            relative = back - back[0]
-            total[:length] += relative
-            count[:length] += 1
-            ends.append(back[0])
-            slope = _log_slope(relative)
-            if slope is not None:
-                slopes.append(slope)
-        relative = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    if not ends:
-        return Combined(relative=relative, scale=-math.inf, slopes=[], sequences=0)
-    peak = max(ends)                                    # ln sqrt(Σ norm²), overflow-safe
-    scale = peak + 0.5 * math.log(sum(math.exp(2 * (e - peak)) for e in ends))
-    return Combined(relative=relative, scale=scale, slopes=slopes, sequences=len(ends))
+            reached[d] = True
+            back = np.array([logs[n - 1 - d, b] for b, n in enumerate(lengths) if reach[b]])
+            if np.isnan(back).any():
+                continue                          # a NaN there: no value at this distance
+            relative[d] = _log_norm(back) - _log_norm(ends[reach])
+    return Combined(relative=relative, scale=_log_norm(ends[usable]),
+                    sequences=int(usable.sum()), reached=reached)
 
 
 def padded_decay(norms: np.ndarray, lengths: np.ndarray) -> Decay:
-    """Padded sequences (see :func:`combine_sequences`): the growth factor is the geometric
-    mean of the sequences' own (exp of the mean of their log slopes); the relative curve
-    (and so the ratio) the geometric mean at each distance over the sequences that reach
-    it; the series that curve times the batch's norm at the sequences' ends (the root of
-    the sum of their squares), aligned at the ends: entry T-1-d is d steps before each
-    sequence's end, None where none reaches. ``norms``: ``(T, B)`` each sequence's
-    ‖dL_T/dh_t‖."""
+    """Padded sequences (see :func:`combine_sequences`): the relative curve, its growth
+    fitted like the whole batch's, and the series that curve times the batch's norm at the
+    sequences' ends, aligned at the ends: entry T-1-d is d steps before each sequence's
+    end, None where no sequence reaches, NaN where a value is not finite. ``norms``:
+    ``(T, B)`` each sequence's ‖dL_T/dh_t‖."""
     T = norms.shape[0]
     with np.errstate(divide="ignore"):
         combined = combine_sequences(np.log(norms), lengths)
-    growth = None
-    if combined.slopes:
-        mean = float(np.mean(combined.slopes))
-        growth = math.exp(mean) if mean < 709 else math.inf
-    relative = np.exp(combined.relative)
-    series: list[float | None] = [None] * T
     with np.errstate(over="ignore", invalid="ignore"):
-        for d, value in enumerate(np.exp(combined.scale + combined.relative)):
-            series[T - 1 - d] = None if math.isnan(value) else float(value)
+        relative = np.exp(combined.relative)
+        values = np.exp(combined.scale + combined.relative)
+    growth = fit_growth(relative[::-1]) if combined.sequences else None
+    series: list[float | None] = [None] * T
+    for d, value in enumerate(values):
+        series[T - 1 - d] = float(value) if combined.reached[d] else None
     return Decay(series=series, relative=relative, growth=growth,
                  sequences=combined.sequences)
 
@@ -353,17 +364,17 @@ def last_step_loss_grad(outputs: np.ndarray, targets: np.ndarray, kind: str,
 
 
 def padding_note(lengths: np.ndarray) -> str:
-    """How padded sequences are measured and combined (see :func:`padded_decay`)."""
+    """How padded sequences are measured and combined (see :func:`combine_sequences`)."""
     span = int(lengths.max())
     longest = int((lengths == span).sum())
     which = "the sequence" if longest == 1 else f"the {longest} sequences"
     return (f"padded sequences (lengths {int(lengths.min())}–{span}): the steps after each "
-            "sequence's length take no loss; the last step's gradient is measured in each "
-            "sequence over its own length, back from its own last step, and combined so that "
-            "neither a sequence's length nor its norm weighs: the growth factor is the "
-            "geometric mean of the sequences' own, the ratio that of "
-            f"{which} of the longest length ({span} steps), and the ‖dL_T/dh_t‖ column is "
-            "aligned at the sequences' ends")
+            "sequence's length take no loss; the last step's gradient is measured back from "
+            "each sequence's own last step, and at each distance over the sequences that "
+            "reach it, against the same sequences at their ends (so a sequence's length does "
+            "not weigh as its norm); the growth factor is fitted to that curve, the ratio is "
+            f"its value {span - 1} steps back ({which} of the longest length), and the "
+            "‖dL_T/dh_t‖ column is aligned at the sequences' ends")
 
 
 SHOWN = 3
@@ -397,12 +408,12 @@ def unmodelled_finding(spec: Spec) -> Finding | None:
     return Finding(
         code="unmodelled", severity="warning",
         message=(f"{checkpoint.path.name} holds tensors gradcheck does not model that could "
-                 f"sit on the path from the inputs to the loss (a norm, an embedding, a "
-                 f"linear layer): {_some(shown)}; the analysis assumes that the recurrent "
-                 f"module ({rnn}) reads the inputs and {head} directly, and its numbers are "
-                 "for that network. If those tensors are not between the inputs given and "
-                 "the loss (an embedding whose output the inputs are, an auxiliary head), "
-                 "list them in model.unused"))
+                 "sit on the path from the inputs to the loss (a norm, an embedding, a "
+                 f"linear or recurrent layer): {_some(shown)}; the analysis assumes that "
+                 f"the recurrent module ({rnn}) reads the inputs and {head} directly, "
+                 "and its numbers are for that network. If those tensors are not between "
+                 "the inputs given and the loss (an embedding whose output the inputs are, "
+                 "an auxiliary head), list them in model.unused"))
 
 
 def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:

@@ -356,7 +356,7 @@ def check_values(ctx, seq, model, loss, budget: int | None = None) -> None:
         classes = read(targets, _where(ctx, ("sequence", "targets")))
         if per_sequence_targets(classes.shape, loss.kind, targets.file.suffix == ".csv",
                                 batch, length, model.output_size):
-            classes = np.repeat(classes.reshape(batch, 1), length, axis=1)
+            classes, valid_lengths = classes.reshape(batch), None
         elif targets.file.suffix != ".csv" and layout == "time_first":
             classes = classes.swapaxes(0, 1)
         problem = class_range_problem(classes, valid_lengths, model.output_size)
@@ -435,7 +435,15 @@ def lengths_from_mask(ctx, mask: np.ndarray, batch: int, length: int) -> np.ndar
 def class_range_problem(targets: np.ndarray, lengths: np.ndarray | None,
                         classes: int) -> str | None:
     """The first class index outside [0, classes) on a valid step, described; padding may
-    hold anything (PyTorch's ignore_index -100, say)."""
+    hold anything (PyTorch's ignore_index -100, say). ``targets``: ``[batch, length]``, or
+    ``[batch]`` (one per sequence)."""
+    if targets.ndim == 1:
+        bad_rows = np.flatnonzero((targets < 0) | (targets >= classes))
+        if not bad_rows.size:
+            return None
+        b = int(bad_rows[0])
+        return (f"target class {targets[b]} of sequence {b} is outside [0, {classes - 1}] "
+                f"(output_size {classes})")
     valid = np.ones(targets.shape, dtype=bool) if lengths is None else \
         np.arange(targets.shape[1])[None, :] < np.asarray(lengths)[:, None]
     bad = valid & ((targets < 0) | (targets >= classes))

@@ -241,7 +241,7 @@ def log_space_signal_padded(arch: Architecture, params: Params, fwd: Forward,
         span = len(combined.relative)
         with np.errstate(invalid="ignore"):
             aligned[T - span:] = ((combined.scale + combined.relative) / np.log(10))[::-1]
-        out.append(np.where(np.isnan(aligned), -np.inf, aligned))
+        out.append(aligned)
     return out
 
 
@@ -285,7 +285,7 @@ def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
             max(gate_sigma.values())
         radius = max(spectral_radius(w_hh[j * H:(j + 1) * H]) for j in range(arch.gates))
         squares, counts = np.zeros(T), np.zeros(T)
-        exponents = []
+        exponents, weights = [], []
         with np.errstate(all="ignore"):
             for b in range(min(SEQUENCES, B)):
                 steps = int(lengths[b]) if lengths is not None else T  # no padded steps
@@ -297,9 +297,13 @@ def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
                 counts[:steps] += 1
                 if np.all([np.isfinite(j).all() for j in jacobians]):
                     exponents.append(lyapunov_spectrum(jacobians, EXPONENTS, rng))
+                    weights.append(steps)
             jacobian_norm = np.where(counts > 0, np.sqrt(squares / np.maximum(counts, 1)),
                                      np.nan)
-        spectrum = np.mean(exponents, axis=0) if exponents else np.array([])
+        # a time average over every sequence's steps: a padded batch's short sequences
+        # weigh by the few steps they have, not as much as the long ones
+        spectrum = np.average(exponents, axis=0, weights=weights) if exponents else \
+            np.array([])
         lam = float(spectrum[0]) if spectrum.size and math.isfinite(spectrum[0]) else None
         growth = measured[k] if measured is not None else None
         gap = None

@@ -33,9 +33,10 @@ def sigmoid(a: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * a))
 
 
-def relu(a: np.ndarray) -> np.ndarray:
-    """max(a, 0), the branch taken on the real part (for the complex step)."""
-    return np.where(a.real > 0, a, 0.0)
+def relu(a: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+    """max(a, 0), the branch taken on the real part (for the complex step), or where
+    ``active`` says: at a kink, the side another pass took."""
+    return np.where(a.real > 0 if active is None else active, a, 0.0)
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -58,10 +59,10 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndar
 
 def rnn_cell(x_t: np.ndarray, h: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
              b_ih: np.ndarray | None, b_hh: np.ndarray | None,
-             nonlinearity: str = "tanh") -> np.ndarray:
-    """h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)."""
+             nonlinearity: str = "tanh", active: np.ndarray | None = None) -> np.ndarray:
+    """h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh); ``active``: see :func:`relu`."""
     a = linear(x_t, w_ih, b_ih) + linear(h, w_hh, b_hh)
-    return np.tanh(a) if nonlinearity == "tanh" else relu(a)
+    return np.tanh(a) if nonlinearity == "tanh" else relu(a, active)
 
 
 def lstm_cell(x_t: np.ndarray, state: State, w_ih: np.ndarray, w_hh: np.ndarray,
@@ -98,10 +99,11 @@ def layer_weights(params: Params, k: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def step(arch: Architecture, params: Params, k: int, x_t: np.ndarray,
-         state: State) -> State:
+         state: State, active: np.ndarray | None = None) -> State:
     """One step of layer k: its new state from its input x_t and its previous state.
 
     With ``arch.residual_time`` the hidden state is h_t = h_{t-1} + cell(x_t, h_{t-1}).
+    ``active``: a relu cell's units on the positive side (see :func:`relu`).
     """
     weights = layer_weights(params, k)
     if arch.cell == "lstm":
@@ -110,7 +112,7 @@ def step(arch: Architecture, params: Params, k: int, x_t: np.ndarray,
     elif arch.cell == "gru":
         new = (gru_cell(x_t, state[0], *weights),)
     else:
-        new = (rnn_cell(x_t, state[0], *weights, arch.nonlinearity),)
+        new = (rnn_cell(x_t, state[0], *weights, arch.nonlinearity, active),)
     if arch.residual_time:
         new = (state[0] + new[0], *new[1:])
     return new

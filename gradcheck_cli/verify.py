@@ -32,6 +32,7 @@ Always float64.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ DIFFERENCE_STEPS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9)
 """Steps tried in turn along a unit direction: where the loss is smooth the largest is the
 most accurate (rounding grows as the step shrinks); where the dynamics are chaotic only small
 ones follow the derivative (the truncation error falls a hundredfold a decade)."""
+ULP = 2.0 ** -52
+"""float64's unit in the last place, relative."""
 ROUNDING_DRIFT = 1e-2
 """How far the smaller steps may stray from a settled estimate by rounding alone."""
 DIRECTIONS = 2
@@ -67,11 +70,16 @@ CHUNK_BYTES = 64 * 2 ** 20
 """Bounds the perturbed copies of a tensor and the working states of one complex pass."""
 
 
-def relative_error(analytic: float, numeric: float, floor: float) -> float:
-    """``|a − n| / max(|a|, |n|, floor)``: 0 when all three are 0; NaN when either is."""
+def relative_error(analytic: float, numeric: float, floor: float,
+                   resolvable: float = 0.0) -> float:
+    """``|a − n| / max(|a|, |n|, floor)``: 0 when all are 0, or when both are below
+    ``resolvable`` (a derivative float64 cannot carry, see :data:`ULP`: both are 0 to its
+    resolution); NaN when either is not finite."""
     if not (math.isfinite(analytic) and math.isfinite(numeric)):
         return math.nan
     scale = max(abs(analytic), abs(numeric), floor)
+    if max(abs(analytic), abs(numeric)) <= resolvable:
+        return 0.0
     return abs(analytic - numeric) / scale if scale > 0 else 0.0
 
 
@@ -92,8 +100,10 @@ class Difference:
 
     ``outcome``: ``agrees`` (an estimate within tolerance of BPTT, at ``step``),
     ``disagrees`` (none did, and the estimates settled elsewhere: two successive ones within
-    a tenth of the tolerance of each other, and every smaller step near them) or ``not
-    converged`` (they did not settle: see :func:`central_differences`)."""
+    a tenth of the tolerance of each other, and every smaller step near them), ``at a kink``
+    (they settled elsewhere in a relu model with units at their kink, where a difference
+    averages the two sides: not a failure) or ``not converged`` (they did not settle: see
+    :func:`central_differences`)."""
 
     outcome: str
     estimate: float
@@ -102,7 +112,7 @@ class Difference:
 
     @property
     def converged(self) -> bool:
-        return self.outcome != "not converged"
+        return self.outcome in ("agrees", "disagrees")
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,9 @@ class Verification:
     """The fast forward pass's states and loss against the reference cells, one step at a
     time: the largest relative difference."""
     tensors: list[TensorCheck] = field(default_factory=list)
+    kinks: int = 0
+    """Relu units met at their kink (pre-activation within rounding of 0): the derivative is
+    taken on the fast pass's side, as BPTT takes it."""
 
     @property
     def forward_ok(self) -> bool:
@@ -187,6 +200,7 @@ class Verification:
             "tolerance": self.tolerance,
             "central_difference_tolerance": self.difference_tolerance,
             "passed": self.passed, "forward_error": self.forward_error,
+            "relu_kinks": self.kinks,
             "parameters": {t.name: tensor(t) for t in self.tensors},
         })
 
@@ -200,11 +214,11 @@ def tensor_layer(arch: Architecture, name: str) -> int:
     return int(name.rsplit("_l", 1)[1])
 
 
-def _discrepancy(new: np.ndarray, cached: np.ndarray) -> float:
+def _discrepancy(new: np.ndarray, cached: np.ndarray, scale: float) -> float:
     """The largest difference between a reference step's real part (first variant) and the
-    fast pass's state, relative to the larger of the two."""
+    fast pass's state, relative to ``scale``: the largest the layer's state has been so far
+    (a state that happens to be tiny, a relu at its kink, is not compared with itself)."""
     real = new.real.reshape(-1, *cached.shape)[0]
-    scale = max(float(np.abs(cached).max(initial=0.0)), float(np.abs(real).max(initial=0.0)))
     if scale == 0.0 or not math.isfinite(scale):
         return 0.0 if scale == 0.0 else math.nan
     return float(np.abs(real - cached).max()) / scale
@@ -212,57 +226,90 @@ def _discrepancy(new: np.ndarray, cached: np.ndarray) -> float:
 
 def shadowed_loss_sum(arch: Architecture, params: Params, fwd: Forward,
                       targets: np.ndarray, covered: np.ndarray, kind: str,
-                      first: int) -> tuple[np.ndarray, float]:
+                      first: int) -> tuple[np.ndarray, float, int]:
     """The loss summed over what ``covered`` marks, for the K variants ``params`` carries
     (see :func:`reference.variants`), stepping the reference cells from layer ``first``
-    up with every state's real part set to the fast pass's (``fwd``); and the largest
-    :func:`_discrepancy` met. Layers below ``first`` are the fast pass's, as they are."""
+    up with every state's real part set to the fast pass's (``fwd``); the largest
+    :func:`_discrepancy` met; and, for relu, how many units sat at their kink (the two
+    passes' rounding put their pre-activation on different sides of 0: the branch is the
+    fast pass's, BPTT's). Layers below ``first`` are the fast pass's, as they are."""
     T, B = covered.shape
     lead = reference.variants(arch, params)
     states = [reference.zero_state(arch, (*lead, B, arch.hidden_size), np.complex128)
               for _ in range(arch.num_layers)]
     total = np.zeros(lead, dtype=np.complex128)
-    worst = 0.0
+    worst, kinks = 0.0, 0
+    scales = [[0.0, 0.0] for _ in range(arch.num_layers)]     # per layer: h's, c's so far
+    relu = arch.cell == "rnn" and arch.nonlinearity == "relu"
     for t in range(T):
         inputs = fwd.layers[first].x[t] if first < arch.num_layers else \
             (fwd.top[t] if fwd.top is not None else fwd.layers[-1].h[t])
         for k in range(first, arch.num_layers):
-            new = reference.step(arch, params, k, inputs, states[k])
             cache = fwd.layers[k]
+            active = None
+            if relu:
+                assert cache.gates is not None             # the relu's own output
+                active = cache.gates[t] > 0
+                kinks += _kinks(arch, params, k, inputs, states[k][0], active)
+            new = reference.step(arch, params, k, inputs, states[k], active)
             cached = (cache.h[t],) if cache.c is None else (cache.h[t], cache.c[t])
-            worst = max(worst, *(_discrepancy(n, c) for n, c in zip(new, cached, strict=True)))
+            for i, (n, c) in enumerate(zip(new, cached, strict=True)):
+                scales[k][i] = max(scales[k][i], float(np.abs(c).max(initial=0.0)),
+                                   float(np.abs(n.real).max(initial=0.0)))
+                worst = max(worst, _discrepancy(n, c, scales[k][i]))
             # the tangent goes on; the point it is taken at is the fast pass's
             states[k] = tuple(c + 1j * n.imag for n, c in zip(new, cached, strict=True))
             inputs = reference.layer_output(arch, k, states[k][0], inputs)
         total = total + reference.step_loss_sum(reference.head(arch, params, inputs),
                                                 targets[t], covered[t], kind)
-    return total, worst
+    return total, worst, kinks
+
+
+def _first(a: np.ndarray, ndim: int) -> np.ndarray:
+    """The real part of ``a``'s first variant: its leading axes dropped down to ``ndim``."""
+    real = np.real(a)
+    while real.ndim > ndim:
+        real = real[0]
+    return real
+
+
+def _kinks(arch: Architecture, params: Params, k: int, x_t: np.ndarray, h: np.ndarray,
+           active: np.ndarray) -> int:
+    """Units whose reference pre-activation is on the other side of 0 from the fast
+    pass's (``active``)."""
+    w_ih, w_hh, b_ih, b_hh = reference.layer_weights(params, k)
+    a = reference.linear(_first(x_t, 2), _first(w_ih, 2),
+                         None if b_ih is None else _first(b_ih, 1)) \
+        + reference.linear(_first(h, 2), _first(w_hh, 2),
+                           None if b_hh is None else _first(b_hh, 1))
+    return int(np.count_nonzero((a > 0) != active))
 
 
 def complex_step(arch: Architecture, params: Params, fwd: Forward, targets: np.ndarray,
                  covered: np.ndarray, kind: str, name: str, count: int,
                  directions: Callable[[int, int], np.ndarray]
-                 ) -> tuple[np.ndarray, float, float]:
+                 ) -> tuple[np.ndarray, float, float, int]:
     """d/dε L(θ + ε v) for ``count`` directions of tensor ``name`` (``directions(start,
     stop)`` gives those rows, ``(stop - start, *shape)``), by the complex step along the fast
-    pass's trajectory, a chunk of directions per pass; the largest discrepancy met, and the
-    loss itself (the real part)."""
+    pass's trajectory, a chunk of directions per pass; the largest discrepancy met, the
+    loss itself (the real part), and the relu units met at their kink."""
     value = params[name]
     state_bytes = 16 * covered.shape[1] * arch.gates * arch.hidden_size * arch.num_layers
     per_chunk = max(1, CHUNK_BYTES // (16 * value.size + state_bytes))
     normaliser = reference.loss_count(covered, kind, arch.output_size)
     first = tensor_layer(arch, name)
-    derivatives, worst, loss = [], 0.0, math.nan
+    derivatives, worst, loss, most_kinks = [], 0.0, math.nan, 0
     for start in range(0, count, per_chunk):
         stop = min(count, start + per_chunk)
         perturbed = dict(params)
         perturbed[name] = value + 1j * STEP * directions(start, stop)
-        total, discrepancy = shadowed_loss_sum(arch, perturbed, fwd, targets, covered, kind,
-                                               first)
+        total, discrepancy, kinks = shadowed_loss_sum(arch, perturbed, fwd, targets, covered,
+                                                      kind, first)
         derivatives.append(total.imag / STEP / normaliser)
         loss = float(total.real[0]) / normaliser
         worst = max(worst, discrepancy)
-    return np.concatenate(derivatives), worst, loss
+        most_kinks = max(most_kinks, kinks)
+    return np.concatenate(derivatives), worst, loss, most_kinks
 
 
 # ----------------------------------------------------------------------------- the checks
@@ -297,11 +344,13 @@ def central_differences(loss, params: Params, name: str, direction: np.ndarray,
 
     Two successive estimates that agree are not enough to call the quotient converged: in a
     chaotic regime with a bounded loss (saturated tanh), the secants over the larger steps
-    agree with one another on the loss's coarse slope, and the smaller steps then jump away.
-    It has settled elsewhere only if every smaller step stays near it, as rounding alone
-    moves them."""
+    agree with one another on the loss's coarse slope, and the smaller steps then jump away;
+    and where the loss is so large that ε times the derivative is below its rounding, every
+    estimate is 0. It has settled elsewhere only if every smaller step stays near it, as
+    rounding alone moves them, and it is further from BPTT than the rounding of the loss
+    divided by the step can account for."""
     value = params[name]
-    estimates = []
+    estimates, noise = [], []
     for eps in steps:
         params[name] = value + eps * direction
         plus = loss(params)
@@ -313,12 +362,14 @@ def central_differences(loss, params: Params, name: str, direction: np.ndarray,
         if error <= tolerance:
             return Difference("agrees", estimate, error, eps)
         estimates.append(estimate)
+        noise.append(4 * ULP * max(abs(plus), abs(minus)) / (2 * eps))
     for k in range(len(estimates) - 1):
         settled = estimates[k]
         # among themselves, with no floor: the gradient's own scale would hide any jump
         if relative_error(settled, estimates[k + 1], 0.0) <= tolerance / 10 and all(
                 relative_error(settled, later, 0.0) <= ROUNDING_DRIFT
-                for later in estimates[k + 2:]):
+                for later in estimates[k + 2:]) \
+                and abs(settled - analytic) > 10 * noise[k]:
             return Difference("disagrees", settled, relative_error(analytic, settled, floor),
                               steps[k])
     return Difference("not converged", estimates[-1], relative_error(analytic, estimates[-1],
@@ -349,7 +400,11 @@ def check_gradients(arch: Architecture, params: Params, x: np.ndarray, targets: 
         return loss_value(arch, p, x, targets, loss_kind, timesteps, lengths)
 
     tensors = []
-    forward_error = 0.0
+    forward_error, kinks = 0.0, 0
+    # below a unit in the last place of the loss per unit step, float64 cannot carry a
+    # derivative (1 - tanh² of a saturated unit rounds to 0 where the complex step keeps
+    # e^-40): such derivatives are compared in absolute terms
+    resolvable = ULP * abs(result.loss) if math.isfinite(result.loss) else 0.0
     for name, value in params.items():
         grad = result.grads.params[name]
         random = _random_directions(value.shape, directions, rng)
@@ -365,19 +420,21 @@ def check_gradients(arch: Architecture, params: Params, x: np.ndarray, targets: 
                     out[row, flat[j - len(random)]] = 1.0
             return out.reshape(stop - start, *shape)
 
-        exact, discrepancy, loss_at = complex_step(arch, params, result.forward, targets,
-                                                   covered, loss_kind, name,
-                                                   len(random) + len(flat), rows)
+        exact, discrepancy, loss_at, at_kink = complex_step(
+            arch, params, result.forward, targets, covered, loss_kind, name,
+            len(random) + len(flat), rows)
+        kinks = max(kinks, at_kink)
         forward_error = max(forward_error, discrepancy,
                             relative_error(result.loss, loss_at, 0.0))
         along = [float(np.vdot(v, grad)) for v in random] + \
             [float(grad.flat[j]) for j in flat]
         g_norm = float(np.sqrt(np.sum(grad ** 2)))
         g_max = float(np.abs(grad).max(initial=0.0))
-        probes = [Probe(None, a, float(n), relative_error(a, float(n), FLOOR * g_norm))
+        probes = [Probe(None, a, float(n),
+                        relative_error(a, float(n), FLOOR * g_norm, resolvable))
                   for a, n in zip(along[:len(random)], exact, strict=False)]
         probes += [Probe(tuple(int(i) for i in np.unravel_index(j, value.shape)), a,
-                         float(n), relative_error(a, float(n), FLOOR * g_max))
+                         float(n), relative_error(a, float(n), FLOOR * g_max, resolvable))
                    for j, a, n in zip(flat, along[len(random):], exact[len(random):],
                                       strict=True)]
         differences = [central_differences(loss, params, name, v, a, FLOOR * g_norm,
@@ -388,9 +445,13 @@ def check_gradients(arch: Architecture, params: Params, x: np.ndarray, targets: 
                                    entries=probes[len(random):], differences=differences,
                                    tolerance=tolerance,
                                    difference_tolerance=difference_tolerance))
+    if kinks:   # central differences straddle a kink: they average its two sides
+        tensors = [dataclasses.replace(t, differences=[
+            dataclasses.replace(d, outcome="at a kink") if d.outcome == "disagrees" else d
+            for d in t.differences]) for t in tensors]
     return Verification(config=config, tolerance=tolerance,
                         difference_tolerance=difference_tolerance,
-                        forward_error=forward_error, tensors=tensors)
+                        forward_error=forward_error, tensors=tensors, kinks=kinks)
 
 
 def verify_spec(spec, *, directions: int = DIRECTIONS, entries: int | None = ENTRIES,

@@ -271,17 +271,15 @@ OPTIMISER_STATE = {"optimizer", "optimizer_state_dict", "optim", "opt_state", "e
 
 def could_be_on_path(tensor: Tensor, sizes: tuple[int, ...]) -> bool:
     """Whether a tensor the model does not use could be a module between the inputs and the
-    loss: a floating 1-D or 2-D tensor with a dimension of the input, hidden or output size
-    (an embedding of the input's width, a norm, a linear layer before the recurrent module,
-    between it and the head, or after the head), not optimiser state, not another recurrent
-    module's."""
-    parts = set(tensor.name.split("."))
-    last = tensor.name.rsplit(".", 1)[-1]
-    if parts & OPTIMISER_STATE or _LAYER_TENSOR.match(last):
+    loss: a floating tensor of 1 to 3 dimensions with one of the input, hidden or output
+    size (an embedding of the input's width, a norm, a linear or convolutional layer, or
+    another recurrent module, before the recurrent module, between it and the head, or
+    after the head), not optimiser state."""
+    if set(tensor.name.split(".")) & OPTIMISER_STATE:
         return False
     if not (tensor.dtype.startswith("float") or tensor.dtype == "bfloat16"):
         return False
-    return len(tensor.shape) in (1, 2) and any(n in sizes for n in tensor.shape)
+    return len(tensor.shape) in (1, 2, 3) and any(n in sizes for n in tensor.shape)
 
 
 def declared_unused(name: str, unused: tuple[str, ...]) -> bool:

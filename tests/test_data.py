@@ -80,5 +80,5 @@ def test_per_sequence_targets_need_the_last_step_and_say_what_fits(tmp_path, wri
                                              r"last, one per sequence\)"):
         load_spec(_spec(tmp_path, write_spec, "short.npy", "cross_entropy", 5))
     np.save(tmp_path / "big.npy", np.array([0, 1, 2, 7, 0, 1]))
-    with pytest.raises(GradcheckError, match=r"target class 7 at sequence 3"):
+    with pytest.raises(GradcheckError, match=r"target class 7 of sequence 3 is outside \[0, 4\]"):
         load_spec(_spec(tmp_path, write_spec, "big.npy", "cross_entropy", 5))

@@ -113,31 +113,50 @@ def test_lengths_csv_of_several_rows_and_columns_is_refused(write_spec, tmp_path
 
 def test_sequences_with_known_decay_rates_combine_by_the_stated_rule(rng):
     """Each sequence b decays by exactly g_b per step over its own length, from a norm c_b
-    at its end: the growth factor is the geometric mean of the g_b, the ratio the
-    geometric mean of g_b^(span-1) over the sequences of the longest length, and at each
-    distance the curve is the geometric mean over the sequences reaching it. The norms c_b
-    (spread over twelve orders of magnitude) and the lengths do not enter."""
-    from gradcheck_cli.analysis import padded_decay
+    at its end. At each distance d the curve is, over the sequences reaching d, the root of
+    Σ c_b² g_b^(2d) over Σ c_b²: each sequence against itself, weighted by its share of
+    the gradient at the end; the ratio is that curve at the longest span, and the growth
+    factor its least-squares fit."""
+    from gradcheck_cli.analysis import fit_growth, padded_decay
     T = 12
     lengths = np.array([12, 3, 7, 12, 1, 9])
     rates = np.array([0.5, 1.3, 0.9, 0.7, 2.0, 1.05])
-    scales = 10.0 ** rng.uniform(-6, 6, size=len(lengths))
+    scales = 10.0 ** rng.uniform(-1, 1, size=len(lengths))
     norms = np.zeros((T, len(lengths)))
     for b, (length, g, c) in enumerate(zip(lengths, rates, scales, strict=True)):
         norms[:length, b] = c * g ** np.arange(length)[::-1]     # d = length-1-t back
     decay = padded_decay(norms, lengths)
-    has_slope = lengths > 1
-    assert decay.growth == pytest.approx(np.exp(np.log(rates[has_slope]).mean()), rel=1e-12)
-    longest = lengths == 12
-    assert decay.relative[-1] == pytest.approx(np.exp(11 * np.log(rates[longest]).mean()),
-                                               rel=1e-12)
-    for d in range(12):
-        reach = lengths > d
-        assert decay.relative[d] == pytest.approx(
-            np.exp(d * np.log(rates[reach]).mean()), rel=1e-12)
+    expected = np.array([np.sqrt(np.sum((scales * rates ** d)[lengths > d] ** 2)
+                                 / np.sum(scales[lengths > d] ** 2)) for d in range(12)])
+    np.testing.assert_allclose(decay.relative, expected, rtol=1e-12)
+    assert decay.growth == pytest.approx(fit_growth(expected[::-1]), rel=1e-12)
     end = np.sqrt(np.sum(scales ** 2))                  # the batch's norm at the ends
-    np.testing.assert_allclose(decay.series[::-1], end * decay.relative, rtol=1e-12)
+    np.testing.assert_allclose(decay.series[::-1], end * expected, rtol=1e-12)
     assert decay.sequences == 6
+
+
+def test_equal_lengths_give_the_whole_batchs_numbers(rng):
+    """With every sequence of one length the rule is the whole batch's: no jump between a
+    batch whose lengths are all full and one whose lengths are all shorter."""
+    from gradcheck_cli.analysis import padded_decay, whole_batch_decay
+    norms = np.abs(rng.normal(size=(10, 5))) * 0.8 ** np.arange(10)[::-1, None]
+    padded = padded_decay(np.vstack([norms, np.zeros((4, 5))]), np.full(5, 10))
+    whole = whole_batch_decay(norms)
+    np.testing.assert_allclose(padded.relative, whole.relative, rtol=1e-12)
+    assert padded.growth == pytest.approx(whole.growth, rel=1e-12)
+
+
+def test_a_sequence_whose_gradient_reaches_zero_does_not_wipe_out_the_others():
+    """Before (a geometric mean), one sequence at exactly 0 made the whole curve 0 from
+    there on, and the horizon a few steps."""
+    from gradcheck_cli.analysis import padded_decay
+    norms = np.zeros((10, 3))
+    for b in range(3):
+        norms[:, b] = 0.9 ** np.arange(10)[::-1]
+    norms[:4, 1] = 0.0                                   # dead 6 steps back from its end
+    decay = padded_decay(norms, np.array([10, 10, 9]))
+    assert np.all(decay.relative > 0)
+    assert decay.relative[-1] == pytest.approx(0.9 ** 9 * np.sqrt(1 / 2), rel=1e-12)
 
 
 def test_steps_no_sequence_reaches_have_no_value():
@@ -149,6 +168,9 @@ def test_steps_no_sequence_reaches_have_no_value():
     assert decay.series[:3] == [None, None, None]
     np.testing.assert_allclose(decay.series[3:], np.sqrt(2) * np.array([4.0, 2.0, 1.0]))
     assert decay.growth == pytest.approx(2.0)
+    norms[0, 0] = np.nan                                 # reached, but not finite
+    nan = padded_decay(norms, np.array([3, 2]))
+    assert nan.series[:3] == [None, None, None] and np.isnan(nan.series[3])
 
 
 def _identity_rnn(tmp_path, rng, lengths, T, key="lengths"):
@@ -195,8 +217,11 @@ def test_a_norm_preserving_rnn_is_exactly_norm_preserving_over_any_padding(tmp_p
 
 def test_each_sequences_own_decay_rate_is_measured_end_to_end(tmp_path, rng):
     """A GRU whose state is carried by its update gate alone (W_hh = 0; r and n read
-    nothing): every step Jacobian is z ⊙ I, with z = σ(w x_b) set by each sequence's
-    constant input x_b. Sequence b's gradient decays by exactly z_b per step."""
+    nothing, so the state stays 0 and every sequence's last-step gradient starts alike):
+    every step Jacobian is z ⊙ I, with z = σ(w x_b) set by each sequence's constant input
+    x_b, so sequence b's gradient decays by exactly z_b per step. The curve at distance d
+    is the root of the mean of z_b^(2d) over the sequences reaching d."""
+    from gradcheck_cli.analysis import fit_growth
     H, O = 4, 2
     w = 1.5
     w_ih = np.zeros((3 * H, 1))
@@ -209,15 +234,41 @@ def test_each_sequences_own_decay_rate_is_measured_end_to_end(tmp_path, rng):
     levels = np.array([1.0, -0.5, 2.0, 0.3, -1.2, 0.8])
     x = np.broadcast_to(levels[:, None, None], (6, 30, 1)).copy()
     np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.zeros((6, 30, O)))
     np.save(tmp_path / "lengths.npy", lengths)
-    (tmp_path / "s.yaml").write_text("model: {weights: w.npz}\n"
-                                     "sequence: {inputs: x.npy, lengths: lengths.npy}\n")
+    (tmp_path / "s.yaml").write_text("model: {weights: w.npz}\nsequence: {inputs: x.npy, "
+                                     "targets: y.npy, lengths: lengths.npy}\n")
     report = analyze_spec(load_spec(tmp_path / "s.yaml"), trials=0, windows=[])
     z = 1 / (1 + np.exp(-w * levels))
+    curve = np.array([np.sqrt(np.mean(z[lengths > d] ** (2 * d))) for d in range(30)])
     layer = report.layers[0]
-    assert layer.growth_factor == pytest.approx(np.exp(np.log(z).mean()), rel=1e-10)
-    longest = lengths == 30
-    assert layer.ratio == pytest.approx(np.exp(29 * np.log(z[longest]).mean()), rel=1e-10)
+    assert layer.ratio == pytest.approx(curve[-1], rel=1e-10)
+    assert layer.growth_factor == pytest.approx(fit_growth(curve[::-1]), rel=1e-10)
+
+
+def test_growth_and_ratio_of_a_padded_batch_agree_on_their_verdict(tmp_path, rng):
+    """Before, the ratio came from the longest sequence alone and the growth factor from
+    all of them: a long sequence that vanished beside short ones that grew read healthy,
+    exit 0. Now both come from one curve: a vanishing finding."""
+    H, O = 4, 2
+    w = 3.0
+    w_ih = np.zeros((3 * H, 1))
+    w_ih[H:2 * H] = w
+    np.savez(tmp_path / "w.npz", **{
+        "rnn.weight_ih_l0": w_ih, "rnn.weight_hh_l0": np.zeros((3 * H, H)),
+        "rnn.bias_ih_l0": np.zeros(3 * H), "rnn.bias_hh_l0": np.zeros(3 * H),
+        "head.weight": rng.normal(size=(O, H)), "head.bias": rng.normal(size=O)})
+    lengths = np.array([40, 20, 20, 20, 20, 20, 20, 20])
+    levels = np.array([-0.2, 3, 3, 3, 3, 3, 3, 3])       # z = 0.35 for the long one, ~1 else
+    np.save(tmp_path / "x.npy", np.broadcast_to(levels[:, None, None], (8, 40, 1)).copy())
+    np.save(tmp_path / "y.npy", np.zeros((8, 40, O)))
+    np.save(tmp_path / "lengths.npy", lengths)
+    (tmp_path / "s.yaml").write_text("model: {weights: w.npz}\nsequence: {inputs: x.npy, "
+                                     "targets: y.npy, lengths: lengths.npy}\n")
+    report = analyze_spec(load_spec(tmp_path / "s.yaml"), trials=0, windows=[])
+    layer = report.layers[0]
+    assert layer.ratio < 1e-6 and layer.growth_factor < 1
+    assert [f.code for f in report.findings] == ["vanishing"]
 
 
 def test_the_per_step_table_says_when_it_is_aligned_at_the_ends(tmp_path, rng):
@@ -231,7 +282,7 @@ def test_the_per_step_table_says_when_it_is_aligned_at_the_ends(tmp_path, rng):
         assert "aligned at the sequences' ends: row t is 8−t steps before each one's end" \
             in text
     assert "padded sequences (lengths 4–9)" in " ".join(report.notes)
-    assert "geometric mean" in " ".join(report.notes)
+    assert "against the same sequences at their ends" in " ".join(report.notes)
     whole = analyze_spec(load_spec(tmp_path / "s.yaml", ["sequence.lengths=null"]),
                          trials=0, windows=[])
     assert whole.padding is None

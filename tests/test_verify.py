@@ -221,6 +221,8 @@ def test_relative_error_is_guarded():
     assert verify.relative_error(1e-20, 2e-20, 1e-10) == pytest.approx(1e-10)
     assert math.isnan(verify.relative_error(math.nan, 1.0, 1.0))
     assert verify.relative_error(1.0, 1.0 + 1e-12, 0.0) == pytest.approx(1e-12, rel=1e-3)
+    assert verify.relative_error(0.0, 5e-22, 0.0, resolvable=1e-16) == 0.0
+    assert verify.relative_error(1e-3, 1e-3 + 1e-17, 0.0, resolvable=1e-16) > 0
 
 
 def test_entries_always_include_the_largest_gradient(rng):
@@ -284,3 +286,49 @@ def test_verify_fails_when_bptt_is_wrong_through_the_cli(monkeypatch):
     result = run("verify", SAMPLES[-1], "--entries", "2")
     assert_exit(result, 1)
     assert "✗ 1 parameter(s) disagree: head.bias" in result.stdout
+
+
+def test_a_derivative_float64_cannot_carry_is_no_disagreement(rng):
+    """Saturated tanh units: 1 - tanh² rounds to 0, so BPTT's gradient is exactly 0 (as
+    PyTorch's is) where the complex step carries e^-50. Below a unit in the last place of
+    the loss that is no disagreement."""
+    arch, params, x, targets = _problem(rng, "rnn", "tanh", 1, True, True, (False, False),
+                                        "mse")
+    params["rnn.bias_ih_l0"][:] = 25.0
+    result = verify.check_gradients(arch, params, x, targets)
+    assert result.passed
+    recurrent = next(t for t in result.tensors if t.name == "rnn.weight_hh_l0")
+    assert recurrent.worst.bptt == 0.0 and abs(recurrent.worst.exact) > 0
+
+
+def test_central_differences_that_round_to_nothing_do_not_disagree(rng):
+    """A loss of 1e26: ε times the derivative is below its rounding, every difference is 0
+    and they all "agree" with one another. That is not a converged estimate."""
+    params = {"w": rng.normal(size=4)}
+    direction = verify._random_directions((4,), 1, rng)[0]
+
+    def huge(p):
+        return 1e26 + float(np.sum(p["w"]))
+
+    outcome = verify.central_differences(huge, params, "w", direction,
+                                         float(direction.sum()), 0.0, 1e-5)
+    assert outcome.outcome == "not converged"
+
+
+def test_a_relu_unit_at_its_kink_follows_the_forward_passs_side(rng):
+    """A pre-activation that is 2.8e-17 in the fast pass and 0.0 in the reference cells (the
+    sums run in another order): the exact check takes the fast pass's branch, as BPTT does,
+    says how many units sat there, and central differences, which average the two sides of
+    a kink, are not counted against BPTT."""
+    arch = Architecture(cell="rnn", input_size=1, hidden_size=1, output_size=1,
+                        nonlinearity="relu")
+    params = {"rnn.weight_ih_l0": np.array([[1.0]]),
+              "rnn.weight_hh_l0": np.array([[-0.1]]), "rnn.bias_ih_l0": np.array([0.2]),
+              "rnn.bias_hh_l0": np.array([-0.2]), "head.weight": np.array([[1.0]]),
+              "head.bias": np.array([0.0])}
+    x = np.array([[[1.0]], [[0.1]]])              # step 1: 0.1 + 0.2 - 0.2 - 0.1 * 1.0 ≈ 0
+    targets = np.ones((2, 1, 1))
+    result = verify.check_gradients(arch, params, x, targets)
+    assert result.passed, [(t.name, t.worst, t.differences) for t in result.tensors]
+    assert result.kinks >= 1
+    assert all(d.outcome != "disagrees" for t in result.tensors for d in t.differences)

@@ -271,3 +271,22 @@ def test_an_rnn_checkpoints_nonlinearity_is_said_to_be_assumed(tmp_path, write_s
     gru = analyze_spec(load_spec(write_spec(SPEC.format(file="gru.safetensors"))), trials=0,
                        windows=[])
     assert not gru.model.nonlinearity_assumed and not any("assumed" in n for n in gru.notes)
+
+
+def test_another_recurrent_module_or_a_convolution_is_warned_about(tmp_path, write_spec, rng):
+    """A second LSTM stacked on the modelled one, or a Conv1d front end (3-D weights), could
+    sit on the path too."""
+    tensors = checkpoint(rng, extra=False)
+    for name in [n for n in tensors if n.startswith("encoder.lstm.")]:
+        tensors[name.replace("encoder.lstm", "decoder.lstm")] = tensors[name]
+    tensors["frontend.conv.weight"] = rng.normal(size=(I, 2, 3)).astype(np.float32)
+    _save(tmp_path, tensors, "stacked.safetensors")
+    spec = write_spec(SPEC.format(file="stacked.safetensors").replace(
+        "  weights: stacked.safetensors", "  weights: stacked.safetensors\n"
+                                          "  rnn_prefix: encoder.lstm"))
+    loaded = load_spec(spec)
+    flagged = {t.name for t in loaded.model.checkpoint.on_path}
+    assert "decoder.lstm.weight_hh_l0" in flagged and "frontend.conv.weight" in flagged
+    report = analyze_spec(loaded, trials=0, windows=[])
+    [finding] = [f for f in report.findings if f.code == "unmodelled"]
+    assert f"and {len(flagged) - 3} more" in finding.message

@@ -32,26 +32,28 @@ def render_verify(result: Verification, color: bool, width: int, relu: bool = Fa
     not converge)."""
     with captured(color, width) as (console, buffer):
         console.print(Text(f"Gradient check of {result.config}: BPTT against the exact "
-                           "derivative (complex step, float64)", style="bold"))
+                           "derivative, float64", style="bold"))
         directions = max((len(t.directions) for t in result.tensors), default=0)
-        console.print(Text(f"exact: Im L(θ + i·h·v) / h, h = {STEP:g}, on the forward pass's own "
+        console.print(Text(f"exact: the complex step Im L(θ + i·h·v) / h, h = {STEP:g}, on the "
+                           "forward pass's own "
                            f"trajectory; v: {directions} random unit directions per parameter "
                            "and single entries (the largest gradient's and random ones); at: "
-                           "the worst one"))
+                           "the worst one; BPTT: its value there"))
         agreement = "agrees" if result.forward_ok else "DISAGREES"
         console.print(Text(f"forward pass: every state and the loss {agreement} with the "
                            f"reference cells, one step at a time, to {result.forward_error:.1e}",
                            style="" if result.forward_ok else "bold red"))
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for column in ("parameter", "entries", "worst err", "at", "BPTT", "exact",
-                       "central diff", "status"):
+        for column in ("parameter", "entries", "worst err", "at", "BPTT", "central diff",
+                       "status"):
             left = column in ("parameter", "at", "status")
-            table.add_column(column, justify="left" if left else "right", no_wrap=True)
+            table.add_column(column, justify="left" if left else "right",
+                             no_wrap=column == "parameter", overflow="fold",
+                             min_width=len(column))
         for t in result.tensors:
             worst = t.worst
-            table.add_row(t.name, f"{len(t.entries)}/{t.size}",
-                          f"{worst.error:.2e}", _at(t), num(worst.bptt, 5), num(worst.exact, 5),
-                          _differences(t),
+            table.add_row(t.name, f"{len(t.entries)}/{t.size}", f"{worst.error:.2e}", _at(t),
+                          num(worst.bptt, 5), _differences(t),
                           Text(t.status, style="green" if t.status == "ok" else "bold red"))
         console.print(table)
         failed = [t.name for t in result.tensors if t.status == "fail"]
@@ -71,11 +73,15 @@ def render_verify(result: Verification, color: bool, width: int, relu: bool = Fa
             line = (f"central differences, a second and independent check: converged along "
                     f"{converged} of {total} random directions")
             if converged < total:
-                cause = "chaotic dynamics, or a relu kink within the step" if relu else \
-                    "chaotic dynamics"
+                cause = "chaotic dynamics, the rounding of the loss" + \
+                    (", or a relu kink within the step" if relu else "")
                 line += (f"; along the others no two steps from {DIFFERENCE_STEPS[0]:g} to "
-                         f"{DIFFERENCE_STEPS[-1]:g} give the same estimate ({cause}: the forward "
-                         "pass amplifies a perturbation more than a difference quotient can "
-                         "follow), which the exact check does not depend on")
+                         f"{DIFFERENCE_STEPS[-1]:g} settle on an estimate ({cause}), which the "
+                         "exact check does not depend on")
             console.print(Text(line, style="dim"))
+        if result.kinks:
+            console.print(Text(f"{result.kinks} relu unit(s) sit at their kink (a pre-activation "
+                               "within rounding of 0): BPTT takes the derivative of the side "
+                               "the forward pass took, and so does the exact check; a central "
+                               "difference there averages the two sides", style="dim"))
     return buffer.getvalue()
