@@ -24,7 +24,14 @@ ANALYZE_TRIALS = 20
 MAX_TRIALS = 100_000
 """Each trial is a forward and backward pass: beyond this, a run would not end."""
 
-EXIT_STATUS_HELP = """\b
+OUTPUTS_HELP = """\b
+Outputs (-o, --save-grads, --plot) are checked before any work: one that is an input
+of the run is refused; a file is replaced atomically (an interrupted run leaves the
+old one); a symlink is followed; a device, a FIFO or /dev/stdout is written into; a
+read-only file is refused.
+"""
+
+EXIT_STATUS_HELP = OUTPUTS_HELP + """\b
 Exit status:
   0  healthy: no finding at or above --fail-on
   1  findings at or above --fail-on (verify: a gradient disagrees)
@@ -40,7 +47,7 @@ Exit status:
   2  bad usage, a bad spec or input file, or an internal error
 """
 
-COMPARE_EXIT_HELP = """\b
+COMPARE_EXIT_HELP = OUTPUTS_HELP + """\b
 Exit status:
   0  gradient health did not get worse
   1  it got worse: a new or more severe finding, or a shorter horizon
@@ -239,9 +246,11 @@ def cli(debug: bool) -> None:
               show_default=True,
               help="Report format (html: one self-contained page, its chart inline).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
-              help="Write the report to FILE (atomically) instead of stdout.")
+              help="Write the report to FILE instead of stdout ('-': stdout); see Outputs "
+                   "below.")
 @click.option("--save-grads", type=click.Path(path_type=Path), metavar="FILE.npz",
-              help="Save every parameter's gradient under its PyTorch name.")
+              help="Save every parameter's gradient under its PyTorch name, as .npz ('-': "
+                   "stdout).")
 @click.option("--trials", type=click.IntRange(min=0, max=MAX_TRIALS), default=ANALYZE_TRIALS,
               show_default=True,
               help=f"Independent batches sampled for the clip suggestion (0: none; at most "
@@ -271,8 +280,8 @@ def cli(debug: bool) -> None:
                    "needs the plot extra (pip install 'gradcheck[plot]').")
 @click.option("--deep", is_flag=True,
               help="Also the dynamics: σ_max and spectral radius of W_hh with Pascanu's "
-                   "conditions, per-step Jacobian norms, Lyapunov exponents and the growth "
-                   "they predict, gate saturation.")
+                   "conditions, per-step Jacobian norms, Lyapunov exponents (exp(λ₁), the "
+                   "fastest direction's growth, beside the growth measured), gate saturation.")
 @_max_memory_option
 @_overrides_option
 def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads: Path | None,
@@ -494,7 +503,8 @@ def init(path: Path, cell: str, force: bool) -> None:
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
               default="table", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
-              help="Write the result to FILE (atomically) instead of stdout.")
+              help="Write the result to FILE instead of stdout ('-': stdout); see Outputs "
+                   "below.")
 @click.option("--fail-on", type=click.Choice(["warning", "error", "never"]), default="error",
               show_default=True,
               help="Lowest severity, in the run with the spec's own mitigation, that makes the "
@@ -542,7 +552,7 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
     sys.exit(1 if sim.fails(fail_on) else 0)
 
 
-@cli.command()
+@cli.command(epilog=OUTPUTS_HELP)
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--vary", "varies", multiple=True, required=True, metavar="KEY=A:B:N[:log]|V1,V2",
               help="A spec value to vary: N values from A to B (evenly, or evenly in log), "
@@ -555,7 +565,8 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
               default="table", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
-              help="Write the result to FILE (atomically) instead of stdout.")
+              help="Write the result to FILE instead of stdout ('-': stdout); see Outputs "
+                   "below.")
 @click.option("--plot", type=click.Path(path_type=Path), metavar="FILE.png|.svg",
               help="Also draw the growth factor over the grid (a heat map for two keys); "
                    "needs the plot extra.")
@@ -607,7 +618,8 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
               default="table", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
-              help="Write the comparison to FILE (atomically) instead of stdout.")
+              help="Write the comparison to FILE instead of stdout ('-': stdout); see Outputs "
+                   "below.")
 def compare(baseline: Path, new: Path, tolerance: float, fmt: str,
             output: Path | None) -> None:
     """Compare two reports (written by `analyze --format json`): findings, growth factors,

@@ -60,3 +60,12 @@ def test_readme_outputs_are_what_the_code_prints():
                                                  regenerated.splitlines(True)))[:60])
         raise AssertionError("README's captured outputs differ from the code's; run python "
                              f"docs/readme_outputs.py\n{diff}")
+
+
+def test_every_test_the_safety_section_cites_exists():
+    """README's "Safe to run unattended" names the test holding each guarantee."""
+    section = README.split("## Safe to run unattended", 1)[1].split("\n## ", 1)[0]
+    cited = set(re.findall(r"`(test_\w+)`", section))
+    tests = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    assert cited and all(f"def {name}(" in tests for name in cited), \
+        sorted(n for n in cited if f"def {n}(" not in tests)
