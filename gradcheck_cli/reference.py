@@ -20,6 +20,8 @@ the gate blocks in PyTorch's order, biases ``(..., G*H)``. Sequences are time-ma
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .model import Architecture, Params
@@ -187,3 +189,171 @@ def forward_loss(arch: Architecture, params: Params, x: np.ndarray, targets: np.
             inputs = layer_output(arch, k, states[k][0], inputs)
         total = total + step_loss_sum(head(arch, params, inputs), targets[t], covered[t], kind)
     return total / loss_count(covered, kind, arch.output_size)
+
+
+# ----------------------------------------------------------------------------- BPTT, by the book
+
+def cell_forward(arch: Architecture, params: Params, k: int, x_t: np.ndarray,
+                 state: State) -> tuple[State, dict[str, np.ndarray]]:
+    """One step of layer k and what its backward step needs (real arrays, ``(B, ...)``)."""
+    w_ih, w_hh, b_ih, b_hh = layer_weights(params, k)
+    H = arch.hidden_size
+    h_prev = state[0]
+    gx, gh = linear(x_t, w_ih, b_ih), linear(h_prev, w_hh, b_hh)
+    cache: dict[str, np.ndarray] = {"x": x_t, "h_prev": h_prev}
+    if arch.cell == "rnn":
+        a = gx + gh
+        act = np.tanh(a) if arch.nonlinearity == "tanh" else np.maximum(a, 0.0)
+        cache["act"] = act
+        new: State = (act,)
+    elif arch.cell == "lstm":
+        a = gx + gh
+        i, f = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H])
+        g, o = np.tanh(a[:, 2 * H:3 * H]), sigmoid(a[:, 3 * H:])
+        c = f * state[1] + i * g
+        cache.update(c_prev=state[1], i=i, f=f, g=g, o=o, tanh_c=np.tanh(c))
+        new = (o * cache["tanh_c"], c)
+    else:
+        r = sigmoid(gx[:, :H] + gh[:, :H])
+        z = sigmoid(gx[:, H:2 * H] + gh[:, H:2 * H])
+        n = np.tanh(gx[:, 2 * H:] + r * gh[:, 2 * H:])
+        cache.update(r=r, z=z, n=n, hn=gh[:, 2 * H:])
+        new = ((1.0 - z) * n + z * h_prev,)
+    if arch.residual_time:
+        new = (h_prev + new[0], *new[1:])
+    return new, cache
+
+
+@dataclass
+class StepGrads:
+    """One step back through a cell: the gradients of the input projection ``gx``
+    (W_ih x_t + b_ih) and of the recurrent one ``gh`` (W_hh h_{t-1} + b_hh), ``(B, G*H)``;
+    of h_{t-1} along the cell's own paths (not through W_hh); for lstm, of c_t in all and
+    of c_{t-1}."""
+
+    gx: np.ndarray
+    gh: np.ndarray
+    h_prev: np.ndarray
+    c: np.ndarray | None = None
+    c_prev: np.ndarray | None = None
+
+
+def cell_backward(arch: Architecture, dh: np.ndarray, dc_next: np.ndarray | None,
+                  cache: dict[str, np.ndarray]) -> StepGrads:
+    """From dL/dh_t (and what c_{t+1} sends back into c_t) to :class:`StepGrads`."""
+    if arch.cell == "rnn":
+        act = cache["act"]
+        slope = 1.0 - act * act if arch.nonlinearity == "tanh" else (act > 0).astype(dh.dtype)
+        da = dh * slope                                 # through tanh (or relu)
+        return StepGrads(da, da, np.zeros_like(dh))
+    if arch.cell == "lstm":
+        i, f, g, o, tanh_c = (cache[n] for n in ("i", "f", "g", "o", "tanh_c"))
+        dc = dh * o * (1.0 - tanh_c * tanh_c)           # h = o tanh(c), and from c_{t+1}
+        if dc_next is not None:
+            dc = dc + dc_next
+        da = np.concatenate([dc * g * i * (1.0 - i),     # c = f c_prev + i g: into i,
+                             dc * cache["c_prev"] * f * (1.0 - f),              # f,
+                             dc * i * (1.0 - g * g),                            # g,
+                             dh * tanh_c * o * (1.0 - o)], axis=1)              # and o
+        return StepGrads(da, da, np.zeros_like(dh), dc, dc * f)   # c_prev: through f
+    r, z, n, hn = (cache[k] for k in ("r", "z", "n", "hn"))
+    dn = dh * (1.0 - z)                                 # h = (1 - z) n + z h_prev
+    dz = dh * (cache["h_prev"] - n)
+    dan = dn * (1.0 - n * n)                            # n = tanh(gx_n + r gh_n)
+    dar = dan * hn * r * (1.0 - r)                      # through r's sigmoid
+    daz = dz * z * (1.0 - z)                            # through z's sigmoid
+    return StepGrads(gx=np.concatenate([dar, daz, dan], axis=1),
+                     gh=np.concatenate([dar, daz, dan * r], axis=1),  # r scales W_hn h + b_hn
+                     h_prev=dh * z)                     # and h_prev's own share, z h_prev
+
+
+def forward(arch: Architecture, params: Params, x: np.ndarray
+            ) -> tuple[np.ndarray, list[list[dict[str, np.ndarray]]]]:
+    """The head's outputs ``(T, B, O)`` for x ``(T, B, in)``, and every layer's every
+    step's cache (``caches[k][t]``, the layer's output under ``"out"``)."""
+    T, B, _ = x.shape
+    states = [zero_state(arch, (B, arch.hidden_size), x.dtype) for _ in range(arch.num_layers)]
+    caches: list[list[dict[str, np.ndarray]]] = [[] for _ in range(arch.num_layers)]
+    outputs = []
+    for t in range(T):
+        inputs = x[t]
+        for k in range(arch.num_layers):
+            states[k], cache = cell_forward(arch, params, k, inputs, states[k])
+            inputs = layer_output(arch, k, states[k][0], inputs)
+            cache["out"] = inputs
+            caches[k].append(cache)
+        outputs.append(head(arch, params, inputs))
+    return np.stack(outputs), caches
+
+
+def loss_gradient(outputs: np.ndarray, targets: np.ndarray, covered: np.ndarray,
+                  kind: str) -> np.ndarray:
+    """dL/dy ``(T, B, O)`` of the mean loss over what ``covered`` marks: 2 (y - target) /
+    count for mse; (softmax(y) - onehot(target)) / count for cross_entropy."""
+    count = loss_count(covered, kind, outputs.shape[-1])
+    if kind == "mse":
+        grad = 2.0 * (outputs - targets)
+    else:
+        e = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+        grad = e / e.sum(axis=-1, keepdims=True)
+        np.put_along_axis(grad, targets[..., None],
+                          np.take_along_axis(grad, targets[..., None], axis=-1) - 1.0, axis=-1)
+    return np.where(covered[..., None], grad, 0.0) / count
+
+
+def backward(arch: Architecture, params: Params, caches: list[list[dict[str, np.ndarray]]],
+             d_outputs: np.ndarray, window: tuple[int, int] | None = None
+             ) -> tuple[dict[str, np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
+    """Backpropagation through time, as the textbook has it: the head, then each layer from
+    the top, its steps in reverse carrying dh_next (and dc_next), the weight gradients summed
+    step by step.
+
+    ``d_outputs``: dL/dy ``(T, B, O)``. ``window=(start, stop)``: only those steps (no
+    gradient enters from after ``stop`` or leaves into step ``start - 1``; h_{start-1} is a
+    constant input), truncated BPTT's chunk. Returns the parameter gradients, every layer's
+    total dL/dh_t ``(T, B, H)`` and, for lstm, dL/dc_t (zero outside the window).
+    """
+    T, B, _ = d_outputs.shape
+    start, stop = window if window is not None else (0, T)
+    H = arch.hidden_size
+    grads = {name: np.zeros_like(value) for name, value in params.items()}
+    top = caches[-1]
+    d_out = np.zeros((T, B, H if arch.head else d_outputs.shape[-1]))
+    for t in range(start, stop):                        # y = W top + b
+        if arch.head:
+            grads["head.weight"] += d_outputs[t].T @ top[t]["out"]
+            if "head.bias" in grads:
+                grads["head.bias"] += d_outputs[t].sum(axis=0)
+            d_out[t] = d_outputs[t] @ params["head.weight"]
+        else:
+            d_out[t] = d_outputs[t]
+    hidden, cell = [], []
+    for k in reversed(range(arch.num_layers)):
+        w_ih, w_hh, _, _ = layer_weights(params, k)
+        names = [f"rnn.{n}_l{k}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        skip = arch.residual_layers and arch.layer_input_size(k) == H
+        dh_k, dc_k = np.zeros((T, B, H)), np.zeros((T, B, H))
+        d_in = np.zeros((T, B, arch.layer_input_size(k)))
+        dh_next, dc_next = np.zeros((B, H)), np.zeros((B, H))
+        for t in reversed(range(start, stop)):
+            cache = caches[k][t]
+            dh = d_out[t] + dh_next                     # from above, and from step t+1
+            dh_k[t] = dh
+            step = cell_backward(arch, dh, dc_next, cache)
+            if step.c is not None and step.c_prev is not None:
+                dc_k[t], dc_next = step.c, step.c_prev
+            grads[names[0]] += step.gx.T @ cache["x"]   # W_ih x_t
+            grads[names[1]] += step.gh.T @ cache["h_prev"]  # W_hh h_{t-1}
+            if names[2] in grads:
+                grads[names[2]] += step.gx.sum(axis=0)
+                grads[names[3]] += step.gh.sum(axis=0)
+            d_in[t] = step.gx @ w_ih                    # into the layer's input
+            if skip:
+                d_in[t] += d_out[t]                     # out = h + x: x gets it directly
+            dh_next = step.h_prev + step.gh @ w_hh      # into h_{t-1}: through W_hh, and
+            if arch.residual_time:                      # h_t = h_{t-1} + cell(...)
+                dh_next = dh_next + dh
+        hidden.insert(0, dh_k)
+        cell.insert(0, dc_k)
+        d_out = d_in
+    return grads, hidden, cell if arch.cell == "lstm" else None
