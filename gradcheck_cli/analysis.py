@@ -25,6 +25,8 @@ from .clip import sample_global_norms, suggest_clip
 from .data import Batches
 from .memory import STREAMS, WINDOWS, main_streams, stream_chunk
 from .model import Architecture, Params, init_params
+from .norms import global_norm as norm_of_all
+from .norms import norm, step_norms
 from .report import (
     CostStats,
     Finding,
@@ -50,27 +52,6 @@ def model_parameters(spec: Spec) -> tuple[Architecture, Params]:
         return arch, {name: loaded[name] for name in arch.parameter_shapes()}
     rng = np.random.default_rng([spec.seed, 0])
     return arch, init_params(arch, spec.model.init, rng, np.dtype(spec.dtype))
-
-
-def step_norms(grad: np.ndarray) -> np.ndarray:
-    """``||grad[t]||`` (Frobenius over batch and features) for each step t, in float64.
-
-    Also of ``(T, B)`` per-sequence norms (``Backward.hidden_norms``): the root of the sum
-    of their squares is the same norm."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        # no copy, also of a strided view
-        axes = "tbhxyz"[:grad.ndim]
-        norms = np.sqrt(np.einsum(f"{axes},{axes}->t", grad, grad, dtype=np.float64))
-        for t in np.flatnonzero(np.isinf(norms)):
-            row = grad[t].astype(np.float64).ravel()
-            if np.isfinite(row).all():              # huge but finite: rescale before squaring
-                scale = np.abs(row).max()
-                norms[t] = scale * np.linalg.norm(row / scale)
-    return norms
-
-
-def array_norm(a: np.ndarray) -> float:
-    return float(step_norms(a.reshape(1, -1))[0])
 
 
 def fit_growth(norms: np.ndarray) -> float | None:
@@ -346,13 +327,13 @@ def temporal_findings(layers: list[LayerStats], spec: Spec,
 def mitigation_effect(spec: Spec, grads: dict[str, np.ndarray],
                       params: Params) -> MitigationEffect | None:
     """The spec's mitigation applied to a copy of the measured gradients."""
-    from .mitigations import Mitigator, global_norm, parse_mitigations
+    from .mitigations import Mitigator, parse_mitigations
     chain = parse_mitigations(spec.training.mitigation)
     if not chain:
         return None
     mitigated = Mitigator(chain)(grads, params)
     return MitigationEffect(applied=spec.training.mitigation,
-                            global_grad_norm_after=global_norm(mitigated))
+                            global_grad_norm_after=norm_of_all(mitigated.values()))
 
 
 def last_step_loss_grad(outputs: np.ndarray, targets: np.ndarray, kind: str,
@@ -474,12 +455,11 @@ def truncation_stats(arch: Architecture, params: Params, fwd: Forward, d_out: np
     configured = spec.training.truncation
     if configured is not None:
         pairs = sorted({*pairs, (configured.k1, configured.k2 or configured.k1)})
-    full_norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in full.values()))
+    full_norm = norm_of_all(full.values())
     squared = np.array([0.0 if v is None else v for v in signal[::-1]]) ** 2  # by distance
     total_signal = float(squared.sum())
     def error(cut: dict[str, np.ndarray]) -> float:
-        diff = math.sqrt(sum(float(np.sum((cut[n] - full[n]).astype(np.float64) ** 2))
-                             for n in full))
+        diff = norm_of_all(cut[n] - full[n] for n in full)
         return diff / full_norm if full_norm > 0 else 0.0
 
     # windows with k1 = k2 go through shared passes, several side by side (as many as the
@@ -566,11 +546,11 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         span = int(np.max(lengths)) if lengths is not None else spec.length
         layers = layer_stats(hidden, cell, decays, spec)
         param_stats = [ParameterStats(name=names[name], shape=list(g.shape),
-                                      grad_norm=array_norm(g),
+                                      grad_norm=norm(g),
                                       grad_max_abs=float(np.abs(g).max()),
-                                      weight_norm=array_norm(params[name]))
+                                      weight_norm=norm(params[name]))
                        for name, g in param_grads.items()]
-        global_norm = math.hypot(*(p.grad_norm for p in param_stats))  # overflow-safe
+        global_norm = norm_of_all(param_grads.values())
         mitigation = mitigation_effect(spec, param_grads, params)
         from .cost import bptt_cost, default_windows
         cost = bptt_cost(arch, spec.length, spec.batch_size, spec.dtype)
@@ -598,7 +578,7 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         norms = sample_global_norms(arch, params, batches, spec, trials, progress)
         sgd = spec.training.optimizer == "sgd"
         clip = suggest_clip(norms, clip_percentile,
-                            weight_norm=math.hypot(*(p.weight_norm for p in param_stats))
+                            weight_norm=norm_of_all(params.values())
                             if sgd else None, lr=spec.training.lr if sgd else None)
 
     model = spec.model

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model import Architecture, Params
+from .norms import row_norms
 
 
 @dataclass
@@ -420,30 +421,6 @@ def loss_and_output_grad(outputs: np.ndarray, targets: np.ndarray, kind: str,
 
 
 # ----------------------------------------------------------------------------- backward
-
-def row_norms(a: np.ndarray, out: np.ndarray, bad: np.ndarray | None = None) -> np.ndarray:
-    """``||a[r]||`` of each row of ``a`` ``(rows, n)``, in float64, into ``out`` ``(rows,)``.
-
-    Rows whose squares overflow float64 but whose values are finite (beyond ~1e154) are
-    rescaled by their largest value first (a norm past float64's range is still Inf); a
-    row with a NaN or an Inf gets NaN or Inf, and is marked True in ``bad`` (the only way
-    to tell it from a finite row whose norm is too large).
-    """
-    np.einsum("rn,rn->r", a, a, dtype=np.float64, out=out)
-    np.sqrt(out, out=out)
-    if math.isfinite(out.sum()):                   # the usual case, at one reduction's cost
-        return out
-    for r in np.flatnonzero(~np.isfinite(out)):
-        row = a[r].astype(np.float64)
-        if not np.isfinite(row).all():
-            if bad is not None:
-                bad[r] = True
-        elif np.isinf(out[r]):
-            scale = np.abs(row).max()
-            with np.errstate(over="ignore"):
-                out[r] = scale * math.sqrt(float(np.dot(row / scale, row / scale)))
-    return out
-
 
 def _group_rows(a: np.ndarray, groups: int, g: int) -> np.ndarray:
     """Batch g's rows of ``a`` ``(W, groups * b, F)`` over every step, as one

@@ -38,6 +38,7 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
     runs in the arrays of the first (a smaller one in their leading parts).
     """
     from .memory import trial_chunks
+    from .norms import grouped_norms
     norms = np.empty(trials)
     B = spec.batch_size
     done = 0
@@ -57,9 +58,7 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
                     d.lengths)
             grads = backward(arch, params, fwd, d_out, groups=k, states=False,
                              buffers=buffers).params
-            squares = sum(np.einsum("kn,kn->k", g.reshape(k, -1), g.reshape(k, -1),
-                                    dtype=np.float64) for g in grads.values())
-            norms[done:done + k] = np.sqrt(squares)
+            norms[done:done + k] = grouped_norms(grads.values(), k)
         del fwd, d_out, grads, draws, stacked, x  # the next chunk reuses the arrays
         done += k
         if progress is not None:

@@ -183,8 +183,8 @@ def log_space_signal(arch: Architecture, params: Params, fwd: Forward,
     """log10 ‖dL_T/dh_t‖ per layer and step, for whole sequences (the last step's loss as
     ``d_last`` gives it): backpropagated window by window, the gradient carried into each
     earlier window divided by its norm and the logarithm of that norm kept."""
-    from .analysis import step_norms
     from .bptt import backward
+    from .norms import global_norm, step_norms
     T = d_last.shape[0]
     logs = [np.full(T, -np.inf) for _ in range(arch.num_layers)]
     silent = np.zeros_like(d_last)
@@ -198,9 +198,7 @@ def log_space_signal(arch: Architecture, params: Params, fwd: Forward,
                 logs[k][start:stop] = np.log10(step_norms(out.hidden[k])) + \
                     log_scale / math.log(10)
         leaving: list = out.carry or []
-        squares = [float(np.sum(a.astype(np.float64) ** 2))
-                   for pair in leaving for a in pair if a is not None]
-        norm = math.sqrt(sum(squares))
+        norm = global_norm(a for pair in leaving for a in pair if a is not None)
         if not (norm > 0 and math.isfinite(norm)):
             break
         carry = [tuple(None if a is None else a / norm for a in pair) for pair in leaving]

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import norms
+from .norms import global_norm
+
 Grads = dict[str, np.ndarray]
 
 KINDS = ("clip-value", "clip-norm", "normalize", "normalize-param", "autoclip", "agc")
@@ -72,15 +75,6 @@ def describe(mitigations: list[Mitigation]) -> str:
     return "+".join(m.label for m in mitigations) or "none"
 
 
-def global_norm(grads: Grads) -> float:
-    """The norm of all gradients together, as torch.nn.utils.clip_grad_norm_ computes it."""
-    total = 0.0
-    for g in grads.values():
-        flat = g.ravel().astype(np.float64)
-        total += float(np.dot(flat, flat))
-    return math.sqrt(total)
-
-
 def clip_by_value(grads: Grads, clip_value: float) -> Grads:
     return {name: np.clip(g, -clip_value, clip_value) for name, g in grads.items()}
 
@@ -89,12 +83,12 @@ def clip_by_norm(grads: Grads, max_norm: float) -> Grads:
     """PyTorch's rule: every gradient times min(1, max_norm / (total_norm + 1e-6)); a NaN
     norm makes every entry NaN, as torch.clamp passes NaN through."""
     with np.errstate(all="ignore"):
-        coef = float(np.minimum(1.0, max_norm / (global_norm(grads) + CLIP_NORM_EPS)))
+        coef = float(np.minimum(1.0, max_norm / (global_norm(grads.values()) + CLIP_NORM_EPS)))
         return {name: g * g.dtype.type(coef) for name, g in grads.items()}
 
 
 def normalize_global(grads: Grads, target: float) -> Grads:
-    norm = global_norm(grads)
+    norm = global_norm(grads.values())
     scale = target / norm if norm > 0 else 1.0
     return {name: (g.astype(np.float64) * scale).astype(g.dtype) for name, g in grads.items()}
 
@@ -102,18 +96,10 @@ def normalize_global(grads: Grads, target: float) -> Grads:
 def normalize_per_parameter(grads: Grads, target: float) -> Grads:
     out = {}
     for name, g in grads.items():
-        norm = float(np.linalg.norm(g.astype(np.float64)))   # float32 would overflow
+        norm = norms.norm(g)
         out[name] = (g.astype(np.float64) * (target / norm)).astype(g.dtype) \
             if norm > 0 else g.copy()
     return out
-
-
-def unitwise_norm(x: np.ndarray) -> np.ndarray:
-    """Norm per output unit: each entry of a vector, each row of a (out, in) matrix."""
-    if x.ndim <= 1:
-        return np.abs(x)
-    return np.sqrt((x.astype(np.float64) ** 2).sum(axis=tuple(range(1, x.ndim)),
-                                                   keepdims=True))
 
 
 def agc(grads: Grads, params: dict[str, np.ndarray], clipping: float = AGC_DEFAULT) -> Grads:
@@ -124,8 +110,8 @@ def agc(grads: Grads, params: dict[str, np.ndarray], clipping: float = AGC_DEFAU
         if name.startswith("head."):
             out[name] = g.copy()
             continue
-        max_norm = np.maximum(unitwise_norm(params[name]), AGC_EPS) * clipping
-        grad_norm = unitwise_norm(g)
+        max_norm = np.maximum(norms.unit_norms(params[name]), AGC_EPS) * clipping
+        grad_norm = norms.unit_norms(g)
         scale = np.where(grad_norm > max_norm, max_norm / np.maximum(grad_norm, 1e-6), 1.0)
         out[name] = (g * scale).astype(g.dtype)
     return out
@@ -154,7 +140,7 @@ class Mitigator:
             elif m.kind == "normalize-param":
                 out = normalize_per_parameter(out, m.value)
             elif m.kind == "autoclip":
-                norm = global_norm(out)
+                norm = global_norm(out.values())
                 if math.isfinite(norm):
                     self.history.append(norm)
                 if self.history:

@@ -327,7 +327,8 @@ def backward(arch: Architecture, params: Params, caches: list[list[dict[str, np.
             d_out[t] = d_outputs[t] @ params["head.weight"]
         else:
             d_out[t] = d_outputs[t]
-    hidden, cell = [], []
+    hidden: list[np.ndarray] = []
+    cell: list[np.ndarray] = []
     for k in reversed(range(arch.num_layers)):
         w_ih, w_hh, _, _ = layer_weights(params, k)
         names = [f"rnn.{n}_l{k}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]

@@ -20,7 +20,8 @@ from .analysis import model_parameters
 from .bptt import Buffers, backward, forward, loss_and_output_grad, truncated_bptt
 from .clip import suggest_clip
 from .data import Batches
-from .mitigations import Mitigator, global_norm, parse_mitigations
+from .mitigations import Mitigator, parse_mitigations
+from .norms import global_norm
 from .optim import make_optimizer
 from .report import ClipSuggestion, Finding, _strict
 from .spec import Spec
@@ -116,17 +117,17 @@ def _train(spec: Spec, mitigation: str, steps: int, optimizer: str, lr: float, d
                                  buffers=buffers).params
             else:
                 grads = truncated_bptt(arch, params, fwd, d_out, *truncation)
-            norm = global_norm(grads)
+            norm = global_norm(grads.values())
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 trace.stopped_at, trace.why = step, "the loss or a gradient is not finite"
                 break
             trace.raw_norms.append(norm)
             mitigated = mitigate(grads, params)
-            weight_norm = global_norm(params)
+            weight_norm = global_norm(params.values())
             updates = opt.step(params, mitigated)
-            ratio = global_norm(updates) / weight_norm if weight_norm > 0 else math.inf
+            ratio = global_norm(updates.values()) / weight_norm if weight_norm > 0 else math.inf
             trace.records.append(StepRecord(step=step, loss=loss, grad_norm=norm,
-                                            mitigated_norm=global_norm(mitigated),
+                                            mitigated_norm=global_norm(mitigated.values()),
                                             update_ratio=ratio))
             if not all(np.isfinite(p).all() for p in params.values()):
                 trace.stopped_at, trace.why = step, "a weight is not finite after the update"
@@ -237,7 +238,7 @@ def _calibrate(spec: Spec, runs: list[Run], norms: dict[str, list[float]], perce
     weight_norm = None
     if optimizer == "sgd":
         _, params = model_parameters(spec)
-        weight_norm = global_norm(params)
+        weight_norm = global_norm(params.values())
     clip = suggest_clip(np.array(norms[run.mitigation]), percentile, weight_norm=weight_norm,
                         lr=lr if optimizer == "sgd" else None)
     return replace(clip, rule=f"from the {len(norms[run.mitigation])} norms of the "

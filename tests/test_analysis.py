@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from gradcheck_cli.analysis import analyze_spec, fit_growth, horizon, step_norms
+from gradcheck_cli.analysis import analyze_spec, fit_growth, horizon
+from gradcheck_cli.norms import step_norms
 from gradcheck_cli.spec import load_spec, spec_from_data
 from tests.conftest import SAMPLES
 

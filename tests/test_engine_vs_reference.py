@@ -197,7 +197,7 @@ def test_streams_and_interleaved_batches_give_each_the_references_numbers(
     """Output gradients side by side in one pass (analyze's loss and last-step loss), and
     batches interleaved row by row (the clip trials): each gets its own reference pass's
     gradients."""
-    arch, params, x, targets = _case(rng, cell, nonlinearity, variant)
+    arch, params, x, _ = _case(rng, cell, nonlinearity, variant)
     fwd = engine.forward(arch, params, x)
     d_outs = [rng.normal(size=(9, 3, arch.output_size)) for _ in range(3)]
     together = engine.backward_streams(arch, params, fwd, d_outs,

@@ -469,7 +469,7 @@ def test_state_norms_taken_step_by_step_are_the_kept_gradients_norms(
 
 def test_row_norms_of_huge_and_non_finite_rows():
     """Squares beyond float64 (values past ~1e154) are rescaled; NaN and Inf stay."""
-    from gradcheck_cli.bptt import row_norms
+    from gradcheck_cli.norms import row_norms
     a = np.array([[3e200, 4e200], [3.0, 4.0], [np.inf, 1.0], [np.nan, 1.0], [0.0, 0.0],
                   [1.5e308, 1.5e308]])
     bad = np.zeros(6, dtype=bool)
