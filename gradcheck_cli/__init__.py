@@ -18,8 +18,8 @@ _LAZY = {
     "analyze": "api",
     "load_spec": "spec",
     "Spec": "spec",
-    "Report": "report",
-    "Finding": "report",
+    "Report": "results.report",
+    "Finding": "results.report",
     "GradcheckError": "errors",
     "SpecError": "errors",
     "InputFileError": "errors",
@@ -28,7 +28,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .api import analyze
     from .errors import GradcheckError, InputFileError, SpecError
-    from .report import Finding, Report
+    from .results.report import Finding, Report
     from .spec import Spec, load_spec
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .analysis import analyze_spec
-from .memory import check
-from .report import Report
+from .analysis.memory import check
+from .results.report import Report
 from .spec import Spec, apply_overrides, load_spec, spec_from_data
 
 

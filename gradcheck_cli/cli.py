@@ -153,7 +153,7 @@ def _load(config: Path, overrides: tuple[str, ...], max_memory: str | None = Non
     float64); and the estimate it fits by."""
     import dataclasses
 
-    from .memory import check
+    from .analysis.memory import check
     from .spec import load_spec
     limit = _memory_limit(max_memory)
     estimates = []
@@ -166,7 +166,7 @@ def _load(config: Path, overrides: tuple[str, ...], max_memory: str | None = Non
 
     budget = None                              # analyze and the rest: the machine's memory
     if not machine:                            # validate: what --max-memory allows, else a
-        from .memory import VALIDATE_READ  # pre-commit hook's reasonable share
+        from .analysis.memory import VALIDATE_READ  # pre-commit hook's reasonable share
         budget = limit if limit is not None else VALIDATE_READ
     spec = load_spec(config, overrides, guard=guard, budget=budget)
     return spec, estimates[-1]
@@ -190,7 +190,7 @@ def _inputs(spec) -> list[Path]:
 def _plan(inputs, **outputs):
     """Every output checked (and ``-`` taken as stdout) before any work: see
     :func:`files.plan_all`. Keys are option names with ``_`` for ``-``."""
-    from .files import plan_all
+    from .io.files import plan_all
     return plan_all({"--" + k.replace("_", "-"): v for k, v in outputs.items()}, inputs)
 
 
@@ -202,7 +202,7 @@ def _max_memory_option(f):
 
 
 def _memory_limit(max_memory: str | None) -> int | None:
-    from .memory import parse_size
+    from .analysis.memory import parse_size
     try:
         return parse_size(max_memory) if max_memory is not None else None
     except ValueError as exc:
@@ -224,7 +224,7 @@ def _width() -> int:
 
 def _emit(text: str, target) -> None:
     """Write a command's result where it was planned to go (a files.Target)."""
-    from .files import write_text
+    from .io.files import write_text
     write_text(target, text)
     if target.kind != "stdout":
         _stderr(f"wrote {target.describe()}")
@@ -328,7 +328,7 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
         else:
             texts.append(render(report, fmt, options))
     if save_grads is not None:
-        from .files import write_npz
+        from .io.files import write_npz
         write_npz(targets["--save-grads"], report.gradients)
         _report_written(targets["--save-grads"])
     if plot is not None:
@@ -416,8 +416,8 @@ def verify(config: Path, directions: int, entries: int, all_entries: bool, toler
     if directions == 0 and entries == 0 and not all_entries:
         raise click.UsageError("nothing to check: --directions and --entries are both 0")
     spec, _ = _load(config, overrides, max_memory, dtype="float64")
-    from .files import Target
-    from .verify import verify_spec
+    from .commands.verify import verify_spec
+    from .io.files import Target
 
     result = verify_spec(spec, directions=directions,
                          entries=None if all_entries else entries, tolerance=tolerance,
@@ -445,9 +445,9 @@ def validate(configs: tuple[Path, ...], max_memory: str | None,
     pre-commit), and print the memory `analyze` will need with its 20 clip trials. The
     values of lengths, masks and class targets are checked too, reading at most 1 GiB of
     them (--max-memory sets that limit). Exit status 0 when all are valid, 2 otherwise."""
-    from .files import Target, shown
-    from .memory import human
-    from .model import Architecture
+    from .analysis.memory import human
+    from .core.model import Architecture
+    from .io.files import Target, shown
     _memory_limit(max_memory)                      # a bad SIZE is bad usage, before any file
     bad = 0
     for config in configs:
@@ -473,7 +473,7 @@ def validate(configs: tuple[Path, ...], max_memory: str | None,
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
 def init(path: Path, cell: str, force: bool) -> None:
     """Write a commented starter spec to PATH ('-' for stdout)."""
-    from .files import plan, shown, write_text
+    from .io.files import plan, shown, write_text
     from .starter import starter_spec
     target = plan(path, "PATH")
     if target.kind == "stdout":
@@ -525,7 +525,7 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
     ending ten times above its start), loss_spike (warning: a loss three times the median
     of the ten steps before) and stalled (warning: updates under 1e-6 of the weights)."""
     compare_labels = [c.strip() for c in compare_list.split(",")] if compare_list else []
-    from .mitigations import parse_mitigations
+    from .analysis.mitigations import parse_mitigations
     for label in compare_labels:
         if not label:
             raise click.BadParameter(f"{compare_list!r}: an empty mitigation between commas",
@@ -538,8 +538,8 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
                     + _truncation_overrides(truncate), max_memory, training=True,
                     optimizer=optimizer)
     targets = _plan(_inputs(spec), output=output or "-")
+    from .commands.simulate import simulate as run_simulation
     from .render.simulate import render_simulation
-    from .simulate import simulate as run_simulation
     total = (steps or spec.training.steps) * (1 + len(compare_labels))
     with _progress(total) as progress:
         sim = run_simulation(spec, compare=compare_labels, steps=steps, optimizer=optimizer,
@@ -578,7 +578,7 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
     """Analyse CONFIG at every combination of the --vary values, and name the region where
     the gradient neither explodes nor vanishes. Exit status 0 when the sweep ran, 2 when a
     point's spec is invalid (every point is checked before any runs)."""
-    from .sweep import check_grid, check_points, parse_axis, run_sweep
+    from .commands.sweep import check_grid, check_points, parse_axis, run_sweep
     try:
         axes = [parse_axis(v) for v in varies]
         total = check_grid(axes)
@@ -590,7 +590,7 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
     limit = _memory_limit(max_memory)
     if plot is not None:
         _check_plot(plot)
-    from .files import check_regular
+    from .io.files import check_regular
     check_regular(config)
     targets = _plan([config], output=output or "-", plot=plot)
     fits = check_points(config, overrides, axes, limit)
@@ -626,8 +626,8 @@ def compare(baseline: Path, new: Path, tolerance: float, fmt: str,
     loss and norms. Exit status 1 when gradient health got worse: a new or more severe
     finding, or a layer's horizon (the steps the gradient reaches back before crossing a
     threshold) shorter by more than --tolerance."""
-    from .compare import compare_reports, read_report
-    from .files import shown
+    from .commands.compare import compare_reports, read_report
+    from .io.files import shown
     from .render.compare import render_comparison
     targets = _plan([baseline, new], output=output or "-")
     comparison = compare_reports(read_report(baseline), read_report(new),
@@ -648,7 +648,7 @@ def schema(which: str) -> None:
         from .spec import spec_json_schema
         data = spec_json_schema()
     else:
-        from .report import report_json_schema
+        from .results.report import report_json_schema
         data = report_json_schema()
     click.echo(json.dumps(data, indent=2))
 

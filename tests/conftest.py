@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradcheck_cli.model import Architecture, init_params
+from gradcheck_cli.core.model import Architecture, init_params
 from gradcheck_cli.spec import InitSpec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradcheck_cli.bptt import bptt, loss_value
-from gradcheck_cli.model import Architecture, Params
+from gradcheck_cli.core.model import Architecture, Params
+from gradcheck_cli.engine.bptt import bptt, loss_value
 
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_FLOOR = 1e-5

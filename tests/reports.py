@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradcheck_cli.report import (
+from gradcheck_cli.results.report import (
     ClipCandidate,
     ClipSuggestion,
     Finding,

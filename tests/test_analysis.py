@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.analysis import analyze_spec, fit_growth, horizon
-from gradcheck_cli.norms import step_norms
+from gradcheck_cli.core.norms import step_norms
 from gradcheck_cli.spec import load_spec, spec_from_data
 from tests.conftest import SAMPLES
 
@@ -158,8 +158,8 @@ def test_last_step_signal_is_the_last_steps_own_loss():
 
 def test_per_step_norms_are_those_of_the_core():
     from gradcheck_cli.analysis import model_parameters
-    from gradcheck_cli.bptt import bptt
-    from gradcheck_cli.data import Batches
+    from gradcheck_cli.engine.bptt import bptt
+    from gradcheck_cli.io.data import Batches
     spec = load_spec(SAMPLES[0])
     report = analyze_spec(spec, trials=0)
     arch, params = model_parameters(spec)

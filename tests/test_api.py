@@ -11,7 +11,7 @@ import pytest
 
 import gradcheck_cli
 from gradcheck_cli import Finding, GradcheckError, Report, SpecError, analyze, load_spec
-from gradcheck_cli.report import report_json_schema
+from gradcheck_cli.results.report import report_json_schema
 from tests.conftest import ROOT, SAMPLES
 
 SAMPLE = {p.stem: p for p in SAMPLES}

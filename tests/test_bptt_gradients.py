@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradcheck_cli.bptt import bptt
+from gradcheck_cli.engine.bptt import bptt
 from tests.conftest import make_problem
 from tests.finite_diff import central_difference, check_gradients, relative_error
 from tests.naive import naive_loss

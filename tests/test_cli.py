@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from gradcheck_cli import __version__
 from gradcheck_cli.cli import cli
-from gradcheck_cli.report import report_json_schema
+from gradcheck_cli.results.report import report_json_schema
 from gradcheck_cli.spec import load_spec, spec_json_schema
 from tests.conftest import SAMPLES
 
@@ -197,8 +197,8 @@ def test_validate_many_files(write_spec):
 def test_validate_prints_and_can_enforce_what_analyze_will_need(monkeypatch):
     """validate's figure is the estimate analyze refuses runs by (20 clip trials);
     --max-memory turns it into a check, without this machine's memory entering it."""
-    from gradcheck_cli import memory
-    from gradcheck_cli.memory import check, human
+    from gradcheck_cli.analysis import memory
+    from gradcheck_cli.analysis.memory import check, human
     spec = load_spec(SAMPLE["lstm_healthy"])
     need = check(spec, trials=20).total
     assert need > check(spec, trials=0).total       # the trials are counted

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.analysis import model_parameters
-from gradcheck_cli.clip import fraction_clipped, sample_global_norms, suggest_clip
-from gradcheck_cli.data import Batches
-from gradcheck_cli.model import Architecture
-from gradcheck_cli.norms import global_norm as _global_norm
+from gradcheck_cli.analysis.clip import fraction_clipped, sample_global_norms, suggest_clip
+from gradcheck_cli.core.model import Architecture
+from gradcheck_cli.core.norms import global_norm as _global_norm
+from gradcheck_cli.io.data import Batches
 from gradcheck_cli.spec import load_spec
 from tests.conftest import SAMPLES
 
@@ -72,8 +72,8 @@ def test_trials_are_independent_and_reproducible():
 def test_stacked_trials_give_each_trials_own_norm(name, overrides, rows_per_pass, monkeypatch):
     """Trials side by side in one pass give exactly what one run per trial gives; also
     in chunks (3 + 2 + 2 trials), each reusing the arrays of the chunk before."""
-    from gradcheck_cli import memory
-    from gradcheck_cli.bptt import bptt
+    from gradcheck_cli.analysis import memory
+    from gradcheck_cli.engine.bptt import bptt
     spec = load_spec(next(p for p in SAMPLES if p.stem == name), overrides)
     if rows_per_pass is not None:
         monkeypatch.setattr(memory, "STACKED_ROWS", rows_per_pass * spec.batch_size)
@@ -97,7 +97,7 @@ def test_stacked_trials_give_each_trials_own_norm(name, overrides, rows_per_pass
 def test_trials_are_spread_evenly_over_the_passes(monkeypatch, trials, most, chunk):
     """As many trials a pass as the caps allow, spread evenly: 20 at up to 16 a pass go
     10 and 10 (same shapes, one set of arrays), not 16 and 4; never more passes."""
-    from gradcheck_cli import memory
+    from gradcheck_cli.analysis import memory
     spec = load_spec(next(p for p in SAMPLES if p.stem == "lstm_healthy"))
     monkeypatch.setattr(memory, "STACKED_ROWS", most * spec.batch_size)
     got = memory.trial_chunk(Architecture.from_spec(spec.model), spec.length,
@@ -114,8 +114,8 @@ def test_trials_are_spread_evenly_over_the_passes(monkeypatch, trials, most, chu
 def test_later_trial_chunks_run_in_the_first_chunks_arrays(monkeypatch, overrides):
     """Chunks of 3 + 2 + 2 trials: only the first asks the system for memory; the smaller
     ones run in the leading parts of the arrays before them."""
-    from gradcheck_cli import clip, memory
-    from gradcheck_cli.bptt import Buffers
+    from gradcheck_cli.analysis import clip, memory
+    from gradcheck_cli.engine.bptt import Buffers
     spec = load_spec(next(p for p in SAMPLES if p.stem == "gru_vanishing"), overrides)
     monkeypatch.setattr(memory, "STACKED_ROWS", 3 * spec.batch_size)
     pools: list = []

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from gradcheck_cli.bptt import forward
-from gradcheck_cli.cost import activation_bytes, bptt_cost, default_windows, truncated_cost
+from gradcheck_cli.analysis.cost import activation_bytes, bptt_cost, default_windows, truncated_cost
+from gradcheck_cli.engine.bptt import forward
 from tests.conftest import make_problem
 
 
@@ -43,7 +43,7 @@ def test_activation_bytes_are_what_forward_keeps(rng, cell, nonlinearity, residu
 
 
 def test_multiply_adds_by_hand():
-    from gradcheck_cli.model import Architecture
+    from gradcheck_cli.core.model import Architecture
     arch = Architecture(cell="lstm", input_size=3, hidden_size=5, output_size=2, num_layers=2)
     cost = bptt_cost(arch, steps=10, batch=4, dtype="float64")
     TB, G = 10 * 4, 4 * 5
@@ -56,7 +56,7 @@ def test_multiply_adds_by_hand():
 
 
 def test_truncated_cost():
-    from gradcheck_cli.model import Architecture
+    from gradcheck_cli.core.model import Architecture
     arch = Architecture(cell="gru", input_size=2, hidden_size=4, output_size=3)
     full = bptt_cost(arch, 100, 8, "float32")
     same = truncated_cost(arch, 100, 8, "float32", 100, 100)

@@ -64,7 +64,7 @@ def test_time_first_layout_does_not_touch_per_sequence_targets(tmp_path, write_s
         sequence: {{inputs: xt.npy, targets: labels.npy, layout: time_first}}
         loss: {{kind: cross_entropy, timesteps: last}}
         """))
-    from gradcheck_cli.data import Batches
+    from gradcheck_cli.io.data import Batches
     np.testing.assert_array_equal(Batches(spec).draw(0).targets[-1], labels)
 
 

@@ -9,15 +9,15 @@ import math
 import numpy as np
 import pytest
 
-from gradcheck_cli.bptt import forward
-from gradcheck_cli.dynamics import (
+from gradcheck_cli.analysis.dynamics import (
     gate_saturation,
     layer_dynamics,
     lyapunov_spectrum,
     pascanu_verdict,
     step_jacobian,
 )
-from gradcheck_cli.model import Architecture
+from gradcheck_cli.core.model import Architecture
+from gradcheck_cli.engine.bptt import forward
 from tests.conftest import make_problem
 
 
@@ -157,7 +157,7 @@ def test_a_gradient_along_fast_shrinking_directions_is_said_to_differ_from_the_b
 
 
 def test_the_allowance_shrinks_with_the_run_and_grows_with_the_spread():
-    from gradcheck_cli.dynamics import allowance
+    from gradcheck_cli.analysis.dynamics import allowance
     assert allowance(64, 99, [0.1]) == pytest.approx((0.5 * math.log(64) + math.log(10)) / 99)
     assert allowance(64, 999, [0.1]) < allowance(64, 99, [0.1])
     assert allowance(64, 99, [0.1, 0.2, 0.3]) > allowance(64, 99, [0.2, 0.2, 0.2])
@@ -198,7 +198,7 @@ def test_deep_report_in_every_format():
     from click.testing import CliRunner
 
     from gradcheck_cli.cli import cli
-    from gradcheck_cli.report import report_json_schema
+    from gradcheck_cli.results.report import report_json_schema
     from tests.conftest import SAMPLES
     path = str(next(p for p in SAMPLES if p.stem == "gru_vanishing"))
     runner = CliRunner()

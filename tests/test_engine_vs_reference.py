@@ -1,4 +1,4 @@
-"""Every fast path against the reference BPTT (gradcheck_cli.reference), never against itself.
+"""Every fast path against the reference BPTT (gradcheck_cli.core.reference), never against itself.
 
 The reference is the textbook loop, one step and one layer at a time; it is checked against
 PyTorch's own numbers and against the exact complex-step derivative here. The fast paths
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradcheck_cli import bptt as engine
-from gradcheck_cli import reference
-from gradcheck_cli.model import Architecture, init_params
+from gradcheck_cli.core import reference
+from gradcheck_cli.core.model import Architecture, init_params
+from gradcheck_cli.engine import bptt as engine
 from gradcheck_cli.spec import InitSpec
 
 TORCH = np.load(Path(__file__).parent / "data" / "torch_reference.npz")

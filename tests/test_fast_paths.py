@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.analysis import last_step_loss_grad
-from gradcheck_cli.bptt import (
+from gradcheck_cli.core.model import Architecture, init_params
+from gradcheck_cli.engine.bptt import (
     Buffers,
     backward,
     backward_streams,
@@ -21,7 +22,6 @@ from gradcheck_cli.bptt import (
     truncated_bptt,
     truncated_bptt_cuts,
 )
-from gradcheck_cli.model import Architecture, init_params
 from gradcheck_cli.spec import InitSpec
 from tests.conftest import make_problem
 
@@ -186,7 +186,7 @@ def test_interleaved_batches_get_each_their_own_gradients(rng, cell, nonlinearit
 
 
 def test_a_batchs_rows_are_read_in_place():
-    from gradcheck_cli.bptt import _group_rows
+    from gradcheck_cli.engine.bptt import _group_rows
     a = np.arange(5 * 6 * 4.0).reshape(5, 6, 4)
     rows = _group_rows(a, 3, 1)
     assert np.shares_memory(rows, a) and rows.shape == (10, 4)
@@ -299,8 +299,7 @@ def test_parameter_gradients_without_the_state_gradients_are_the_same(rng, cell,
 def test_analyze_side_by_side_or_one_after_another_reports_the_same(name, monkeypatch):
     """When two streams would not fit in memory, the last step's loss runs after the main
     pass, and the truncation windows one at a time: the report is the same."""
-    from gradcheck_cli import memory
-    from gradcheck_cli.analysis import analyze_spec
+    from gradcheck_cli.analysis import analyze_spec, memory
     from gradcheck_cli.spec import load_spec
     from tests.conftest import SAMPLES
     spec = load_spec(next(p for p in SAMPLES if p.stem == name))
@@ -326,7 +325,7 @@ def test_gate_gradients_held_block_by_block_give_the_same_gradients(
     """The backward pass takes weight gradients and dL/dx block by block: with blocks of
     1, 2 or 3 steps (the last one short), as with the whole window at once, for two
     streams with cuts, a window that starts mid-sequence, and grouped batches."""
-    from gradcheck_cli import bptt as core
+    from gradcheck_cli.engine import bptt as core
     arch, _, x, _ = make_problem(rng, cell, nonlinearity, layers=2, T=7, B=4, I=3, H=3)
     arch = _variant(arch, variant)
     params = init_params(arch, InitSpec(), rng)
@@ -367,8 +366,8 @@ def test_a_cut_at_the_windows_first_step_stops_what_leaves_it(rng):
 
 
 def test_repeated_truncation_windows_share_the_one_pass(monkeypatch):
-    from gradcheck_cli import bptt as core
     from gradcheck_cli.analysis import analyze_spec
+    from gradcheck_cli.engine import bptt as core
     from gradcheck_cli.spec import load_spec
     from tests.conftest import SAMPLES
     spec = load_spec(next(p for p in SAMPLES if p.stem == "gru_healthy"))
@@ -431,7 +430,7 @@ def test_state_norms_taken_step_by_step_are_the_kept_gradients_norms(
     """``state_norms``: each sequence's ||dL/dh_t|| (and ||dL/dc_t||), taken as the pass
     goes, equal the norms of the state gradients kept, with or without keeping them, for
     two streams side by side (one with cuts), one alone, and a window mid-sequence."""
-    from gradcheck_cli import bptt as core
+    from gradcheck_cli.engine import bptt as core
     monkeypatch.setattr(core, "STEP_BLOCK", block)
     arch, _, x, _ = make_problem(rng, cell, nonlinearity, layers=2, T=7, B=3, I=4, H=4, O=4)
     arch = _variant(arch, variant)
@@ -469,7 +468,7 @@ def test_state_norms_taken_step_by_step_are_the_kept_gradients_norms(
 
 def test_row_norms_of_huge_and_non_finite_rows():
     """Squares beyond float64 (values past ~1e154) are rescaled; NaN and Inf stay."""
-    from gradcheck_cli.norms import row_norms
+    from gradcheck_cli.core.norms import row_norms
     a = np.array([[3e200, 4e200], [3.0, 4.0], [np.inf, 1.0], [np.nan, 1.0], [0.0, 0.0],
                   [1.5e308, 1.5e308]])
     bad = np.zeros(6, dtype=bool)
@@ -488,7 +487,7 @@ def test_halved_rows_give_the_unhalved_sums_halved_bit_for_bit(rng, cell, bias, 
                                                                monkeypatch):
     """Halving the sigmoid rows before the products, or the sums after them (what the pass
     does where a sum could overflow): the same states and gates, bit for bit."""
-    from gradcheck_cli import bptt as core
+    from gradcheck_cli.engine import bptt as core
     arch, _, x, _ = make_problem(rng, cell, layers=2, bias=bias, T=6, B=3, I=4, H=5, O=2)
     dtype = np.float32 if float32 else np.float64
     params = init_params(arch, InitSpec(), rng, np.dtype(dtype))

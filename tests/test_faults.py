@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.analysis import analyze_spec
-from gradcheck_cli.memory import OVERHEAD, estimate, trial_chunks
-from gradcheck_cli.model import Architecture
+from gradcheck_cli.analysis.memory import OVERHEAD, estimate, trial_chunks
+from gradcheck_cli.core.model import Architecture
 from gradcheck_cli.spec import load_spec
 from tests.conftest import SAMPLES
 from tests.test_cli import assert_clean_error, run
@@ -167,7 +167,7 @@ def test_a_hard_links_other_names_are_said_to_keep_the_old_content(tmp_path):
 
 SLOW_WRITE = """
 import os, sys, time
-import gradcheck_cli.files as files
+import gradcheck_cli.io.files as files
 def slow(fd):
     sys.stderr.write("writing\\n"); sys.stderr.flush(); time.sleep(60)
 files.os.fsync = slow
@@ -345,7 +345,7 @@ def test_many_truncation_windows_hold_no_more_than_one_pass(tmp_path):
 
 def test_a_sweep_grid_is_counted_before_it_is_built_and_workers_are_capped():
     """Before, three 1000-value axes reached 6 GB at 50 s, and --jobs 3000 forked 3000."""
-    from gradcheck_cli import sweep
+    from gradcheck_cli.commands import sweep
     result = run("sweep", SAMPLE["rnn_healthy"], "--vary", "seed=1:1000:1000", "--vary",
                  "model.hidden_size=1:1000:1000", "--vary", "sequence.length=1:1000:1000")
     assert_clean_error(result, "the grid has 1,000,000,000 points (1000 × 1000 × 1000)")

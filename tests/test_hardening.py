@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from gradcheck_cli import analyze
 from gradcheck_cli.analysis import analyze_spec, model_parameters
+from gradcheck_cli.analysis.memory import OVERHEAD, estimate, parse_size
 from gradcheck_cli.cli import cli
+from gradcheck_cli.core.model import Architecture
 from gradcheck_cli.errors import GradcheckError
-from gradcheck_cli.memory import OVERHEAD, estimate, parse_size
-from gradcheck_cli.model import Architecture
 from gradcheck_cli.spec import load_spec
 from tests.conftest import SAMPLES
 
@@ -243,7 +243,7 @@ def test_failed_writes_leave_the_previous_file(tmp_path, monkeypatch):
 def test_interrupted_write_leaves_the_previous_file(tmp_path, monkeypatch):
     out = tmp_path / "r.json"
     out.write_text("old report")
-    import gradcheck_cli.files as files
+    import gradcheck_cli.io.files as files
 
     def interrupted(fd):                 # the report is written, not yet in place
         raise KeyboardInterrupt
@@ -308,7 +308,7 @@ def test_a_loss_at_the_last_step_only_is_estimated_with_one_stream():
     """analyze backpropagates one output gradient when the loss is at the last step only:
     the check counts one (it tells where the main pass is the largest phase: long
     sequences), and the peak stays within it."""
-    from gradcheck_cli.memory import check
+    from gradcheck_cli.analysis.memory import check
 
     def spec(length, timesteps):
         return load_spec(SAMPLE["lstm_healthy"], [f"sequence.length={length}",
@@ -332,7 +332,7 @@ def test_a_loss_at_the_last_step_only_is_estimated_with_one_stream():
 def test_memory_estimate_bounds_training(cell, hidden, output):
     """simulate's estimate (optimizer state, one stream) holds for outputs wider than the
     state too."""
-    from gradcheck_cli.simulate import simulate
+    from gradcheck_cli.commands.simulate import simulate
     from gradcheck_cli.spec import spec_from_data
     spec = spec_from_data({"model": {"cell": cell, "input_size": 8, "hidden_size": hidden,
                                      "output_size": output},
@@ -351,7 +351,7 @@ def test_long_sequences_keep_both_streams_side_by_side_when_they_add_a_quarter_a
     """The loss and the last step's loss share the main backward pass when the second
     stream costs at most 512 MiB or a quarter of what the pass holds anyway; when the
     output is wide, its gradients dominate and the streams run one after the other."""
-    from gradcheck_cli import memory
+    from gradcheck_cli.analysis import memory
     long = Architecture(cell="lstm", input_size=32, hidden_size=256, output_size=16,
                         num_layers=1)
     one = memory.stream_bytes(long, 20_000, 32, "float32", states=False)
@@ -371,7 +371,7 @@ def test_a_run_that_fits_only_one_stream_at_a_time_runs_so(monkeypatch):
     """The memory check does not refuse a run that fits with its two output gradients one
     after the other: it says so, and analyze follows it; below that, it refuses."""
     from gradcheck_cli import api
-    from gradcheck_cli.memory import check
+    from gradcheck_cli.analysis.memory import check
     from gradcheck_cli.spec import spec_from_data
     config = {"dtype": "float32", "model": {"cell": "lstm", "input_size": 32,
                                             "hidden_size": 256, "output_size": 16},
@@ -406,7 +406,7 @@ def test_sweep_runs_each_point_with_the_streams_its_memory_allows(tmp_path, monk
     import yaml
 
     from gradcheck_cli import analysis
-    from gradcheck_cli.sweep import check_points, parse_axis, run_sweep
+    from gradcheck_cli.commands.sweep import check_points, parse_axis, run_sweep
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump({
         "dtype": "float32", "model": {"cell": "lstm", "input_size": 32, "hidden_size": 256,

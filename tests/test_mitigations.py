@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gradcheck_cli.mitigations import (
+from gradcheck_cli.analysis.mitigations import (
     Mitigation,
     Mitigator,
     agc,
@@ -18,7 +18,7 @@ from gradcheck_cli.mitigations import (
     normalize_per_parameter,
     parse_mitigations,
 )
-from gradcheck_cli.norms import global_norm as _global_norm
+from gradcheck_cli.core.norms import global_norm as _global_norm
 
 
 def global_norm(grads):

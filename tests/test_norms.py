@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from gradcheck_cli import norms
-from gradcheck_cli.mitigations import Mitigator, normalize_per_parameter, parse_mitigations
+from gradcheck_cli.analysis.mitigations import Mitigator, normalize_per_parameter, parse_mitigations
+from gradcheck_cli.core import norms
 
 HUGE = 1e200
 
@@ -60,7 +60,7 @@ def test_analyze_clip_and_simulate_take_huge_finite_gradients_as_finite(write_sp
     1e250, finite. The report's norms are finite, no non_finite finding is made, the clip
     trials' norms are finite, and training does not stop on them as "not finite"."""
     from gradcheck_cli.analysis import analyze_spec
-    from gradcheck_cli.simulate import simulate
+    from gradcheck_cli.commands.simulate import simulate
     from gradcheck_cli.spec import load_spec
     path = write_spec("""\
         model: {cell: rnn, nonlinearity: relu, input_size: 2, hidden_size: 4, output_size: 2,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.analysis import analyze_spec, model_parameters
-from gradcheck_cli.bptt import bptt
-from gradcheck_cli.data import Batches
+from gradcheck_cli.core.model import Architecture
+from gradcheck_cli.engine.bptt import bptt
 from gradcheck_cli.errors import GradcheckError
-from gradcheck_cli.model import Architecture
+from gradcheck_cli.io.data import Batches
 from gradcheck_cli.spec import load_spec
 from tests.conftest import make_problem
 from tests.finite_diff import check_gradients

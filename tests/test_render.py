@@ -10,7 +10,7 @@ import pytest
 
 from gradcheck_cli.render import FORMATS, RENDERERS, RenderOptions, render
 from gradcheck_cli.render.common import bar, num, steps_to_show
-from gradcheck_cli.report import report_json_schema
+from gradcheck_cli.results.report import report_json_schema
 from tests.reports import EXPLODING, VANISHING, make_report
 
 WIDE = RenderOptions(width=160)
@@ -114,7 +114,7 @@ def test_bar_is_log_scaled():
 def _with_cost():
     import dataclasses
 
-    from gradcheck_cli.report import CostStats, MitigationEffect, TruncationStats
+    from gradcheck_cli.results.report import CostStats, MitigationEffect, TruncationStats
     return dataclasses.replace(
         make_report(),
         mitigation=MitigationEffect(applied="clip-norm:1", global_grad_norm_after=1.0),

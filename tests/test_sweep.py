@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from gradcheck_cli.cli import cli
-from gradcheck_cli.sweep import Axis, grid, parse_axis, run_sweep
+from gradcheck_cli.commands.sweep import Axis, grid, parse_axis, run_sweep
 
 LINEAR = """\
 model:

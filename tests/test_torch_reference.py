@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradcheck_cli.bptt import bptt
-from gradcheck_cli.model import Architecture
+from gradcheck_cli.core.model import Architecture
+from gradcheck_cli.engine.bptt import bptt
 
 REFERENCE = np.load(Path(__file__).parent / "data" / "torch_reference.npz")
 CASES = sorted({key.split("/")[0] for key in REFERENCE.files})

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradcheck_cli import reference, verify
-from gradcheck_cli.bptt import covered_steps, loss_value
-from gradcheck_cli.model import Architecture, init_params
+from gradcheck_cli.commands import verify
+from gradcheck_cli.core import reference
+from gradcheck_cli.core.model import Architecture, init_params
+from gradcheck_cli.engine.bptt import covered_steps, loss_value
 from gradcheck_cli.spec import InitSpec
 from tests.conftest import SAMPLES
 from tests.test_cli import assert_exit, run

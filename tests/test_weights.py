@@ -11,8 +11,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from gradcheck_cli.analysis import analyze_spec, model_parameters
-from gradcheck_cli.data import Batches
 from gradcheck_cli.errors import GradcheckError
+from gradcheck_cli.io.data import Batches
 from gradcheck_cli.spec import load_spec
 from tests.finite_diff import check_gradients
 

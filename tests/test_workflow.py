@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from gradcheck_cli.cli import cli
-from gradcheck_cli.compare import compare_reports
+from gradcheck_cli.commands.compare import compare_reports
 from tests.conftest import ROOT, SAMPLES
 
 SAMPLE = {p.stem: str(p) for p in SAMPLES}

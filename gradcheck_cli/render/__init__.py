@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..report import Report
+from ..results.report import Report
 
 
 @dataclass(frozen=True)

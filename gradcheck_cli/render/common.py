@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ..report import LayerStats, Report
+from ..results.report import LayerStats, Report
 
 SUMMARY_ROWS = 21
 """Steps shown for a long sequence unless every step is asked for."""

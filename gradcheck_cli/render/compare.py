@@ -6,7 +6,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from ..compare import Comparison
+from ..commands.compare import Comparison
 from .terminal import captured
 
 STYLE = {"worse": "bold red", "better": "green", "same": ""}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 
 from ..errors import GradcheckError
-from ..report import Report
+from ..results.report import Report
 from . import RenderOptions
 from .common import (
     DYNAMICS_HEADER,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..report import Report
+from ..results.report import Report
 from . import RenderOptions
 from .common import (
     DYNAMICS_HEADER,

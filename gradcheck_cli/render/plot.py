@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GradcheckError
-from ..report import Report
+from ..results.report import Report
 
 FORMATS = {".png": "png", ".svg": "svg"}
 
@@ -140,7 +140,7 @@ def figure_bytes(fig: Any, fmt: str) -> bytes:
 def save(fig: Any, target: Any) -> None:
     """Write the chart where ``target`` (a files.Target, or a path) was planned to go, in
     the format its file name asks for."""
-    from ..files import Target, plan, write
+    from ..io.files import Target, plan, write
     if not isinstance(target, Target):
         target = plan(target, "--plot")
     write(target, figure_bytes(fig, _format(Path(target.given))))

@@ -8,7 +8,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from ..simulate import Run, Simulation
+from ..commands.simulate import Run, Simulation
 from .common import num
 from .terminal import captured
 

@@ -6,7 +6,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from ..sweep import Sweep, describe_boundary
+from ..commands.sweep import Sweep, describe_boundary
 from .common import num
 from .terminal import captured
 

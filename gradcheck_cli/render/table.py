@@ -9,7 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ..report import LayerStats, Report
+from ..results.report import LayerStats, Report
 from . import RenderOptions
 from .common import (
     DYNAMICS_HEADER,

@@ -6,7 +6,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from ..verify import DIFFERENCE_STEPS, STEP, TensorCheck, Verification
+from ..commands.verify import DIFFERENCE_STEPS, STEP, TensorCheck, Verification
 from .common import num
 from .terminal import captured
 

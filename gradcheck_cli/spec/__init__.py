@@ -23,7 +23,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .errors import GradcheckError, SpecError
+from ..errors import GradcheckError, SpecError
 
 MAX_SPEC_BYTES = 1_000_000
 """A spec is a few hundred bytes; anything this large is not one."""
@@ -259,7 +259,7 @@ DEFAULT_BATCH_SIZE = 16
 
 def read_yaml(path: Path) -> tuple[Any, dict[Key, int]]:
     """Parse ``path`` safely into plain Python values and the line of every key."""
-    from .files import read_bytes
+    from ..io.files import read_bytes
     name = str(path)
     try:
         raw = read_bytes(path, MAX_SPEC_BYTES)
@@ -549,7 +549,7 @@ def _convert(ctx: _Context, key: Key, value: Any, hint: Any, meta: Mapping[str, 
     if hint is Path:
         if not isinstance(value, str) or not value.strip():
             ctx.fail(key, f"must be a file path, got {_describe(value)}")
-        from .files import check_regular
+        from ..io.files import check_regular
         if "\x00" in value:
             ctx.fail(key, "not a usable file path: it holds a NUL character")
         path = Path(os.path.abspath(ctx.base_dir / value))
@@ -605,8 +605,8 @@ def spec_from_data(data: Any, *, name: str = "<spec>", base_dir: Path | None = N
     spec = _resolve(ctx, spec, data, name)
     if guard is not None:
         guard(spec)
-    from . import data as data_files
-    from .memory import available
+    from ..analysis.memory import available
+    from ..io import data as data_files
     data_files.check_values(ctx, spec.sequence, spec.model, spec.loss,
                             budget if budget is not None else available())
     return spec
@@ -624,7 +624,7 @@ def _given(data: Mapping[str, Any], key: Key) -> bool:
 
 def _resolve(ctx: _Context, spec: Spec, data: Mapping[str, Any], name: str) -> Spec:
     """Cross-key checks, and the values read off weights and data files."""
-    from . import data as data_files
+    from ..io import data as data_files
 
     model = _resolve_model(ctx, spec, data)
     seq, loss = spec.sequence, spec.loss
@@ -640,7 +640,7 @@ def _resolve(ctx: _Context, spec: Spec, data: Mapping[str, Any], name: str) -> S
 
 
 def _resolve_training(ctx: _Context, training: Training) -> Training:
-    from .mitigations import parse_mitigations
+    from ..analysis.mitigations import parse_mitigations
     try:
         parse_mitigations(training.mitigation)
     except ValueError as exc:
@@ -705,9 +705,9 @@ def _field_doc(cls: type, name: str) -> str:
 def _model_from_weights(ctx: _Context, model: ModelSpec, data: Mapping[str, Any]) -> ModelSpec:
     """Find the model in the weights file, read its sizes off the tensors, and check them
     against what the spec states."""
-    from . import weights
-    from .errors import InputFileError
-    from .model import Architecture
+    from ..core.model import Architecture
+    from ..errors import InputFileError
+    from ..io import weights
 
     path = typing.cast(Path, model.weights)
     key = ("model", "weights")

@@ -75,7 +75,7 @@ class Sweep:
     schema_version: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        from .report import _strict
+        from ..results.report import _strict
         data = asdict(self)
         for point, raw in zip(self.points, data["points"], strict=True):
             raw["healthy"], raw["verdict"] = point.healthy, point.verdict
@@ -87,7 +87,7 @@ class Sweep:
 
 def parse_axis(text: str) -> Axis:
     """``key=a:b:n[:log]`` or ``key=v1,v2,...``; ValueError with a one-line reason."""
-    from .spec import shorten
+    from ..spec import shorten
     key, sep, spec = text.partition("=")
     key = key.strip()
     if not sep or not key or not spec.strip():
@@ -117,8 +117,8 @@ def parse_axis(text: str) -> Axis:
         values = [int(v.round()) if integral else float(f"{v:.12g}") for v in spaced]
         values = list(dict.fromkeys(values))            # integer rounding may repeat
     else:
-        from .errors import SpecError
-        from .spec import parse_value
+        from ..errors import SpecError
+        from ..spec import parse_value
         items = spec.split(",")
         if len(items) > MAX_VALUES:
             raise ValueError(f"{key}: {len(items)} values, more than the {MAX_VALUES} one "
@@ -182,8 +182,8 @@ def _worker_start() -> None:
 def _analyse_point(task: tuple[str, tuple[str, ...], dict[str, Any], int, int | None]
                    ) -> Point:
     config, overrides, values, trials, streams = task
-    from .analysis import analyze_spec
-    from .spec import load_spec
+    from ..analysis import analyze_spec
+    from ..spec import load_spec
     spec = load_spec(config, [*overrides, *(_override(k, v) for k, v in values.items())])
     report = analyze_spec(spec, trials=trials, windows=[], streams=streams)
     return Point(values=values, codes=[f.code for f in report.findings],
@@ -198,8 +198,8 @@ def check_points(config: str | Path, overrides: tuple[str, ...], axes: list[Axis
     before anything runs; per point, in :func:`grid` order, the backward streams side by
     side its memory allows (see :func:`~gradcheck_cli.memory.check`), for
     :func:`run_sweep`."""
-    from .memory import check
-    from .spec import load_spec
+    from ..analysis.memory import check
+    from ..spec import load_spec
     check_grid(axes)
     streams: list[int] = []
     for values in grid(axes):

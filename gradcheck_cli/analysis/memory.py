@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bptt import STEP_BLOCK
+from ..core.model import Architecture
+from ..engine.bptt import STEP_BLOCK
+from ..errors import GradcheckError
 from .cost import activation_bytes
-from .errors import GradcheckError
-from .model import Architecture
 
 VALIDATE_READ = 2 ** 30
 """What `validate` reads at most to check the values of lengths, masks and class targets,
@@ -215,7 +215,7 @@ def human(n: float) -> str:
 
 def with_data(est: Estimate, spec) -> Estimate:
     """``est`` and the data files' arrays the run holds throughout (from their headers)."""
-    from .data import held_bytes
+    from ..io.data import held_bytes
     held = held_bytes(spec)
     if not held:
         return est

@@ -15,16 +15,16 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from . import __version__
-from .analysis import model_parameters
-from .bptt import Buffers, backward, forward, loss_and_output_grad, truncated_bptt
-from .clip import suggest_clip
-from .data import Batches
-from .mitigations import Mitigator, parse_mitigations
-from .norms import global_norm
-from .optim import make_optimizer
-from .report import ClipSuggestion, Finding, _strict
-from .spec import Spec
+from .. import __version__
+from ..analysis import model_parameters
+from ..analysis.clip import suggest_clip
+from ..analysis.mitigations import Mitigator, parse_mitigations
+from ..core.norms import global_norm
+from ..core.optim import make_optimizer
+from ..engine.bptt import Buffers, backward, forward, loss_and_output_grad, truncated_bptt
+from ..io.data import Batches
+from ..results.report import ClipSuggestion, Finding, _strict
+from ..spec import Spec
 
 DIVERGENCE_FACTOR = 10.0
 """A run whose loss ends this many times above where it started has diverged."""
@@ -76,7 +76,7 @@ class Simulation:
 
     def fails(self, fail_on: str) -> bool:
         """Findings at or above ``fail_on`` in the first run (the spec's own mitigation)."""
-        from .report import SEVERITY_RANK
+        from ..results.report import SEVERITY_RANK
         threshold = SEVERITY_RANK[fail_on]
         return any(SEVERITY_RANK[f.severity] >= threshold for f in self.runs[0].findings)
 

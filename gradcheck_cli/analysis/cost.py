@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import Architecture
+from ..core.model import Architecture
 
 
 @dataclass(frozen=True)

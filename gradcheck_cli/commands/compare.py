@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputFileError
-from .report import SCHEMA_VERSION, SEVERITY_RANK
+from ..errors import InputFileError
+from ..results.report import SCHEMA_VERSION, SEVERITY_RANK
 
 MAX_REPORT_BYTES = 256 * 2 ** 20
 """A report of 10,000 steps and 20 layers is about 10 MB; nothing larger is one."""
@@ -63,8 +63,8 @@ class Comparison:
 
 def read_report(path: Path) -> dict[str, Any]:
     """A report written by ``gradcheck analyze --format json``, checked for its shape."""
-    from .errors import GradcheckError
-    from .files import read_bytes, shown
+    from ..errors import GradcheckError
+    from ..io.files import read_bytes, shown
     try:
         raw = read_bytes(path, MAX_REPORT_BYTES)
     except GradcheckError as exc:

@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .bptt import Buffers, backward, forward, loss_and_output_grad
-from .model import Architecture, Params
-from .report import ClipCandidate, ClipSuggestion
+from ..core.model import Architecture, Params
+from ..engine.bptt import Buffers, backward, forward, loss_and_output_grad
+from ..results.report import ClipCandidate, ClipSuggestion
 
 PERCENTILES = (10, 25, 50, 75, 90, 99)
 CONVENTIONAL = (1.0, 5.0)
@@ -37,8 +37,8 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
     fewer, larger matrix products. The chunks differ in size by one at most, and every one
     runs in the arrays of the first (a smaller one in their leading parts).
     """
+    from ..core.norms import grouped_norms
     from .memory import trial_chunks
-    from .norms import grouped_norms
     norms = np.empty(trials)
     B = spec.batch_size
     done = 0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputFileError
+from ..errors import InputFileError
 
 HALF_DTYPES = {"float16", "bfloat16"}
 _GATES_TO_CELL = {1: "rnn", 3: "gru", 4: "lstm"}

@@ -26,7 +26,7 @@ from typing import IO
 
 import numpy as np
 
-from .errors import GradcheckError
+from ..errors import GradcheckError
 
 STDOUT = "-"
 """An output path that means standard output."""

@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from . import reference
-from .bptt import Forward, bptt, covered_steps, loss_value
-from .model import Architecture, Params
+from ..core import reference
+from ..core.model import Architecture, Params
+from ..engine.bptt import Forward, bptt, covered_steps, loss_value
 
 STEP = 1e-30
 """The complex step h."""
@@ -181,7 +181,7 @@ class Verification:
         return self.forward_ok and all(t.status == "ok" for t in self.tensors)
 
     def to_dict(self) -> dict[str, Any]:
-        from .report import _strict
+        from ..results.report import _strict
 
         def tensor(t: TensorCheck) -> dict[str, Any]:
             worst = t.worst
@@ -459,8 +459,8 @@ def verify_spec(spec, *, directions: int = DIRECTIONS, entries: int | None = ENT
                 difference_tolerance: float = DIFFERENCE_TOLERANCE) -> Verification:
     """``gradcheck verify``: :func:`check_gradients` on a spec's model and batch, under the
     checkpoint's own parameter names."""
-    from .analysis import model_parameters
-    from .data import Batches
+    from ..analysis import model_parameters
+    from ..io.data import Batches
 
     arch, params = model_parameters(spec)
     checkpoint = spec.model.checkpoint

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .bptt import (
+from .. import __version__
+from ..core.model import Architecture, Params, init_params
+from ..core.norms import global_norm as norm_of_all
+from ..core.norms import norm, step_norms
+from ..engine.bptt import (
     Backward,
     Forward,
     backward,
@@ -21,13 +24,8 @@ from .bptt import (
     forward,
     loss_and_output_grad,
 )
-from .clip import sample_global_norms, suggest_clip
-from .data import Batches
-from .memory import STREAMS, WINDOWS, main_streams, stream_chunk
-from .model import Architecture, Params, init_params
-from .norms import global_norm as norm_of_all
-from .norms import norm, step_norms
-from .report import (
+from ..io.data import Batches
+from ..results.report import (
     CostStats,
     Finding,
     LayerStats,
@@ -38,7 +36,9 @@ from .report import (
     Report,
     TruncationStats,
 )
-from .spec import Spec
+from ..spec import Spec
+from .clip import sample_global_norms, suggest_clip
+from .memory import STREAMS, WINDOWS, main_streams, stream_chunk
 
 Progress = Callable[[int, int], None]
 
@@ -47,7 +47,7 @@ def model_parameters(spec: Spec) -> tuple[Architecture, Params]:
     """The architecture and its parameters: the weights file's, or a seeded initialisation."""
     arch = Architecture.from_spec(spec.model)
     if spec.model.checkpoint is not None:
-        from .weights import load
+        from ..io.weights import load
         loaded = load(spec.model.checkpoint, np.dtype(spec.dtype))
         return arch, {name: loaded[name] for name in arch.parameter_shapes()}
     rng = np.random.default_rng([spec.seed, 0])
@@ -417,7 +417,7 @@ def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
         notes.append("no head: the loss is taken on the top layer's hidden state")
     arch = Architecture.from_spec(spec.model)
     if arch.residual_layers:
-        from .bptt import residual_layers
+        from ..engine.bptt import residual_layers
         skipped = sorted(set(range(arch.num_layers)) - set(residual_layers(arch)))
         if skipped:
             notes.append(f"residual across layers: none at layer 0, whose input_size "
@@ -448,7 +448,7 @@ def truncation_stats(arch: Architecture, params: Params, fwd: Forward, d_out: np
                      full: dict[str, np.ndarray], signal: list[float | None], spec: Spec,
                      windows: list[int]) -> list[TruncationStats]:
     """Each window's TBPTT gradient against the full one, and what it would cost."""
-    from .bptt import truncated_bptt, truncated_bptt_cuts
+    from ..engine.bptt import truncated_bptt, truncated_bptt_cuts
     from .cost import truncated_cost
 
     pairs = [(k, k) for k in windows]

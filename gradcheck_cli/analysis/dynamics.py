@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bptt import Forward
-from .model import Architecture, Params
+from ..core.model import Architecture, Params
+from ..engine.bptt import Forward
 
 SEQUENCES = 4
 """Sequences whose Jacobians are formed (the first ones of the batch)."""
@@ -183,8 +183,8 @@ def log_space_signal(arch: Architecture, params: Params, fwd: Forward,
     """log10 ‖dL_T/dh_t‖ per layer and step, for whole sequences (the last step's loss as
     ``d_last`` gives it): backpropagated window by window, the gradient carried into each
     earlier window divided by its norm and the logarithm of that norm kept."""
-    from .bptt import backward
-    from .norms import global_norm, step_norms
+    from ..core.norms import global_norm, step_norms
+    from ..engine.bptt import backward
     T = d_last.shape[0]
     logs = [np.full(T, -np.inf) for _ in range(arch.num_layers)]
     silent = np.zeros_like(d_last)
@@ -208,7 +208,7 @@ def log_space_signal(arch: Architecture, params: Params, fwd: Forward,
 
 def _one_sequence(fwd: Forward, b: int, length: int) -> Forward:
     """Sequence ``b``'s own forward pass (its first ``length`` steps), as views."""
-    from .bptt import LayerCache
+    from ..engine.bptt import LayerCache
 
     def part(a):
         return None if a is None else a[:length, b:b + 1]
@@ -223,7 +223,7 @@ def log_space_signal_padded(arch: Architecture, params: Params, fwd: Forward,
     """:func:`log_space_signal` for padded sequences: each sequence on its own, then
     combined in log space by the rule the report's norms follow
     (:func:`analysis.combine_sequences`), aligned at the sequences' ends."""
-    from .analysis import combine_sequences
+    from . import combine_sequences
     T = d_last.shape[0]
     per_sequence = []
     for b, length in enumerate(lengths):

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import Architecture, Params
-from .norms import row_norms
+from ..core.model import Architecture, Params
+from ..core.norms import row_norms
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The commands beyond analyze: verify, simulate, sweep, compare."""

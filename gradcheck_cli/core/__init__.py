@@ -1,0 +1,1 @@
+"""The reference: the model, its cells and BPTT by the book, norms."""

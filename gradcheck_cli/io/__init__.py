@@ -1,0 +1,1 @@
+"""Files: data, weights, and outputs written safely."""

@@ -1,0 +1,1 @@
+"""Results as plain data, with their JSON forms."""
