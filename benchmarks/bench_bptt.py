@@ -41,13 +41,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from gradcheck_cli.analysis import analyze_spec, model_parameters
+from gradcheck_cli.analysis.analyze import analyze_spec, model_parameters
 from gradcheck_cli.analysis.cost import bptt_cost
 from gradcheck_cli.analysis.memory import OVERHEAD, estimate
 from gradcheck_cli.core.model import Architecture
 from gradcheck_cli.engine.bptt import backward, forward, loss_and_output_grad
 from gradcheck_cli.io.data import Batches
-from gradcheck_cli.spec import spec_from_data
+from gradcheck_cli.io.resolve import spec_from_data
 
 SHAPES = [  # cell, batch, hidden, layers, steps
     ("lstm", 32, 256, 2, 100),

@@ -16,8 +16,8 @@ __all__ = ["Finding", "GradcheckError", "InputFileError", "Report", "Spec", "Spe
 
 _LAZY = {
     "analyze": "api",
-    "load_spec": "spec",
-    "Spec": "spec",
+    "load_spec": "io.resolve",
+    "Spec": "spec.schema",
     "Report": "results.report",
     "Finding": "results.report",
     "GradcheckError": "errors",
@@ -28,8 +28,9 @@ _LAZY = {
 if TYPE_CHECKING:
     from .api import analyze
     from .errors import GradcheckError, InputFileError, SpecError
+    from .io.resolve import load_spec
     from .results.report import Finding, Report
-    from .spec import Spec, load_spec
+    from .spec.schema import Spec
 
 
 def __getattr__(name: str) -> Any:

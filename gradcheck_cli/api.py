@@ -14,10 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .analysis import analyze_spec
+from .analysis.analyze import analyze_spec
 from .analysis.memory import check
+from .io.resolve import load_spec, spec_from_data
 from .results.report import Report
-from .spec import Spec, apply_overrides, load_spec, spec_from_data
+from .spec.schema import Spec
+from .spec.yaml import apply_overrides
 
 
 def analyze(config: str | os.PathLike[str] | Mapping[str, Any] | Spec, *,

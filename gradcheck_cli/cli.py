@@ -154,7 +154,7 @@ def _load(config: Path, overrides: tuple[str, ...], max_memory: str | None = Non
     import dataclasses
 
     from .analysis.memory import check
-    from .spec import load_spec
+    from .io.resolve import load_spec
     limit = _memory_limit(max_memory)
     estimates = []
 
@@ -174,7 +174,7 @@ def _load(config: Path, overrides: tuple[str, ...], max_memory: str | None = Non
 
 def _inputs(spec) -> list[Path]:
     """The files a run reads: the spec's, the weights, the data."""
-    from .spec import DataFile
+    from .spec.schema import DataFile
     paths = [Path(spec.source)]
     if spec.model.weights is not None:
         paths.append(spec.model.weights)
@@ -202,7 +202,7 @@ def _max_memory_option(f):
 
 
 def _memory_limit(max_memory: str | None) -> int | None:
-    from .analysis.memory import parse_size
+    from .io.sizes import parse_size
     try:
         return parse_size(max_memory) if max_memory is not None else None
     except ValueError as exc:
@@ -309,8 +309,9 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
     targets = _plan([path for spec, _ in loaded for path in _inputs(spec)],
                     output=output or "-", save_grads=save_grads, plot=plot)
 
-    from .analysis import analyze_spec
-    from .render import RenderOptions, render
+    from .analysis.analyze import analyze_spec
+    from .render.formats import render
+    from .render.options import RenderOptions
 
     to_terminal = targets["--output"].kind == "stdout"
     color = to_terminal and fmt == "table" and _use_color()
@@ -445,9 +446,9 @@ def validate(configs: tuple[Path, ...], max_memory: str | None,
     pre-commit), and print the memory `analyze` will need with its 20 clip trials. The
     values of lengths, masks and class targets are checked too, reading at most 1 GiB of
     them (--max-memory sets that limit). Exit status 0 when all are valid, 2 otherwise."""
-    from .analysis.memory import human
     from .core.model import Architecture
     from .io.files import Target, shown
+    from .io.sizes import human
     _memory_limit(max_memory)                      # a bad SIZE is bad usage, before any file
     bad = 0
     for config in configs:
@@ -525,7 +526,7 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
     ending ten times above its start), loss_spike (warning: a loss three times the median
     of the ten steps before) and stalled (warning: updates under 1e-6 of the weights)."""
     compare_labels = [c.strip() for c in compare_list.split(",")] if compare_list else []
-    from .analysis.mitigations import parse_mitigations
+    from .core.mitigations import parse_mitigations
     for label in compare_labels:
         if not label:
             raise click.BadParameter(f"{compare_list!r}: an empty mitigation between commas",
@@ -645,7 +646,7 @@ def compare(baseline: Path, new: Path, tolerance: float, fmt: str,
 def schema(which: str) -> None:
     """Print the JSON Schema of a spec file (config) or of `analyze --format json` (report)."""
     if which == "config":
-        from .spec import spec_json_schema
+        from .spec.schema import spec_json_schema
         data = spec_json_schema()
     else:
         from .results.report import report_json_schema

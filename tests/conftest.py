@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.core.model import Architecture, init_params
-from gradcheck_cli.spec import InitSpec
+from gradcheck_cli.spec.schema import InitSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((ROOT / "sample_configs").glob("*.yaml"))

@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from gradcheck_cli.analysis import analyze_spec, fit_growth, horizon
+from gradcheck_cli.analysis.analyze import analyze_spec
+from gradcheck_cli.analysis.measure import fit_growth, horizon
 from gradcheck_cli.core.norms import step_norms
-from gradcheck_cli.spec import load_spec, spec_from_data
+from gradcheck_cli.io.resolve import load_spec, spec_from_data
 from tests.conftest import SAMPLES
 
 
@@ -125,7 +126,7 @@ def test_overflow_becomes_a_non_finite_finding_naming_layer_and_step():
 
 
 def test_nan_in_weights_names_the_parameter(tmp_path, write_spec):
-    from gradcheck_cli.analysis import model_parameters
+    from gradcheck_cli.analysis.analyze import model_parameters
     text = """\
         model: {cell: gru, input_size: 2, hidden_size: 3, output_size: 2}
         sequence: {length: 5, batch_size: 2}
@@ -157,7 +158,7 @@ def test_last_step_signal_is_the_last_steps_own_loss():
 
 
 def test_per_step_norms_are_those_of_the_core():
-    from gradcheck_cli.analysis import model_parameters
+    from gradcheck_cli.analysis.analyze import model_parameters
     from gradcheck_cli.engine.bptt import bptt
     from gradcheck_cli.io.data import Batches
     spec = load_spec(SAMPLES[0])
@@ -220,7 +221,7 @@ def test_step_norms_survive_huge_finite_values():
 
 def _zeroed(tmp_path, write_spec, zero):
     """The lstm sample's weights in a file, with the tensors named in ``zero`` set to 0."""
-    from gradcheck_cli.analysis import model_parameters
+    from gradcheck_cli.analysis.analyze import model_parameters
     _, params = model_parameters(load_spec(SAMPLES[4]))          # lstm_healthy: 2 layers
     for name in zero:
         params[name] = np.zeros_like(params[name])

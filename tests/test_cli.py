@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 from gradcheck_cli import __version__
 from gradcheck_cli.cli import cli
+from gradcheck_cli.io.resolve import load_spec
 from gradcheck_cli.results.report import report_json_schema
-from gradcheck_cli.spec import load_spec, spec_json_schema
+from gradcheck_cli.spec.schema import spec_json_schema
 from tests.conftest import SAMPLES
 
 SAMPLE = {p.stem: str(p) for p in SAMPLES}
@@ -143,7 +144,7 @@ def test_bad_usage_is_exit_2():
 
 
 def test_internal_error_is_exit_2_and_says_bug(monkeypatch):
-    import gradcheck_cli.analysis as analysis
+    import gradcheck_cli.analysis.analyze as analysis
 
     def boom(*args, **kwargs):
         raise ZeroDivisionError("oops")
@@ -159,7 +160,7 @@ def test_internal_error_is_exit_2_and_says_bug(monkeypatch):
 
 
 def test_interrupt_is_exit_130(monkeypatch):
-    import gradcheck_cli.analysis as analysis
+    import gradcheck_cli.analysis.analyze as analysis
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -198,7 +199,8 @@ def test_validate_prints_and_can_enforce_what_analyze_will_need(monkeypatch):
     """validate's figure is the estimate analyze refuses runs by (20 clip trials);
     --max-memory turns it into a check, without this machine's memory entering it."""
     from gradcheck_cli.analysis import memory
-    from gradcheck_cli.analysis.memory import check, human
+    from gradcheck_cli.analysis.memory import check
+    from gradcheck_cli.io.sizes import human
     spec = load_spec(SAMPLE["lstm_healthy"])
     need = check(spec, trials=20).total
     assert need > check(spec, trials=0).total       # the trials are counted

@@ -5,12 +5,12 @@ import itertools
 import numpy as np
 import pytest
 
-from gradcheck_cli.analysis import model_parameters
+from gradcheck_cli.analysis.analyze import model_parameters
 from gradcheck_cli.analysis.clip import fraction_clipped, sample_global_norms, suggest_clip
 from gradcheck_cli.core.model import Architecture
 from gradcheck_cli.core.norms import global_norm as _global_norm
 from gradcheck_cli.io.data import Batches
-from gradcheck_cli.spec import load_spec
+from gradcheck_cli.io.resolve import load_spec
 from tests.conftest import SAMPLES
 
 

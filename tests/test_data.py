@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradcheck_cli.analysis import analyze_spec
+from gradcheck_cli.analysis.analyze import analyze_spec
 from gradcheck_cli.errors import GradcheckError
-from gradcheck_cli.spec import load_spec
+from gradcheck_cli.io.resolve import load_spec
 
 B, T, I = 6, 9, 3
 

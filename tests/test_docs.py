@@ -6,7 +6,7 @@ import re
 
 from gradcheck_cli import __version__
 from gradcheck_cli.cli import cli
-from gradcheck_cli.spec import spec_keys
+from gradcheck_cli.spec.schema import spec_keys
 from tests.conftest import ROOT, SAMPLES
 
 README = (ROOT / "README.md").read_text()

@@ -100,8 +100,8 @@ def test_lyapunov_spectrum_of_a_linear_rnn_with_a_chosen_spectrum():
 
 
 def test_largest_exponent_matches_the_measured_growth_when_the_gradient_is_generic():
-    from gradcheck_cli.analysis import analyze_spec
-    from gradcheck_cli.spec import spec_from_data
+    from gradcheck_cli.analysis.analyze import analyze_spec
+    from gradcheck_cli.io.resolve import spec_from_data
     data = {"model": {"cell": "rnn", "input_size": 3, "hidden_size": 16, "output_size": 2,
                       "init": {"bias": "zeros", "recurrent": {"scheme": "orthogonal",
                                                               "gain": 0.8}}},
@@ -127,7 +127,7 @@ def _diagonal_rnn(tmp_path, rates, head_units, T=40):
     (tmp_path / "s.yaml").write_text(
         "model: {weights: w.npz, nonlinearity: tanh}\n"
         f"sequence: {{length: {T}, batch_size: 4, inputs: {{scale: 1.0e-9}}}}\n")
-    from gradcheck_cli.spec import load_spec
+    from gradcheck_cli.io.resolve import load_spec
     return load_spec(tmp_path / "s.yaml")
 
 
@@ -136,8 +136,9 @@ def test_a_gradient_along_fast_shrinking_directions_is_said_to_differ_from_the_b
     """exp(λ₁) bounds the fastest direction (0.95 per step); a loss that reads only a unit
     shrinking by 0.5 gives a gradient that shrinks by 0.5. Both are shown, and the report
     says they differ by more than 39 steps can explain."""
-    from gradcheck_cli.analysis import analyze_spec
-    from gradcheck_cli.render import RenderOptions, render
+    from gradcheck_cli.analysis.analyze import analyze_spec
+    from gradcheck_cli.render.formats import render
+    from gradcheck_cli.render.options import RenderOptions
     rates = [0.95, 0.9, 0.5, 0.5, 0.8, 0.7]
     report = analyze_spec(_diagonal_rnn(tmp_path, rates, [2, 3]), trials=0, windows=[],
                           deep=True)
@@ -221,8 +222,8 @@ def test_deep_report_in_every_format():
 
 
 def test_log_space_signal_matches_direct_norms_where_both_fit():
-    from gradcheck_cli.analysis import analyze_spec
-    from gradcheck_cli.spec import load_spec
+    from gradcheck_cli.analysis.analyze import analyze_spec
+    from gradcheck_cli.io.resolve import load_spec
     from tests.conftest import SAMPLES
     for name in ("lstm_healthy", "gru_vanishing", "rnn_exploding"):
         report = analyze_spec(load_spec(next(p for p in SAMPLES if p.stem == name)),
@@ -236,9 +237,9 @@ def test_log_space_signal_matches_direct_norms_where_both_fit():
 def test_log_space_signal_reports_what_underflows_in_float64():
     """A tanh RNN in its linear regime at gain 0.1 over 400 steps: the last step's gradient
     reaches step 0 at about 0.1^399 = 1e-399, below float64's 4.9e-324."""
-    from gradcheck_cli.analysis import analyze_spec
+    from gradcheck_cli.analysis.analyze import analyze_spec
+    from gradcheck_cli.io.resolve import spec_from_data
     from gradcheck_cli.render.common import from_log10
-    from gradcheck_cli.spec import spec_from_data
     data = {"model": {"cell": "rnn", "input_size": 2, "hidden_size": 8, "output_size": 1,
                       "init": {"bias": "zeros", "recurrent": {"scheme": "orthogonal",
                                                               "gain": 0.1}}},
@@ -254,8 +255,8 @@ def test_log_space_signal_reports_what_underflows_in_float64():
 
 
 def test_log_space_signal_of_padded_sequences_matches_the_aligned_norms(tmp_path, rng):
-    from gradcheck_cli.analysis import analyze_spec
-    from gradcheck_cli.spec import load_spec
+    from gradcheck_cli.analysis.analyze import analyze_spec
+    from gradcheck_cli.io.resolve import load_spec
     np.save(tmp_path / "x.npy", rng.normal(size=(3, 9, 2)))
     np.save(tmp_path / "lengths.npy", np.array([9, 4, 6]))
     (tmp_path / "s.yaml").write_text("""\

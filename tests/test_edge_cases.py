@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from gradcheck_cli.analysis import _last_reach, analyze_spec
+from gradcheck_cli.analysis.analyze import analyze_spec
 from gradcheck_cli.analysis.clip import suggest_clip
-from gradcheck_cli.analysis.mitigations import clip_by_norm, normalize_per_parameter
 from gradcheck_cli.cli import cli
+from gradcheck_cli.core.mitigations import clip_by_norm, normalize_per_parameter
+from gradcheck_cli.core.truncation import last_reach as _last_reach
 from gradcheck_cli.engine.bptt import forward, loss_and_output_grad, truncated_bptt
-from gradcheck_cli.spec import load_spec, spec_from_data
+from gradcheck_cli.io.resolve import load_spec, spec_from_data
 from tests.conftest import SAMPLES, make_problem
 
 SAMPLE = {p.stem: str(p) for p in SAMPLES}
@@ -50,7 +51,7 @@ def test_huge_but_finite_gradients_do_not_crash():
 
 def test_deep_survives_non_finite_weights_and_blown_up_states(tmp_path):
     spec = load_spec(SAMPLE["lstm_healthy"])
-    from gradcheck_cli.analysis import model_parameters
+    from gradcheck_cli.analysis.analyze import model_parameters
     _, params = model_parameters(spec)
     params["rnn.weight_hh_l0"][0, 0] = np.nan
     np.savez(tmp_path / "w.npz", **params)

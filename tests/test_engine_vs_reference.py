@@ -18,7 +18,7 @@ import pytest
 from gradcheck_cli.core import reference
 from gradcheck_cli.core.model import Architecture, init_params
 from gradcheck_cli.engine import bptt as engine
-from gradcheck_cli.spec import InitSpec
+from gradcheck_cli.spec.schema import InitSpec
 
 TORCH = np.load(Path(__file__).parent / "data" / "torch_reference.npz")
 CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradcheck_cli.analysis import analyze_spec
+from gradcheck_cli.analysis.analyze import analyze_spec
+from gradcheck_cli.io.resolve import load_spec
 from gradcheck_cli.render.common import size_bytes
-from gradcheck_cli.spec import load_spec
 from tests.conftest import ROOT
 
 TAGGER = ROOT / "docs" / "examples" / "tagger"

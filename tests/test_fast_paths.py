@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from gradcheck_cli.analysis import last_step_loss_grad
+from gradcheck_cli.analysis.measure import last_step_loss_grad
 from gradcheck_cli.core.model import Architecture, init_params
 from gradcheck_cli.engine.bptt import (
     Buffers,
@@ -22,7 +22,7 @@ from gradcheck_cli.engine.bptt import (
     truncated_bptt,
     truncated_bptt_cuts,
 )
-from gradcheck_cli.spec import InitSpec
+from gradcheck_cli.spec.schema import InitSpec
 from tests.conftest import make_problem
 
 CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]
@@ -299,8 +299,9 @@ def test_parameter_gradients_without_the_state_gradients_are_the_same(rng, cell,
 def test_analyze_side_by_side_or_one_after_another_reports_the_same(name, monkeypatch):
     """When two streams would not fit in memory, the last step's loss runs after the main
     pass, and the truncation windows one at a time: the report is the same."""
-    from gradcheck_cli.analysis import analyze_spec, memory
-    from gradcheck_cli.spec import load_spec
+    from gradcheck_cli.analysis import memory
+    from gradcheck_cli.analysis.analyze import analyze_spec
+    from gradcheck_cli.io.resolve import load_spec
     from tests.conftest import SAMPLES
     spec = load_spec(next(p for p in SAMPLES if p.stem == name))
     together = analyze_spec(spec, trials=2, streams=2)
@@ -366,9 +367,9 @@ def test_a_cut_at_the_windows_first_step_stops_what_leaves_it(rng):
 
 
 def test_repeated_truncation_windows_share_the_one_pass(monkeypatch):
-    from gradcheck_cli.analysis import analyze_spec
+    from gradcheck_cli.analysis.analyze import analyze_spec
     from gradcheck_cli.engine import bptt as core
-    from gradcheck_cli.spec import load_spec
+    from gradcheck_cli.io.resolve import load_spec
     from tests.conftest import SAMPLES
     spec = load_spec(next(p for p in SAMPLES if p.stem == "gru_healthy"))
 

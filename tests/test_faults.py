@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradcheck_cli.analysis import analyze_spec
+from gradcheck_cli.analysis.analyze import analyze_spec
 from gradcheck_cli.analysis.memory import OVERHEAD, estimate, trial_chunks
 from gradcheck_cli.core.model import Architecture
-from gradcheck_cli.spec import load_spec
+from gradcheck_cli.io.resolve import load_spec
 from tests.conftest import SAMPLES
 from tests.test_cli import assert_clean_error, run
 
@@ -215,7 +215,7 @@ def test_dash_means_stdout_everywhere(tmp_path):
 
 def test_every_output_is_checked_before_the_analysis(tmp_path, monkeypatch):
     """Before, --plot into a missing folder failed only after the whole analysis."""
-    import gradcheck_cli.analysis as analysis
+    import gradcheck_cli.analysis.analyze as analysis
 
     def never(*args, **kwargs):
         raise AssertionError("the analysis ran")

@@ -16,12 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gradcheck_cli import analyze
-from gradcheck_cli.analysis import analyze_spec, model_parameters
-from gradcheck_cli.analysis.memory import OVERHEAD, estimate, parse_size
+from gradcheck_cli.analysis.analyze import analyze_spec, model_parameters
+from gradcheck_cli.analysis.memory import OVERHEAD, estimate
 from gradcheck_cli.cli import cli
 from gradcheck_cli.core.model import Architecture
 from gradcheck_cli.errors import GradcheckError
-from gradcheck_cli.spec import load_spec
+from gradcheck_cli.io.resolve import load_spec
+from gradcheck_cli.io.sizes import parse_size
 from tests.conftest import SAMPLES
 
 SAMPLE = {p.stem: p for p in SAMPLES}
@@ -333,7 +334,7 @@ def test_memory_estimate_bounds_training(cell, hidden, output):
     """simulate's estimate (optimizer state, one stream) holds for outputs wider than the
     state too."""
     from gradcheck_cli.commands.simulate import simulate
-    from gradcheck_cli.spec import spec_from_data
+    from gradcheck_cli.io.resolve import spec_from_data
     spec = spec_from_data({"model": {"cell": cell, "input_size": 8, "hidden_size": hidden,
                                      "output_size": output},
                            "sequence": {"length": 400, "batch_size": 32}})
@@ -372,7 +373,7 @@ def test_a_run_that_fits_only_one_stream_at_a_time_runs_so(monkeypatch):
     after the other: it says so, and analyze follows it; below that, it refuses."""
     from gradcheck_cli import api
     from gradcheck_cli.analysis.memory import check
-    from gradcheck_cli.spec import spec_from_data
+    from gradcheck_cli.io.resolve import spec_from_data
     config = {"dtype": "float32", "model": {"cell": "lstm", "input_size": 32,
                                             "hidden_size": 256, "output_size": 16},
               "sequence": {"length": 20_000, "batch_size": 32}}
@@ -405,7 +406,7 @@ def test_sweep_runs_each_point_with_the_streams_its_memory_allows(tmp_path, monk
 
     import yaml
 
-    from gradcheck_cli import analysis
+    from gradcheck_cli.analysis import analyze as analysis
     from gradcheck_cli.commands.sweep import check_points, parse_axis, run_sweep
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump({
@@ -443,7 +444,7 @@ def test_a_finite_state_gradient_whose_norm_overflows_is_no_non_finite_finding(t
                                     "rnn.bias_ih_l0": np.zeros(H), "rnn.bias_hh_l0": np.zeros(H)})
     np.save(tmp_path / "x.npy", np.full((1, 2, 1), 0.5))
     np.save(tmp_path / "y.npy", np.full((1, 2, H), -1e3))
-    from gradcheck_cli.spec import spec_from_data
+    from gradcheck_cli.io.resolve import spec_from_data
     config = {"model": {"cell": "rnn", "weights": str(tmp_path / "w.npz"), "head": False},
               "sequence": {"inputs": str(tmp_path / "x.npy"),
                            "targets": str(tmp_path / "y.npy")}}

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gradcheck_cli.analysis.mitigations import (
+from gradcheck_cli.core.mitigations import (
     Mitigation,
     Mitigator,
     agc,

@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from gradcheck_cli.analysis.mitigations import Mitigator, normalize_per_parameter, parse_mitigations
 from gradcheck_cli.core import norms
+from gradcheck_cli.core.mitigations import Mitigator, normalize_per_parameter, parse_mitigations
 
 HUGE = 1e200
 
@@ -59,9 +59,9 @@ def test_analyze_clip_and_simulate_take_huge_finite_gradients_as_finite(write_sp
     """A relu IRNN at gain 2 over 480 steps in float64: its gradients reach about 1e150-
     1e250, finite. The report's norms are finite, no non_finite finding is made, the clip
     trials' norms are finite, and training does not stop on them as "not finite"."""
-    from gradcheck_cli.analysis import analyze_spec
+    from gradcheck_cli.analysis.analyze import analyze_spec
     from gradcheck_cli.commands.simulate import simulate
-    from gradcheck_cli.spec import load_spec
+    from gradcheck_cli.io.resolve import load_spec
     path = write_spec("""\
         model: {cell: rnn, nonlinearity: relu, input_size: 2, hidden_size: 4, output_size: 2,
                 init: {bias: zeros, recurrent: {scheme: identity, gain: 2.0},

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradcheck_cli.analysis import analyze_spec, model_parameters
+from gradcheck_cli.analysis.analyze import analyze_spec, model_parameters
 from gradcheck_cli.core.model import Architecture
 from gradcheck_cli.engine.bptt import bptt
 from gradcheck_cli.errors import GradcheckError
 from gradcheck_cli.io.data import Batches
-from gradcheck_cli.spec import load_spec
+from gradcheck_cli.io.resolve import load_spec
 from tests.conftest import make_problem
 from tests.finite_diff import check_gradients
 
@@ -117,7 +117,7 @@ def test_sequences_with_known_decay_rates_combine_by_the_stated_rule(rng):
     Σ c_b² g_b^(2d) over Σ c_b²: each sequence against itself, weighted by its share of
     the gradient at the end; the ratio is that curve at the longest span, and the growth
     factor its least-squares fit."""
-    from gradcheck_cli.analysis import fit_growth, padded_decay
+    from gradcheck_cli.analysis.measure import fit_growth, padded_decay
     T = 12
     lengths = np.array([12, 3, 7, 12, 1, 9])
     rates = np.array([0.5, 1.3, 0.9, 0.7, 2.0, 1.05])
@@ -138,7 +138,7 @@ def test_sequences_with_known_decay_rates_combine_by_the_stated_rule(rng):
 def test_equal_lengths_give_the_whole_batchs_numbers(rng):
     """With every sequence of one length the rule is the whole batch's: no jump between a
     batch whose lengths are all full and one whose lengths are all shorter."""
-    from gradcheck_cli.analysis import padded_decay, whole_batch_decay
+    from gradcheck_cli.analysis.measure import padded_decay, whole_batch_decay
     norms = np.abs(rng.normal(size=(10, 5))) * 0.8 ** np.arange(10)[::-1, None]
     padded = padded_decay(np.vstack([norms, np.zeros((4, 5))]), np.full(5, 10))
     whole = whole_batch_decay(norms)
@@ -149,7 +149,7 @@ def test_equal_lengths_give_the_whole_batchs_numbers(rng):
 def test_a_sequence_whose_gradient_reaches_zero_does_not_wipe_out_the_others():
     """Before (a geometric mean), one sequence at exactly 0 made the whole curve 0 from
     there on, and the horizon a few steps."""
-    from gradcheck_cli.analysis import padded_decay
+    from gradcheck_cli.analysis.measure import padded_decay
     norms = np.zeros((10, 3))
     for b in range(3):
         norms[:, b] = 0.9 ** np.arange(10)[::-1]
@@ -160,7 +160,7 @@ def test_a_sequence_whose_gradient_reaches_zero_does_not_wipe_out_the_others():
 
 
 def test_steps_no_sequence_reaches_have_no_value():
-    from gradcheck_cli.analysis import padded_decay
+    from gradcheck_cli.analysis.measure import padded_decay
     norms = np.zeros((6, 2))
     norms[:3, 0] = [4.0, 2.0, 1.0]
     norms[:2, 1] = [2.0, 1.0]
@@ -221,7 +221,7 @@ def test_each_sequences_own_decay_rate_is_measured_end_to_end(tmp_path, rng):
     every step Jacobian is z ⊙ I, with z = σ(w x_b) set by each sequence's constant input
     x_b, so sequence b's gradient decays by exactly z_b per step. The curve at distance d
     is the root of the mean of z_b^(2d) over the sequences reaching d."""
-    from gradcheck_cli.analysis import fit_growth
+    from gradcheck_cli.analysis.measure import fit_growth
     H, O = 4, 2
     w = 1.5
     w_ih = np.zeros((3 * H, 1))
@@ -272,7 +272,8 @@ def test_growth_and_ratio_of_a_padded_batch_agree_on_their_verdict(tmp_path, rng
 
 
 def test_the_per_step_table_says_when_it_is_aligned_at_the_ends(tmp_path, rng):
-    from gradcheck_cli.render import RenderOptions, render
+    from gradcheck_cli.render.formats import render
+    from gradcheck_cli.render.options import RenderOptions
     spec = _identity_rnn(tmp_path, rng, [9, 4, 6], 9)
     report = analyze_spec(spec, trials=0, windows=[])
     import html

@@ -8,8 +8,9 @@ import math
 import jsonschema
 import pytest
 
-from gradcheck_cli.render import FORMATS, RENDERERS, RenderOptions, render
 from gradcheck_cli.render.common import bar, num, steps_to_show
+from gradcheck_cli.render.formats import FORMATS, RENDERERS, render
+from gradcheck_cli.render.options import RenderOptions
 from gradcheck_cli.results.report import report_json_schema
 from tests.reports import EXPLODING, VANISHING, make_report
 
@@ -146,9 +147,9 @@ def test_cost_truncation_and_mitigation_in_every_format():
 @pytest.mark.parametrize("width", [80, 100, 140, 200])
 def test_deep_column_headers_are_never_cut(width):
     """Before, the saturation column squeezed the others to `σ_max(…` and `measur…`."""
-    from gradcheck_cli.analysis import analyze_spec
+    from gradcheck_cli.analysis.analyze import analyze_spec
+    from gradcheck_cli.io.resolve import load_spec
     from gradcheck_cli.render.common import DYNAMICS_HEADER
-    from gradcheck_cli.spec import load_spec
     from tests.conftest import SAMPLES
     sample = next(p for p in SAMPLES if p.stem == "lstm_exploding")
     report = analyze_spec(load_spec(sample, ["sequence.length=30"]), trials=0, windows=[],

@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from gradcheck_cli import analyze
-from gradcheck_cli.analysis import model_parameters
+from gradcheck_cli.analysis.analyze import model_parameters
 from gradcheck_cli.cli import cli
 from gradcheck_cli.commands.simulate import StepRecord, _Trace, judge, simulate
 from gradcheck_cli.core.optim import SGD, Adam
 from gradcheck_cli.engine.bptt import forward, loss_and_output_grad, truncated_bptt
 from gradcheck_cli.io.data import Batches
-from gradcheck_cli.spec import load_spec
+from gradcheck_cli.io.resolve import load_spec
 from tests.conftest import SAMPLES
 
 SAMPLE = {p.stem: p for p in SAMPLES}

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.errors import GradcheckError, SpecError
-from gradcheck_cli.spec import Distribution, load_spec, spec_json_schema, spec_keys
+from gradcheck_cli.io.resolve import load_spec
+from gradcheck_cli.spec.schema import Distribution, spec_json_schema, spec_keys
 from tests.conftest import SAMPLES
 
 GOOD = """\
@@ -231,7 +232,7 @@ def test_class_targets_out_of_range_name_the_place(write_spec, tmp_path):
 
 
 def _weights(tmp_path, spec_text, write_spec, mutate):
-    from gradcheck_cli.analysis import model_parameters
+    from gradcheck_cli.analysis.analyze import model_parameters
     spec = load_spec(write_spec(spec_text))
     _, params = model_parameters(spec)
     params = mutate(dict(params))
@@ -241,7 +242,7 @@ def _weights(tmp_path, spec_text, write_spec, mutate):
 
 
 def test_weights_file_round_trips(write_spec, tmp_path):
-    from gradcheck_cli.analysis import model_parameters
+    from gradcheck_cli.analysis.analyze import model_parameters
     path = _weights(tmp_path, GOOD, write_spec, lambda p: p)
     spec = load_spec(path)
     _, loaded = model_parameters(spec)

@@ -7,7 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gradcheck_cli.errors import GradcheckError
-from gradcheck_cli.spec import Spec, parse_yaml, spec_from_data, spec_keys
+from gradcheck_cli.io.resolve import spec_from_data
+from gradcheck_cli.spec.schema import Spec, spec_keys
+from gradcheck_cli.spec.yaml import parse_yaml
 
 KEYS = [key for key, _, _ in spec_keys()]
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 70), st.floats(allow_nan=True),

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from gradcheck_cli.analysis import analyze_spec, model_parameters
+from gradcheck_cli.analysis.analyze import analyze_spec, model_parameters
 from gradcheck_cli.errors import GradcheckError
 from gradcheck_cli.io.data import Batches
-from gradcheck_cli.spec import load_spec
+from gradcheck_cli.io.resolve import load_spec
 from tests.finite_diff import check_gradients
 
 H, I, O, E = 5, 3, 4, 7  # hidden, input (= embedding output), head outputs, vocabulary
@@ -251,7 +251,8 @@ def test_declaring_unused_tensors_is_checked(tmp_path, write_spec, rng):
 def test_an_rnn_checkpoints_nonlinearity_is_said_to_be_assumed(tmp_path, write_spec, rng):
     """A relu RNN's checkpoint looks like a tanh one's: every format says which was used
     when the spec does not."""
-    from gradcheck_cli.render import RenderOptions, render
+    from gradcheck_cli.render.formats import render
+    from gradcheck_cli.render.options import RenderOptions
     _save(tmp_path, checkpoint(rng, cell="rnn", layers=1, extra=False), "rnn.safetensors")
     assumed = analyze_spec(load_spec(write_spec(SPEC.format(file="rnn.safetensors"))),
                            trials=0, windows=[])

@@ -109,7 +109,7 @@ def test_compare_catches_a_regression(reports):
 
 
 def test_compare_horizon_tolerance():
-    from gradcheck_cli.analysis import horizon
+    from gradcheck_cli.analysis.measure import horizon
 
     def report(growth):
         return {"schema_version": 2, "config": "c", "loss": 1.0, "global_grad_norm": 1.0,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.model import Architecture
+from ..core.truncation import chunks
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,9 @@ def truncated_cost(arch: Architecture, steps: int, batch: int, dtype: str | np.d
     """Truncated BPTT(k1, k2) over ``steps``: the same forward, ceil(T/k1) backward windows
     of at most k2 steps, and k2 steps of activations kept."""
     full = bptt_cost(arch, steps, batch, dtype)
-    stops = [*range(k1, steps, k1), steps]
-    windows = [stop - max(0, first - (k2 - k1)) for first, stop in zip([0, *stops], stops,
-                                                                       strict=False)]
+    backward_steps = sum(chunk.backward_steps for chunk in chunks(steps, k1, k2))
     per_step = bptt_cost(arch, 1, batch, dtype).backward_macs
-    return Cost(forward_macs=full.forward_macs, backward_macs=per_step * sum(windows),
+    return Cost(forward_macs=full.forward_macs, backward_macs=per_step * backward_steps,
                 activation_bytes=activation_bytes(arch, min(k2, steps), batch,
                                                   np.dtype(dtype).itemsize),
                 parameter_count=full.parameter_count)

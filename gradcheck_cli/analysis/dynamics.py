@@ -223,7 +223,7 @@ def log_space_signal_padded(arch: Architecture, params: Params, fwd: Forward,
     """:func:`log_space_signal` for padded sequences: each sequence on its own, then
     combined in log space by the rule the report's norms follow
     (:func:`analysis.combine_sequences`), aligned at the sequences' ends."""
-    from . import combine_sequences
+    from .measure import combine_sequences
     T = d_last.shape[0]
     per_sequence = []
     for b, length in enumerate(lengths):

@@ -16,15 +16,15 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from .. import __version__
-from ..analysis import model_parameters
+from ..analysis.analyze import model_parameters
 from ..analysis.clip import suggest_clip
-from ..analysis.mitigations import Mitigator, parse_mitigations
+from ..core.mitigations import Mitigator, parse_mitigations
 from ..core.norms import global_norm
 from ..core.optim import make_optimizer
 from ..engine.bptt import Buffers, backward, forward, loss_and_output_grad, truncated_bptt
 from ..io.data import Batches
 from ..results.report import ClipSuggestion, Finding, _strict
-from ..spec import Spec
+from ..spec.schema import Spec
 
 DIVERGENCE_FACTOR = 10.0
 """A run whose loss ends this many times above where it started has diverged."""

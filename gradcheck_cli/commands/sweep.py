@@ -87,7 +87,7 @@ class Sweep:
 
 def parse_axis(text: str) -> Axis:
     """``key=a:b:n[:log]`` or ``key=v1,v2,...``; ValueError with a one-line reason."""
-    from ..spec import shorten
+    from ..spec.yaml import shorten
     key, sep, spec = text.partition("=")
     key = key.strip()
     if not sep or not key or not spec.strip():
@@ -118,7 +118,7 @@ def parse_axis(text: str) -> Axis:
         values = list(dict.fromkeys(values))            # integer rounding may repeat
     else:
         from ..errors import SpecError
-        from ..spec import parse_value
+        from ..spec.yaml import parse_value
         items = spec.split(",")
         if len(items) > MAX_VALUES:
             raise ValueError(f"{key}: {len(items)} values, more than the {MAX_VALUES} one "
@@ -182,8 +182,8 @@ def _worker_start() -> None:
 def _analyse_point(task: tuple[str, tuple[str, ...], dict[str, Any], int, int | None]
                    ) -> Point:
     config, overrides, values, trials, streams = task
-    from ..analysis import analyze_spec
-    from ..spec import load_spec
+    from ..analysis.analyze import analyze_spec
+    from ..io.resolve import load_spec
     spec = load_spec(config, [*overrides, *(_override(k, v) for k, v in values.items())])
     report = analyze_spec(spec, trials=trials, windows=[], streams=streams)
     return Point(values=values, codes=[f.code for f in report.findings],
@@ -199,7 +199,7 @@ def check_points(config: str | Path, overrides: tuple[str, ...], axes: list[Axis
     side its memory allows (see :func:`~gradcheck_cli.memory.check`), for
     :func:`run_sweep`."""
     from ..analysis.memory import check
-    from ..spec import load_spec
+    from ..io.resolve import load_spec
     check_grid(axes)
     streams: list[int] = []
     for values in grid(axes):

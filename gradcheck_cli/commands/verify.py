@@ -459,7 +459,7 @@ def verify_spec(spec, *, directions: int = DIRECTIONS, entries: int | None = ENT
                 difference_tolerance: float = DIFFERENCE_TOLERANCE) -> Verification:
     """``gradcheck verify``: :func:`check_gradients` on a spec's model and batch, under the
     checkpoint's own parameter names."""
-    from ..analysis import model_parameters
+    from ..analysis.analyze import model_parameters
     from ..io.data import Batches
 
     arch, params = model_parameters(spec)

@@ -40,6 +40,7 @@ import numpy as np
 
 from ..core.model import Architecture, Params
 from ..core.norms import row_norms
+from ..core.truncation import chunks
 
 
 @dataclass
@@ -840,17 +841,14 @@ def truncated_bptt(arch: Architecture, params: Params, fwd: Forward, d_outputs: 
     backpropagated through itself). The forward pass is the full one: the state still flows
     across the cuts, only the gradient does not.
     """
-    T = d_outputs.shape[0]
     total = {name: np.zeros_like(value) for name, value in params.items()}
-    first = 0
-    for stop in [*range(k1, T, k1), T]:
+    for chunk in chunks(d_outputs.shape[0], k1, k2):
         d_window = np.zeros_like(d_outputs)
-        d_window[first:stop] = d_outputs[first:stop]       # the losses since the last update
-        grads = backward(arch, params, fwd, d_window, window=(max(0, first - (k2 - k1)), stop),
+        d_window[chunk.first:chunk.stop] = d_outputs[chunk.first:chunk.stop]  # since the update
+        grads = backward(arch, params, fwd, d_window, window=(chunk.start, chunk.stop),
                          states=False)
         for name, g in grads.params.items():
             total[name] += g
-        first = stop
     return total
 
 

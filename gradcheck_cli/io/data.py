@@ -43,7 +43,7 @@ class Batch:
 
 def as_data_file(source: Any):
     """A file source as a :class:`spec.DataFile` (a bare path has no key)."""
-    from ..spec import DataFile
+    from ..spec.schema import DataFile
     return DataFile(file=source) if isinstance(source, Path) else source
 
 
@@ -199,7 +199,7 @@ def _layout_text(dims: list[str], layout: str) -> str:
 def resolve_sequence(ctx, seq, model, loss):
     """Check the data files against the model and each other; fill in length, batch size
     and default targets. Reads headers, and the values of lengths and masks."""
-    from ..spec import DEFAULT_BATCH_SIZE, Distribution
+    from ..spec.schema import DEFAULT_BATCH_SIZE, Distribution
 
     layout = seq.layout
     length, batch = seq.length, seq.batch_size
@@ -299,7 +299,7 @@ def resolve_sequence(ctx, seq, model, loss):
 def held_bytes(spec) -> int:
     """What :class:`Batches` holds of the spec's files for the whole run (inputs and
     targets in the run's dtype, batch-first), from their headers."""
-    from ..spec import Distribution
+    from ..spec.schema import Distribution
     seq, item = spec.sequence, np.dtype(spec.dtype).itemsize
     B, T = spec.batch_size, spec.length
     total = 0
@@ -314,7 +314,7 @@ def held_bytes(spec) -> int:
 def value_bytes(seq) -> int:
     """What :func:`check_values` reads: the lengths, the mask, class targets (their shapes
     are known from the headers)."""
-    from ..spec import Distribution
+    from ..spec.schema import Distribution
     total = 0
     for source in (seq.lengths, seq.mask, seq.targets):
         if source is None or isinstance(source, Distribution):
@@ -329,11 +329,11 @@ def check_values(ctx, seq, model, loss, budget: int | None = None) -> None:
     then padding, class indices within range. Reads those files' values (refused first
     when they would take more than ``budget`` bytes), in rows of a few MiB where a mask is
     checked, so that the check itself takes little beyond the array."""
-    from ..spec import Distribution
+    from ..spec.schema import Distribution
     if budget is not None:
         need = value_bytes(seq)
         if need > budget:
-            from ..analysis.memory import human
+            from .sizes import human
             ctx.fail(("sequence",), f"checking its lengths, mask and targets reads "
                                     f"{human(need)}, more than the {human(budget)} it may use "
                                     "(--max-memory sets it)")
@@ -480,7 +480,7 @@ class Batches:
     """
 
     def __init__(self, spec):  # spec: spec.Spec
-        from ..spec import Distribution
+        from ..spec.schema import Distribution
 
         self.spec = spec
         self.dtype = np.dtype(spec.dtype)

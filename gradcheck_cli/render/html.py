@@ -6,7 +6,6 @@ from html import escape
 
 from ..errors import GradcheckError
 from ..results.report import Report
-from . import RenderOptions
 from .common import (
     DYNAMICS_HEADER,
     DYNAMICS_TITLE,
@@ -24,6 +23,7 @@ from .common import (
     truncation_rows,
     verdict,
 )
+from .options import RenderOptions
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 64em; color: #222; }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ..results.report import Report
-from . import RenderOptions
 from .common import (
     DYNAMICS_HEADER,
     DYNAMICS_TITLE,
@@ -23,6 +22,7 @@ from .common import (
     truncation_rows,
     verdict,
 )
+from .options import RenderOptions
 
 ICON = {"error": "❌", "warning": "⚠️"}
 

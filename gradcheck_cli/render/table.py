@@ -10,7 +10,6 @@ from rich.table import Table
 from rich.text import Text
 
 from ..results.report import LayerStats, Report
-from . import RenderOptions
 from .common import (
     DYNAMICS_HEADER,
     DYNAMICS_TITLE,
@@ -33,6 +32,7 @@ from .common import (
     truncation_rows,
     verdict,
 )
+from .options import RenderOptions
 from .terminal import captured
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}

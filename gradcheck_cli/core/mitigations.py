@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core import norms
-from ..core.norms import global_norm
+from . import norms
+from .norms import global_norm
 
 Grads = dict[str, np.ndarray]
 

@@ -1,0 +1,80 @@
+"""What the report says about how the run was set up."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.model import Architecture
+from ..spec.schema import Spec
+
+
+def padding_note(lengths: np.ndarray) -> str:
+    """How padded sequences are measured and combined (see :func:`combine_sequences`)."""
+    span = int(lengths.max())
+    longest = int((lengths == span).sum())
+    which = "the sequence" if longest == 1 else f"the {longest} sequences"
+    return (f"padded sequences (lengths {int(lengths.min())}–{span}): the steps after each "
+            "sequence's length take no loss; the last step's gradient is measured back from "
+            "each sequence's own last step, and at each distance over the sequences that "
+            "reach it, against the same sequences at their ends (so a sequence's length does "
+            "not weigh as its norm); the growth factor is fitted to that curve, the ratio is "
+            f"its value {span - 1} steps back ({which} of the longest length), and the "
+            "‖dL_T/dh_t‖ column is aligned at the sequences' ends")
+
+
+SHOWN = 3
+"""Tensors named in a note or a finding before "and N more"."""
+
+
+def some(names: list[str]) -> str:
+    """The first few names, and how many more."""
+    more = len(names) - SHOWN
+    return ", ".join(names[:SHOWN]) + (f" and {more} more" if more > 0 else "")
+
+
+def ignored_text(ignored: tuple[str, ...]) -> str:
+    """The checkpoint's tensors the model does not use, named."""
+    if not ignored:
+        return "no other tensors"
+    count = len(ignored)
+    return f"{count} other tensor{'' if count == 1 else 's'} ignored: {some(list(ignored))}"
+
+
+def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
+    """What the user should know about how the run was set up; ``lengths``: the batch's
+    valid lengths when they are not all full."""
+    notes = []
+    checkpoint = spec.model.checkpoint
+    if checkpoint is not None:
+        found = f"recurrent module {checkpoint.rnn_prefix or '(no prefix)'}"
+        found += f", head {checkpoint.head_prefix or '(no prefix)'}" \
+            if checkpoint.head_prefix is not None else ", no head"
+        notes.append(f"weights from {checkpoint.path.name}: {found}; "
+                     + ignored_text(checkpoint.ignored))
+        if checkpoint.half:
+            half = checkpoint.half
+            shown = ", ".join(half[:3]) + (f" and {len(half) - 3} more" if len(half) > 3 else "")
+            notes.append(f"{len(half)} half-precision tensor{'s' if len(half) > 1 else ''} "
+                         f"(float16/bfloat16) upcast to {spec.dtype} for analysis: {shown}")
+    if not spec.model.head:
+        notes.append("no head: the loss is taken on the top layer's hidden state")
+    arch = Architecture.from_spec(spec.model)
+    if arch.residual_layers:
+        from ..engine.bptt import residual_layers
+        skipped = sorted(set(range(arch.num_layers)) - set(residual_layers(arch)))
+        if skipped:
+            notes.append(f"residual across layers: none at layer 0, whose input_size "
+                         f"{arch.input_size} differs from hidden_size {arch.hidden_size} "
+                         "(no projection is added)")
+    if arch.residual_time:
+        notes.append("residual through time: h_t = h_{t-1} + cell(x_t, h_{t-1})")
+    if checkpoint is not None and checkpoint.nonlinearity_assumed:
+        notes.append(f"nonlinearity {spec.model.nonlinearity} assumed: an nn.RNN checkpoint "
+                     "does not record it; set model.nonlinearity: relu if the model uses relu "
+                     "(its gradients are not tanh's)")
+    if lengths is not None:
+        notes.append(padding_note(lengths))
+    elif spec.sequence.lengths is not None or spec.sequence.mask is not None:
+        notes.append(f"padded sequences: every sequence has the full length ({spec.length} "
+                     "steps)")
+    return notes

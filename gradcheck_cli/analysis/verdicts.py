@@ -1,0 +1,141 @@
+"""The findings: verdicts made from the measurements, each with a stable code."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..core.model import Params
+from ..engine.bptt import (
+    Backward,
+    Forward,
+)
+from ..results.report import (
+    Finding,
+    LayerStats,
+)
+from ..spec.schema import Spec
+from .notes import some
+
+
+def _first_non_finite(arrays: list[np.ndarray]) -> int | None:
+    """The first step at which any of ``arrays`` is not finite."""
+    bad = np.zeros(arrays[0].shape[0], dtype=bool)
+    for a in arrays:
+        bad |= ~np.isfinite(a).reshape(a.shape[0], -1).all(axis=1)
+    steps = np.flatnonzero(bad)
+    return int(steps[0]) if steps.size else None
+
+
+def non_finite_finding(params: Params, fwd: Forward, loss: float, grads: Backward,
+                       names: dict[str, str]) -> Finding | None:
+    """Where NaN or Inf first appeared, in the order the computation runs. ``grads`` come
+    from a pass with ``state_norms``, which marks the NaN and Inf it meets in the state
+    gradients (their norms cannot tell: a finite gradient's norm can overflow)."""
+    def finding(message: str, **where) -> Finding:
+        return Finding(code="non_finite", severity="error",
+                       message=f"non-finite values (NaN/Inf) first appear in {message}", **where)
+
+    for name, value in params.items():
+        if not np.isfinite(value).all():
+            return finding(f"the weights: {names[name]}", parameter=names[name])
+    for k, cache in enumerate(fwd.layers):
+        states = [cache.h] + ([cache.c] if cache.c is not None else [])
+        t = _first_non_finite(states)
+        if t is not None:
+            return finding(f"the forward pass: layer {k}'s hidden state at step {t}",
+                           layer=k, timestep=t)
+    if not math.isfinite(loss) or not np.isfinite(fwd.outputs).all():
+        return finding("the loss (the head's outputs overflow)")
+    assert grads.non_finite is not None
+    for k in reversed(range(len(grads.non_finite))):
+        steps = np.flatnonzero(grads.non_finite[k].any(axis=1))
+        if steps.size:
+            t = int(steps[-1])
+            return finding(f"the backward pass: dL/dh at layer {k}, step {t}",
+                           layer=k, timestep=t)
+    for name, g in grads.params.items():
+        if not np.isfinite(g).all():
+            return finding(f"the gradient of {names[name]}", parameter=names[name])
+    return None
+
+
+def no_gradient_findings(hidden: list[np.ndarray], params: Params,
+                         loss_grad_is_zero: bool) -> list[Finding]:
+    """Layers that no gradient reaches: ‖dL/dh_t‖ zero at every step. Their temporal
+    verdicts have nothing to measure, and training would never change them."""
+    if any(not np.isfinite(h).all() for h in hidden):
+        return []                              # a non_finite finding says what happened
+    if loss_grad_is_zero:
+        cause = "the loss's gradient on the outputs is zero (outputs equal to the targets?)"
+    elif "head.weight" in params and not params["head.weight"].any():
+        cause = "the head's weights are all zero (as with zero initialisation): analyse " \
+                "after a training step, or with the head initialised"
+    else:
+        cause = "the layer above passes none down (its input weights are all zero?)"
+    out = []
+    for k, norms in enumerate(hidden):
+        if not norms.any():
+            out.append(Finding(
+                code="no_gradient", severity="error", layer=k,
+                message=f"layer {k}: no gradient reaches it (‖dL/dh_t‖ is 0 at every step): "
+                        f"{cause}"))
+    return out
+
+
+def temporal_findings(layers: list[LayerStats], spec: Spec,
+                      span: int | None = None) -> list[Finding]:
+    """exploding / vanishing verdicts per layer, from the last step's gradient over time."""
+    th = spec.thresholds
+    steps = (span or spec.length) - 1
+    out = []
+    for layer in layers:
+        g, ratio = layer.growth_factor, layer.ratio
+        if ratio is None or steps == 0:
+            continue
+        if g is None:  # too few non-zero steps to fit: the gradient is gone, or never moved
+            if ratio < th.vanishing:
+                out.append(Finding(
+                    code="vanishing", severity="warning", layer=layer.index,
+                    values={"ratio": ratio, "growth_factor": None, "horizon": layer.horizon},
+                    message=(f"layer {layer.index}: the last step's gradient shrinks to "
+                             f"{ratio:.3g} of its size {steps} steps back: it does not reach "
+                             "earlier steps at all")))
+            continue
+        values = {"ratio": ratio, "growth_factor": g, "horizon": layer.horizon}
+        if ratio > th.exploding and g > 1.0:
+            out.append(Finding(
+                code="exploding", severity="error", layer=layer.index, values=values,
+                message=(f"layer {layer.index}: the last step's gradient grows {ratio:.3g}× "
+                         f"going back {steps} steps (×{g:.3f} per step; threshold "
+                         f"{th.exploding:g}×): clip gradients or lower the recurrent gain")))
+        elif ratio < th.vanishing and g < 1.0:
+            reach = f"~{layer.horizon:.0f}" if layer.horizon is not None else "a few"
+            out.append(Finding(
+                code="vanishing", severity="warning", layer=layer.index, values=values,
+                message=(f"layer {layer.index}: the last step's gradient shrinks to "
+                         f"{ratio:.3g} of its size {steps} steps back (×{g:.3f} per step): "
+                         f"dependencies longer than {reach} steps get almost no signal")))
+    return out
+
+
+def unmodelled_finding(spec: Spec) -> Finding | None:
+    """A warning when the checkpoint holds tensors that could be modules on the path from
+    the inputs to the loss, which gradcheck would be analysing the network without."""
+    checkpoint = spec.model.checkpoint
+    if checkpoint is None or not checkpoint.on_path:
+        return None
+    shown = [f"{t.name} {list(t.shape)}" for t in checkpoint.on_path]
+    rnn = checkpoint.rnn_prefix or "(no prefix)"
+    head = f"the head ({checkpoint.head_prefix or 'no prefix'}) reads its output" \
+        if checkpoint.head_prefix is not None else "the loss is taken on its output"
+    return Finding(
+        code="unmodelled", severity="warning",
+        message=(f"{checkpoint.path.name} holds tensors gradcheck does not model that could "
+                 "sit on the path from the inputs to the loss (a norm, an embedding, a "
+                 f"linear or recurrent layer): {some(shown)}; the analysis assumes that "
+                 f"the recurrent module ({rnn}) reads the inputs and {head} directly, "
+                 "and its numbers are for that network. If those tensors are not between "
+                 "the inputs given and the loss (an embedding whose output the inputs are, "
+                 "an auxiliary head), list them in model.unused"))

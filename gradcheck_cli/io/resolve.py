@@ -1,0 +1,214 @@
+"""A parsed spec resolved against its files: the sizes read off the weights and the data
+headers, then (after the caller's memory check) the values no header vouches for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..core.mitigations import parse_mitigations
+from ..core.model import Architecture
+from ..errors import InputFileError
+from ..spec.parse import Context, build, describe, field_doc, given
+from ..spec.schema import Key, ModelSpec, Spec, Training, Truncation
+from ..spec.yaml import apply_overrides, read_yaml
+from . import data as data_files
+from . import weights
+from .sizes import available
+
+Guard = Callable[["Spec"], object]
+"""Called with a spec resolved from its files' headers, before any file's values are read:
+the memory check, which may refuse the run (raise) before anything large is loaded."""
+
+
+def spec_from_data(data: Any, *, name: str = "<spec>", base_dir: Path | None = None,
+                   lines: Mapping[Key, int] | None = None,
+                   origins: Mapping[Key, str] | None = None, guard: Guard | None = None,
+                   budget: int | None = None) -> Spec:
+    """Validate plain data (as YAML gives it) into a :class:`Spec`.
+
+    Files are read in two steps: their headers first (shapes and dtypes, which resolve the
+    spec), then ``guard`` runs, then the values no header vouches for (lengths, masks,
+    class targets), refused first when they would take more than ``budget`` bytes (by
+    default, the memory the machine has available)."""
+    ctx = Context(name, base_dir or Path.cwd(), lines or {}, origins or {})
+    if not isinstance(data, dict):
+        ctx.fail((), f"the spec must be a mapping of keys (model:, sequence:, ...), "
+                     f"got {describe(data)}")
+    spec = build(ctx, (), data, Spec)
+    spec = _resolve(ctx, spec, data, name)
+    if guard is not None:
+        guard(spec)
+    data_files.check_values(ctx, spec.sequence, spec.model, spec.loss,
+                            budget if budget is not None else available())
+    return spec
+
+
+
+
+def _resolve(ctx: Context, spec: Spec, data: Mapping[str, Any], name: str) -> Spec:
+    """Cross-key checks, and the values read off weights and data files."""
+
+    model = _resolve_model(ctx, spec, data)
+    seq, loss = spec.sequence, spec.loss
+    if loss.kind == "cross_entropy" and (model.output_size or 0) < 2:
+        ctx.fail(("model", "output_size"), "cross_entropy needs at least 2 classes")
+    sequence = data_files.resolve_sequence(ctx, seq, model, loss)
+    training = _resolve_training(ctx, spec.training)
+    places = {".".join(key): ctx.where(key) for key in
+              (("model", "weights"), ("sequence", "inputs"), ("sequence", "targets"),
+               ("sequence", "lengths"), ("sequence", "mask"))}
+    return dataclasses.replace(spec, model=model, sequence=sequence, training=training,
+                               source=name, places=places)
+
+
+def _resolve_training(ctx: Context, training: Training) -> Training:
+    try:
+        parse_mitigations(training.mitigation)
+    except ValueError as exc:
+        ctx.fail(("training", "mitigation"), str(exc))
+    cut = training.truncation
+    if cut is not None:
+        k2 = cut.k1 if cut.k2 is None else cut.k2
+        if k2 < cut.k1:
+            ctx.fail(("training", "truncation", "k2"), f"must be at least k1 ({cut.k1}), "
+                                                       f"got {k2}")
+        training = dataclasses.replace(training, truncation=Truncation(k1=cut.k1, k2=k2))
+    return training
+
+
+_INFERRED = ("cell", "input_size", "hidden_size", "num_layers", "bias", "head", "output_size",
+             "head_bias")
+
+
+def _resolve_model(ctx: Context, spec: Spec, data: Mapping[str, Any]) -> ModelSpec:
+    model = spec.model
+    if model.weights is not None:
+        model = _model_from_weights(ctx, model, data)
+    else:
+        for key in ("cell", "input_size", "hidden_size"):
+            if getattr(model, key) is None:
+                ctx.fail(("model", key), f"missing required key "
+                                         f"({field_doc(ModelSpec, key)}), needed without "
+                                         "model.weights")
+        for key in ("rnn_prefix", "head_prefix"):
+            if getattr(model, key) is not None:
+                ctx.fail(("model", key), "applies only with model.weights")
+        if model.unused:
+            ctx.fail(("model", "unused"), "applies only with model.weights")
+        head = True if model.head is None else model.head
+        if head and model.output_size is None:
+            ctx.fail(("model", "output_size"), "missing required key (outputs of the linear "
+                                               "head), or set model.head: false")
+        model = dataclasses.replace(model, head=head)
+    if not model.head:
+        if given(data, ("model", "output_size")) and model.output_size != model.hidden_size:
+            ctx.fail(("model", "output_size"), "applies with a head only (model.head: false "
+                                               "takes the loss on the hidden state)")
+        model = dataclasses.replace(model, output_size=model.hidden_size, head_bias=False)
+    if model.cell != "rnn" and given(data, ("model", "nonlinearity")):
+        ctx.fail(("model", "nonlinearity"), f"applies to cell: rnn only, not {model.cell}")
+    init = model.init
+    if init.forget_bias is not None:
+        if model.cell != "lstm":
+            ctx.fail(("model", "init", "forget_bias"), "applies to cell: lstm only")
+        if not model.bias:
+            ctx.fail(("model", "init", "forget_bias"), "needs model.bias: true")
+    if init.for_input()[0] == "identity":
+        ctx.fail(("model", "init", "input", "scheme"),
+                 "identity applies to the recurrent weights only")
+    return model
+
+
+
+
+def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any]) -> ModelSpec:
+    """Find the model in the weights file, read its sizes off the tensors, and check them
+    against what the spec states."""
+
+    path = typing.cast(Path, model.weights)
+    key = ("model", "weights")
+    try:
+        index = weights.read_index(path)
+        wants_head = model.head if model.head is not None else (
+            True if model.output_size is not None else None)   # outputs stated: a head
+        rnn_prefix, head_prefix = weights.locate(index, path, model.rnn_prefix,
+                                                 model.head_prefix, wants_head)
+        inferred, names = weights.infer(index, path, rnn_prefix, head_prefix)
+    except InputFileError as exc:
+        ctx.fail(key, str(exc))
+    for field_name in _INFERRED:
+        if field_name not in inferred:
+            continue
+        stated = getattr(model, field_name)
+        explicit = given(data, ("model", field_name))
+        if explicit and stated is not None and stated != inferred[field_name]:
+            tensor = _evidence(field_name, names, index)
+            ctx.fail(("model", field_name), f"is {_yaml(stated)} but the weights say "
+                                            f"{_yaml(inferred[field_name])} ({tensor})")
+    model = dataclasses.replace(model, **typing.cast(dict[str, Any], inferred))
+    expected = Architecture.from_spec(model).parameter_shapes()
+    try:
+        weights.check_shapes(index, path, names, expected)
+    except InputFileError as exc:
+        ctx.fail(key, str(exc))
+    half = tuple(sorted(names[c] for c in names if index[names[c]].dtype in weights.HALF_DTYPES))
+    used = set(names.values())
+    ignored = tuple(name for name in index if name not in used)
+    for prefix in model.unused:
+        if not any(weights.declared_unused(name, (prefix,)) for name in ignored):
+            covered = sorted(n for n in used if weights.declared_unused(n, (prefix,)))
+            ctx.fail(("model", "unused"), f"{prefix!r} names tensors the model uses "
+                                          f"({covered[0]})" if covered else
+                     f"{prefix!r} matches no tensor of {path.name} (names or prefixes of "
+                     "tensors the model does not use)")
+    sizes = tuple(int(n) for n in (model.input_size, model.hidden_size,
+                                   model.output_size if model.head else None) if n is not None)
+    on_path = tuple(index[name] for name in ignored
+                    if not weights.declared_unused(name, model.unused)
+                    and weights.could_be_on_path(index[name], sizes))
+    checkpoint = weights.Checkpoint(
+        path=path, rnn_prefix=rnn_prefix, head_prefix=head_prefix, names=names,
+        inferred=inferred, half=half, ignored=ignored, on_path=on_path,
+        nonlinearity_assumed=model.cell == "rnn" and not given(data, ("model", "nonlinearity")))
+    return dataclasses.replace(model, checkpoint=checkpoint)
+
+
+def _evidence(field_name: str, names: Mapping[str, str], index: Mapping[str, Any]) -> str:
+    """The tensor that shows a value, with its shape."""
+    canonical = {"cell": "rnn.weight_hh_l0", "hidden_size": "rnn.weight_hh_l0",
+                 "input_size": "rnn.weight_ih_l0", "output_size": "head.weight",
+                 "head": "head.weight"}.get(field_name)
+    if canonical and canonical in names:
+        tensor = index[names[canonical]]
+        return f"{tensor.name} has shape {list(tensor.shape)}"
+    if field_name == "num_layers":
+        layers = sorted({c for c in names if c.startswith("rnn.weight_hh_l")})
+        return f"{len(layers)} layers: " + ", ".join(names[c] for c in layers)
+    if field_name == "bias":
+        return "with bias_ih_l0" if "rnn.bias_ih_l0" in names else "no bias_ih_l0 tensor"
+    if field_name == "head_bias":
+        return "with a head bias" if "head.bias" in names else "no head bias tensor"
+    return "no head tensor found" if field_name == "head" else "the weights file"
+
+
+def _yaml(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = (), *, guard: Guard | None = None,
+              budget: int | None = None) -> Spec:
+    """Read, validate and resolve a spec file; raises :class:`SpecError` on any problem
+    (``guard``, ``budget``: see :func:`spec_from_data`)."""
+    path = Path(path)
+    data, lines = read_yaml(path)
+    data, origins = apply_overrides(data, overrides)
+    return spec_from_data(data, name=str(path), base_dir=path.resolve().parent,
+                          lines=lines, origins=origins, guard=guard, budget=budget)
+
+
+# ----------------------------------------------------------------------------- JSON Schema

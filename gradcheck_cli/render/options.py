@@ -1,0 +1,12 @@
+"""How a result is rendered: colour, width, and how much of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    color: bool = False
+    width: int = 100
+    all_steps: bool = False
