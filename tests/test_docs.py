@@ -69,3 +69,25 @@ def test_every_test_the_safety_section_cites_exists():
     tests = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
     assert cited and all(f"def {name}(" in tests for name in cited), \
         sorted(n for n in cited if f"def {n}(" not in tests)
+
+
+def test_the_same_json_check_finds_a_difference():
+    """benchmarks/same_json.py is how a refactor shows it changed no number: its comparison
+    must see a change at 1e-10 and let one at 1e-14 through."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("same_json", ROOT / "benchmarks" /
+                                                  "same_json.py")
+    same_json = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(same_json)
+    old = {"gradcheck_version": "1", "a": [1.0, {"b": 2.0, "c": None}], "ok": True}
+    assert same_json.differences(old, old, 1e-12) == []
+    assert same_json.differences(old, {**old, "gradcheck_version": "2"}, 1e-12) == []
+    assert same_json.differences(old, {**old, "a": [1.0 + 1e-14, {"b": 2.0, "c": None}]},
+                                 1e-12) == []
+    assert same_json.differences(old, {**old, "a": [1.0 + 1e-10, {"b": 2.0, "c": None}]},
+                                 1e-12) == [".a[0]: 1.0 != 1.0000000001"]
+    assert same_json.differences(old, {**old, "a": [1.0, {"b": 2.0, "c": 0.0}]}, 1e-12)
+    assert same_json.differences(old, {**old, "ok": 1}, 1e-12)
+    assert same_json.differences(old, {**old, "a": [1.0]}, 1e-12) == [".a: 2 items != 1"]
+    assert same_json.differences(old, {"a": old["a"], "ok": True}, 1e-12) == []
+    assert same_json.differences(old, {"ok": True}, 1e-12) == [".a: only in old"]
