@@ -53,7 +53,7 @@ def differences(old: object, new: object, rtol: float, where: str = "") -> list[
     if isinstance(old, list) and isinstance(new, list):
         if len(old) != len(new):
             return [f"{where}: {len(old)} items != {len(new)}"]
-        return [d for i, (a, b) in enumerate(zip(old, new))
+        return [d for i, (a, b) in enumerate(zip(old, new, strict=True))
                 for d in differences(a, b, rtol, f"{where}[{i}]")]
     numbers = (int, float)
     if isinstance(old, numbers) and isinstance(new, numbers) and \
