@@ -44,8 +44,10 @@ import yaml
 from gradcheck_cli.analysis.analyze import analyze_spec, model_parameters
 from gradcheck_cli.analysis.cost import bptt_cost
 from gradcheck_cli.analysis.memory import OVERHEAD, estimate
+from gradcheck_cli.core.losses import loss_and_output_grad
 from gradcheck_cli.core.model import Architecture
-from gradcheck_cli.engine.bptt import backward, forward, loss_and_output_grad
+from gradcheck_cli.engine.backward import backward
+from gradcheck_cli.engine.forward import forward
 from gradcheck_cli.io.data import Batches
 from gradcheck_cli.io.resolve import spec_from_data
 
@@ -201,7 +203,8 @@ def bench_shape(shape, dtype, repeats, peak):
     products = median_time(products_alone(*shape, dtype), repeats)
     torch_fn = torch_step(*shape, dtype)
     torch_t = median_time(torch_fn, repeats) if torch_fn else None
-    macs = bptt_cost(arch, spec.length, spec.batch_size, dtype).total_macs
+    cost = bptt_cost(arch, spec.length, spec.batch_size, dtype)
+    macs = cost.forward_macs + cost.backward_macs
     tracemalloc.start()
     analyze_spec(spec, trials=0, windows=[])
     _, used = tracemalloc.get_traced_memory()

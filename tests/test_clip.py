@@ -115,7 +115,7 @@ def test_later_trial_chunks_run_in_the_first_chunks_arrays(monkeypatch, override
     """Chunks of 3 + 2 + 2 trials: only the first asks the system for memory; the smaller
     ones run in the leading parts of the arrays before them."""
     from gradcheck_cli.analysis import clip, memory
-    from gradcheck_cli.engine.bptt import Buffers
+    from gradcheck_cli.engine.buffers import Buffers
     spec = load_spec(next(p for p in SAMPLES if p.stem == "gru_vanishing"), overrides)
     monkeypatch.setattr(memory, "STACKED_ROWS", 3 * spec.batch_size)
     pools: list = []

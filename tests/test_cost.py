@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.analysis.cost import activation_bytes, bptt_cost, default_windows, truncated_cost
-from gradcheck_cli.engine.bptt import forward
+from gradcheck_cli.engine.forward import forward
 from tests.conftest import make_problem
 
 
@@ -39,7 +39,7 @@ def test_activation_bytes_are_what_forward_keeps(rng, cell, nonlinearity, residu
         arch = dataclasses.replace(arch, residual_layers=residual[0], residual_time=residual[1])
         params = {k: v.astype(dtype) for k, v in params.items()}
         fwd = forward(arch, params, x.astype(dtype))
-        assert activation_bytes(arch, 7, 2, np.dtype(dtype).itemsize) == kept_bytes(fwd)
+        assert activation_bytes(arch, 7, 2, dtype) == kept_bytes(fwd)
 
 
 def test_multiply_adds_by_hand():

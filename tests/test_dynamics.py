@@ -17,7 +17,7 @@ from gradcheck_cli.analysis.dynamics import (
     step_jacobian,
 )
 from gradcheck_cli.core.model import Architecture
-from gradcheck_cli.engine.bptt import forward
+from gradcheck_cli.engine.forward import forward
 from tests.conftest import make_problem
 
 

@@ -12,9 +12,11 @@ from click.testing import CliRunner
 from gradcheck_cli.analysis.analyze import analyze_spec
 from gradcheck_cli.analysis.clip import suggest_clip
 from gradcheck_cli.cli import cli
+from gradcheck_cli.core.losses import loss_and_output_grad
 from gradcheck_cli.core.mitigations import clip_by_norm, normalize_per_parameter
 from gradcheck_cli.core.truncation import last_reach as _last_reach
-from gradcheck_cli.engine.bptt import forward, loss_and_output_grad, truncated_bptt
+from gradcheck_cli.engine.bptt import truncated_bptt
+from gradcheck_cli.engine.forward import forward
 from gradcheck_cli.io.resolve import load_spec, spec_from_data
 from tests.conftest import SAMPLES, make_problem
 
@@ -97,7 +99,7 @@ def test_signal_cut_is_what_the_last_window_cuts(rng, T, k1, k2):
     reach = _last_reach(T, k1, k2)
     full = truncated_bptt(arch, params, fwd, d_out, T, T)
     cut = truncated_bptt(arch, params, fwd, d_out, k1, k2)
-    from gradcheck_cli.engine.bptt import backward
+    from gradcheck_cli.engine.backward import backward
     window = backward(arch, params, fwd, d_out, window=(T - reach, T)).params
     for name in params:
         np.testing.assert_allclose(cut[name], window[name], rtol=1e-12, atol=1e-15)

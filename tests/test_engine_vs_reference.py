@@ -16,8 +16,15 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.core import reference
+from gradcheck_cli.core.losses import covered_steps, loss_and_output_grad
 from gradcheck_cli.core.model import Architecture, init_params
-from gradcheck_cli.engine import bptt as engine
+from gradcheck_cli.engine import arrays
+from gradcheck_cli.engine.backward import backward, backward_lanes
+from gradcheck_cli.engine.bptt import bptt, truncated_bptt, truncated_bptt_cuts
+from gradcheck_cli.engine.buffers import Buffers
+from gradcheck_cli.engine.forward import forward
+from gradcheck_cli.engine.hooks import StateNorms
+from gradcheck_cli.engine.lanes import Lanes
 from gradcheck_cli.spec.schema import InitSpec
 
 TORCH = np.load(Path(__file__).parent / "data" / "torch_reference.npz")
@@ -75,7 +82,7 @@ def test_the_reference_bptt_gives_pytorchs_numbers(name):
     x, targets = TORCH[f"{name}/x"].swapaxes(0, 1), TORCH[f"{name}/targets"].swapaxes(0, 1)
     kind, timesteps = str(TORCH[f"{name}/meta/loss"]), str(TORCH[f"{name}/meta/timesteps"])
     outputs, caches = reference.forward(arch, params, x)
-    covered = engine.covered_steps(x.shape[0], x.shape[1], timesteps, None)
+    covered = covered_steps(x.shape[0], x.shape[1], timesteps, None)
     grads, hidden, cell = reference.backward(
         arch, params, caches, reference.loss_gradient(outputs, targets, covered, kind))
     for pname, g in grads.items():
@@ -92,7 +99,7 @@ def test_the_reference_bptt_is_the_exact_derivative(rng, cell, nonlinearity, var
     """v·∇L from the reference backward against the complex step of the reference forward,
     along a random direction of every parameter."""
     arch, params, x, targets = _case(rng, cell, nonlinearity, variant, T=6, B=2)
-    covered = engine.covered_steps(6, 2, "all", None)
+    covered = covered_steps(6, 2, "all", None)
     outputs, caches = reference.forward(arch, params, x)
     grads, _, _ = reference.backward(arch, params, caches,
                                      reference.loss_gradient(outputs, targets, covered, "mse"))
@@ -117,9 +124,9 @@ def test_the_fast_pass_gives_the_references_numbers(rng, cell, nonlinearity, var
     the pass takes as it goes."""
     arch, params, x, targets = _case(rng, cell, nonlinearity, variant, kind=loss)
     lengths = np.array([9, 4, 6]) if padded else None
-    fast = engine.bptt(arch, params, x, targets, loss, timesteps, lengths)
+    fast = bptt(arch, params, x, targets, loss, timesteps, lengths)
     outputs, caches = reference.forward(arch, params, x)
-    covered = engine.covered_steps(9, 3, timesteps, lengths)
+    covered = covered_steps(9, 3, timesteps, lengths)
     d_out = reference.loss_gradient(outputs, targets, covered, loss)
     grads, hidden, cells = reference.backward(arch, params, caches, d_out)
     _close(fast.forward.outputs, outputs, "outputs")
@@ -131,10 +138,12 @@ def test_the_fast_pass_gives_the_references_numbers(rng, cell, nonlinearity, var
         _close(fast.grads.hidden[k], hidden[k], f"dh layer {k}")
         if cells is not None:
             _close(fast.grads.cell[k], cells[k], f"dc layer {k}")
-    measured = engine.backward(arch, params, fast.forward, d_out, states=False,
-                               state_norms=True)
+    measured = StateNorms(arch, 9, 3)
+    backward(arch, params, fast.forward, d_out, states=False, hook=measured)
     for k in range(arch.num_layers):
-        _close(measured.hidden_norms[k], np.linalg.norm(hidden[k], axis=-1), f"norms {k}")
+        _close(measured.hidden[k], np.linalg.norm(hidden[k], axis=-1), f"norms {k}")
+        if cells is not None:
+            _close(measured.cell[k], np.linalg.norm(cells[k], axis=-1), f"dc norms {k}")
 
 
 @pytest.mark.parametrize("cell,nonlinearity", CELLS)
@@ -144,11 +153,11 @@ def test_windows_cuts_and_carries_give_the_references_truncated_bptt(rng, cell, 
     """A window's gradients (truncated BPTT's chunk), TBPTT(k1, k2) and TBPTT(k, k) as cuts
     in one pass, and a long pass run window by window with carries."""
     arch, params, x, targets = _case(rng, cell, nonlinearity, variant, T=11)
-    fwd = engine.forward(arch, params, x)
-    _, d_out = engine.loss_and_output_grad(fwd.outputs, targets, "mse", "all")
+    fwd = forward(arch, params, x)
+    _, d_out = loss_and_output_grad(fwd.outputs, targets, "mse", "all")
     for window in ((2, 7), (0, 11), (5, 6)):
         ref, hidden, _ = _reference(arch, params, x, d_out, window)
-        fast = engine.backward(arch, params, fwd, d_out, window=window)
+        fast = backward(arch, params, fwd, d_out, window=window)
         for name, g in ref.items():
             _close(fast.params[name], g, f"window {window}: {name}")
         for k in range(arch.num_layers):
@@ -168,11 +177,11 @@ def test_windows_cuts_and_carries_give_the_references_truncated_bptt(rng, cell, 
 
     for k1, k2 in ((3, 3), (4, 6), (1, 11)):
         expected = reference_tbptt(k1, k2)
-        fast = engine.truncated_bptt(arch, params, fwd, d_out, k1, k2)
+        fast = truncated_bptt(arch, params, fwd, d_out, k1, k2)
         for name, g in expected.items():
             _close(fast[name], g, f"TBPTT({k1}, {k2}): {name}")
     windows = [1, 3, 4, 11]
-    for k, cut in zip(windows, engine.truncated_bptt_cuts(arch, params, fwd, d_out, windows),
+    for k, cut in zip(windows, truncated_bptt_cuts(arch, params, fwd, d_out, windows),
                       strict=True):
         for name, g in reference_tbptt(k, k).items():
             _close(cut[name], g, f"cuts k={k}: {name}")
@@ -180,7 +189,7 @@ def test_windows_cuts_and_carries_give_the_references_truncated_bptt(rng, cell, 
     full, hidden, _ = _reference(arch, params, x, d_out)
     carry, totals = None, {name: np.zeros_like(v) for name, v in params.items()}
     for start, stop in ((7, 11), (3, 7), (0, 3)):
-        part = engine.backward(arch, params, fwd, d_out, window=(start, stop), carry=carry)
+        part = backward(arch, params, fwd, d_out, window=(start, stop), carry=carry)
         carry = part.carry
         for name, g in part.params.items():
             totals[name] += g
@@ -198,10 +207,9 @@ def test_streams_and_interleaved_batches_give_each_the_references_numbers(
     batches interleaved row by row (the clip trials): each gets its own reference pass's
     gradients."""
     arch, params, x, _ = _case(rng, cell, nonlinearity, variant)
-    fwd = engine.forward(arch, params, x)
+    fwd = forward(arch, params, x)
     d_outs = [rng.normal(size=(9, 3, arch.output_size)) for _ in range(3)]
-    together = engine.backward_streams(arch, params, fwd, d_outs,
-                                       param_grads=[True, False, True])
+    together = backward_lanes(arch, params, fwd, d_outs, Lanes.outputs([True, False, True]))
     for s, (d, result) in enumerate(zip(d_outs, together, strict=True)):
         grads, hidden, _ = _reference(arch, params, x, d)
         if s != 1:
@@ -212,12 +220,12 @@ def test_streams_and_interleaved_batches_give_each_the_references_numbers(
     xs = [rng.normal(size=(9, 2, arch.input_size)) for _ in range(3)]
     x_all = np.stack(xs, axis=2).reshape(9, 6, arch.input_size)
     d_all = np.stack([d[:, :2] for d in d_outs], axis=2).reshape(9, 6, arch.output_size)
-    grouped = engine.backward(arch, params, engine.forward(arch, params, x_all), d_all,
-                              groups=3, states=False).params
+    grouped = backward_lanes(arch, params, forward(arch, params, x_all), d_all,
+                             Lanes.batches(3), states=False)
     for g in range(3):
         grads, _, _ = _reference(arch, params, xs[g], d_outs[g][:, :2])
         for name, value in grads.items():
-            _close(grouped[name][g], value, f"batch {g}: {name}")
+            _close(grouped[g].params[name], value, f"batch {g}: {name}")
 
 
 @pytest.mark.parametrize("cell,nonlinearity", CELLS)
@@ -225,15 +233,15 @@ def test_passes_on_reused_buffers_and_long_blocks_give_the_references_numbers(
         rng, cell, nonlinearity, monkeypatch):
     """Buffers lent again pass after pass, and sequences longer than a block of gate
     gradients (a block of 4 steps here)."""
-    monkeypatch.setattr(engine, "STEP_BLOCK", 4)
+    monkeypatch.setattr(arrays, "STEP_BLOCK", 4)
     arch, params, x, targets = _case(rng, cell, nonlinearity, "plain", T=13)
-    buffers = engine.Buffers()
+    buffers = Buffers()
     for trial in range(3):
         xt = x * (1 + trial)
         buffers.reclaim()
-        fwd = engine.forward(arch, params, xt, buffers=buffers)
-        _, d_out = engine.loss_and_output_grad(fwd.outputs, targets, "mse", "all")
-        fast = engine.backward(arch, params, fwd, d_out, buffers=buffers)
+        fwd = forward(arch, params, xt, buffers=buffers)
+        _, d_out = loss_and_output_grad(fwd.outputs, targets, "mse", "all")
+        fast = backward(arch, params, fwd, d_out, buffers=buffers)
         grads, hidden, _ = _reference(arch, params, xt, d_out)
         for name, g in grads.items():
             _close(fast.params[name], g, f"pass {trial}: {name}")
@@ -245,10 +253,10 @@ def test_passes_on_reused_buffers_and_long_blocks_give_the_references_numbers(
 def test_float32_gives_the_references_numbers_to_its_rounding(rng, cell, nonlinearity):
     arch, params, x, targets = _case(rng, cell, nonlinearity, "plain")
     single = {name: v.astype(np.float32) for name, v in params.items()}
-    fast = engine.bptt(arch, single, x.astype(np.float32), targets.astype(np.float32))
+    fast = bptt(arch, single, x.astype(np.float32), targets.astype(np.float32))
     exact = {name: v.astype(np.float64) for name, v in single.items()}
     outputs, caches = reference.forward(arch, exact, x.astype(np.float32).astype(np.float64))
-    covered = engine.covered_steps(9, 3, "all", None)
+    covered = covered_steps(9, 3, "all", None)
     d_out = reference.loss_gradient(outputs, targets.astype(np.float32).astype(np.float64),
                                     covered, "mse")
     grads, _, _ = reference.backward(arch, exact, caches, d_out)

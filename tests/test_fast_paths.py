@@ -12,16 +12,15 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.analysis.measure import last_step_loss_grad
+from gradcheck_cli.core.losses import loss_and_output_grad
 from gradcheck_cli.core.model import Architecture, init_params
-from gradcheck_cli.engine.bptt import (
-    Buffers,
-    backward,
-    backward_streams,
-    forward,
-    loss_and_output_grad,
-    truncated_bptt,
-    truncated_bptt_cuts,
-)
+from gradcheck_cli.engine import arrays
+from gradcheck_cli.engine.backward import backward, backward_lanes
+from gradcheck_cli.engine.bptt import truncated_bptt, truncated_bptt_cuts
+from gradcheck_cli.engine.buffers import Buffers
+from gradcheck_cli.engine.forward import forward
+from gradcheck_cli.engine.hooks import StateNorms
+from gradcheck_cli.engine.lanes import Lanes
 from gradcheck_cli.spec.schema import InitSpec
 from tests.conftest import make_problem
 
@@ -61,8 +60,8 @@ def test_a_second_output_gradient_alongside_equals_its_own_pass(rng, cell, nonli
     _, d_out = loss_and_output_grad(fwd.outputs, targets.astype(dtype), "mse", "all")
     d_last = last_step_loss_grad(fwd.outputs, targets.astype(dtype), "mse", None)
 
-    together, second = backward_streams(arch, params, fwd, [d_out, d_last],
-                                        param_grads=[True, False])
+    together, second = backward_lanes(arch, params, fwd, [d_out, d_last],
+                                      Lanes.outputs([True, False]))
     alone = backward(arch, params, fwd, d_out)
     last = backward(arch, params, fwd, d_last, param_grads=False)
     tol = dict(rtol=1e-5, atol=1e-6) if float32 else dict(rtol=1e-12, atol=1e-14)
@@ -89,8 +88,8 @@ def test_the_second_gradient_alongside_works_in_a_window_and_with_padding(rng, c
     fwd = forward(arch, params, x)
     _, d_out = loss_and_output_grad(fwd.outputs, targets, "mse", "all", lengths)
     d_last = last_step_loss_grad(fwd.outputs, targets, "mse", lengths)
-    together, second = backward_streams(arch, params, fwd, [d_out, d_last],
-                                        param_grads=[True, False], window=(2, 6))
+    together, second = backward_lanes(arch, params, fwd, [d_out, d_last],
+                                      Lanes.outputs([True, False]), window=(2, 6))
     alone = backward(arch, params, fwd, d_out, window=(2, 6))
     last = backward(arch, params, fwd, d_last, window=(2, 6), param_grads=False)
     for name, g in alone.params.items():
@@ -100,13 +99,12 @@ def test_the_second_gradient_alongside_works_in_a_window_and_with_padding(rng, c
         _close(second.hidden[k], last.hidden[k], f"layer {k}, last step")
 
 
-def test_streams_refuse_groups_and_carry(rng):
-    arch, params, x, targets = make_problem(rng)
-    fwd = forward(arch, params, x)
-    _, d_out = loss_and_output_grad(fwd.outputs, targets, "mse", "all")
-    with pytest.raises(ValueError, match="one stream"):
-        backward_streams(arch, params, fwd, [d_out, d_out], param_grads=[True, True],
-                         groups=2)
+def test_lanes_need_one_setting_each():
+    with pytest.raises(ValueError, match="2 lanes need one param_grads and one cuts each"):
+        Lanes(count=2, param_grads=(True,), cuts=((), ()))
+    with pytest.raises(ValueError, match="lanes need"):
+        Lanes(count=0, param_grads=(), cuts=())
+    assert Lanes.outputs([True, False]).cuts == ((), ())
 
 
 @pytest.mark.parametrize("cell,nonlinearity", CELLS)
@@ -121,7 +119,7 @@ def test_every_streams_parameter_gradients_are_its_own(rng, cell, nonlinearity, 
     params = init_params(arch, InitSpec(), rng)
     fwd = forward(arch, params, x)
     outs = [rng.normal(size=fwd.outputs.shape) for _ in range(3)]
-    streams = backward_streams(arch, params, fwd, outs, param_grads=[True, False, True])
+    streams = backward_lanes(arch, params, fwd, outs, Lanes.outputs([True, False, True]))
     assert streams[1].params == {}
     for s in (0, 2):
         alone = backward(arch, params, fwd, outs[s])
@@ -164,7 +162,7 @@ def test_truncation_windows_in_one_pass_equal_chunk_by_chunk(rng, cell, nonlinea
 @pytest.mark.parametrize("window", [None, (2, 7)])
 def test_interleaved_batches_get_each_their_own_gradients(rng, cell, nonlinearity, variant,
                                                           bias, window):
-    """groups=3: three batches interleaved (sequence j of batch g is row 3j + g) give, per
+    """Lanes.batches(3): three batches interleaved (sequence j of batch g is row 3j + g) give, per
     batch, the parameter gradients of that batch's own pass, also through a window that
     starts mid-sequence (the state before it a constant input)."""
     arch, _, _, _ = make_problem(rng, cell, nonlinearity, layers=2, bias=bias, T=7, B=2,
@@ -175,22 +173,26 @@ def test_interleaved_batches_get_each_their_own_gradients(rng, cell, nonlinearit
     outs = [rng.normal(size=(7, 2, arch.output_size)) for _ in range(3)]
     x = np.stack(xs, axis=2).reshape(7, 6, arch.input_size)
     d_out = np.stack(outs, axis=2).reshape(7, 6, arch.output_size)
-    grouped = backward(arch, params, forward(arch, params, x), d_out, groups=3,
-                       window=window, states=False).params
+    grouped = backward_lanes(arch, params, forward(arch, params, x), d_out, Lanes.batches(3),
+                             window=window, states=False)
     for g in range(3):
         alone = backward(arch, params, forward(arch, params, xs[g]), outs[g],
                          window=window, states=False).params
-        assert grouped.keys() == alone.keys()
+        assert grouped[g].params.keys() == alone.keys()
         for name, grad in alone.items():
-            _close(grouped[name][g], grad, f"batch {g}: {name}")
+            _close(grouped[g].params[name], grad, f"batch {g}: {name}")
 
 
-def test_a_batchs_rows_are_read_in_place():
-    from gradcheck_cli.engine.bptt import _group_rows
+def test_a_lanes_rows_are_read_in_place():
     a = np.arange(5 * 6 * 4.0).reshape(5, 6, 4)
-    rows = _group_rows(a, 3, 1)
-    assert np.shares_memory(rows, a) and rows.shape == (10, 4)
-    np.testing.assert_array_equal(rows, a[:, 1::3].reshape(10, 4))
+    rows = Lanes.batches(3).view(a, 1)
+    assert np.shares_memory(rows, a) and rows.shape == (5, 2, 4)
+    np.testing.assert_array_equal(rows, a[:, 1::3])
+    flat = rows.reshape(10, 4)                     # what a weight gradient's product takes
+    assert np.shares_memory(flat, a)
+    np.testing.assert_array_equal(Lanes.batches(3).view_rows(a[..., 0], 2), a[:, 2::3, 0])
+    shared = Lanes.outputs([True, True])
+    assert shared.of_forward(a, 1) is a and Lanes.batches(2).of_forward(a, 1).shape == (5, 3, 4)
 
 
 def test_buffers_lend_reclaim_and_reuse():
@@ -326,7 +328,6 @@ def test_gate_gradients_held_block_by_block_give_the_same_gradients(
     """The backward pass takes weight gradients and dL/dx block by block: with blocks of
     1, 2 or 3 steps (the last one short), as with the whole window at once, for two
     streams with cuts, a window that starts mid-sequence, and grouped batches."""
-    from gradcheck_cli.engine import bptt as core
     arch, _, x, _ = make_problem(rng, cell, nonlinearity, layers=2, T=7, B=4, I=3, H=3)
     arch = _variant(arch, variant)
     params = init_params(arch, InitSpec(), rng)
@@ -334,17 +335,17 @@ def test_gate_gradients_held_block_by_block_give_the_same_gradients(
     outs = [rng.normal(size=fwd.outputs.shape) for _ in range(2)]
 
     def run():
-        streams = backward_streams(arch, params, fwd, outs, param_grads=[True, True],
-                                   cuts=[(), (3, 5)])
+        streams = backward_lanes(arch, params, fwd, outs, Lanes.outputs([True, True],
+                                                                        cuts=[(), (3, 5)]))
         window = backward(arch, params, fwd, outs[0], window=(2, 7))
-        grouped = backward(arch, params, fwd, outs[0], groups=2, states=False)
-        return [*streams, window, grouped]
+        grouped = backward_lanes(arch, params, fwd, outs[0], Lanes.batches(2), states=False)
+        return [*streams, window, *grouped]
 
     whole = run()
-    monkeypatch.setattr(core, "STEP_BLOCK", block)
+    monkeypatch.setattr(arrays, "STEP_BLOCK", block)
     blocked = run()
-    for label, a, b in zip(["stream 0", "stream 1", "window", "groups"], whole, blocked,
-                           strict=True):
+    for label, a, b in zip(["stream 0", "stream 1", "window", "batch 0", "batch 1"], whole,
+                           blocked, strict=True):
         assert a.params.keys() == b.params.keys()
         for name, g in a.params.items():
             _close(b.params[name], g, f"{label}: {name}")
@@ -356,8 +357,8 @@ def test_a_cut_at_the_windows_first_step_stops_what_leaves_it(rng):
     arch, params, x, _ = make_problem(rng, "lstm", layers=2, T=7, B=2)
     fwd = forward(arch, params, x)
     d = rng.normal(size=fwd.outputs.shape)
-    open_, cut = backward_streams(arch, params, fwd, [d, d], param_grads=[True, True],
-                                  cuts=[(), (2,)], window=(2, 7))
+    open_, cut = backward_lanes(arch, params, fwd, [d, d],
+                                Lanes.outputs([True, True], cuts=[(), (2,)]), window=(2, 7))
     for k in range(arch.num_layers):
         dh, dc = cut.carry[k]
         assert not dh.any() and not dc.any()
@@ -428,11 +429,10 @@ def test_gates_taken_through_one_tanh_are_each_gates_activation(rng, cell, bias,
 @pytest.mark.parametrize("block", [2, 64])
 def test_state_norms_taken_step_by_step_are_the_kept_gradients_norms(
         rng, cell, nonlinearity, variant, float32, block, monkeypatch):
-    """``state_norms``: each sequence's ||dL/dh_t|| (and ||dL/dc_t||), taken as the pass
+    """The StateNorms hook: each sequence's ||dL/dh_t|| (and ||dL/dc_t||), taken as the pass
     goes, equal the norms of the state gradients kept, with or without keeping them, for
     two streams side by side (one with cuts), one alone, and a window mid-sequence."""
-    from gradcheck_cli.engine import bptt as core
-    monkeypatch.setattr(core, "STEP_BLOCK", block)
+    monkeypatch.setattr(arrays, "STEP_BLOCK", block)
     arch, _, x, _ = make_problem(rng, cell, nonlinearity, layers=2, T=7, B=3, I=4, H=4, O=4)
     arch = _variant(arch, variant)
     dtype = np.float32 if float32 else np.float64
@@ -442,27 +442,32 @@ def test_state_norms_taken_step_by_step_are_the_kept_gradients_norms(
     tol = dict(rtol=1e-6, atol=0) if float32 else dict(rtol=1e-13, atol=0)
 
     def calls(states):
-        streams = backward_streams(arch, params, fwd, outs, param_grads=[True, False],
-                                   cuts=[(), (2, 5)], states=states, state_norms=True)
-        return [*streams, backward(arch, params, fwd, outs[0], states=states,
-                                   state_norms=True),
-                backward(arch, params, fwd, outs[1], window=(2, 6), states=states,
-                         state_norms=True)]
+        B = x.shape[1]
+        lanes = Lanes.outputs([True, False], cuts=[(), (2, 5)])
+        both, alone, window = StateNorms(arch, 7, 2 * B), StateNorms(arch, 7, B), \
+            StateNorms(arch, 4, B)
+        streams = backward_lanes(arch, params, fwd, outs, lanes, states=states, hook=both)
+        grads = [*streams, backward(arch, params, fwd, outs[0], states=states, hook=alone),
+                 backward(arch, params, fwd, outs[1], window=(2, 6), states=states,
+                          hook=window)]
+        one = Lanes()
+        return grads, [both.lane(lanes, 0), both.lane(lanes, 1), alone.lane(one, 0),
+                       window.lane(one, 0)]
 
-    kept, measured = calls(True), calls(False)
-    for label, a, b in zip(["stream 0", "stream 1", "alone", "window"], kept, measured,
-                           strict=True):
+    (kept, kept_norms), (measured, norms) = calls(True), calls(False)
+    for label, a, a_norms, b, b_norms in zip(["stream 0", "stream 1", "alone", "window"],
+                                             kept, kept_norms, measured, norms, strict=True):
         assert b.hidden == [] and b.cell is None
         for k in range(arch.num_layers):
             want = np.linalg.norm(a.hidden[k].astype(np.float64), axis=-1)
-            assert a.hidden_norms[k].dtype == np.float64 and a.hidden_norms[k].shape == want.shape
-            np.testing.assert_allclose(a.hidden_norms[k], want, **tol, err_msg=label)
-            np.testing.assert_allclose(b.hidden_norms[k], want, **tol, err_msg=label)
+            assert a_norms.hidden[k].dtype == np.float64 and a_norms.hidden[k].shape == want.shape
+            np.testing.assert_allclose(a_norms.hidden[k], want, **tol, err_msg=label)
+            np.testing.assert_allclose(b_norms.hidden[k], want, **tol, err_msg=label)
             if cell == "lstm":
                 want = np.linalg.norm(a.cell[k].astype(np.float64), axis=-1)
-                np.testing.assert_allclose(b.cell_norms[k], want, **tol, err_msg=label)
+                np.testing.assert_allclose(b_norms.cell[k], want, **tol, err_msg=label)
             else:
-                assert b.cell_norms is None
+                assert b_norms.cell is None
         for name, g in a.params.items():
             np.testing.assert_array_equal(b.params[name], g, err_msg=f"{label}: {name}")
 
@@ -488,12 +493,12 @@ def test_halved_rows_give_the_unhalved_sums_halved_bit_for_bit(rng, cell, bias, 
                                                                monkeypatch):
     """Halving the sigmoid rows before the products, or the sums after them (what the pass
     does where a sum could overflow): the same states and gates, bit for bit."""
-    from gradcheck_cli.engine import bptt as core
+    import gradcheck_cli.engine.forward as fast_forward
     arch, _, x, _ = make_problem(rng, cell, layers=2, bias=bias, T=6, B=3, I=4, H=5, O=2)
     dtype = np.float32 if float32 else np.float64
     params = init_params(arch, InitSpec(), rng, np.dtype(dtype))
     fast = forward(arch, params, x.astype(dtype))
-    monkeypatch.setattr(core, "_halving_is_exact", lambda *args: False)
+    monkeypatch.setattr(fast_forward, "halving_is_exact", lambda *args: False)
     after = forward(arch, params, x.astype(dtype))
     for a, b in zip(fast.layers, after.layers, strict=True):
         for name in ("h", "gates", "c", "hn"):

@@ -355,7 +355,7 @@ def test_long_sequences_keep_both_streams_side_by_side_when_they_add_a_quarter_a
     from gradcheck_cli.analysis import memory
     long = Architecture(cell="lstm", input_size=32, hidden_size=256, output_size=16,
                         num_layers=1)
-    one = memory.stream_bytes(long, 20_000, 32, "float32", states=False)
+    one = memory.pass_bytes(long, 20_000, 32, "float32", states=False)
     assert one > memory.STACKED_BYTES                      # over the fixed budget ...
     assert memory.main_streams(long, 20_000, 32, "float32") == 2   # ... a small share
     wide = Architecture(cell="lstm", input_size=8, hidden_size=8, output_size=4096,

@@ -104,8 +104,8 @@ def layer(module: str) -> tuple[str, int] | None:
 
 def test_the_graph_is_read():
     graph = imports()
-    assert "gradcheck_cli.engine.bptt" in graph["gradcheck_cli.analysis.analyze"]
-    assert "gradcheck_cli.core.model" in graph["gradcheck_cli.engine.bptt"]
+    assert "gradcheck_cli.engine.backward" in graph["gradcheck_cli.analysis.analyze"]
+    assert "gradcheck_cli.core.model" in graph["gradcheck_cli.engine.forward"]
     # a deferred import (inside a function) counts
     assert "gradcheck_cli.io.weights" in graph["gradcheck_cli.analysis.analyze"]
 

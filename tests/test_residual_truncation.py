@@ -7,7 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from gradcheck_cli.engine.bptt import bptt, forward, loss_and_output_grad, truncated_bptt
+from gradcheck_cli.core.losses import loss_and_output_grad
+from gradcheck_cli.engine.bptt import bptt, truncated_bptt
+from gradcheck_cli.engine.forward import forward
 from tests.conftest import make_problem
 from tests.finite_diff import central_difference, check_gradients, relative_error
 from tests.naive import naive_loss, naive_outputs, step_losses
@@ -52,11 +54,12 @@ def test_residual_hidden_gradients_match_finite_differences(rng, cell, nonlinear
 
 
 def test_residual_across_layers_skips_a_first_layer_of_another_size(rng):
-    from gradcheck_cli.engine.bptt import residual_layers
     arch, params, x, _ = make_problem(rng, "gru", layers=3, I=2, H=3)
-    assert residual_layers(with_residual(arch, layers=True)) == [1, 2]
-    assert residual_layers(with_residual(make_problem(rng, "gru", I=3, H=3)[0],
-                                         layers=True)) == [0, 1]
+    skips = with_residual(arch, layers=True)
+    assert [k for k in range(3) if skips.residual_layer(k)] == [1, 2]
+    square = with_residual(make_problem(rng, "gru", I=3, H=3)[0], layers=True)
+    assert [k for k in range(2) if square.residual_layer(k)] == [0, 1]
+    assert not any(arch.residual_layer(k) for k in range(3))
     np.testing.assert_allclose(forward(with_residual(arch, layers=True), params, x).outputs,
                                naive_outputs(with_residual(arch, layers=True), params, x))
 

@@ -14,8 +14,10 @@ from gradcheck_cli import analyze
 from gradcheck_cli.analysis.analyze import model_parameters
 from gradcheck_cli.cli import cli
 from gradcheck_cli.commands.simulate import StepRecord, _Trace, judge, simulate
+from gradcheck_cli.core.losses import loss_and_output_grad
 from gradcheck_cli.core.optim import SGD, Adam
-from gradcheck_cli.engine.bptt import forward, loss_and_output_grad, truncated_bptt
+from gradcheck_cli.engine.bptt import truncated_bptt
+from gradcheck_cli.engine.forward import forward
 from gradcheck_cli.io.data import Batches
 from gradcheck_cli.io.resolve import load_spec
 from tests.conftest import SAMPLES

@@ -16,8 +16,9 @@ import pytest
 
 from gradcheck_cli.commands import verify
 from gradcheck_cli.core import reference
+from gradcheck_cli.core.losses import covered_steps
 from gradcheck_cli.core.model import Architecture, init_params
-from gradcheck_cli.engine.bptt import covered_steps, loss_value
+from gradcheck_cli.engine.bptt import loss_value
 from gradcheck_cli.spec.schema import InitSpec
 from tests.conftest import SAMPLES
 from tests.test_cli import assert_exit, run

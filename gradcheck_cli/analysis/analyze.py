@@ -11,16 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..core.losses import loss_and_output_grad
 from ..core.model import Architecture, Params, init_params
 from ..core.norms import global_norm as norm_of_all
 from ..core.norms import norm, step_norms
-from ..engine.bptt import (
-    Backward,
-    backward,
-    backward_streams,
-    forward,
-    loss_and_output_grad,
-)
+from ..engine.backward import backward, backward_lanes
+from ..engine.forward import forward
+from ..engine.hooks import StateNorms
+from ..engine.lanes import Lanes
 from ..io.data import Batches
 from ..results.report import (
     CostStats,
@@ -101,27 +99,30 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         if streams is None:
             streams = main_streams(arch, spec.length, batch.x.shape[1], spec.dtype)
         alongside = streams == STREAMS
-        last: Backward | None
+        T, B = d_out.shape[:2]
         if d_last is not None and alongside:
-            grads, last = backward_streams(arch, params, fwd, [d_out, d_last],
-                                           param_grads=[True, False], states=False,
-                                           state_norms=True)
+            lanes = Lanes.outputs([True, False])
+            measured = StateNorms(arch, T, B * 2)
+            grads = backward_lanes(arch, params, fwd, [d_out, d_last], lanes, states=False,
+                                   hook=measured)[0]
+            main, last = measured.lane(lanes, 0), measured.lane(lanes, 1)
         else:
-            grads = backward(arch, params, fwd, d_out, states=False, state_norms=True)
-            last = grads if d_last is None else None
-        broken = non_finite_finding(params, fwd, loss, grads, names)
-        assert grads.hidden_norms is not None
-        hidden = [step_norms(n) for n in grads.hidden_norms]
-        cell = [step_norms(n) for n in grads.cell_norms] if grads.cell_norms else None
+            measured = StateNorms(arch, T, B)
+            grads = backward(arch, params, fwd, d_out, states=False, hook=measured)
+            main = last = measured.lane(Lanes(), 0)
+        broken = non_finite_finding(params, fwd, loss, grads.params, main.bad, names)
+        hidden = [step_norms(n) for n in main.hidden]
+        cell = [step_norms(n) for n in main.cell] if main.cell else None
         param_grads = grads.params
-        del grads
-        if last is None and d_last is not None:
-            last = backward(arch, params, fwd, d_last, param_grads=False, states=False,
-                            state_norms=True)
-        assert last is not None and last.hidden_norms is not None
+        del grads, measured
+        if d_last is not None and not alongside:
+            measured = StateNorms(arch, T, B)
+            backward(arch, params, fwd, d_last, param_grads=False, states=False,
+                     hook=measured)
+            last = measured.lane(Lanes(), 0)
         decays = [whole_batch_decay(n) if lengths is None else padded_decay(n, lengths)
-                  for n in last.hidden_norms]
-        del last, d_last
+                  for n in last.hidden]
+        del last, d_last, main
         span = int(np.max(lengths)) if lengths is not None else spec.length
         layers = layer_stats(hidden, cell, decays, spec)
         param_stats = [ParameterStats(name=names[name], shape=list(g.shape),

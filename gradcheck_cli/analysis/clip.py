@@ -18,8 +18,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..core.losses import loss_and_output_grad
 from ..core.model import Architecture, Params
-from ..engine.bptt import Buffers, backward, forward, loss_and_output_grad
+from ..engine.backward import backward_lanes
+from ..engine.buffers import Buffers
+from ..engine.forward import forward
 from ..results.report import ClipCandidate, ClipSuggestion
 
 PERCENTILES = (10, 25, 50, 75, 90, 99)
@@ -37,7 +40,8 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
     fewer, larger matrix products. The chunks differ in size by one at most, and every one
     runs in the arrays of the first (a smaller one in their leading parts).
     """
-    from ..core.norms import grouped_norms
+    from ..core.norms import global_norm
+    from ..engine.lanes import Lanes
     from .memory import trial_chunks
     norms = np.empty(trials)
     B = spec.batch_size
@@ -46,7 +50,7 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
     for k in trial_chunks(arch, spec.length, B, spec.dtype, trials):
         buffers.reclaim()
         draws = [batches.draw(done + j + 1) for j in range(k)]
-        # interleaved: sequence b of trial j is row b * k + j (see bptt.backward's groups)
+        # interleaved: sequence b of trial j is row b * k + j, lane j (see engine.lanes)
         stacked = np.stack([d.x for d in draws], axis=2)          # (T, B, k, features)
         x = stacked.reshape(stacked.shape[0], B * k, stacked.shape[-1])
         with np.errstate(all="ignore"):
@@ -56,9 +60,9 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
                 _, d_out[:, j::k] = loss_and_output_grad(
                     fwd.outputs[:, j::k], d.targets, spec.loss.kind, spec.loss.timesteps,
                     d.lengths)
-            grads = backward(arch, params, fwd, d_out, groups=k, states=False,
-                             buffers=buffers).params
-            norms[done:done + k] = grouped_norms(grads.values(), k)
+            grads = backward_lanes(arch, params, fwd, d_out, Lanes.batches(k), states=False,
+                                   buffers=buffers)
+            norms[done:done + k] = [global_norm(g.params.values()) for g in grads]
         del fwd, d_out, grads, draws, stacked, x  # the next chunk reuses the arrays
         done += k
         if progress is not None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..core.model import Architecture
 from ..core.truncation import chunks
+from ..engine.arrays import forward_bytes
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,6 @@ class Cost:
     backward_macs: int
     activation_bytes: int
     parameter_count: int
-
-    @property
-    def total_macs(self) -> int:
-        return self.forward_macs + self.backward_macs
 
 
 def _layer_forward(arch: Architecture, k: int, steps: int, batch: int) -> int:
@@ -51,23 +48,11 @@ def _layer_backward(arch: Architecture, k: int, steps: int, batch: int) -> int:
     return macs
 
 
-def activation_bytes(arch: Architecture, steps: int, batch: int, itemsize: int) -> int:
-    """The arrays the forward pass keeps for the backward pass (as in bptt.forward)."""
-    h, g = arch.hidden_size, arch.gates * arch.hidden_size
-    per_step = arch.input_size                         # the inputs themselves
-    for k in range(arch.num_layers):
-        per_step += h                                  # hidden states
-        if arch.cell == "lstm":
-            per_step += g + h                          # gates, c
-        elif arch.cell == "gru":
-            per_step += g + h                          # gates, W_hn h + b_hn
-        elif arch.residual_time:
-            per_step += h                              # the nonlinearity's own output
-        if arch.residual_layers and arch.layer_input_size(k) == h:
-            per_step += h                              # the layer's output h + x
-    if arch.head:
-        per_step += arch.output_size                   # the head's outputs
-    return steps * batch * per_step * itemsize
+def activation_bytes(arch: Architecture, steps: int, batch: int, dtype) -> int:
+    """The arrays the forward pass keeps for the backward pass (the engine's table,
+    :func:`~gradcheck_cli.engine.arrays.forward_bytes`), and the inputs themselves."""
+    inputs = steps * batch * arch.input_size * np.dtype(dtype).itemsize
+    return forward_bytes(arch, steps, batch, dtype) + inputs
 
 
 def bptt_cost(arch: Architecture, steps: int, batch: int, dtype: str | np.dtype) -> Cost:
@@ -78,7 +63,7 @@ def bptt_cost(arch: Architecture, steps: int, batch: int, dtype: str | np.dtype)
         fwd += steps * batch * arch.hidden_size * arch.output_size
         bwd += 2 * steps * batch * arch.hidden_size * arch.output_size
     return Cost(forward_macs=fwd, backward_macs=bwd,
-                activation_bytes=activation_bytes(arch, steps, batch, np.dtype(dtype).itemsize),
+                activation_bytes=activation_bytes(arch, steps, batch, dtype),
                 parameter_count=arch.parameter_count())
 
 
@@ -90,8 +75,7 @@ def truncated_cost(arch: Architecture, steps: int, batch: int, dtype: str | np.d
     backward_steps = sum(chunk.backward_steps for chunk in chunks(steps, k1, k2))
     per_step = bptt_cost(arch, 1, batch, dtype).backward_macs
     return Cost(forward_macs=full.forward_macs, backward_macs=per_step * backward_steps,
-                activation_bytes=activation_bytes(arch, min(k2, steps), batch,
-                                                  np.dtype(dtype).itemsize),
+                activation_bytes=activation_bytes(arch, min(k2, steps), batch, dtype),
                 parameter_count=full.parameter_count)
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.model import Architecture, Params
-from ..engine.bptt import Forward
+from ..engine.state import Forward
 
 SEQUENCES = 4
 """Sequences whose Jacobians are formed (the first ones of the batch)."""
@@ -184,7 +184,7 @@ def log_space_signal(arch: Architecture, params: Params, fwd: Forward,
     ``d_last`` gives it): backpropagated window by window, the gradient carried into each
     earlier window divided by its norm and the logarithm of that norm kept."""
     from ..core.norms import global_norm, step_norms
-    from ..engine.bptt import backward
+    from ..engine.backward import backward
     T = d_last.shape[0]
     logs = [np.full(T, -np.inf) for _ in range(arch.num_layers)]
     silent = np.zeros_like(d_last)
@@ -208,7 +208,7 @@ def log_space_signal(arch: Architecture, params: Params, fwd: Forward,
 
 def _one_sequence(fwd: Forward, b: int, length: int) -> Forward:
     """Sequence ``b``'s own forward pass (its first ``length`` steps), as views."""
-    from ..engine.bptt import LayerCache
+    from ..engine.state import LayerCache
 
     def part(a):
         return None if a is None else a[:length, b:b + 1]

@@ -7,10 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.losses import loss_and_output_grad
 from ..core.norms import step_norms
-from ..engine.bptt import (
-    loss_and_output_grad,
-)
 from ..results.report import (
     LayerStats,
 )

@@ -1,8 +1,10 @@
 """How much memory a run needs, estimated from the spec before anything is allocated.
 
 The peak is one forward pass (the activations kept for BPTT) plus one backward pass (the
-per-step state gradients it returns and one layer's working arrays), plus parameters, their
+per-step state gradients it keeps and one layer's working arrays), plus parameters, their
 gradients and the batch; trials and training steps run one after another and reuse it.
+The passes' arrays are the engine's own table (:mod:`gradcheck_cli.engine.arrays`), so
+the estimate follows any change to what the engine allocates.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.model import Architecture
-from ..engine.bptt import STEP_BLOCK
+from ..engine.arrays import backward_bytes
+from ..engine.hooks import StateNorms
 from ..errors import GradcheckError
 from ..io.sizes import available, human
 from .cost import activation_bytes
@@ -68,7 +71,7 @@ def trial_chunks(arch: Architecture, steps: int, batch: int, dtype: str,
     16 and 4; 7 at up to 3: 3, 2 and 2). Fewer sequences a pass hold less memory, and
     passes of about one size run in one set of arrays: fresh memory costs about as much as
     the arithmetic done in it."""
-    one = activation_bytes(arch, steps, batch, np.dtype(dtype).itemsize)
+    one = activation_bytes(arch, steps, batch, dtype)
     by_memory = max(1, STACKED_BYTES // max(one, 1))
     most = max(1, min(trials, STACKED_ROWS // batch, by_memory))
     return Chunks(trials=trials, passes=-(-trials // most) if trials > 0 else 0)
@@ -79,20 +82,21 @@ def trial_chunk(arch: Architecture, steps: int, batch: int, dtype: str, trials: 
     return max(trial_chunks(arch, steps, batch, dtype, trials).largest, 1)
 
 
-def stream_bytes(arch: Architecture, steps: int, batch: int, dtype: str, *,
-                 states: bool = True) -> int:
-    """What one stream of a backward pass holds: its output gradient (its own, and its copy
-    among the streams side by side; truncation windows share one), the per-step state
-    gradients of every layer (dL/dh, and dL/dc for lstm; one step without ``states``), one
-    layer's dL/dx and the gradient arriving from above, and a block of gate gradients
-    (:data:`~gradcheck_cli.bptt.STEP_BLOCK` steps)."""
-    H = arch.hidden_size
-    kept = H * (2 if arch.cell == "lstm" else 1) * arch.num_layers   # dL/dh (and dL/dc)
-    working = max(arch.layer_input_size(k) for k in range(arch.num_layers)) + H \
-        + (2 if states else 1) * arch.output_size
-    gates = arch.gates * H * (2 if arch.cell == "gru" else 1)        # d_gates (and gru's d_hp)
-    per_step = steps * working + (steps if states else 1) * kept
-    return (per_step + min(steps, STEP_BLOCK) * gates) * batch * np.dtype(dtype).itemsize
+def pass_bytes(arch: Architecture, steps: int, batch: int, dtype: str, *, lanes: int = 1,
+               outputs: int | None = None, states: bool = True, norms: bool = False) -> int:
+    """What a backward pass of ``lanes`` output gradients over ``batch`` sequences holds
+    besides the forward pass: the engine's arrays (:func:`~gradcheck_cli.engine.arrays.
+    backward_bytes`), the output gradients themselves (``outputs`` arrays: one per lane
+    unless they share one, as truncation windows do), and with ``norms`` the per-sequence
+    norms the pass takes (:class:`~gradcheck_cli.engine.hooks.StateNorms`)."""
+    rows = batch * lanes
+    held = backward_bytes(arch, steps, rows, dtype, lanes=lanes, states=states)
+    own = lanes if outputs is None else outputs
+    held += own * steps * batch * arch.output_size * np.dtype(dtype).itemsize
+    if norms:
+        per_layer = StateNorms.arrays(arch, steps, rows).values()
+        held += arch.num_layers * sum(a.nbytes for a in per_layer)
+    return held
 
 
 STREAMS = 2
@@ -103,10 +107,10 @@ WINDOWS = 5
 
 def stream_chunk(arch: Architecture, steps: int, batch: int, dtype: str, n: int, *,
                  states: bool = True) -> int:
-    """How many of ``n`` streams (output gradients, truncation windows) go through one
+    """How many of ``n`` lanes (output gradients, truncation windows) go through one
     backward pass side by side: as many as stay under :data:`STACKED_BYTES`, at least one.
-    Beyond that, passes run one after another: slower, but the peak stays one stream."""
-    one = stream_bytes(arch, steps, batch, dtype, states=states)
+    Beyond that, passes run one after another: slower, but the peak stays one lane."""
+    one = pass_bytes(arch, steps, batch, dtype, states=states)
     return max(1, min(n, STACKED_BYTES // max(one, 1)))
 
 
@@ -116,9 +120,10 @@ def main_streams(arch: Architecture, steps: int, batch: int, dtype: str) -> int:
     most a quarter of what the pass holds anyway (its activations and one stream, which
     for long sequences is far more), else one after another (slower by about a third of
     the backward pass, see the README's Performance section)."""
-    one = stream_bytes(arch, steps, batch, dtype, states=False)
-    extra = (STREAMS - 1) * one
-    held = activation_bytes(arch, steps, batch, np.dtype(dtype).itemsize) + one
+    one = pass_bytes(arch, steps, batch, dtype, states=False, norms=True)
+    extra = pass_bytes(arch, steps, batch, dtype, lanes=STREAMS, states=False,
+                       norms=True) - one
+    held = activation_bytes(arch, steps, batch, dtype) + one
     return STREAMS if extra <= max(STACKED_BYTES, held // 4) else 1
 
 
@@ -136,15 +141,15 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
     """
     item = np.dtype(dtype).itemsize
     T = steps
-    measured = arch.num_layers * (2 if arch.cell == "lstm" else 1)  # ||dL/dh||, ||dL/dc||
 
     def phase(B: int, streams: int, states: bool = True,
               norms: bool = False, windows: int = 0, trials: int = 0) -> dict[str, int]:
         parts = {
-            "activations": activation_bytes(arch, T, B, item),
-            "state gradients": streams * stream_bytes(arch, T, B, dtype, states=states),
-            "norms": streams * measured * T * B * 8 if norms else 0,   # float64, per sequence
-            "outputs and targets": 3 * T * B * arch.output_size * item,
+            "activations": activation_bytes(arch, T, B, dtype),
+            "backward pass": pass_bytes(arch, T, B, dtype, lanes=streams, states=states,
+                                        outputs=1 if windows else None, norms=norms),
+            # the targets, and the loss's temporaries (y - target and one more)
+            "targets and loss": 3 * T * B * arch.output_size * item,
             "parameters": arch.parameter_count() * item * (5 if optimizer_state else 3),
         }
         if windows:  # the truncation table keeps each window's parameter gradients
@@ -174,12 +179,6 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
     arrays = int(sum(parts.values()) * MARGIN)
     parts["interpreter and libraries"] = OVERHEAD
     return Estimate(total=arrays + OVERHEAD, parts=parts, streams=streams)
-
-
-
-
-
-
 
 
 def with_data(est: Estimate, spec) -> Estimate:

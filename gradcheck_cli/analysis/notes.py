@@ -59,13 +59,10 @@ def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
     if not spec.model.head:
         notes.append("no head: the loss is taken on the top layer's hidden state")
     arch = Architecture.from_spec(spec.model)
-    if arch.residual_layers:
-        from ..engine.bptt import residual_layers
-        skipped = sorted(set(range(arch.num_layers)) - set(residual_layers(arch)))
-        if skipped:
-            notes.append(f"residual across layers: none at layer 0, whose input_size "
-                         f"{arch.input_size} differs from hidden_size {arch.hidden_size} "
-                         "(no projection is added)")
+    if arch.residual_layers and not arch.residual_layer(0):
+        notes.append(f"residual across layers: none at layer 0, whose input_size "
+                     f"{arch.input_size} differs from hidden_size {arch.hidden_size} "
+                     "(no projection is added)")
     if arch.residual_time:
         notes.append("residual through time: h_t = h_{t-1} + cell(x_t, h_{t-1})")
     if checkpoint is not None and checkpoint.nonlinearity_assumed:

@@ -7,9 +7,7 @@ import numpy as np
 from ..core.model import Architecture, Params
 from ..core.norms import global_norm as norm_of_all
 from ..core.truncation import last_reach
-from ..engine.bptt import (
-    Forward,
-)
+from ..engine.state import Forward
 from ..results.report import (
     TruncationStats,
 )

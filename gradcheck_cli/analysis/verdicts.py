@@ -7,10 +7,7 @@ import math
 import numpy as np
 
 from ..core.model import Params
-from ..engine.bptt import (
-    Backward,
-    Forward,
-)
+from ..engine.state import Forward
 from ..results.report import (
     Finding,
     LayerStats,
@@ -28,11 +25,12 @@ def _first_non_finite(arrays: list[np.ndarray]) -> int | None:
     return int(steps[0]) if steps.size else None
 
 
-def non_finite_finding(params: Params, fwd: Forward, loss: float, grads: Backward,
-                       names: dict[str, str]) -> Finding | None:
-    """Where NaN or Inf first appeared, in the order the computation runs. ``grads`` come
-    from a pass with ``state_norms``, which marks the NaN and Inf it meets in the state
-    gradients (their norms cannot tell: a finite gradient's norm can overflow)."""
+def non_finite_finding(params: Params, fwd: Forward, loss: float, grads: Params,
+                       bad: list[np.ndarray], names: dict[str, str]) -> Finding | None:
+    """Where NaN or Inf first appeared, in the order the computation runs. ``bad``: per
+    layer, ``(T, B)``, where the backward pass met a NaN or an Inf in the state gradients
+    (:class:`~gradcheck_cli.engine.hooks.StateNorms`; their norms cannot tell: a finite
+    gradient's norm can overflow)."""
     def finding(message: str, **where) -> Finding:
         return Finding(code="non_finite", severity="error",
                        message=f"non-finite values (NaN/Inf) first appear in {message}", **where)
@@ -48,14 +46,13 @@ def non_finite_finding(params: Params, fwd: Forward, loss: float, grads: Backwar
                            layer=k, timestep=t)
     if not math.isfinite(loss) or not np.isfinite(fwd.outputs).all():
         return finding("the loss (the head's outputs overflow)")
-    assert grads.non_finite is not None
-    for k in reversed(range(len(grads.non_finite))):
-        steps = np.flatnonzero(grads.non_finite[k].any(axis=1))
+    for k in reversed(range(len(bad))):
+        steps = np.flatnonzero(bad[k].any(axis=1))
         if steps.size:
             t = int(steps[-1])
             return finding(f"the backward pass: dL/dh at layer {k}, step {t}",
                            layer=k, timestep=t)
-    for name, g in grads.params.items():
+    for name, g in grads.items():
         if not np.isfinite(g).all():
             return finding(f"the gradient of {names[name]}", parameter=names[name])
     return None

@@ -18,10 +18,14 @@ import numpy as np
 from .. import __version__
 from ..analysis.analyze import model_parameters
 from ..analysis.clip import suggest_clip
+from ..core.losses import loss_and_output_grad
 from ..core.mitigations import Mitigator, parse_mitigations
 from ..core.norms import global_norm
 from ..core.optim import make_optimizer
-from ..engine.bptt import Buffers, backward, forward, loss_and_output_grad, truncated_bptt
+from ..engine.backward import backward
+from ..engine.bptt import truncated_bptt
+from ..engine.buffers import Buffers
+from ..engine.forward import forward
 from ..io.data import Batches
 from ..results.report import ClipSuggestion, Finding, _strict
 from ..spec.schema import Spec

@@ -41,8 +41,10 @@ from typing import Any
 import numpy as np
 
 from ..core import reference
+from ..core.losses import covered_steps
 from ..core.model import Architecture, Params
-from ..engine.bptt import Forward, bptt, covered_steps, loss_value
+from ..engine.bptt import bptt, loss_value
+from ..engine.state import Forward
 
 STEP = 1e-30
 """The complex step h."""

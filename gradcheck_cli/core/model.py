@@ -57,6 +57,12 @@ class Architecture:
     def layer_input_size(self, layer: int) -> int:
         return self.input_size if layer == 0 else self.hidden_size
 
+    def residual_layer(self, layer: int) -> bool:
+        """Whether the layer's output carries its input too (out = h + x): with residual
+        connections across layers, where the input has the hidden size (layer 0 has none
+        when input_size differs from hidden_size)."""
+        return self.residual_layers and self.layer_input_size(layer) == self.hidden_size
+
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's PyTorch name and shape, in ``state_dict`` order."""
         g, h = self.gates * self.hidden_size, self.hidden_size

@@ -102,15 +102,3 @@ def unit_norms(a: np.ndarray) -> np.ndarray:
     rows = a.reshape(a.shape[0], -1)
     out = row_norms(rows, np.empty(a.shape[0], dtype=np.float64))
     return out.reshape(a.shape[0], *([1] * (a.ndim - 1)))
-
-
-def grouped_norms(arrays: Iterable[np.ndarray], groups: int) -> np.ndarray:
-    """Per group, the norm of several arrays together, each ``(groups, ...)``: the clip
-    trials' global gradient norms, one per trial."""
-    per_array = [row_norms(a.reshape(groups, -1), np.empty(groups, dtype=np.float64))
-                 for a in arrays]
-    if not per_array:
-        return np.zeros(groups)
-    stacked = np.stack(per_array, axis=1)
-    return np.array([math.nan if np.isnan(row).any() else _finite_or_rescaled(row)
-                     for row in stacked])

@@ -1,14 +1,14 @@
 """The forward pass as PyTorch documents it, one step at a time: the definition of the numbers.
 
 Each cell is one step, ``(x_t, state) -> state``, written as ``torch.nn.RNN`` / ``LSTM`` /
-``GRU`` document it (see :mod:`gradcheck_cli.bptt` for the equations), with none of the fast
+``GRU`` document it (see :mod:`gradcheck_cli.engine` for the equations), with none of the fast
 path's tricks: no batched projections, no halved gates, no buffers. It is slow on purpose,
 and it is what the fast forward pass and BPTT are checked against.
 
 Two things make it usable as a reference:
 
 * it is generic in the dtype: real (float32, float64) or complex, so that the complex-step
-  derivative ``Im L(θ + i·h·v) / h`` (:mod:`gradcheck_cli.verify`) runs through exactly
+  derivative ``Im L(θ + i·h·v) / h`` (:mod:`gradcheck_cli.commands.verify`) runs through exactly
   these lines. Nothing here is non-analytic except relu, whose branch is taken on the real
   part, which is its derivative's convention (1 where a > 0, else 0);
 * it broadcasts over leading axes: a parameter of shape ``(K, *shape)`` runs K variants of
@@ -129,7 +129,7 @@ def zero_state(arch: Architecture, shape: tuple[int, ...], dtype) -> State:
 def layer_output(arch: Architecture, k: int, h: np.ndarray, x_t: np.ndarray) -> np.ndarray:
     """What layer k passes up: h_t, plus its input with residual connections across layers
     (where the input has the hidden size)."""
-    if arch.residual_layers and arch.layer_input_size(k) == arch.hidden_size:
+    if arch.residual_layer(k):
         return h + x_t
     return h
 
@@ -195,33 +195,42 @@ def forward_loss(arch: Architecture, params: Params, x: np.ndarray, targets: np.
 
 def cell_forward(arch: Architecture, params: Params, k: int, x_t: np.ndarray,
                  state: State) -> tuple[State, dict[str, np.ndarray]]:
-    """One step of layer k and what its backward step needs (real arrays, ``(B, ...)``)."""
+    """One step of layer k and what its backward step needs (real arrays, ``(B, ...)``):
+    the two products, then the cell's elementwise work, then the residual."""
     w_ih, w_hh, b_ih, b_hh = layer_weights(params, k)
+    gx, gh = linear(x_t, w_ih, b_ih), linear(state[0], w_hh, b_hh)
+    new, cache = cell_pointwise(arch, gx, gh, state)
+    cache["x"] = x_t
+    if arch.residual_time:
+        new = (state[0] + new[0], *new[1:])
+    return new, cache
+
+
+def cell_pointwise(arch: Architecture, gx: np.ndarray, gh: np.ndarray,
+                   state: State) -> tuple[State, dict[str, np.ndarray]]:
+    """A cell's elementwise step from its projections gx = W_ih x_t + b_ih and
+    gh = W_hh h_{t-1} + b_hh ``(B, G*H)``: the new state, and the cache its backward
+    step reads. What a fast kernel (:mod:`gradcheck_cli.engine.kernels`) implements."""
     H = arch.hidden_size
     h_prev = state[0]
-    gx, gh = linear(x_t, w_ih, b_ih), linear(h_prev, w_hh, b_hh)
-    cache: dict[str, np.ndarray] = {"x": x_t, "h_prev": h_prev}
+    cache: dict[str, np.ndarray] = {"h_prev": h_prev}
     if arch.cell == "rnn":
         a = gx + gh
         act = np.tanh(a) if arch.nonlinearity == "tanh" else np.maximum(a, 0.0)
         cache["act"] = act
-        new: State = (act,)
-    elif arch.cell == "lstm":
+        return (act,), cache
+    if arch.cell == "lstm":
         a = gx + gh
-        i, f = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H])
-        g, o = np.tanh(a[:, 2 * H:3 * H]), sigmoid(a[:, 3 * H:])
+        i, f = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H])        # input, forget gates
+        g, o = np.tanh(a[:, 2 * H:3 * H]), sigmoid(a[:, 3 * H:])  # candidate, output gate
         c = f * state[1] + i * g
         cache.update(c_prev=state[1], i=i, f=f, g=g, o=o, tanh_c=np.tanh(c))
-        new = (o * cache["tanh_c"], c)
-    else:
-        r = sigmoid(gx[:, :H] + gh[:, :H])
-        z = sigmoid(gx[:, H:2 * H] + gh[:, H:2 * H])
-        n = np.tanh(gx[:, 2 * H:] + r * gh[:, 2 * H:])
-        cache.update(r=r, z=z, n=n, hn=gh[:, 2 * H:])
-        new = ((1.0 - z) * n + z * h_prev,)
-    if arch.residual_time:
-        new = (h_prev + new[0], *new[1:])
-    return new, cache
+        return (o * cache["tanh_c"], c), cache
+    r = sigmoid(gx[:, :H] + gh[:, :H])                          # reset gate
+    z = sigmoid(gx[:, H:2 * H] + gh[:, H:2 * H])                # update gate
+    n = np.tanh(gx[:, 2 * H:] + r * gh[:, 2 * H:])              # candidate
+    cache.update(r=r, z=z, n=n, hn=gh[:, 2 * H:])
+    return ((1.0 - z) * n + z * h_prev,), cache
 
 
 @dataclass
@@ -332,7 +341,7 @@ def backward(arch: Architecture, params: Params, caches: list[list[dict[str, np.
     for k in reversed(range(arch.num_layers)):
         w_ih, w_hh, _, _ = layer_weights(params, k)
         names = [f"rnn.{n}_l{k}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-        skip = arch.residual_layers and arch.layer_input_size(k) == H
+        skip = arch.residual_layer(k)
         dh_k, dc_k = np.zeros((T, B, H)), np.zeros((T, B, H))
         d_in = np.zeros((T, B, arch.layer_input_size(k)))
         dh_next, dc_next = np.zeros((B, H)), np.zeros((B, H))

@@ -1,0 +1,137 @@
+"""The table of what the engine allocates: every array whose size grows with the sequence.
+
+The forward and backward passes take their arrays from these functions (by name, through
+:meth:`.Buffers.take`), and the memory estimate (:mod:`gradcheck_cli.analysis.memory`) adds
+them up: the two read one table, so they cannot drift apart. Arrays of one step (a step's
+scratch, ``(B, G*H)`` at most) and parameter-sized ones are left out; the estimate's margin
+covers them.
+
+Each :class:`Array` has a lifetime: ``pass`` (kept until the pass is over: the forward
+pass's activations, the state gradients a backward pass returns), or ``layer`` (held while
+one layer is worked on, then lent to the next).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.model import Architecture
+
+STEP_BLOCK = 64
+"""Steps whose gate gradients the backward pass holds at once: after each block, its
+weight gradients and dL/dx are one matrix product each, and the block is reused."""
+
+
+@dataclass(frozen=True)
+class Array:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    lifetime: str = "pass"
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def forward_arrays(arch: Architecture, k: int, steps: int, rows: int,
+                   dtype) -> dict[str, Array]:
+    """Layer k's arrays in the forward pass over ``steps`` x ``rows``.
+
+    h: its hidden states. gates: the input projection W_ih x_t + b_ih of every step, which
+    lstm and gru activate in place (i, f, g, o; r, z, n); rnn's is ``projection``, dropped
+    after the layer. act: rnn's nonlinearity output, apart from h only with residual
+    connections through time. c: lstm's cell states. hn: gru's W_hn h_{t-1} + b_hn.
+    out: the layer's output h + x, with a residual connection across it.
+    """
+    dtype = np.dtype(dtype)
+    H, G = arch.hidden_size, arch.gates * arch.hidden_size
+    seq = (steps, rows, H)
+    table = {"h": Array("h", seq, dtype)}
+    if arch.cell == "rnn":
+        table["projection"] = Array("projection", (steps, rows, G), dtype, "layer")
+        if arch.residual_time:
+            table["act"] = Array("act", seq, dtype)
+    else:
+        table["gates"] = Array("gates", (steps, rows, G), dtype)
+        extra = "c" if arch.cell == "lstm" else "hn"
+        table[extra] = Array(extra, seq, dtype)
+    if arch.residual_layer(k):
+        table["out"] = Array("out", seq, dtype)
+    return table
+
+
+def head_arrays(arch: Architecture, steps: int, rows: int, dtype) -> dict[str, Array]:
+    """The head's outputs ``(steps, rows, O)`` (none without a head: y is the top's h)."""
+    if not arch.head:
+        return {}
+    return {"outputs": Array("outputs", (steps, rows, arch.output_size), np.dtype(dtype))}
+
+
+def backward_arrays(arch: Architecture, k: int, window: int, rows: int, dtype, *,
+                    states: bool = True) -> dict[str, Array]:
+    """Layer k's arrays in a backward pass over ``window`` steps of ``rows`` (every lane's).
+
+    dh: the total dL/dh_t (every step's with ``states``, else only the step in hand); dc:
+    lstm's dL/dc_t, alike. d_gates: dL/d(pre-activation) of a block of steps; d_hp: gru's
+    dL/d(W_hh h_{t-1} + b_hh), which differs from it in n (rnn and lstm use d_gates).
+    dx: dL/d(the layer's input), what the layer below receives (none for layer 0).
+    """
+    dtype = np.dtype(dtype)
+    H, G = arch.hidden_size, arch.gates * arch.hidden_size
+    kept = (window if states else 1, rows, H)
+    lifetime = "pass" if states else "layer"
+    block = (min(window, STEP_BLOCK), rows, G)
+    table = {"dh": Array("dh", kept, dtype, lifetime)}
+    if arch.cell == "lstm":
+        table["dc"] = Array("dc", kept, dtype, lifetime)
+    table["d_gates"] = Array("d_gates", block, dtype, "layer")
+    if arch.cell == "gru":
+        table["d_hp"] = Array("d_hp", block, dtype, "layer")
+    if k > 0:
+        table["dx"] = Array("dx", (window, rows, arch.layer_input_size(k)), dtype, "layer")
+    return table
+
+
+def top_arrays(arch: Architecture, window: int, rows: int, dtype, *,
+               lanes: int) -> dict[str, Array]:
+    """What enters the top layer: the lanes' output gradients side by side (``lanes`` > 1
+    lanes sharing a forward pass), and through the head, dL/d(top) ``(window, rows, H)``."""
+    dtype = np.dtype(dtype)
+    table = {}
+    if lanes > 1:
+        table["d_lanes"] = Array("d_lanes", (window, rows, arch.output_size), dtype)
+    if arch.head:
+        table["d_top"] = Array("d_top", (window, rows, arch.hidden_size), dtype, "layer")
+    return table
+
+
+def forward_bytes(arch: Architecture, steps: int, rows: int, dtype) -> int:
+    """What a forward pass keeps for the backward pass: every layer's ``pass`` arrays and
+    the head's outputs (the inputs themselves are the caller's)."""
+    kept = [a for k in range(arch.num_layers)
+            for a in forward_arrays(arch, k, steps, rows, dtype).values()
+            if a.lifetime == "pass"]
+    kept += head_arrays(arch, steps, rows, dtype).values()
+    return sum(a.nbytes for a in kept)
+
+
+def backward_bytes(arch: Architecture, window: int, rows: int, dtype, *, lanes: int = 1,
+                   states: bool = True) -> int:
+    """The most a backward pass holds at once: what it keeps for the whole pass (every
+    layer's state gradients with ``states``, the lanes' output gradients side by side),
+    plus the largest layer's working set (its block, its dx and the gradient arriving from
+    above, which is the layer above's dx or dL/d(top))."""
+    tables = [backward_arrays(arch, k, window, rows, dtype, states=states)
+              for k in range(arch.num_layers)]
+    top = top_arrays(arch, window, rows, dtype, lanes=lanes)
+    kept = sum(a.nbytes for t in [*tables, top] for a in t.values() if a.lifetime == "pass")
+    working = []
+    for k, table in enumerate(tables):
+        arriving = tables[k + 1]["dx"] if k + 1 < len(tables) else top.get("d_top")
+        held = [a for a in table.values() if a.lifetime == "layer"]
+        working.append(sum(a.nbytes for a in held) + (arriving.nbytes if arriving else 0))
+    return kept + max(working)

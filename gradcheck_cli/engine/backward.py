@@ -1,0 +1,259 @@
+"""The fast backward pass: the reference's BPTT with its products batched.
+
+Per layer, from the top, the steps run in reverse carrying dh_next (and dc_next), the
+gradient arriving from step t+1, exactly as :func:`gradcheck_cli.core.reference.backward`
+does; what differs is where the work is done. Per step only the cell's kernel and the
+recurrent product ``dL/d(gh) W_hh`` run; the weight gradients and dL/dx are taken once per
+block of :data:`~.arrays.STEP_BLOCK` steps, one product each, from the block's gate
+gradients. Several lanes (:mod:`.lanes`) share every product. A hook (:mod:`.hooks`) sees
+each step's state gradients as they are made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..core.model import Architecture, Params
+from ..core.reference import layer_weights
+from .arrays import backward_arrays, top_arrays
+from .buffers import FRESH, Buffers
+from .forward import project
+from .hooks import Hook
+from .kernels import KERNELS, Kernel
+from .lanes import Lanes
+from .state import Backward, Forward, LayerCache
+
+WeightGrads = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""dW_ih, dW_hh, db_ih, db_hh of one layer."""
+
+
+def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.ndarray, *,
+             param_grads: bool = True, window: tuple[int, int] | None = None,
+             carry: list | None = None, states: bool = True, hook: Hook | None = None,
+             buffers: Buffers = FRESH) -> Backward:
+    """Backpropagate ``d_outputs`` (dL/dy, ``(T, B, O)``) through the head and every layer.
+
+    ``param_grads=False``: the state gradients alone. ``window=(start, stop)``: through
+    those steps only (truncated BPTT: no gradient enters from after ``stop`` or leaves into
+    step ``start - 1``); the state gradients returned cover the window's steps. ``carry``:
+    per layer, the gradient arriving from after the window into its last state (dh, and dc
+    for lstm), a previous call's ``Backward.carry``: a long pass can run window by window.
+    ``states=False``: no per-step state gradient is kept (``hidden`` is empty); a ``hook``
+    can still measure them as they go.
+    """
+    return backward_lanes(arch, params, fwd, d_outputs, Lanes.outputs([param_grads]),
+                          window=window, carry=carry, states=states, hook=hook,
+                          buffers=buffers)[0]
+
+
+def backward_lanes(arch: Architecture, params: Params, fwd: Forward,
+                   d_outputs: np.ndarray | Sequence[np.ndarray], lanes: Lanes, *,
+                   window: tuple[int, int] | None = None, carry: list | None = None,
+                   states: bool = True, hook: Hook | None = None,
+                   buffers: Buffers = FRESH) -> list[Backward]:
+    """:func:`backward` of every lane in one pass, one :class:`Backward` per lane.
+
+    ``d_outputs``: for lanes sharing the forward pass, one dL/dy ``(T, B, O)`` per lane;
+    otherwise one array ``(T, B * count, O)``, the lanes' rows interleaved as the forward
+    pass's are. ``carry`` takes every lane's rows (a previous call's, with these lanes).
+    """
+    first = d_outputs if isinstance(d_outputs, np.ndarray) else d_outputs[0]
+    start, stop = window if window is not None else (0, first.shape[0])
+    W = stop - start
+    if isinstance(d_outputs, np.ndarray):
+        d_in = d_outputs[start:stop]
+    elif lanes.count == 1:
+        d_in = d_outputs[0][start:stop]
+    else:
+        outs = [d[start:stop] for d in d_outputs]
+        table = top_arrays(arch, W, outs[0].shape[1] * lanes.count, outs[0].dtype,
+                           lanes=lanes.count)
+        d_in = lanes.interleave(outs, out=buffers.take(table["d_lanes"]))
+    rows = d_in.shape[1]
+    grads: list[dict[str, np.ndarray]] = [{} for _ in range(lanes.count)]
+    dh_direct = d_in                                   # the loss is on the top's output
+    if arch.head:
+        top = (fwd.top if fwd.top is not None else fwd.layers[-1].h)[start:stop]
+        head_grads(arch, d_in, top, lanes, grads)
+        d_top = top_arrays(arch, W, rows, d_in.dtype, lanes=1)["d_top"]
+        dh_direct = project(d_in, params["head.weight"].T, None,          # into the top
+                            out=buffers.take(d_top))
+    hidden: list = [None] * arch.num_layers
+    cell: list = [None] * arch.num_layers
+    carries: list = [None] * arch.num_layers
+    for k in reversed(range(arch.num_layers)):
+        w_ih, w_hh, _, _ = layer_weights(params, k)
+        layer = LayerPass(arch, k, fwd.layers[k], w_ih, w_hh, lanes, start=start, rows=rows,
+                          window=W, states=states, buffers=buffers)
+        dx = layer.run(dh_direct, carry[k] if carry is not None else None, hook)
+        for lane, part in enumerate(layer.grads):
+            if part is not None:
+                grads[lane].update(layer_grad_names(arch, k, part))
+        hidden[k], cell[k], carries[k] = layer.dh, layer.dc, layer.carry
+        if arch.residual_layer(k) and dx is not None:
+            dx += dh_direct                            # out = h + x: the input gets it directly
+        if dh_direct is not d_in:
+            buffers.give_back(dh_direct)
+        if dx is None:                                 # layer 0: nothing below
+            break
+        dh_direct = dx
+    lstm = arch.cell == "lstm"
+    return [Backward(params={n: grads[lane][n] for n in params if n in grads[lane]},
+                     hidden=[lanes.view(a, lane) for a in hidden] if states else [],
+                     cell=[lanes.view(a, lane) for a in cell] if lstm and states else None,
+                     carry=[(lanes.view(dh, lane), lanes.view(dc, lane) if lstm else None)
+                            for dh, dc in carries])
+            for lane in range(lanes.count)]
+
+
+def head_grads(arch: Architecture, d_in: np.ndarray, top: np.ndarray, lanes: Lanes,
+               grads: list[dict[str, np.ndarray]]) -> None:
+    """y = W top + b: each lane's dW and db, one product on its rows."""
+    W = d_in.shape[0]
+    for lane, want in enumerate(lanes.param_grads):
+        if not want:
+            continue
+        d = lanes.view(d_in, lane)
+        flat = d.reshape(W * d.shape[1], d.shape[2])
+        x = lanes.of_forward(top, lane)
+        grads[lane]["head.weight"] = flat.T @ x.reshape(flat.shape[0], x.shape[-1])
+        if arch.head_bias:
+            grads[lane]["head.bias"] = flat.sum(axis=0)
+
+
+def layer_grad_names(arch: Architecture, k: int, part: WeightGrads) -> dict[str, np.ndarray]:
+    d_w_ih, d_w_hh, d_b_ih, d_b_hh = part
+    named = {f"rnn.weight_ih_l{k}": d_w_ih, f"rnn.weight_hh_l{k}": d_w_hh}
+    if arch.bias:
+        named |= {f"rnn.bias_ih_l{k}": d_b_ih, f"rnn.bias_hh_l{k}": d_b_hh}
+    return named
+
+
+class LayerPass:
+    """One layer's backward pass over a window, every lane at once.
+
+    After :meth:`run`: ``grads`` per lane (dW_ih, dW_hh, db_ih, db_hh) or None; ``dh``,
+    ``dc`` the total dL/dh_t and (lstm) dL/dc_t, ``(W, rows, H)`` (None without
+    ``states``); ``carry``, what leaves the window backwards, into h_{start-1} (and
+    c_{start-1}).
+    """
+
+    def __init__(self, arch: Architecture, k: int, cache: LayerCache, w_ih: np.ndarray,
+                 w_hh: np.ndarray, lanes: Lanes, *, start: int, rows: int, window: int,
+                 states: bool, buffers: Buffers) -> None:
+        self.arch, self.k, self.cache, self.lanes = arch, k, cache, lanes
+        self.w_ih, self.w_hh, self.start, self.buffers = w_ih, w_hh, start, buffers
+        self.table = backward_arrays(arch, k, window, rows, cache.h.dtype, states=states)
+        self.states = states
+        self.grads: list[WeightGrads | None] = [None] * lanes.count
+        self.dh: np.ndarray | None = None
+        self.dc: np.ndarray | None = None
+        self.carry: tuple[np.ndarray, np.ndarray | None] | None = None
+
+    def run(self, dh_direct: np.ndarray, carry: tuple | None,
+            hook: Hook | None) -> np.ndarray | None:
+        """Backpropagate ``dh_direct`` ``(W, rows, H)``, the gradient reaching each h_t
+        from outside the recurrence (the head, or the layer above); returns dL/dx, what
+        the layer below receives (None for layer 0)."""
+        arch, k, take, cache = self.arch, self.k, self.buffers.take, self.cache
+        W, rows, H = dh_direct.shape
+        lstm = arch.cell == "lstm"
+        dh = take(self.table["dh"])
+        dc = take(self.table["dc"]) if lstm else None
+        d_gates = take(self.table["d_gates"])
+        d_hp = take(self.table["d_hp"]) if arch.cell == "gru" else d_gates
+        dx = take(self.table["dx"]) if "dx" in self.table else None
+        kept, block = dh.shape[0], d_gates.shape[0]
+        kernel: Kernel = KERNELS[arch.cell](arch, cache)
+        # per step, the arrays seen sequence by sequence, (B, S, ...): S lanes share each
+        # forward row (the forward's arrays, seen as (B, 1, ...), broadcast over them)
+        B = cache.h.shape[1]
+        seq = (B, rows // B)
+        dh_s = dh.reshape(kept, *seq, H)
+        dc_s = dc.reshape(kept, *seq, H) if dc is not None else None
+        da_s = d_gates.reshape(block, *seq, -1)
+        dhp_s = d_hp.reshape(block, *seq, -1)
+        dh_next = np.zeros((rows, H), dtype=dh.dtype)     # into h_t from step t+1
+        dc_next = np.zeros((rows, H), dtype=dh.dtype) if lstm else None
+        if carry is not None:                             # ... from a later window
+            dh_next[...] = carry[0]
+            if dc_next is not None:
+                dc_next[...] = carry[1]
+        dh_next_s = dh_next.reshape(*seq, H)
+        dc_next_s = dc_next.reshape(*seq, H) if dc_next is not None else None
+        cut_at = self.lanes.cuts_between(self.start, self.start + W)
+        for w1 in range(W, 0, -block):
+            w0 = max(0, w1 - block)
+            for w in reversed(range(w0, w1)):
+                t, slot, j = self.start + w, w % kept, w - w0
+                np.add(dh_direct[w], dh_next, out=dh[slot])    # from above, and from t+1
+                own = kernel.backward(t, dh_s[slot], da_s[j], dhp_s[j],
+                                      dc_s[slot] if dc_s is not None else None, dc_next_s)
+                np.matmul(d_hp[j], self.w_hh, out=dh_next)     # into h_{t-1} through W_hh
+                if own is not None:
+                    dh_next_s += own                           # ... and the cell's own path
+                if arch.residual_time:
+                    dh_next += dh[slot]                        # ... and h_t = h_{t-1} + ...
+                for lane in cut_at.get(t, ()):                 # truncated: it stops here
+                    self.lanes.view(dh_next, lane)[...] = 0.0
+                    if dc_next is not None:
+                        self.lanes.view(dc_next, lane)[...] = 0.0
+                if hook is not None:
+                    hook.on_step(k, w, dh[slot], dc[slot] if dc is not None else None)
+            self.flush(d_gates, d_hp, w0, w1, dx)
+            if hook is not None:
+                hook.on_block(k, w0, w1)
+        self.buffers.give_back(d_gates)                   # the layer below takes them up
+        if d_hp is not d_gates:
+            self.buffers.give_back(d_hp)
+        if self.states:
+            self.dh, self.dc = dh, dc
+        self.carry = (dh_next, dc_next)
+        return dx
+
+    def flush(self, d_gates: np.ndarray, d_hp: np.ndarray, w0: int, w1: int,
+              dx: np.ndarray | None) -> None:
+        """Window steps w0 … w1-1: each lane's weight gradients and every lane's dL/dx,
+        from the block's gate gradients, one product each."""
+        n, first = w1 - w0, self.start + w0
+        cache, lanes = self.cache, self.lanes
+        h = cache.h
+        for lane, want in enumerate(lanes.param_grads):
+            if not want:
+                continue
+            d = lanes.view(d_gates[:n], lane)
+            part = weight_grads(d, d if d_hp is d_gates else lanes.view(d_hp[:n], lane),
+                                lanes.of_forward(cache.x[first:first + n], lane),
+                                lanes.of_forward(h[first:first + n - 1], lane),
+                                lanes.of_forward(h[first - 1], lane) if first > 0 else None)
+            total = self.grads[lane]
+            if total is None:
+                self.grads[lane] = part
+            else:
+                for into, more in zip(total, part, strict=True):
+                    into += more
+        if dx is not None:
+            rows, G = d_gates.shape[1:]
+            np.matmul(d_gates[:n].reshape(n * rows, G), self.w_ih,
+                      out=dx[w0:w1].reshape(n * rows, self.w_ih.shape[1]))
+
+
+def weight_grads(d_gates: np.ndarray, d_hp: np.ndarray, x: np.ndarray, h: np.ndarray,
+                 h_before: np.ndarray | None) -> WeightGrads:
+    """dW_ih, dW_hh, db_ih, db_hh summed over a block's n steps, as one product each.
+
+    d_gates, d_hp ``(n, B, G)``; x: the layer's input over the block ``(n, B, in)``; h: its
+    states over the block's steps but the last ``(n-1, B, H)`` (what W_hh meets at the next
+    step); h_before: the state just before the block (None at t = 0: zero).
+    """
+    n, B, G = d_gates.shape
+    flat_d = d_gates.reshape(n * B, G)
+    d_w_ih = flat_d.T @ x.reshape(n * B, x.shape[-1])
+    d_w_hh = d_hp[1:].reshape((n - 1) * B, G).T @ h.reshape((n - 1) * B, h.shape[-1])
+    if h_before is not None:
+        d_w_hh += d_hp[0].T @ h_before
+    d_b_ih = flat_d.sum(axis=0)
+    d_b_hh = d_b_ih.copy() if d_hp is d_gates else d_hp.reshape(n * B, G).sum(axis=0)
+    return d_w_ih, d_w_hh, d_b_ih, d_b_hh

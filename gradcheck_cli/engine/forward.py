@@ -1,0 +1,127 @@
+"""The fast forward pass: every step's input projection as one product, then step by step
+the recurrent product and the cell's kernel, keeping what the backward pass needs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.model import Architecture, Params
+from ..core.reference import layer_weights
+from .arrays import forward_arrays, head_arrays
+from .buffers import FRESH, Buffers
+from .kernels import KERNELS, Kernel, sigmoid_halves
+from .state import Forward, LayerCache
+
+
+def forward(arch: Architecture, params: Params, x: np.ndarray, *,
+            buffers: Buffers = FRESH) -> Forward:
+    """Run the stack and the head over ``x`` of shape ``(T, B, input_size)``; the arrays
+    it keeps come from ``buffers``."""
+    T, B, _ = x.shape
+    layers = []
+    inputs = x
+    for k in range(arch.num_layers):
+        cache = forward_layer(arch, k, inputs, *layer_weights(params, k), buffers=buffers)
+        layers.append(cache)
+        if arch.residual_layer(k):                              # out = h + x
+            out = buffers.take(forward_arrays(arch, k, T, B, x.dtype)["out"])
+            inputs = np.add(cache.h, inputs, out=out)
+        else:
+            inputs = cache.h
+    if not arch.head:
+        return Forward(layers=layers, outputs=inputs, top=inputs)
+    outputs = buffers.take(head_arrays(arch, T, B, inputs.dtype)["outputs"])
+    project(inputs, params["head.weight"], params.get("head.bias"), out=outputs)
+    return Forward(layers=layers, outputs=outputs, top=inputs)
+
+
+def forward_layer(arch: Architecture, k: int, x: np.ndarray, w_ih: np.ndarray,
+                  w_hh: np.ndarray, b_ih: np.ndarray | None, b_hh: np.ndarray | None, *,
+                  buffers: Buffers = FRESH) -> LayerCache:
+    """Unroll layer k over the sequence ``x`` ``(T, B, in)``: all input projections as one
+    product, then per step h_{t-1} W_hh^T and the cell's kernel. With
+    ``arch.residual_time`` the state is h_t = h_{t-1} + cell(x_t, h_{t-1})."""
+    T, B, _ = x.shape
+    dtype = x.dtype
+    table = forward_arrays(arch, k, T, B, dtype)
+    prehalved = arch.cell != "rnn" and halving_is_exact(arch, x, w_ih, w_hh, b_ih, b_hh)
+    if prehalved:
+        w_ih, w_hh, b_ih, b_hh = prehalve(arch, w_ih, w_hh, b_ih, b_hh)
+    projection = buffers.take(table["gates" if "gates" in table else "projection"])
+    project(x, w_ih, b_ih, out=projection)           # W_ih x_t + b_ih of every step
+    if b_hh is not None and arch.cell != "gru":
+        projection += b_hh                           # both biases add outside the gates: fold
+        b_hh = None                                  # (gru's b_hn sits inside r ⊙ (...))
+    cache = LayerCache(x=x, h=buffers.take(table["h"]))
+    if arch.cell == "rnn":
+        cache.gates = buffers.take(table["act"]) if "act" in table else cache.h
+    else:
+        cache.gates = projection
+        if arch.cell == "lstm":
+            cache.c = buffers.take(table["c"])
+        else:
+            cache.hn = buffers.take(table["hn"])
+    kernel: Kernel = KERNELS[arch.cell](arch, cache, prehalved=prehalved, b_hh=b_hh)
+    w_hh_t = np.ascontiguousarray(w_hh.T)            # (H, G*H): each step is h_prev @ w_hh_t
+    gh = np.empty((B, w_hh.shape[0]), dtype=dtype)
+    h_prev = np.zeros((B, w_hh.shape[1]), dtype=dtype)
+    h = cache.h
+    for t in range(T):
+        np.matmul(h_prev, w_hh_t, out=gh)            # W_hh h_{t-1}
+        out = kernel.forward(t, projection[t], gh, h_prev)
+        if arch.residual_time:
+            np.add(h_prev, out, out=h[t])            # h_t = h_{t-1} + cell(...)
+        h_prev = h[t]
+    if arch.cell == "rnn":
+        buffers.give_back(projection)                # rnn's pre-activations are not kept
+    return cache
+
+
+def project(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, *,
+            out: np.ndarray) -> np.ndarray:
+    """``x W^T + b`` for every step at once, into ``out``: one ``(T*B, in) @ (in, out)``
+    product."""
+    T, B, n_in = x.shape
+    np.matmul(x.reshape(T * B, n_in), w.T, out=out.reshape(T * B, w.shape[0]))
+    if b is not None:
+        out += b
+    return out
+
+
+def prehalve(arch: Architecture, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray | None,
+             b_hh: np.ndarray | None):
+    """The sigmoid gates' rows of the weights and biases halved.
+
+    A sigmoid is (1 + tanh(a/2)) / 2. With its rows halved, each step's pre-activations
+    come out already halved: one ``tanh`` over lstm's whole gate block, then ``* halves +
+    (1 - halves)``, activates every gate. Halving is exact (halving a product or a sum
+    rounds alike, 2 being the base, outside the subnormal range): see
+    :func:`halving_is_exact` for where it is not.
+    """
+    halves = sigmoid_halves(arch, w_hh.shape[1], w_hh.dtype)
+    return (w_ih * halves[:, None], w_hh * halves[:, None],
+            None if b_ih is None else b_ih * halves, None if b_hh is None else b_hh * halves)
+
+
+def halving_is_exact(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
+                     b_ih: np.ndarray | None, b_hh: np.ndarray | None) -> bool:
+    """Whether sums from halved rows are the unhalved sums halved, bit for bit.
+
+    They are, unless a sum comes near the dtype's largest value: there the unhalved one
+    overflows (to Inf, or to NaN from Inf - Inf, as PyTorch's does) where the halved one
+    may not. Bounded by the largest input and state (|h| <= 1 without residual connections
+    through time) times each row's absolute sum, plus the biases; NaN or Inf anywhere in
+    them says no, and the pass halves after summing instead.
+    """
+    if arch.residual_time:
+        return False
+    if x.size == 0:
+        return True
+    with np.errstate(all="ignore"):
+        largest = max(float(x.max()), -float(x.min()))          # no copy of x
+        bound = largest * float(np.abs(w_ih).sum(axis=1).max()) \
+            + float(np.abs(w_hh).sum(axis=1).max())
+        for b in (b_ih, b_hh):
+            if b is not None:
+                bound += float(np.abs(b).max())
+    return bound < float(np.finfo(x.dtype).max) / 4             # False for NaN
