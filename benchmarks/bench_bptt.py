@@ -4,6 +4,7 @@
     python benchmarks/bench_bptt.py --quick    # fewer repeats
     python benchmarks/bench_bptt.py --long     # also the 10,000-step LSTM and length scaling
     python benchmarks/bench_bptt.py --defaults # also `analyze` as users run it: trials, windows
+    python benchmarks/bench_bptt.py --against v0.1.0   # also this tree against a revision
 
 For each shape and dtype it prints the median time of
   * gradcheck: `analyze`'s own work (forward, loss, backward with the last step's loss
@@ -24,6 +25,11 @@ four windows) part by part, what the 20 trials cost against 20 bare passes, and 
 with 20 trials against 20 separate runs with one trial each; then `gradcheck analyze` as a
 command, in a fresh process each time (start-up and fresh memory included, as a CI job
 pays them), on these shapes and on every sample config.
+
+``--against REV`` times `analyze` (the API, as users call it: trials=0, and the defaults'
+20 trials) in this tree and in REV (a git worktree of it, run with this environment's
+packages), in rounds that alternate between the two, a fresh process each, so that the
+machine's load falls on both alike; it prints the medians and their ratio per shape.
 """
 
 from __future__ import annotations
@@ -265,6 +271,54 @@ def length_scaling(repeats):
     return rows
 
 
+AGAINST_WORKER = """
+import json, sys, time, statistics
+from gradcheck_cli.api import analyze
+config, trials, repeats = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+analyze(config, trials=trials)                       # warm-up
+times = []
+for _ in range(repeats):
+    start = time.perf_counter()
+    analyze(config, trials=trials)
+    times.append(time.perf_counter() - start)
+print(statistics.median(times))
+"""
+
+
+def against(revision, rounds, repeats):
+    """Per shape and dtype, ``analyze`` here and in ``revision``, interleaved round by
+    round: (shape, dtype, trials, median here, median there)."""
+    import json
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        old = Path(folder) / "old"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q",
+                        str(old), revision], check=True)
+        try:
+            for dtype in ("float64", "float32"):
+                for shape in SHAPES[:2]:
+                    for trials in (0, 20):
+                        config = json.dumps(spec_data(*shape, dtype))
+                        times = {"here": [], "there": []}
+                        for _ in range(rounds):
+                            for label, tree in (("here", root), ("there", old)):
+                                done = subprocess.run(
+                                    [sys.executable, "-c", AGAINST_WORKER, config,
+                                     str(trials), str(repeats)],
+                                    env={**env, "PYTHONPATH": str(tree)}, cwd=tree,
+                                    capture_output=True, text=True, check=True)
+                                times[label].append(float(done.stdout))
+                        rows.append((shape_name(*shape), dtype, trials,
+                                     statistics.median(times["here"]),
+                                     statistics.median(times["there"])))
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force",
+                            str(old)], check=True)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
@@ -272,6 +326,8 @@ def main():
                         help="also the 10,000-step LSTM and length scaling")
     parser.add_argument("--defaults", action="store_true",
                         help="also analyze with its defaults (20 trials, 4 windows), by part")
+    parser.add_argument("--against", metavar="REV",
+                        help="also time analyze here and in git revision REV, interleaved")
     args = parser.parse_args()
     repeats = 3 if args.quick else 7
     try:
@@ -314,6 +370,14 @@ def main():
         print("\ngradcheck analyze on each sample config, as a command (median of 5)")
         for config in samples:
             print(f"  {config.name:<24} {command_time(config, 5):5.2f}s")
+    if args.against:
+        print(f"\nanalyze here and in {args.against}, interleaved rounds, one BLAS thread "
+              f"(median of {repeats} rounds, each the median of 3 calls)")
+        print(f"{'shape':<28} {'dtype':<8} {'trials':>6} {'here':>9} {'there':>9} "
+              f"{'here/there':>10}")
+        for name, dtype, trials, here, there in against(args.against, repeats, 3):
+            print(f"{name:<28} {dtype:<8} {trials:>6} {here * 1e3:7.0f}ms "
+                  f"{there * 1e3:7.0f}ms {here / there:9.3f}x")
     if args.long:
         print("\nLSTM, batch 32, hidden 256, float32: time and memory by length")
         for steps, elapsed, per_step, fastest, used, predicted in length_scaling(3):

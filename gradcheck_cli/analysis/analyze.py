@@ -6,6 +6,7 @@ The measurements are the core's raw gradients, summarised; nothing here changes 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,32 +15,28 @@ from .. import __version__
 from ..core.losses import loss_and_output_grad
 from ..core.model import Architecture, Params, init_params
 from ..core.norms import global_norm as norm_of_all
-from ..core.norms import norm, step_norms
-from ..engine.backward import backward, backward_lanes
+from ..core.norms import norm
 from ..engine.forward import forward
-from ..engine.hooks import StateNorms
-from ..engine.lanes import Lanes
-from ..io.data import Batches
+from ..engine.state import Forward
+from ..io.data import Batch, Batches
 from ..results.report import (
+    ClipSuggestion,
     CostStats,
+    Finding,
     MitigationEffect,
     ModelSummary,
     Padding,
     ParameterStats,
     Report,
+    TruncationStats,
 )
 from ..spec.schema import Spec
 from .clip import sample_global_norms, suggest_clip
-from .measure import last_step_loss_grad, layer_stats, padded_decay, whole_batch_decay
-from .memory import STREAMS, main_streams
+from .measure import Measurement, last_step_loss_grad, measure
+from .memory import main_streams
 from .notes import notes_for
 from .truncation import truncation_stats
-from .verdicts import (
-    no_gradient_findings,
-    non_finite_finding,
-    temporal_findings,
-    unmodelled_finding,
-)
+from .verdicts import no_gradient_findings, temporal_findings, unmodelled_finding
 
 Progress = Callable[[int, int], None]
 
@@ -73,6 +70,12 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
                  streams: int | None = None) -> Report:
     """Run BPTT on the spec's batch, measure, judge, and sample norms for clipping.
 
+    The stages, each data in and data out: :func:`~.measure.measure` (the main pass),
+    the studies of those gradients (mitigation, cost, truncation, and with ``deep`` the
+    dynamics), the verdicts, the clip suggestion (``trials`` more batches), and
+    :func:`assemble`. The forward pass's arrays are dropped before the clip trials, so
+    the peak is one forward and one backward pass, as the memory estimate counts on.
+
     ``streams``: the loss and the last step's loss alone through one backward pass (2) or
     one after the other (1), as the memory check decided (:func:`memory.check`); by
     default as :func:`memory.main_streams` rules."""
@@ -81,87 +84,89 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
     names = dict(checkpoint.names) if checkpoint is not None else {n: n for n in params}
     batches = Batches(spec)
     batch = batches.draw(0)
-    lengths = batch.lengths
-    # Each array is dropped as soon as its norms are taken: the peak is one forward pass
-    # and one backward pass (of one or two streams, see memory.main_streams), which the
-    # memory estimate counts on.
+    if streams is None:
+        streams = main_streams(arch, spec.length, spec.batch_size, spec.dtype)
     with np.errstate(all="ignore"):
         fwd = forward(arch, params, batch.x)
         loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
-                                           spec.loss.timesteps, lengths)
-        loss_grad_is_zero = not d_out.any()
-        # With a loss at every step, the last step's own loss (what reaches back only in
-        # time) is backpropagated too: in the same pass, alongside, when both fit in memory,
-        # else after the main pass's arrays are gone.
-        d_last = last_step_loss_grad(fwd.outputs, batch.targets, spec.loss.kind, lengths) \
-            if spec.loss.timesteps == "all" else None
-        # The state gradients are measured step by step (each sequence's norm) and not kept.
-        if streams is None:
-            streams = main_streams(arch, spec.length, batch.x.shape[1], spec.dtype)
-        alongside = streams == STREAMS
-        T, B = d_out.shape[:2]
-        if d_last is not None and alongside:
-            lanes = Lanes.outputs([True, False])
-            measured = StateNorms(arch, T, B * 2)
-            grads = backward_lanes(arch, params, fwd, [d_out, d_last], lanes, states=False,
-                                   hook=measured)[0]
-            main, last = measured.lane(lanes, 0), measured.lane(lanes, 1)
-        else:
-            measured = StateNorms(arch, T, B)
-            grads = backward(arch, params, fwd, d_out, states=False, hook=measured)
-            main = last = measured.lane(Lanes(), 0)
-        broken = non_finite_finding(params, fwd, loss, grads.params, main.bad, names)
-        hidden = [step_norms(n) for n in main.hidden]
-        cell = [step_norms(n) for n in main.cell] if main.cell else None
-        param_grads = grads.params
-        del grads, measured
-        if d_last is not None and not alongside:
-            measured = StateNorms(arch, T, B)
-            backward(arch, params, fwd, d_last, param_grads=False, states=False,
-                     hook=measured)
-            last = measured.lane(Lanes(), 0)
-        decays = [whole_batch_decay(n) if lengths is None else padded_decay(n, lengths)
-                  for n in last.hidden]
-        del last, d_last, main
-        span = int(np.max(lengths)) if lengths is not None else spec.length
-        layers = layer_stats(hidden, cell, decays, spec)
-        param_stats = [ParameterStats(name=names[name], shape=list(g.shape),
-                                      grad_norm=norm(g),
-                                      grad_max_abs=float(np.abs(g).max()),
-                                      weight_norm=norm(params[name]))
-                       for name, g in param_grads.items()]
-        global_norm = norm_of_all(param_grads.values())
-        mitigation = mitigation_effect(spec, param_grads, params)
-        from .cost import bptt_cost, default_windows
-        cost = bptt_cost(arch, spec.length, spec.batch_size, spec.dtype)
-        truncation = truncation_stats(
-            arch, params, fwd, d_out, param_grads, layers[-1].last_step_grad_norm, spec,
-            default_windows(spec.length) if windows is None else windows)
-        dynamics = None
-        if deep:
-            from .dynamics import layer_dynamics
-            dynamics = layer_dynamics(arch, params, fwd, spec.seed,
-                                      d_last=last_step_loss_grad(fwd.outputs, batch.targets,
-                                                                 spec.loss.kind, lengths),
-                                      lengths=lengths,
-                                      measured=[layer.growth_factor for layer in layers])
+                                           spec.loss.timesteps, batch.lengths)
+        measured = measure(arch, params, fwd, d_out, batch, spec, loss, names, streams)
+        studies = study(arch, params, fwd, d_out, batch, measured, spec, windows, deep)
+        findings = judge(spec, params, measured, batch, loss_grad_is_zero=not d_out.any())
         del fwd, d_out
+    clip = clip_suggestion(arch, params, batches, spec, trials, clip_percentile, progress)
+    return assemble(spec, arch, params, names, batch, loss, measured, studies, findings,
+                    clip)
 
-    findings = [] if broken is None else [broken]
+
+@dataclass(frozen=True)
+class Studies:
+    """What is made of the measured gradients besides the verdicts."""
+
+    mitigation: MitigationEffect | None
+    cost: CostStats
+    truncation: list[TruncationStats]
+    dynamics: list | None
+
+
+def study(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
+          batch: Batch, measured: Measurement, spec: Spec, windows: list[int] | None,
+          deep: bool) -> Studies:
+    """The spec's mitigation on the gradients, BPTT's cost, truncated BPTT against full,
+    and with ``deep`` the dynamics of the recurrence (Jacobians, Lyapunov exponents)."""
+    from .cost import bptt_cost, default_windows
+    cost = bptt_cost(arch, spec.length, spec.batch_size, spec.dtype)
+    truncation = truncation_stats(
+        arch, params, fwd, d_out, measured.param_grads, measured.layers[-1].last_step_grad_norm,
+        spec, default_windows(spec.length) if windows is None else windows)
+    dynamics = None
+    if deep:
+        from .dynamics import layer_dynamics
+        d_last = last_step_loss_grad(fwd.outputs, batch.targets, spec.loss.kind,
+                                     batch.lengths)
+        dynamics = layer_dynamics(arch, params, fwd, spec.seed, d_last=d_last,
+                                  lengths=batch.lengths,
+                                  measured=[layer.growth_factor for layer in measured.layers])
+    return Studies(mitigation=mitigation_effect(spec, measured.param_grads, params),
+                   cost=CostStats(forward_macs=cost.forward_macs,
+                                  backward_macs=cost.backward_macs,
+                                  activation_bytes=cost.activation_bytes,
+                                  parameter_count=cost.parameter_count),
+                   truncation=truncation, dynamics=dynamics)
+
+
+def judge(spec: Spec, params: Params, measured: Measurement, batch: Batch, *,
+          loss_grad_is_zero: bool) -> list[Finding]:
+    """Every finding, the most fundamental first: non-finite values, a model gradcheck
+    does not model, layers no gradient reaches, then the temporal verdicts."""
+    span = int(np.max(batch.lengths)) if batch.lengths is not None else spec.length
     unmodelled = unmodelled_finding(spec)
-    findings += [unmodelled] if unmodelled is not None else []
-    findings += no_gradient_findings(hidden, params, loss_grad_is_zero)
-    findings += temporal_findings(layers, spec, span)
+    return [*([measured.non_finite] if measured.non_finite is not None else []),
+            *([unmodelled] if unmodelled is not None else []),
+            *no_gradient_findings(measured.hidden, params, loss_grad_is_zero),
+            *temporal_findings(measured.layers, spec, span)]
 
-    clip = None
-    if trials > 0:
-        norms = sample_global_norms(arch, params, batches, spec, trials, progress)
-        sgd = spec.training.optimizer == "sgd"
-        clip = suggest_clip(norms, clip_percentile,
-                            weight_norm=norm_of_all(params.values())
-                            if sgd else None, lr=spec.training.lr if sgd else None)
 
-    model = spec.model
+def clip_suggestion(arch: Architecture, params: Params, batches: Batches, spec: Spec,
+                    trials: int, percentile: float,
+                    progress: Progress | None) -> ClipSuggestion | None:
+    """AutoClip's suggestion from ``trials`` more batches' global gradient norms (none
+    with no trials); for SGD capped by the update size."""
+    if trials <= 0:
+        return None
+    norms = sample_global_norms(arch, params, batches, spec, trials, progress)
+    sgd = spec.training.optimizer == "sgd"
+    return suggest_clip(norms, percentile,
+                        weight_norm=norm_of_all(params.values()) if sgd else None,
+                        lr=spec.training.lr if sgd else None)
+
+
+def assemble(spec: Spec, arch: Architecture, params: Params, names: dict[str, str],
+             batch: Batch, loss: float, measured: Measurement, studies: Studies,
+             findings: list[Finding], clip: ClipSuggestion | None) -> Report:
+    """The report: the spec's model and task, the measurements under the user's names,
+    the findings, the clip suggestion and the studies."""
+    model, lengths, grads = spec.model, batch.lengths, measured.param_grads
     return Report(
         gradcheck_version=__version__,
         config=spec.source,
@@ -178,17 +183,19 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
         loss_kind=spec.loss.kind, loss_timesteps=spec.loss.timesteps,
         thresholds={"vanishing": spec.thresholds.vanishing,
                     "exploding": spec.thresholds.exploding},
-        loss=loss, global_grad_norm=global_norm,
-        parameters=param_stats, layers=layers, findings=findings, clip=clip,
+        loss=loss, global_grad_norm=norm_of_all(grads.values()),
+        parameters=[ParameterStats(name=names[name], shape=list(g.shape), grad_norm=norm(g),
+                                   grad_max_abs=float(np.abs(g).max()),
+                                   weight_norm=norm(params[name]))
+                    for name, g in grads.items()],
+        layers=measured.layers, findings=findings, clip=clip,
         notes=notes_for(spec, lengths),
-        mitigation=mitigation,
-        dynamics=dynamics,
-        cost=CostStats(forward_macs=cost.forward_macs, backward_macs=cost.backward_macs,
-                       activation_bytes=cost.activation_bytes,
-                       parameter_count=cost.parameter_count),
-        truncation=truncation,
+        mitigation=studies.mitigation,
+        dynamics=studies.dynamics,
+        cost=studies.cost,
+        truncation=studies.truncation,
         padding=None if lengths is None else Padding(
             min_length=int(lengths.min()), max_length=int(lengths.max()),
             longest=int((lengths == lengths.max()).sum())),
-        gradients={names[name]: g for name, g in param_grads.items()},
+        gradients={names[name]: g for name, g in grads.items()},
     )

@@ -1,4 +1,5 @@
-"""The measurements: how the last step's gradient changes going back in time."""
+"""The measurements: the main backward pass, each step's gradient norms, and how the last
+step's gradient changes going back in time."""
 
 from __future__ import annotations
 
@@ -8,11 +9,71 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.losses import loss_and_output_grad
+from ..core.model import Architecture, Params
 from ..core.norms import step_norms
-from ..results.report import (
-    LayerStats,
-)
+from ..engine.backward import backward, backward_lanes
+from ..engine.hooks import LaneNorms, StateNorms
+from ..engine.lanes import Lanes
+from ..engine.state import Backward, Forward
+from ..io.data import Batch
+from ..results.report import Finding, LayerStats
 from ..spec.schema import Spec
+from .memory import STREAMS
+from .verdicts import non_finite_finding
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the main backward pass measured: every parameter's gradient, per layer the
+    per-step ‖dL/dh_t‖ (and ‖dL/dc_t‖), and how the last step's gradient decays."""
+
+    param_grads: Params
+    hidden: list[np.ndarray]
+    cell: list[np.ndarray] | None
+    layers: list[LayerStats]
+    non_finite: Finding | None
+    """Where NaN or Inf first appeared, if anywhere (taken while the pass's arrays are)."""
+
+
+def measure(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
+            batch: Batch, spec: Spec, loss: float, names: dict[str, str],
+            streams: int) -> Measurement:
+    """Backpropagate the loss (``d_out``), and with a loss at every step the last step's
+    own loss, the signal that reaches back only in time: in one pass as two lanes
+    (``streams`` 2) or one after the other (1, when two do not fit in memory). The state
+    gradients are measured step by step, per sequence, and not kept."""
+    T, B = d_out.shape[:2]
+    d_last = last_step_loss_grad(fwd.outputs, batch.targets, spec.loss.kind, batch.lengths) \
+        if spec.loss.timesteps == "all" else None
+    if d_last is not None and streams == STREAMS:
+        lanes = Lanes.outputs([True, False])
+        both = StateNorms(arch, T, 2 * B)
+        grads = backward_lanes(arch, params, fwd, [d_out, d_last], lanes, states=False,
+                               hook=both)[0]
+        main, last = both.lane(lanes, 0), both.lane(lanes, 1)
+    else:
+        grads, main = _alone(arch, params, fwd, d_out, True)
+        last = main
+    non_finite = non_finite_finding(params, fwd, loss, grads.params, main.bad, names)
+    hidden = [step_norms(n) for n in main.hidden]
+    cell = [step_norms(n) for n in main.cell] if main.cell else None
+    del main
+    if d_last is not None and streams != STREAMS:
+        last = _alone(arch, params, fwd, d_last, False)[1]
+    lengths = batch.lengths
+    decays = [whole_batch_decay(n) if lengths is None else padded_decay(n, lengths)
+              for n in last.hidden]
+    return Measurement(param_grads=grads.params, hidden=hidden, cell=cell,
+                       layers=layer_stats(hidden, cell, decays, spec), non_finite=non_finite)
+
+
+def _alone(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
+           param_grads: bool) -> tuple[Backward, LaneNorms]:
+    """One output gradient's pass on its own: its gradients and per-sequence state norms."""
+    hook = StateNorms(arch, *d_out.shape[:2])
+    grads = backward(arch, params, fwd, d_out, param_grads=param_grads, states=False,
+                     hook=hook)
+    return grads, hook.lane(Lanes(), 0)
 
 
 def fit_growth(norms: np.ndarray) -> float | None:
