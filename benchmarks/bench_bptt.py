@@ -308,7 +308,9 @@ def against(revision, rounds, repeats):
                                     [sys.executable, "-c", AGAINST_WORKER, config,
                                      str(trials), str(repeats)],
                                     env={**env, "PYTHONPATH": str(tree)}, cwd=tree,
-                                    capture_output=True, text=True, check=True)
+                                    capture_output=True, text=True, check=False)
+                                if done.returncode != 0:
+                                    raise SystemExit(f"{label}: {done.stderr.strip()}")
                                 times[label].append(float(done.stdout))
                         rows.append((shape_name(*shape), dtype, trials,
                                      statistics.median(times["here"]),

@@ -13,16 +13,28 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from . import __version__
 from .errors import GradcheckError, Terminated
+from .render.formats import formats
+
+if TYPE_CHECKING:
+    from .spec.yaml import Override
 
 ANALYZE_TRIALS = 20
 """Clip trials `analyze` samples by default (and `validate` estimates memory for)."""
 MAX_TRIALS = 100_000
 """Each trial is a forward and backward pass: beyond this, a run would not end."""
+MAX_STEPS = 1_000_000
+"""simulate's update steps (each a forward and backward pass, and a record kept)."""
+MAX_DIRECTIONS = 10_000
+"""verify's random directions per parameter: each is a complex pass and 14 real ones, and
+all of a tensor's are drawn at once (see :func:`_check_directions`)."""
+MAX_ENTRIES = 1_000_000
+"""verify's single entries per parameter (--all-entries checks every one, however many)."""
 
 OUTPUTS_HELP = """\b
 Outputs (-o, --save-grads, --plot) are checked before any work: one that is an input
@@ -56,6 +68,21 @@ Exit status:
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+OUTPUT = click.Path()
+"""An output path as the user spelled it: only ``-`` itself is stdout (pathlib would make
+``./-`` into ``-``, and ``newdir/`` into ``newdir``)."""
+
+
+MAX_ERROR = 2000
+"""The longest error line printed: a message that repeats a value (a file's list of arrays,
+a long name) is cut there, wherever it was built."""
+
+
+def _one_line(message: str) -> str:
+    """An error as one line of bounded length."""
+    line = " ".join(message.split())
+    return line if len(line) <= MAX_ERROR else line[:MAX_ERROR] + "…"
+
 
 def _stderr(message: str) -> None:
     """One message on stderr, whatever bytes the file names in it hold."""
@@ -73,16 +100,18 @@ class GradcheckGroup(click.Group):
         except click.exceptions.UsageError as exc:  # one line, like every other error
             where = f" (see gradcheck {exc.ctx.info_name} --help)" \
                 if exc.ctx is not None and exc.ctx.info_name != "gradcheck" else ""
-            _stderr("error: " + " ".join(exc.format_message().split()) + where)
+            _stderr("error: " + _one_line(exc.format_message()) + where)
             ctx.exit(2)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except OSError as exc:  # the file system said no: a name too long, a full disk
-            target = f"{exc.filename}: " if exc.filename else ""
-            _stderr(f"error: {target}{exc.strerror or exc}")
+            from .io.files import shown
+            target = f"{shown(exc.filename)}: " if isinstance(exc.filename, str) and \
+                exc.filename else ""
+            _stderr("error: " + _one_line(f"{target}{exc.strerror or exc}"))
             ctx.exit(2)
         except GradcheckError as exc:
-            _stderr("error: " + " ".join(str(exc).split()))  # always one line
+            _stderr("error: " + _one_line(str(exc)))  # always one line
             ctx.exit(2)
         except KeyboardInterrupt:
             _stderr("interrupted")
@@ -93,8 +122,8 @@ class GradcheckGroup(click.Group):
         except Exception as exc:  # a bug of ours: say so, and never exit 1 (a finding)
             if ctx.params.get("debug"):
                 _stderr(traceback.format_exc().rstrip())
-            _stderr(f"internal error (a bug in gradcheck {__version__}): "
-                    f"{type(exc).__name__}: {exc}; rerun with --debug for the traceback")
+            _stderr(f"internal error (a bug in gradcheck {__version__}): " + _one_line(
+                f"{type(exc).__name__}: {exc}") + "; rerun with --debug for the traceback")
             ctx.exit(2)
 
 
@@ -104,29 +133,44 @@ def _overrides_option(f):
         help="Override a spec value, e.g. --set model.hidden_size=128 (repeatable).")(f)
 
 
-def _check_plot(path: Path) -> None:
+def _check_plot(path: str) -> None:
     """Say a missing extra or a wrong suffix before the work, not after it."""
     from .render.plot import check_target
-    if str(path) == "-":
+    if path == "-":
         raise click.BadParameter("a chart's format is its file's suffix (.png or .svg); "
                                  "give a file name", param_hint="--plot")
-    check_target(path)
+    check_target(Path(path))
 
 
-def _truncation_overrides(truncate: str | None) -> tuple[str, ...]:
+def _option_overrides(option: str, value: object, *items: str) -> tuple[tuple[str, str], ...]:
+    """Spec overrides an option stands for, each with the option as the user gave it, which
+    an error names (not a --set the user did not write)."""
+    from .spec.yaml import shorten
+    where = f"{option} {shorten(str(value))}"
+    return tuple((where, item) for item in items)
+
+
+def _whole(text: str) -> bool:
+    text = text.strip()
+    return text.isascii() and text.isdigit()          # not "٣", which YAML reads as text
+
+
+def _truncation_overrides(truncate: str | None) -> tuple[tuple[str, str], ...]:
     """``--truncate K`` or ``K1:K2`` as spec overrides."""
     if truncate is None:
         return ()
+    from .spec.yaml import shorten
     k1, _, k2 = truncate.partition(":")
-    if not k1.strip().isdigit() or (k2 and not k2.strip().isdigit()):
-        raise click.BadParameter(f"{truncate!r}: expected K or K1:K2, whole numbers",
+    if not _whole(k1) or (k2 and not _whole(k2)):
+        raise click.BadParameter(f"{shorten(truncate)!r}: expected K or K1:K2, whole numbers",
                                  param_hint="--truncate")
-    return (f"training.truncation.k1={k1}",) + ((f"training.truncation.k2={k2}",) if k2
-                                                else ())
+    return _option_overrides("--truncate", truncate, f"training.truncation.k1={k1}",
+                             *((f"training.truncation.k2={k2}",) if k2 else ()))
 
 
-def _mitigation_overrides(mitigation: str | None) -> tuple[str, ...]:
-    return () if mitigation is None else (f"training.mitigation={mitigation}",)
+def _mitigation_overrides(mitigation: str | None) -> tuple[tuple[str, str], ...]:
+    return () if mitigation is None else _option_overrides(
+        "--mitigation", mitigation, f"training.mitigation={mitigation}")
 
 
 def _truncate_option(f):
@@ -144,7 +188,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
     return value
 
 
-def _load(config: Path, overrides: tuple[str, ...], max_memory: str | None = None, *,
+def _load(config: Path, overrides: tuple[Override, ...], max_memory: str | None = None, *,
           training: bool = False, optimizer: str | None = None, trials: int = 0,
           dtype: str | None = None, machine: bool = True):
     """The spec, refused before any data value is read when the run it describes would
@@ -172,10 +216,10 @@ def _load(config: Path, overrides: tuple[str, ...], max_memory: str | None = Non
     return spec, estimates[-1]
 
 
-def _inputs(spec) -> list[Path]:
-    """The files a run reads: the spec's, the weights, the data."""
+def _inputs(spec, config: Path) -> list[Path]:
+    """The files a run reads: the spec (``config``), the weights, the data."""
     from .spec.schema import DataFile
-    paths = [Path(spec.source)]
+    paths = [Path(config)]
     if spec.model.weights is not None:
         paths.append(spec.model.weights)
     for source in (spec.sequence.inputs, spec.sequence.targets, spec.sequence.lengths,
@@ -203,10 +247,12 @@ def _max_memory_option(f):
 
 def _memory_limit(max_memory: str | None) -> int | None:
     from .io.sizes import parse_size
+    from .spec.yaml import shorten
     try:
         return parse_size(max_memory) if max_memory is not None else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--max-memory") from None
+    except ValueError as exc:             # repeats the value: not all 5,000 characters of it
+        message = str(exc).replace(repr(max_memory), repr(shorten(str(max_memory))), 1)
+        raise click.BadParameter(message, param_hint="--max-memory") from None
 
 
 def _on_terminal() -> bool:
@@ -220,6 +266,19 @@ def _use_color() -> bool:
 def _width() -> int:
     import shutil
     return shutil.get_terminal_size((100, 24)).columns if _on_terminal() else 100
+
+
+def _render(result, fmt: str, target, *, all_steps: bool = False,
+            compact: bool = False) -> str:
+    """``result`` in ``fmt`` (see render.formats), coloured and as wide as the terminal
+    when it goes there."""
+    from .render.formats import render
+    from .render.options import RenderOptions
+    to_terminal = target.kind == "stdout"
+    options = RenderOptions(color=to_terminal and fmt == "table" and _use_color(),
+                            width=_width() if to_terminal else 100, all_steps=all_steps,
+                            compact=compact)
+    return render(result, fmt, options)
 
 
 def _emit(text: str, target) -> None:
@@ -242,13 +301,13 @@ def cli(debug: bool) -> None:
 @click.argument("configs", nargs=-1, required=True, type=click.Path(path_type=Path),
                 metavar="CONFIG...")
 @click.option("-f", "--format", "fmt",
-              type=click.Choice(["table", "json", "markdown", "html"]), default="table",
+              type=click.Choice(formats("Report")), default="table",
               show_default=True,
               help="Report format (html: one self-contained page, its chart inline).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
+@click.option("-o", "--output", type=OUTPUT, metavar="FILE",
               help="Write the report to FILE instead of stdout ('-': stdout); see Outputs "
                    "below.")
-@click.option("--save-grads", type=click.Path(path_type=Path), metavar="FILE.npz",
+@click.option("--save-grads", type=OUTPUT, metavar="FILE.npz",
               help="Save every parameter's gradient under its PyTorch name, as .npz ('-': "
                    "stdout).")
 @click.option("--trials", type=click.IntRange(min=0, max=MAX_TRIALS), default=ANALYZE_TRIALS,
@@ -275,7 +334,7 @@ def cli(debug: bool) -> None:
 @_truncate_option
 @click.option("--windows", default="auto", show_default=True, metavar="K,K,...|auto|none",
               help="Truncation windows to compare with full BPTT.")
-@click.option("--plot", type=click.Path(path_type=Path), metavar="FILE.png|.svg",
+@click.option("--plot", type=OUTPUT, metavar="FILE.png|.svg",
               help="Also draw the per-step norms (and with --deep the Lyapunov spectrum); "
                    "needs the plot extra (pip install 'gradcheck[plot]').")
 @click.option("--deep", is_flag=True,
@@ -284,10 +343,10 @@ def cli(debug: bool) -> None:
                    "fastest direction's growth, beside the growth measured), gate saturation.")
 @_max_memory_option
 @_overrides_option
-def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads: Path | None,
+def analyze(configs: tuple[Path, ...], fmt: str, output: str | None, save_grads: str | None,
             trials: int, clip_percentile: float, fail_on: str, vanishing: float | None,
             exploding: float | None, all_steps: bool, mitigation: str | None,
-            truncate: str | None, windows: str, plot: Path | None, deep: bool,
+            truncate: str | None, windows: str, plot: str | None, deep: bool,
             max_memory: str | None, overrides: tuple[str, ...]) -> None:
     """Run BPTT on each CONFIG and report gradient health: per-step gradient norms, how they
     grow or shrink through time, exploding/vanishing findings and a clip value.
@@ -300,23 +359,19 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
         raise click.UsageError("--format html takes one CONFIG")
     if plot is not None:
         _check_plot(plot)
-    extra = [f"thresholds.{name}={value!r}" for name, value in
-             (("vanishing", vanishing), ("exploding", exploding)) if value is not None]
+    extra = [item for name, value in (("vanishing", vanishing), ("exploding", exploding))
+             if value is not None
+             for item in _option_overrides(f"--{name}", value, f"thresholds.{name}={value!r}")]
     extra += [*_mitigation_overrides(mitigation), *_truncation_overrides(truncate)]
     window_list = _windows(windows)
     loaded = [_load(config, overrides + tuple(extra), max_memory, trials=trials)
               for config in configs]
-    targets = _plan([path for spec, _ in loaded for path in _inputs(spec)],
+    targets = _plan([path for config, (spec, _) in zip(configs, loaded, strict=True)
+                     for path in _inputs(spec, config)],
                     output=output or "-", save_grads=save_grads, plot=plot)
 
     from .analysis.analyze import analyze_spec
-    from .render.formats import render
-    from .render.options import RenderOptions
 
-    to_terminal = targets["--output"].kind == "stdout"
-    color = to_terminal and fmt == "table" and _use_color()
-    options = RenderOptions(color=color, width=_width() if to_terminal else 100,
-                            all_steps=all_steps)
     texts, failed = [], False
     for spec, fitting in loaded:
         with _progress(trials) as progress:
@@ -324,10 +379,8 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: Path | None, save_grads
                                   progress=progress, windows=window_list, deep=deep,
                                   streams=fitting.streams)
         failed = failed or report.fails(fail_on)
-        if fmt == "json" and len(loaded) > 1:
-            texts.append(report.to_json(indent=None) + "\n")
-        else:
-            texts.append(render(report, fmt, options))
+        texts.append(_render(report, fmt, targets["--output"], all_steps=all_steps,
+                             compact=fmt == "json" and len(loaded) > 1))
     if save_grads is not None:
         from .io.files import write_npz
         write_npz(targets["--save-grads"], report.gradients)
@@ -355,8 +408,9 @@ def _windows(text: str) -> list[int] | None:
     try:
         values = [int(part) for part in text.split(",")]
     except ValueError:
-        raise click.BadParameter(f"{text!r}: expected whole numbers like 10,25, or auto or "
-                                 "none", param_hint="--windows") from None
+        from .spec.yaml import shorten
+        raise click.BadParameter(f"{shorten(text)!r}: expected whole numbers like 10,25, or "
+                                 "auto or none", param_hint="--windows") from None
     if any(v < 1 for v in values):
         raise click.BadParameter("windows are at least 1 step", param_hint="--windows")
     return values
@@ -370,7 +424,8 @@ class _progress:
         self.bar = None
 
     def __enter__(self):
-        if self.total < 2 or not sys.stderr.isatty():
+        stream = sys.stderr                        # None: closed (2>&-), nowhere to draw
+        if self.total < 2 or stream is None or not stream.isatty():
             return None
         from rich.console import Console
         from rich.progress import Progress
@@ -386,12 +441,14 @@ class _progress:
 
 @cli.command(epilog=VERIFY_EXIT_HELP)
 @click.argument("config", type=click.Path(path_type=Path))
-@click.option("--directions", type=click.IntRange(min=0), default=2, show_default=True,
+@click.option("--directions", type=click.IntRange(min=0, max=MAX_DIRECTIONS), default=2,
+              show_default=True,
               help="Random unit directions checked per parameter (every entry at once), "
-                   "also by central differences.")
-@click.option("--entries", type=click.IntRange(min=0), default=8, show_default=True,
+                   f"also by central differences (at most {MAX_DIRECTIONS:,}).")
+@click.option("--entries", type=click.IntRange(min=0, max=MAX_ENTRIES), default=8,
+              show_default=True,
               help="Single entries checked per parameter: the largest gradient and the rest "
-                   "drawn at random (seeded).")
+                   f"drawn at random (seeded; at most {MAX_ENTRIES:,}).")
 @click.option("--all-entries", is_flag=True, help="Check every entry of every parameter.")
 @click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=1e-10,
               show_default=True, callback=_finite,
@@ -399,7 +456,8 @@ class _progress:
 @click.option("--difference-tolerance", type=click.FloatRange(0, min_open=True), default=1e-5,
               show_default=True, callback=_finite,
               help="Largest relative error against central differences, where they converge.")
-@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+@click.option("-f", "--format", "fmt", type=click.Choice(formats("Verification")),
+              default="table",
               show_default=True, help="Output format.")
 @_max_memory_option
 @_overrides_option
@@ -416,21 +474,39 @@ def verify(config: Path, directions: int, entries: int, all_entries: bool, toler
     every parameter agrees."""
     if directions == 0 and entries == 0 and not all_entries:
         raise click.UsageError("nothing to check: --directions and --entries are both 0")
-    spec, _ = _load(config, overrides, max_memory, dtype="float64")
+    spec, need = _load(config, overrides, max_memory, dtype="float64")
+    _check_directions(spec, directions, need.total, _memory_limit(max_memory))
     from .commands.verify import verify_spec
     from .io.files import Target
 
     result = verify_spec(spec, directions=directions,
                          entries=None if all_entries else entries, tolerance=tolerance,
                          difference_tolerance=difference_tolerance)
-    if fmt == "json":
-        text = json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
-    else:
-        from .render.verify import render_verify
-        relu = spec.model.cell == "rnn" and spec.model.nonlinearity == "relu"
-        text = render_verify(result, _use_color(), _width(), relu=relu)
-    _emit(text, Target("-", "stdout"))
+    stdout = Target("-", "stdout")
+    _emit(_render(result, fmt, stdout), stdout)
     sys.exit(0 if result.passed else 1)
+
+
+def _check_directions(spec, directions: int, run: int, limit: int | None) -> None:
+    """verify draws each tensor's random directions at once (and squares and scales them):
+    refused, before any is drawn, when they and the run would not fit."""
+    import math
+
+    from .core.model import Architecture
+    from .io.sizes import available, human
+    shapes = Architecture.from_spec(spec.model).parameter_shapes()
+    largest = max(shapes, key=lambda name: math.prod(shapes[name]))
+    need = 3 * 8 * directions * math.prod(shapes[largest])
+    limits = [(limit, "--max-memory")] if limit is not None else []
+    free = available()
+    if free is not None:
+        limits.append((free, "available on this machine"))
+    for bound, what in limits:
+        if run + need > bound:
+            raise click.BadParameter(
+                f"{directions:,} random directions of {largest} ({math.prod(shapes[largest]):,} "
+                f"entries) take about {human(need)}, which with the run's {human(run)} is "
+                f"more than the {human(bound)} {what}; check fewer", param_hint="--directions")
 
 
 @cli.command()
@@ -456,7 +532,7 @@ def validate(configs: tuple[Path, ...], max_memory: str | None,
             spec, need = _load(config, overrides, max_memory, trials=ANALYZE_TRIALS,
                                machine=False)
         except GradcheckError as exc:
-            _stderr("error: " + " ".join(str(exc).split()))
+            _stderr("error: " + _one_line(str(exc)))
             bad += 1
             continue
         arch = Architecture.from_spec(spec.model)
@@ -468,11 +544,11 @@ def validate(configs: tuple[Path, ...], max_memory: str | None,
 
 
 @cli.command()
-@click.argument("path", default="gradcheck.yaml", type=click.Path(path_type=Path))
+@click.argument("path", default="gradcheck.yaml", type=OUTPUT)
 @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm",
               show_default=True, help="Recurrent cell of the starter model.")
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
-def init(path: Path, cell: str, force: bool) -> None:
+def init(path: str, cell: str, force: bool) -> None:
     """Write a commented starter spec to PATH ('-' for stdout)."""
     from .io.files import plan, shown, write_text
     from .starter import starter_spec
@@ -482,13 +558,14 @@ def init(path: Path, cell: str, force: bool) -> None:
         return
     if target.kind == "atomic" and os.path.lexists(path) and not force:
         raise GradcheckError(f"{shown(path)} exists; choose another name or pass --force")
-    write_text(target, starter_spec(cell, path.name))
+    write_text(target, starter_spec(cell, Path(path).name))   # the name escaped there
     _stderr(f"wrote {target.describe()}; next: gradcheck analyze {shown(path)}")
 
 
 @cli.command(epilog=EXIT_STATUS_HELP)
 @click.argument("config", type=click.Path(path_type=Path))
-@click.option("--steps", type=click.IntRange(min=1), help="Update steps (training.steps).")
+@click.option("--steps", type=click.IntRange(min=1, max=MAX_STEPS),
+              help=f"Update steps (training.steps; at most {MAX_STEPS:,}).")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]),
               help="Optimiser (training.optimizer).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True),
@@ -501,9 +578,9 @@ def init(path: Path, cell: str, force: bool) -> None:
 @click.option("--clip-percentile", type=click.FloatRange(0, 100, min_open=True), default=10.0,
               show_default=True, callback=_finite,
               help="Percentile for the clip value calibrated on the run.")
-@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
+@click.option("-f", "--format", "fmt", type=click.Choice(formats("Simulation")),
               default="table", show_default=True, help="Output format.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
+@click.option("-o", "--output", type=OUTPUT, metavar="FILE",
               help="Write the result to FILE instead of stdout ('-': stdout); see Outputs "
                    "below.")
 @click.option("--fail-on", type=click.Choice(["warning", "error", "never"]), default="error",
@@ -517,7 +594,7 @@ def init(path: Path, cell: str, force: bool) -> None:
 @_overrides_option
 def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float | None,
              data: str | None, compare_list: str | None, clip_percentile: float, fmt: str,
-             output: Path | None, fail_on: str, mitigation: str | None, truncate: str | None,
+             output: str | None, fail_on: str, mitigation: str | None, truncate: str | None,
              max_memory: str | None, overrides: tuple[str, ...]) -> None:
     """Train the spec's model for real, with the spec's mitigation and each of --compare,
     from the same start: which runs diverge, which learn, which stall.
@@ -527,9 +604,12 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
     of the ten steps before) and stalled (warning: updates under 1e-6 of the weights)."""
     compare_labels = [c.strip() for c in compare_list.split(",")] if compare_list else []
     from .core.mitigations import parse_mitigations
+    from .io.files import shown
     for label in compare_labels:
         if not label:
-            raise click.BadParameter(f"{compare_list!r}: an empty mitigation between commas",
+            from .spec.yaml import shorten
+            raise click.BadParameter(f"{shorten(compare_list or '')!r}: an empty mitigation "
+                                     "between commas",
                                      param_hint="--compare")
         try:
             parse_mitigations(label)
@@ -538,18 +618,18 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
     spec, _ = _load(config, overrides + _mitigation_overrides(mitigation)
                     + _truncation_overrides(truncate), max_memory, training=True,
                     optimizer=optimizer)
-    targets = _plan(_inputs(spec), output=output or "-")
+    if steps is None and spec.training.steps > MAX_STEPS:
+        where = spec.places.get("training.steps", shown(config))
+        raise GradcheckError(f"{where}: training.steps: {spec.training.steps:,} is more than "
+                             f"the {MAX_STEPS:,} update steps simulate runs")
+    targets = _plan(_inputs(spec, config), output=output or "-")
     from .commands.simulate import simulate as run_simulation
-    from .render.simulate import render_simulation
     total = (steps or spec.training.steps) * (1 + len(compare_labels))
     with _progress(total) as progress:
         sim = run_simulation(spec, compare=compare_labels, steps=steps, optimizer=optimizer,
                              lr=lr, data=data, clip_percentile=clip_percentile,
                              progress=progress)
-    to_terminal = targets["--output"].kind == "stdout"
-    color = to_terminal and fmt == "table" and _use_color()
-    _emit(render_simulation(sim, fmt, color, _width() if to_terminal else 100),
-          targets["--output"])
+    _emit(_render(sim, fmt, targets["--output"]), targets["--output"])
     sys.exit(1 if sim.fails(fail_on) else 0)
 
 
@@ -563,18 +643,18 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
 @click.option("--trials", type=click.IntRange(min=0, max=MAX_TRIALS), default=0,
               show_default=True,
               help="Clip trials per point (the verdicts need none).")
-@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
+@click.option("-f", "--format", "fmt", type=click.Choice(formats("Sweep")),
               default="table", show_default=True, help="Output format.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
+@click.option("-o", "--output", type=OUTPUT, metavar="FILE",
               help="Write the result to FILE instead of stdout ('-': stdout); see Outputs "
                    "below.")
-@click.option("--plot", type=click.Path(path_type=Path), metavar="FILE.png|.svg",
+@click.option("--plot", type=OUTPUT, metavar="FILE.png|.svg",
               help="Also draw the growth factor over the grid (a heat map for two keys); "
                    "needs the plot extra.")
 @_max_memory_option
 @_overrides_option
 def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: str,
-          output: Path | None, plot: Path | None, max_memory: str | None,
+          output: str | None, plot: str | None, max_memory: str | None,
           overrides: tuple[str, ...]) -> None:
     """Analyse CONFIG at every combination of the --vary values, and name the region where
     the gradient neither explodes nor vanishes. Exit status 0 when the sweep ran, 2 when a
@@ -593,20 +673,20 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
         _check_plot(plot)
     from .io.files import check_regular
     check_regular(config)
-    targets = _plan([config], output=output or "-", plot=plot)
-    fits = check_points(config, overrides, axes, limit)
-    from .render.sweep import render_sweep
+    _plan([config], output=output or "-", plot=plot)      # a bad output: before the points
+    inputs: list[Path] = []
+    fits = check_points(config, overrides, axes, limit,
+                        seen=lambda spec: inputs.extend(_inputs(spec, config)))
+    # the weights and data every point reads (a --vary may name others): none is written
+    targets = _plan(list(dict.fromkeys(inputs)) or [config], output=output or "-", plot=plot)
     with _progress(total) as progress:
         result = run_sweep(config, axes, overrides=overrides, jobs=jobs, trials=trials,
                            streams=fits, progress=progress)
-    to_terminal = targets["--output"].kind == "stdout"
-    color = to_terminal and fmt == "table" and _use_color()
     if plot is not None:
         from .render.plot import save, sweep_figure
         save(sweep_figure(result), targets["--plot"])
         _report_written(targets["--plot"])
-    _emit(render_sweep(result, fmt, color, _width() if to_terminal else 100),
-          targets["--output"])
+    _emit(_render(result, fmt, targets["--output"]), targets["--output"])
 
 
 @cli.command(epilog=COMPARE_EXIT_HELP)
@@ -616,28 +696,24 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
               show_default=True,
               help="How much (relative) a layer's horizon may shrink before it counts as "
                    "worse.", callback=_finite)
-@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
+@click.option("-f", "--format", "fmt", type=click.Choice(formats("Comparison")),
               default="table", show_default=True, help="Output format.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), metavar="FILE",
+@click.option("-o", "--output", type=OUTPUT, metavar="FILE",
               help="Write the comparison to FILE instead of stdout ('-': stdout); see Outputs "
                    "below.")
 def compare(baseline: Path, new: Path, tolerance: float, fmt: str,
-            output: Path | None) -> None:
+            output: str | None) -> None:
     """Compare two reports (written by `analyze --format json`): findings, growth factors,
     loss and norms. Exit status 1 when gradient health got worse: a new or more severe
     finding, or a layer's horizon (the steps the gradient reaches back before crossing a
     threshold) shorter by more than --tolerance."""
     from .commands.compare import compare_reports, read_report
     from .io.files import shown
-    from .render.compare import render_comparison
     targets = _plan([baseline, new], output=output or "-")
     comparison = compare_reports(read_report(baseline), read_report(new),
                                  baseline_name=shown(baseline), new_name=shown(new),
                                  tolerance=tolerance)
-    to_terminal = targets["--output"].kind == "stdout"
-    color = to_terminal and fmt == "table" and _use_color()
-    _emit(render_comparison(comparison, fmt, color, _width() if to_terminal else 100),
-          targets["--output"])
+    _emit(_render(comparison, fmt, targets["--output"]), targets["--output"])
     sys.exit(1 if comparison.worse else 0)
 
 
@@ -651,19 +727,38 @@ def schema(which: str) -> None:
     else:
         from .results.report import report_json_schema
         data = report_json_schema()
-    click.echo(json.dumps(data, indent=2))
+    from .io.files import Target
+    _emit(json.dumps(data, indent=2) + "\n", Target("-", "stdout"))   # closed: said, exit 2
 
 
 def _raise_terminated(signum: int, frame) -> None:
     raise Terminated(signum)
 
 
+def _hold_closed_stderr() -> None:
+    """With stderr closed (``2>&-``) the next file opened would get descriptor 2 (an
+    output's temporary file, say) and whatever a library writes to "stderr" would land in
+    it: /dev/null holds the place. ``sys.stderr`` stays None: progress is not drawn, errors
+    are told by the exit status alone."""
+    try:
+        os.fstat(2)
+    except OSError:
+        with contextlib.suppress(OSError):
+            fd = os.open(os.devnull, os.O_WRONLY)
+            if fd != 2:
+                os.dup2(fd, 2)
+                os.close(fd)
+
+
 def main() -> None:
     import signal
     import warnings
     for name in ("SIGTERM", "SIGHUP"):         # ended as Ctrl-C ends a run: cleaned up
-        if hasattr(signal, name):
+        # but a signal ignored already stays so: under nohup a hangup ends nothing
+        if hasattr(signal, name) and \
+                signal.getsignal(getattr(signal, name)) != signal.SIG_IGN:
             signal.signal(getattr(signal, name), _raise_terminated)
+    _hold_closed_stderr()
     # overflow and NaN are findings (non_finite, divergence), never warnings on stderr
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     try:

@@ -41,6 +41,10 @@ thresholds:
 
 
 def starter_spec(cell: str = "lstm", name: str = "gradcheck.yaml") -> str:
+    """The starter spec; ``name`` (the file's, in its comments) escaped as messages show
+    it, so that a newline or an undecodable byte in it cannot end a comment line."""
+    from .io.files import shown
+    name = shown(name)
     nonlinearity = "  nonlinearity: tanh      # tanh | relu\n" if cell == "rnn" else ""
     forget_bias = ("    forget_bias: 1.0      # the LSTM forget gate's bias "
                    "(Jozefowicz et al. 2015)\n") if cell == "lstm" else ""

@@ -1,13 +1,21 @@
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # before NumPy loads, and for subprocesses
+
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
-from gradcheck_cli.core.model import Architecture, init_params
-from gradcheck_cli.spec.schema import InitSpec
+BLAS = threadpool_limits(limits=1)
+"""The BLAS on one thread in this process too, whatever loaded it first: the suite's time
+does not depend on the machine's load, and sums add up in one order."""
+
+from gradcheck_cli.core.model import Architecture, init_params  # noqa: E402
+from gradcheck_cli.spec.schema import InitSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((ROOT / "sample_configs").glob("*.yaml"))

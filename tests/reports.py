@@ -42,7 +42,7 @@ def make_report(length: int = 5, findings: list[Finding] | None = None, cell: st
                                               "p90": 0.8, "p99": 0.9, "min": 0.4, "max": 0.95},
                             candidates=[ClipCandidate(0.42, "p10 (suggested)", 0.875),
                                         ClipCandidate(1.0, "conventional", 0.0)],
-                            rule="AutoClip rule text", pytorch="torch.clip_line(0.42)")
+                            basis="autoclip", autoclip=0.42)
         if clip else None,
     )
 

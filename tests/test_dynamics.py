@@ -13,7 +13,6 @@ from gradcheck_cli.analysis.dynamics import (
     gate_saturation,
     layer_dynamics,
     lyapunov_spectrum,
-    pascanu_verdict,
     step_jacobian,
 )
 from gradcheck_cli.core.model import Architecture
@@ -174,11 +173,17 @@ def test_lyapunov_qr_converges_on_diagonal_products():
         np.testing.assert_allclose(exponents, np.log([2.0, 0.5, 0.25]), atol=tolerance)
 
 
-def test_pascanu_conditions_only_for_elman_rnns():
-    rnn = Architecture(cell="rnn", input_size=1, hidden_size=2, output_size=1)
-    assert "necessary for the gradient to explode" in pascanu_verdict(rnn, 1.5)
-    assert "sufficient for the gradient to vanish" in pascanu_verdict(rnn, 0.5)
-    assert pascanu_verdict(dataclasses.replace(rnn, cell="lstm"), 0.5) is None
+def test_pascanu_conditions_only_for_elman_rnns(rng):
+    from gradcheck_cli.results.prose import pascanu
+    assert "necessary for the gradient to explode" in pascanu(1.5)
+    assert "sufficient for the gradient to vanish" in pascanu(0.5)
+    assert pascanu(math.nan) is None
+    for cell, residual, applies in (("rnn", False, True), ("rnn", True, False),
+                                    ("lstm", False, False), ("gru", False, False)):
+        arch, params, x, _ = make_problem(rng, cell, layers=1, T=4, B=2, I=2, H=3)
+        arch = dataclasses.replace(arch, residual_time=residual)
+        (layer,) = layer_dynamics(arch, params, forward(arch, params, x))
+        assert (layer.pascanu is not None) is applies, (cell, residual)
 
 
 def test_gate_saturation(rng):

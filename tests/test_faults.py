@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -483,3 +484,343 @@ def test_inputs_at_float32s_edge_give_findings_not_warnings(tmp_path, model, com
         else:
             result = gradcheck(command, SAMPLE["lstm_exploding"], *extra)
         assert result.returncode == 1 and result.stderr == "", result.stderr
+
+
+# ----------------------------------------------------------------------------- outputs, again
+
+def test_sweep_refuses_to_write_over_the_weights_and_data_its_points_read(model):
+    """Before, sweep planned its outputs against the spec file alone: -o onto the spec's
+    weights replaced the trained weights with a table."""
+    folder = model.parent
+    np.save(folder / "y.npy", np.ones((4, 6, 3)))
+    before = _snapshot(folder)
+    for args in (["-o", folder / "w.npz"], ["-o", folder / "x.npy", "-f", "json"],
+                 ["--vary", "sequence.inputs=x.npy,y.npy", "-o", folder / "y.npy"]):
+        vary = [] if "--vary" in args else ["--vary", "training.lr=0.1,0.2"]
+        result = run("sweep", model, *vary, *args)
+        assert_clean_error(result, "is one of this run's inputs")
+        assert _snapshot(folder) == before
+
+
+def _non_utf8_spec(folder: Path) -> Path:
+    spec = folder / os.fsdecode(b"b\xfe.yaml")
+    spec.write_text(SAMPLE["rnn_healthy"].read_text())
+    return spec
+
+
+def test_a_spec_name_that_is_not_utf8_is_shown_in_every_report(tmp_path):
+    """Before, every renderer but JSON failed after the whole analysis (UnicodeEncodeError
+    writing the name), and the chart's title failed inside matplotlib."""
+    spec = _non_utf8_spec(tmp_path)
+    for args in (["analyze", spec, "--trials", "0"],
+                 ["analyze", spec, "--trials", "0", "-f", "markdown"],
+                 ["analyze", spec, "--trials", "0", "-o", tmp_path / "r.txt"],
+                 ["analyze", spec, "--trials", "0", "-f", "html", "-o", tmp_path / "r.html"],
+                 ["analyze", spec, "--trials", "0", "--plot", tmp_path / "r.png"],
+                 ["simulate", spec, "--steps", "3"], ["verify", spec],
+                 ["sweep", spec, "--vary", "seed=1,2", "--set", "sequence.length=5"]):
+        result = run(*args)
+        assert result.exit_code in (0, 1), (args, result.output, result.exception)
+        assert "internal error" not in result.stderr
+        written = tmp_path / "r.txt"
+        assert "b\\xfe.yaml" in result.stdout + result.stderr + (
+            written.read_text() if "-o" in args and written.exists() else ""), args
+    assert "b\\xfe.yaml" in (tmp_path / "r.html").read_text()
+    assert (tmp_path / "r.png").read_bytes().startswith(b"\x89PNG")
+    made = tmp_path / os.fsdecode(b"bad\xff.yaml")
+    result = run("init", made)
+    assert result.exit_code == 0, result.output
+    assert "# Check it:   gradcheck validate bad\\xff.yaml" in made.read_text()
+
+
+def test_two_outputs_on_stdout_are_refused_however_stdout_is_spelled():
+    """Before, /dev/stdout beside --save-grads - mixed a zip into the report on stdout."""
+    from gradcheck_cli.errors import GradcheckError
+    from gradcheck_cli.io.files import plan_all
+    for spelling in ("/dev/stdout", "/proc/self/fd/1", "/dev/fd/1"):
+        with pytest.raises(GradcheckError, match="both write to stdout"):
+            plan_all({"--output": spelling, "--save-grads": "-"})
+    result = gradcheck("analyze", SAMPLE["rnn_healthy"], "-o", "/dev/stdout", "--save-grads",
+                       "-", "--trials", "0")
+    one_line(result, "--save-grads and --output both write to stdout")
+    assert result.stdout == ""
+
+
+def test_only_a_lone_dash_is_stdout_and_a_trailing_slash_names_a_folder(tmp_path,
+                                                                         monkeypatch):
+    """Before, -o ./- wrote to stdout (pathlib makes ./- into -), and -o newdir/ made a
+    file named newdir."""
+    monkeypatch.chdir(tmp_path)
+    result = run("analyze", SAMPLE["rnn_healthy"], "-o", "./-", "--trials", "0")
+    assert result.exit_code == 0 and result.stdout == ""
+    assert (tmp_path / "-").read_text().startswith("gradcheck ")
+    assert_clean_error(run("analyze", SAMPLE["rnn_healthy"], "-o", "newdir/", "--trials",
+                           "0"), "--output newdir/: names a folder (it ends in /)")
+    assert not (tmp_path / "newdir").exists()
+
+
+def test_a_name_with_a_newline_is_escaped_in_the_spec_and_the_messages(tmp_path):
+    """Before, init wrote the name into comments as it was: its second line was not a
+    comment, and the spec did not parse; the messages took two lines."""
+    made = tmp_path / "new\nline.yaml"
+    result = gradcheck("init", made)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "new\\nline.yaml" in result.stderr
+    valid = gradcheck("validate", made)
+    assert valid.returncode == 0, valid.stderr
+    assert valid.stdout.startswith("ok: ") and len(valid.stdout.strip().splitlines()) == 1
+
+
+def test_a_closed_descriptor_a_missing_terminal_and_a_closed_stdout_are_said(tmp_path,
+                                                                             monkeypatch):
+    """Before, -o /dev/fd/5 (closed) failed only after the analysis, init /dev/tty without a
+    terminal blamed a FIFO, and schema printed nothing into a closed stdout, exit 0."""
+    import gradcheck_cli.analysis.analyze as analysis
+
+    def never(*args, **kwargs):
+        raise AssertionError("the analysis ran")
+
+    monkeypatch.setattr(analysis, "analyze_spec", never)
+    assert_clean_error(run("analyze", SAMPLE["rnn_healthy"], "-o", "/dev/fd/57"),
+                       "names a file descriptor that is not open")
+    assert stat.S_ISCHR(os.stat("/dev/tty").st_mode)
+    tty = subprocess.run([sys.executable, "-m", "gradcheck_cli", "init", "/dev/tty"],
+                         capture_output=True, text=True, timeout=TIMEOUT,
+                         start_new_session=True)                    # no controlling terminal
+    one_line(tty, "/dev/tty: cannot write: no device behind it")
+    assert "FIFO" not in tty.stderr
+    closed = subprocess.run([sys.executable, "-m", "gradcheck_cli", "schema", "config"],
+                            stdout=None, stderr=subprocess.PIPE, text=True, timeout=TIMEOUT,
+                            preexec_fn=lambda: os.close(1))
+    one_line(closed, "stdout is closed")
+
+
+def test_a_closed_stderr_leaves_the_outputs_and_the_exit_status(tmp_path):
+    """Before, 2>&- made analyze, simulate and sweep fail silently (exit 2): the progress
+    bar asked a missing stderr whether it was a terminal."""
+    for args in (["analyze", SAMPLE["rnn_healthy"]],
+                 ["simulate", SAMPLE["rnn_healthy"], "--steps", "5"],
+                 ["sweep", SAMPLE["rnn_healthy"], "--vary", "seed=1,2", "--set",
+                  "sequence.length=5"]):
+        out = tmp_path / f"{args[0]}.txt"
+        result = subprocess.run([sys.executable, "-m", "gradcheck_cli", *map(str, args), "-o",
+                                 str(out)], stdout=subprocess.PIPE, stderr=None,
+                                timeout=TIMEOUT, preexec_fn=lambda: os.close(2),
+                                env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+        assert result.returncode == 0, args
+        assert out.read_text().startswith("gradcheck "), args
+    bad = subprocess.run([sys.executable, "-m", "gradcheck_cli", "analyze",
+                          str(tmp_path / "missing.yaml")], stdout=subprocess.PIPE,
+                         stderr=None, timeout=TIMEOUT, preexec_fn=lambda: os.close(2))
+    assert bad.returncode == 2
+
+
+# ----------------------------------------------------------------------------- bounds, again
+
+def test_verify_and_simulate_counts_are_bounded():
+    """Before, verify --directions 1000000000000 was an internal MemoryError, --entries had no
+    bound, and simulate --steps 1000000000000 ran for ever."""
+    for args, needle in (
+            (["verify", SAMPLE["rnn_healthy"], "--directions", "1000000000000"],
+             "is not in the range"),
+            (["verify", SAMPLE["rnn_healthy"], "--entries", "99999999999999999999999"],
+             "is not in the range"),
+            (["simulate", SAMPLE["rnn_healthy"], "--steps", "1000000000000"],
+             "is not in the range"),
+            (["simulate", SAMPLE["rnn_healthy"], "--set", "training.steps=1000000000000"],
+             "--set training.steps=1000000000000: training.steps: 1,000,000,000,000 is more "
+             "than the 1,000,000"),
+            (["verify", SAMPLE["rnn_healthy"], "--directions", "10000", "--set",
+              "model.hidden_size=1024", "--max-memory", "4G"],
+             "10,000 random directions of rnn.weight_hh_l0 (1,048,576 entries) take about")):
+        assert_clean_error(run(*args), needle)
+
+
+def test_a_huge_whole_number_is_one_line_naming_its_key(tmp_path):
+    """Before, a 500,000-digit seed (or 5,000 digits in --set) was an internal error:
+    "Exceeds the limit (4300 digits) for integer string conversion"."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("seed: " + "9" * 500_000 + "\n" + SAMPLE["rnn_healthy"].read_text()
+                    .replace("seed:", "# seed:"))
+    digits = "9" * 5000
+    for args, needle in (
+            (["validate", spec], "s.yaml:1: seed: a whole number of 500,000 digits"),
+            (["analyze", SAMPLE["rnn_healthy"], "--set", f"seed={digits}"], "--set seed=99"),
+            (["analyze", SAMPLE["rnn_healthy"], "--set", f"model.hidden_size={digits}"],
+             "--set model.hidden_size=99"),
+            (["analyze", SAMPLE["rnn_healthy"], "--set", "training.lr=" + "9" * 400],
+             "larger than any spec value"),
+            (["analyze", SAMPLE["rnn_healthy"], "--set", "seed=0x" + "f" * 5000],
+             "larger than any spec value"),
+            (["sweep", SAMPLE["rnn_healthy"], "--vary", f"seed={digits},1"],
+             "--vary: seed=99")):
+        result = run(*args)
+        assert_clean_error(result, needle)
+        assert "Exceeds the limit" not in result.stderr and len(result.stderr) < 400
+
+
+def test_a_bad_sweep_point_is_refused_without_loading_the_grid(monkeypatch):
+    """Before, a 10,000-point grid whose bad points came last was refused after ~20 s:
+    every point before them was loaded first. Each value is now tried on its own first."""
+    import gradcheck_cli.io.resolve as resolve
+    from gradcheck_cli.commands.sweep import check_points, parse_axis
+    from gradcheck_cli.errors import SpecError
+    loads = []
+    real = resolve.spec_from_data
+    monkeypatch.setattr(resolve, "spec_from_data",
+                        lambda *a, **k: loads.append(1) or real(*a, **k))
+    axes = [parse_axis("model.hidden_size=" + ",".join(map(str, range(1, 100))) + ",0"),
+            parse_axis("seed=0:99:100")]
+    with pytest.raises(SpecError, match=re.escape("--vary model.hidden_size=0: "
+                                                  "model.hidden_size: must be at least 1")):
+        check_points(SAMPLE["rnn_healthy"], (), axes)
+    assert len(loads) <= 200                      # not the 9,900 points before the bad ones
+
+
+def _npz_of(path: Path, members: dict[str, bytes]) -> None:
+    import zipfile
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name + ".npy", data)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_an_npz_of_too_many_members_is_refused_from_its_end_record(model, monkeypatch):
+    """Before, a weights .npz of 400,000 tiny members took 16 s to refuse (every header was
+    read), and a damaged member was not named."""
+    import gradcheck_cli.io.weights as weights
+    from gradcheck_cli.errors import SpecError
+    folder = model.parent
+    with np.load(folder / "w.npz") as archive:
+        members = {name: _npy_bytes(archive[name]) for name in archive.files}
+    tiny = _npy_bytes(np.zeros(1))
+    _npz_of(folder / "many.npz", {**members, **{f"extra.t{i}": tiny for i in range(12_000)}})
+    model.write_text("model: {weights: many.npz, nonlinearity: tanh}\n"
+                     "sequence: {inputs: x.npy}\n")
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the zip's directory was read")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(weights.zipfile, "ZipFile", unread)
+        with pytest.raises(SpecError, match=re.escape("many.npz holds 12,006 arrays")):
+            load_spec(model)
+    _npz_of(folder / "bad.npz", {**members, "decoder.broken": b"\x93NUMPY garbage"})
+    model.write_text("model: {weights: bad.npz, nonlinearity: tanh}\n"
+                     "sequence: {inputs: x.npy}\n")
+    assert_clean_error(run("validate", model), "its array 'decoder.broken' cannot be read")
+
+
+def test_error_lines_are_bounded(model):
+    """Before: an .npz of 200,000 members missing the key listed them all (a 1.69 MB line),
+    a long spec scalar, a long --set key and a long --max-memory were repeated whole."""
+    folder = model.parent
+    tiny = _npy_bytes(np.zeros(1))
+    _npz_of(folder / "d.npz", {f"a{i:05d}" + "x" * 40: tiny for i in range(2000)})
+    model.write_text("model: {weights: w.npz, nonlinearity: tanh}\n"
+                     "sequence: {inputs: {file: d.npz, key: inputs}}\n")
+    long_scalar = folder / "long.yaml"
+    long_scalar.write_text(f"seed: {'a' * 990_000}\n" + SAMPLE["rnn_healthy"].read_text()
+                           .replace("seed:", "# seed:"))
+    for args, needle in (
+            (["validate", model], "has no array 'inputs'; it holds a00000"),
+            (["validate", long_scalar], "seed: must be a whole number, got 'aaa"),
+            (["validate", SAMPLE["rnn_healthy"], "--set", f"model.init.{'a' * 100_000}=1"],
+             "unknown key"),
+            (["validate", SAMPLE["rnn_healthy"], "--max-memory", "x" * 5000],
+             "is not a size like 2G")):
+        result = run(*args)
+        assert_clean_error(result, needle)
+        assert len(result.stderr) < 600, len(result.stderr)
+
+
+def test_errors_name_the_option_given():
+    """Before, a sweep point's error named a --set, --truncate and --mitigation errors a
+    --set training...., and --set '.=1' the spec file."""
+    for args, needle in (
+            (["sweep", SAMPLE["rnn_healthy"], "--vary", "model.hidden_size=0,8"],
+             "error: --vary model.hidden_size=0: model.hidden_size: must be at least 1"),
+            (["analyze", SAMPLE["rnn_healthy"], "--truncate", "٣"], "--truncate"),
+            (["analyze", SAMPLE["rnn_healthy"], "--truncate", "0"],
+             "error: --truncate 0: training.truncation.k1: must be at least 1"),
+            (["analyze", SAMPLE["rnn_healthy"], "--mitigation", "clip-norm:nan"],
+             "error: --mitigation clip-norm:nan: training.mitigation:"),
+            (["analyze", SAMPLE["rnn_healthy"], "--set", ".=1"], "error: --set .=1: "),
+            (["analyze", SAMPLE["rnn_healthy"], "--set", "model..x=1"],
+             "error: --set model..x=1: ")):
+        result = run(*args)
+        assert_clean_error(result, needle)
+        assert "--set training" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- signals, again
+
+NOHUP_WRITE = """
+import os, sys, time
+import gradcheck_cli.io.files as files
+def slow(fd):
+    sys.stderr.write("writing\\n"); sys.stderr.flush(); time.sleep(1)
+files.os.fsync = slow
+from gradcheck_cli.cli import main
+sys.argv = ["gradcheck", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_hangup_under_nohup_ends_nothing(tmp_path):
+    """Before, main() installed its SIGHUP handler over nohup's SIG_IGN: a hangup still ended
+    the run. The sweep's workers keep it ignored too."""
+    out = tmp_path / "r.txt"
+    process = subprocess.Popen(
+        [sys.executable, "-c", NOHUP_WRITE, "analyze", str(SAMPLE["rnn_healthy"]), "-o",
+         str(out), "--trials", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    assert process.stderr is not None
+    assert process.stderr.readline() == "writing\n"
+    process.send_signal(signal.SIGHUP)
+    _, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0, err
+    assert out.read_text().startswith("gradcheck ")
+    worker = subprocess.run(
+        [sys.executable, "-c", "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+         "from gradcheck_cli.commands.sweep import _worker_start; _worker_start(); "
+         "print(signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)"],
+        stdout=subprocess.PIPE, text=True, timeout=TIMEOUT)
+    assert worker.stdout.strip() == "True"
+
+
+INTERRUPTED_IMPORT = """
+import builtins, configparser, importlib, sys
+real = builtins.__import__
+def interrupted(name, *args, **kwargs):
+    if name == "click":
+        raise KeyboardInterrupt
+    return real(name, *args, **kwargs)
+builtins.__import__ = interrupted
+if sys.argv[1] == "-m":
+    import runpy
+    runpy.run_module("gradcheck_cli", run_name="__main__")
+else:
+    config = configparser.ConfigParser()
+    config.read(sys.argv[1])
+    line = config["options.entry_points"]["console_scripts"].strip()
+    module, _, function = line.split("=", 1)[1].strip().partition(":")
+    sys.exit(getattr(importlib.import_module(module), function)())
+"""
+
+
+def test_ctrl_c_while_starting_up_is_one_line():
+    """Before, Ctrl-C while the CLI was imported (click, NumPy) printed a 14-line traceback:
+    the console script imported it outside main()'s handler."""
+    from tests.conftest import ROOT
+    for how in ("-m", str(ROOT / "setup.cfg")):
+        result = subprocess.run([sys.executable, "-c", INTERRUPTED_IMPORT, how],
+                                capture_output=True, text=True, timeout=TIMEOUT)
+        assert result.returncode == 130, (how, result.stderr)
+        assert result.stderr == "interrupted\n", result.stderr

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from gradcheck_cli.render.common import bar, num, steps_to_show
-from gradcheck_cli.render.formats import FORMATS, RENDERERS, render
+from gradcheck_cli.render.formats import FORMATS, formats, render
 from gradcheck_cli.render.options import RenderOptions
 from gradcheck_cli.results.report import report_json_schema
 from tests.reports import EXPLODING, VANISHING, make_report
@@ -18,9 +18,26 @@ WIDE = RenderOptions(width=160)
 
 
 def test_every_format_is_reachable_and_renders():
-    assert set(FORMATS) == {"table", "json", "markdown", "html"} == set(RENDERERS)
-    for fmt in FORMATS:
+    assert formats("Report") == ("table", "json", "markdown", "html")
+    for fmt in formats("Report"):
         assert "0.75" in render(make_report(), fmt, WIDE)
+    assert set(FORMATS) == {"Report", "Verification", "Simulation", "Sweep", "Comparison"}
+    assert all("json" in by_format for by_format in FORMATS.values())
+
+
+def test_every_renderer_named_in_the_registry_exists():
+    import importlib
+    for kind, by_format in FORMATS.items():
+        for fmt, where in by_format.items():
+            if where:
+                module, name = where.split(":")
+                module = importlib.import_module(f"gradcheck_cli.render.{module}")
+                assert callable(getattr(module, name)), (kind, fmt)
+
+
+def test_json_lines_for_several_reports():
+    one = render(make_report(), "json", RenderOptions(compact=True))
+    assert one.count("\n") == 1 and json.loads(one)["schema_version"] == 2
 
 
 def test_json_is_strict_and_conforms_to_the_schema():
@@ -52,7 +69,8 @@ def test_table_healthy_reads_as_healthy():
     assert "lstm, 2 layers, hidden 4 · 5 steps × batch 2 · mse at every step" in text
     for column in ("‖dL/dh‖ l0", "‖dL/dc‖ l1", "growth / step", "horizon", "max_norm"):
         assert column in text
-    assert "torch.clip_line(0.42)" in text and "88%" in text
+    assert "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.42)" in text
+    assert "88%" in text
     assert "note: weights from w.npz: a note" in text
     assert "\x1b[" not in text  # no colour unless asked
 
@@ -84,7 +102,8 @@ def test_markdown_is_github_flavoured():
     assert text.startswith("## gradcheck: `specs/model.yaml`")
     assert "| ⚠️ | warning | `vanishing` | layer 0: the gradient shrinks to 1e-09 |" in text
     assert "| layer | growth / step | ratio at step 0 | horizon | verdict |" in text
-    assert "```python\ntorch.clip_line(0.42)\n```" in text
+    pytorch = "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.42)"
+    assert f"```python\n{pytorch}\n```" in text
     assert "<details>" in text and "`rnn.weight_hh_l0`" in text
     assert "> note: weights from w.npz: a note" in text
     healthy = render(make_report(clip=False), "markdown")

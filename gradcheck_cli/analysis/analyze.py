@@ -171,7 +171,7 @@ def assemble(spec: Spec, arch: Architecture, params: Params, names: dict[str, st
         gradcheck_version=__version__,
         config=spec.source,
         dtype=spec.dtype,
-        model=ModelSummary(cell=arch.cell,
+        model=ModelSummary(cell=arch.cell,  # type: ignore[arg-type]
                            nonlinearity=arch.nonlinearity if arch.cell == "rnn" else None,
                            input_size=arch.input_size, hidden_size=arch.hidden_size,
                            num_layers=arch.num_layers, output_size=arch.output_size,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from ..core.model import Architecture, Params
 from ..engine.backward import backward_lanes
 from ..engine.buffers import Buffers
 from ..engine.forward import forward
+from ..results.prose import MAX_RELATIVE_UPDATE
 from ..results.report import ClipCandidate, ClipSuggestion
 
 PERCENTILES = (10, 25, 50, 75, 90, 99)
@@ -75,9 +77,6 @@ def fraction_clipped(norms: np.ndarray, max_norm: float) -> float:
     return float(np.mean(norms > max_norm))
 
 
-MAX_RELATIVE_UPDATE = 1e-3
-
-
 def suggest_clip(norms: np.ndarray, percentile: float = 10.0, *,
                  weight_norm: float | None = None, lr: float | None = None) -> ClipSuggestion:
     """AutoClip's rule on the sampled norms, capped for SGD by the update size when
@@ -89,6 +88,7 @@ def suggest_clip(norms: np.ndarray, percentile: float = 10.0, *,
     stats["max"] = float(finite.max()) if finite.size else math.nan
     autoclip = float(np.percentile(finite, percentile)) if finite.size else math.nan
     cap = MAX_RELATIVE_UPDATE * weight_norm / lr if weight_norm and lr else math.inf
+    basis: Literal["autoclip", "cap", "none"]
     if math.isfinite(autoclip) and not autoclip > cap:
         suggested, label, basis = autoclip, f"p{percentile:g} (suggested)", "autoclip"
     elif math.isfinite(cap):
@@ -106,28 +106,6 @@ def suggest_clip(norms: np.ndarray, percentile: float = 10.0, *,
     for value in CONVENTIONAL:
         candidates.append(ClipCandidate(max_norm=value, label="conventional",
                                         fraction_clipped=fraction_clipped(norms, value)))
-    rule = (f"AutoClip (Seetharaman et al., 2020): the {percentile:g}th percentile of "
-            f"{len(norms)} sampled global gradient norms; at this max_norm "
-            f"{candidates[0].fraction_clipped:.0%} of them would be rescaled")
-    if basis == "cap":
-        through = (f"AutoClip's {percentile:g}th percentile of {len(norms)} sampled norms, "
-                   f"{autoclip:.3g}, would let the exploding gradient through"
-                   if math.isfinite(autoclip) else
-                   f"none of the {len(norms)} sampled norms is finite")
-        rule = (f"capped so that one SGD step at lr {lr:g} moves the weights (norm "
-                f"{weight_norm:.3g}) by at most {MAX_RELATIVE_UPDATE:.1%}: {through}; at "
-                f"this max_norm {candidates[0].fraction_clipped:.0%} of them would be "
-                "rescaled")
-    elif basis == "none":
-        rule = (f"none of the {len(norms)} sampled global gradient norms is finite: fix the "
-                "non-finite values first")
-    pytorch = ("torch.nn.utils.clip_grad_norm_(model.parameters(), "
-               f"max_norm={_round_sig(suggested)})") if math.isfinite(suggested) else \
-        "# no clip value: the sampled gradients are not finite"
     return ClipSuggestion(trials=len(norms), percentile=percentile, max_norm=suggested,
-                          norm_percentiles=stats, candidates=candidates, rule=rule,
-                          pytorch=pytorch)
-
-
-def _round_sig(value: float, digits: int = 3) -> str:
-    return "float('nan')" if not math.isfinite(value) else f"{value:.{digits}g}"
+                          norm_percentiles=stats, candidates=candidates, basis=basis,
+                          autoclip=autoclip, weight_norm=weight_norm, lr=lr)

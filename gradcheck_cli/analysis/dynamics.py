@@ -27,47 +27,18 @@ The core's BPTT is not involved: this reads the forward pass's cache only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..core.model import Architecture, Params
 from ..engine.state import Forward
+from ..results.report import GateSaturation, LayerDynamics
 
 SEQUENCES = 4
 """Sequences whose Jacobians are formed (the first ones of the batch)."""
 EXPONENTS = 8
 """Largest Lyapunov exponents estimated (at most the state size)."""
 SATURATION = 0.05
-
-
-@dataclass(frozen=True)
-class GateSaturation:
-    gate: str
-    saturated: float
-
-
-@dataclass(frozen=True)
-class LayerDynamics:
-    """One layer's dynamics; see the module's documentation."""
-
-    index: int
-    sigma_max: float
-    spectral_radius: float
-    gate_sigma_max: dict[str, float]
-    pascanu: str | None
-    jacobian_norm: list[float]
-    lyapunov: list[float]
-    lyapunov_growth: float | None
-    """exp(λ₁): the fastest-growing direction's asymptotic growth per step."""
-    saturation: list[GateSaturation]
-    log10_last_step_grad_norm: list[float] | None = None
-    log10_ratio: float | None = None
-    growth_gap: float | None = None
-    """ln(measured growth factor) − λ₁: below 0, the gradient shrinks faster than the
-    fastest direction; above, it grows faster than a long run allows."""
-    allowance: float | None = None
-    """How large |growth_gap| a run of this length explains (see :func:`allowance`)."""
 
 
 GATE_NAMES = {"rnn": ("h",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
@@ -159,18 +130,6 @@ def gate_saturation(arch: Architecture, cache) -> list[GateSaturation]:
             saturated = np.abs(values) > 1 - SATURATION
         out.append(GateSaturation(gate=name, saturated=float(saturated.mean())))
     return out
-
-
-def pascanu_verdict(arch: Architecture, sigma_max: float) -> str | None:
-    """Pascanu et al.'s conditions; they bound an Elman RNN's Jacobians, not gated ones."""
-    if arch.cell != "rnn" or arch.residual_time or not math.isfinite(sigma_max):
-        return None
-    gamma = 1.0                        # tanh' <= 1, relu' <= 1
-    if sigma_max < 1 / gamma:
-        return (f"σ_max(W_hh) = {sigma_max:.3g} < 1/γ = {1 / gamma:g}: sufficient for the "
-                "gradient to vanish")
-    return (f"σ_max(W_hh) = {sigma_max:.3g} > 1/γ = {1 / gamma:g}: necessary for the "
-            "gradient to explode (not sufficient)")
 
 
 LOG_WINDOW = 8
@@ -311,7 +270,6 @@ def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
         out.append(LayerDynamics(
             index=k, sigma_max=sigma, spectral_radius=radius,
             gate_sigma_max=gate_sigma if arch.cell != "rnn" else {},
-            pascanu=pascanu_verdict(arch, sigma),
             jacobian_norm=jacobian_norm.tolist(),
             lyapunov=spectrum.tolist(),
             lyapunov_growth=math.exp(lam) if lam is not None else None,
@@ -321,5 +279,6 @@ def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
             if logs is not None and np.isfinite(logs[k][[T - span, -1]]).all() else None,
             growth_gap=gap,
             allowance=allowance(state, span - 1, [float(e[0]) for e in exponents])
-            if gap is not None else None))
+            if gap is not None else None,
+            elman=arch.cell == "rnn" and not arch.residual_time))
     return out

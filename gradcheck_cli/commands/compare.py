@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +51,15 @@ class Comparison:
     tolerance: float
     changes: list[Change] = field(default_factory=list)
 
+    JSON_DERIVED = ("worse",)
+
     @property
     def worse(self) -> bool:
         return any(c.verdict == "worse" for c in self.changes)
 
     def to_json(self) -> str:
-        data = {"baseline": self.baseline, "new": self.new, "tolerance": self.tolerance,
-                "worse": self.worse, "changes": [asdict(c) for c in self.changes]}
-        return json.dumps(data, indent=2, allow_nan=False)
+        from ..results.json import to_json
+        return to_json(self)
 
 
 def read_report(path: Path) -> dict[str, Any]:

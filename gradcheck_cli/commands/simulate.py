@@ -8,10 +8,9 @@ finite.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -27,7 +26,8 @@ from ..engine.bptt import truncated_bptt
 from ..engine.buffers import Buffers
 from ..engine.forward import forward
 from ..io.data import Batches
-from ..results.report import ClipSuggestion, Finding, _strict
+from ..results.json import to_data, to_json
+from ..results.report import ClipSuggestion, Finding
 from ..spec.schema import Spec
 
 DIVERGENCE_FACTOR = 10.0
@@ -85,10 +85,10 @@ class Simulation:
         return any(SEVERITY_RANK[f.severity] >= threshold for f in self.runs[0].findings)
 
     def to_dict(self) -> dict:
-        return _strict(asdict(self))
+        return to_data(self)
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        return to_json(self, indent)
 
 
 @dataclass
@@ -245,5 +245,4 @@ def _calibrate(spec: Spec, runs: list[Run], norms: dict[str, list[float]], perce
         weight_norm = global_norm(params.values())
     clip = suggest_clip(np.array(norms[run.mitigation]), percentile, weight_norm=weight_norm,
                         lr=lr if optimizer == "sgd" else None)
-    return replace(clip, rule=f"from the {len(norms[run.mitigation])} norms of the "
-                              f"{run.mitigation} run: {clip.rule}")
+    return replace(clip, run=run.mitigation)

@@ -17,7 +17,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ class Point:
     growth_factor: list[float | None]
     ratio: list[float | None]
     horizon: list[float | None]
+
+    JSON_DERIVED = ("healthy", "verdict")
 
     @property
     def healthy(self) -> bool:
@@ -75,14 +77,12 @@ class Sweep:
     schema_version: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        from ..results.report import _strict
-        data = asdict(self)
-        for point, raw in zip(self.points, data["points"], strict=True):
-            raw["healthy"], raw["verdict"] = point.healthy, point.verdict
-        return _strict(data)
+        from ..results.json import to_data
+        return to_data(self)
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        from ..results.json import to_json
+        return to_json(self, indent)
 
 
 def parse_axis(text: str) -> Axis:
@@ -160,8 +160,11 @@ def grid(axes: list[Axis]) -> list[dict[str, Any]]:
             for combo in itertools.product(*[a.values for a in axes])]
 
 
-def _override(key: str, value: Any) -> str:
-    return f"{key}={json.dumps(value)}"   # JSON is YAML: strings, numbers, null, booleans
+def _override(key: str, value: Any) -> tuple[str, str]:
+    """A point's value as a spec override that errors name as the --vary it comes from."""
+    from ..spec.yaml import shorten
+    item = f"{key}={json.dumps(value)}"   # JSON is YAML: strings, numbers, null, booleans
+    return f"--vary {shorten(item)}", item
 
 
 def _worker_start() -> None:
@@ -170,7 +173,8 @@ def _worker_start() -> None:
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:   # under nohup: ignored still
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
     try:
         import ctypes
         PR_SET_PDEATHSIG = 1
@@ -192,20 +196,44 @@ def _analyse_point(task: tuple[str, tuple[str, ...], dict[str, Any], int, int | 
                  horizon=[layer.horizon for layer in report.layers])
 
 
+def probes(axes: list[Axis]) -> list[dict[str, Any]]:
+    """Every value of every axis once, the other axes at their first values: a value bad
+    on its own is found after the sum of the axes' lengths, not after the whole grid."""
+    out = [{a.key: a.values[0] for a in axes}]
+    for axis in axes:
+        out += [{a.key: value if a is axis else a.values[0] for a in axes}
+                for value in axis.values[1:]]
+    return out
+
+
 def check_points(config: str | Path, overrides: tuple[str, ...], axes: list[Axis],
-                 max_memory: int | None = None) -> list[int]:
+                 max_memory: int | None = None, *,
+                 seen: Callable[[Any], object] | None = None) -> list[int]:
     """Validate every point's spec (and its memory, before its files' values are read)
     before anything runs; per point, in :func:`grid` order, the backward streams side by
     side its memory allows (see :func:`~gradcheck_cli.memory.check`), for
-    :func:`run_sweep`."""
+    :func:`run_sweep`. Each value is tried on its own first (see :func:`probes`), so that
+    a bad one is refused at once wherever it is in the grid; the file is parsed once.
+    ``seen``: called with every point's spec, resolved from its files' headers (the
+    caller collects the files a point reads)."""
     from ..analysis.memory import check
-    from ..io.resolve import load_spec
+    from ..io.resolve import spec_loader
     check_grid(axes)
+    load = spec_loader(config)
     streams: list[int] = []
-    for values in grid(axes):
-        load_spec(config, [*overrides, *(_override(k, v) for k, v in values.items())],
-                  guard=lambda spec: streams.append(check(spec, max_memory=max_memory)
-                                                    .streams))
+
+    def guard(spec: Any, keep: bool) -> None:
+        if seen is not None:
+            seen(spec)
+        fit = check(spec, max_memory=max_memory).streams
+        if keep:
+            streams.append(fit)
+
+    points = grid(axes)
+    for keep, batch in ((False, probes(axes) if len(axes) > 1 else []), (True, points)):
+        for values in batch:
+            load([*overrides, *(_override(k, v) for k, v in values.items())],
+                 guard=lambda spec, keep=keep: guard(spec, keep))
     return streams
 
 
@@ -240,7 +268,8 @@ def run_sweep(config: str | Path, axes: list[Axis], *, overrides: tuple[str, ...
             pool.close()
         finally:
             pool.join()
-    return Sweep(config=str(config), axes=axes, points=points,
+    from ..io.files import shown
+    return Sweep(config=shown(config), axes=axes, points=points,
                  boundaries=boundaries(axes, points))
 
 

@@ -45,6 +45,7 @@ from ..core.losses import covered_steps
 from ..core.model import Architecture, Params
 from ..engine.bptt import bptt, loss_value
 from ..engine.state import Forward
+from ..results.json import to_data
 
 STEP = 1e-30
 """The complex step h."""
@@ -173,6 +174,8 @@ class Verification:
     kinks: int = 0
     """Relu units met at their kink (pre-activation within rounding of 0): the derivative is
     taken on the fast pass's side, as BPTT takes it."""
+    relu: bool = False
+    """A relu model: central differences may straddle a kink."""
 
     @property
     def forward_ok(self) -> bool:
@@ -183,28 +186,68 @@ class Verification:
         return self.forward_ok and all(t.status == "ok" for t in self.tensors)
 
     def to_dict(self) -> dict[str, Any]:
-        from ..results.report import _strict
+        return to_data(self.summary())
 
-        def tensor(t: TensorCheck) -> dict[str, Any]:
+    def summary(self) -> VerifySummary:
+        """What ``verify --format json`` publishes: per parameter its worst probe."""
+        def tensor(t: TensorCheck) -> TensorSummary:
             worst = t.worst
-            return {
-                "status": t.status, "shape": list(t.shape), "size": t.size,
-                "directions": len(t.directions), "checked": len(t.entries),
-                "worst_error": worst.error,
-                "worst_index": None if worst.index is None else list(worst.index),
-                "analytic": worst.bptt, "numeric": worst.exact,
-                "central_difference": {
-                    "directions": len(t.differences), "converged": len(t.converged),
-                    "worst_error": t.difference_error},
-            }
-        return _strict({
-            "config": self.config, "method": "complex_step", "step": STEP,
-            "tolerance": self.tolerance,
-            "central_difference_tolerance": self.difference_tolerance,
-            "passed": self.passed, "forward_error": self.forward_error,
-            "relu_kinks": self.kinks,
-            "parameters": {t.name: tensor(t) for t in self.tensors},
-        })
+            return TensorSummary(
+                name=t.name, status=t.status, shape=list(t.shape), size=t.size,
+                directions=len(t.directions), checked=len(t.entries),
+                worst_error=worst.error,
+                worst_index=None if worst.index is None else list(worst.index),
+                analytic=worst.bptt, numeric=worst.exact,
+                central_difference=DifferenceSummary(
+                    directions=len(t.differences), converged=len(t.converged),
+                    worst_error=t.difference_error))
+        return VerifySummary(config=self.config, step=STEP, tolerance=self.tolerance,
+                             central_difference_tolerance=self.difference_tolerance,
+                             passed=self.passed, forward_error=self.forward_error,
+                             relu_kinks=self.kinks,
+                             parameters=[tensor(t) for t in self.tensors])
+
+
+@dataclass(frozen=True)
+class DifferenceSummary:
+    directions: int
+    converged: int
+    worst_error: float | None
+
+
+@dataclass(frozen=True)
+class TensorSummary:
+    """One parameter: its status, and its worst probe (analytic: BPTT's derivative;
+    numeric: the complex step's)."""
+
+    name: str
+    status: str
+    shape: list[int]
+    size: int
+    directions: int
+    checked: int
+    worst_error: float
+    worst_index: list[int] | None
+    analytic: float
+    numeric: float
+    central_difference: DifferenceSummary
+
+
+@dataclass(frozen=True)
+class VerifySummary:
+    """``gradcheck verify --format json``."""
+
+    config: str
+    step: float
+    tolerance: float
+    central_difference_tolerance: float
+    passed: bool
+    forward_error: float
+    relu_kinks: int
+    parameters: list[TensorSummary] = field(metadata={"keyed": "name"})
+    method: str = "complex_step"
+
+    JSON_FIRST = ("config", "method")
 
 
 # ----------------------------------------------------------------------------- the exact check
@@ -453,7 +496,8 @@ def check_gradients(arch: Architecture, params: Params, x: np.ndarray, targets: 
             for d in t.differences]) for t in tensors]
     return Verification(config=config, tolerance=tolerance,
                         difference_tolerance=difference_tolerance,
-                        forward_error=forward_error, tensors=tensors, kinks=kinks)
+                        forward_error=forward_error, tensors=tensors, kinks=kinks,
+                        relu=arch.cell == "rnn" and arch.nonlinearity == "relu")
 
 
 def verify_spec(spec, *, directions: int = DIRECTIONS, entries: int | None = ENTRIES,

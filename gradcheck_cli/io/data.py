@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputFileError
-from .weights import read_npy_header
+from .weights import MAX_MEMBERS, check_entries, listing, read_npy_header
 
 SUFFIXES = (".npy", ".npz", ".csv")
 
@@ -49,19 +49,28 @@ def as_data_file(source: Any):
 
 def _npz_member(source, where: str) -> str:
     path = source.file
+    from ..spec.yaml import shorten
     try:
+        check_entries(path)
         with zipfile.ZipFile(path) as archive:
-            keys = [m[:-4] for m in archive.namelist() if m.endswith(".npy")]
+            members = archive.namelist()
+            if len(members) > MAX_MEMBERS:
+                raise InputFileError(f"{path.name} holds {len(members):,} arrays, more than "
+                                     f"the {MAX_MEMBERS:,} a data file may hold")
+            keys = [m[:-4] for m in members if m.endswith(".npy")]
+    except InputFileError as exc:
+        raise InputFileError(f"{where}: {exc}") from None
     except (zipfile.BadZipFile, OSError) as exc:
-        raise InputFileError(f"{where}: {path.name} is not a readable .npz file ({exc})") from None
+        raise InputFileError(f"{where}: {path.name} is not a readable .npz file "
+                             f"({shorten(str(exc))})") from None
     if source.key is not None:
         if source.key not in keys:
-            raise InputFileError(f"{where}: {path.name} has no array {source.key!r}; it holds "
-                                 f"{', '.join(keys) or 'none'}")
+            raise InputFileError(f"{where}: {path.name} has no array {shorten(source.key)!r}; "
+                                 f"it holds {listing(keys) or 'none'}")
         return source.key
     if len(keys) != 1:
         raise InputFileError(f"{where}: {path.name} holds {len(keys)} arrays "
-                             f"({', '.join(keys) or 'none'}); name one with {{file: "
+                             f"({listing(keys) or 'none'}); name one with {{file: "
                              f"{path.name}, key: ...}}")
     return keys[0]
 
@@ -94,8 +103,9 @@ def read_csv(path: Path, where: str) -> tuple[np.ndarray, np.ndarray]:
                     values.extend(float(c) for c in cells)
                 except ValueError:
                     bad = next(c for c in cells if not _is_number(c))
-                    raise InputFileError(f"{where}: {path.name}:{number}: {bad!r} is not a "
-                                         "number") from None
+                    from ..spec.yaml import shorten
+                    raise InputFileError(f"{where}: {path.name}:{number}: {shorten(bad)!r} is "
+                                         "not a number") from None
                 counts.append(len(cells))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputFileError(f"{where}: {path.name} is not a readable CSV file ({exc})") from None

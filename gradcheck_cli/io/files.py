@@ -32,10 +32,20 @@ STDOUT = "-"
 """An output path that means standard output."""
 
 
+_CONTROL = {**{code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)},
+            **{ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"},
+            **{code: f"\\u{code:04x}" for code in (0x85, 0x2028, 0x2029)}}
+"""Characters that would break a line (or a YAML comment) where a name is printed."""
+
+
 def shown(path: os.PathLike[str] | str) -> str:
-    """A path as it can be printed, whatever bytes its name holds (undecodable ones
-    escaped)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A path as it can be printed on one line, whatever bytes its name holds: undecodable
+    bytes and control characters (a newline, a tab) escaped, as ``\\xff``, ``\\n``."""
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:       # a lone surrogate no file system name decodes to
+        raw = os.fspath(path).encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace").translate(_CONTROL)
 
 
 def check_regular(path: Path, what: str = "") -> os.stat_result:
@@ -121,10 +131,13 @@ def plan(given: os.PathLike[str] | str, option: str,
     loop; a block device or a socket; one of ``inputs`` (the same file, by identity); a
     file no one may write."""
     text = os.fspath(given)
-    if text == STDOUT:
+    if text == STDOUT:              # only the argument `-` itself: `./-` is a file named -
         return Target(text, "stdout")
     path = Path(text)
-    where = f"{option} {shown(path)}"
+    where = f"{option} {shown(text)}"
+    if text.endswith(("/", os.sep)) and not os.path.isdir(text):   # Path() drops the slash
+        raise GradcheckError(f"{where}: names a folder (it ends in /), and there is no such "
+                             "folder; give a file name")
     try:
         status: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
@@ -133,6 +146,8 @@ def plan(given: os.PathLike[str] | str, option: str,
         if exc.errno == errno.ELOOP:
             raise GradcheckError(f"{where}: a symlink loop") from None
         raise GradcheckError(f"{where}: {exc.strerror}") from None
+    if status is None and _names_a_descriptor(path):       # /dev/fd/5 with no fd 5
+        raise GradcheckError(f"{where}: names a file descriptor that is not open")
     if status is None and path.is_symlink():               # a dangling link: its target
         real = Path(os.path.realpath(path))
         return _plan_new(text, real, where, note=f"through the symlink to {shown(real)}")
@@ -199,19 +214,45 @@ def _plan_new(text: str, path: Path, where: str, note: str | None = None) -> Tar
 def plan_all(outputs: Mapping[str, os.PathLike[str] | str | None],
              inputs: Iterable[os.PathLike[str] | str] = ()) -> dict[str, Target]:
     """:func:`plan` for every output given (option -> path), and no two of them on stdout
-    or on the same file."""
+    (``-``, ``/dev/stdout``, ``/dev/fd/1``, or the file descriptor 1 is open on) or on the
+    same file (by identity); /dev/null takes any number of them."""
     sources = list(inputs)
     planned = {option: plan(path, option, sources)
                for option, path in outputs.items() if path is not None}
+    stdout = _file_of(1)
+    null = _destination(Target(os.devnull, "through", Path(os.devnull)))
     seen: dict[object, str] = {}
     for option, target in planned.items():
-        key: object = "stdout" if target.kind == "stdout" else (
-            target.path.resolve() if target.path is not None else target.given)
+        key = _destination(target)
+        if key == stdout or key == "stdout":   # /dev/stdout, /proc/self/fd/1, `-`: fd 1
+            key, target = stdout or "stdout", Target(target.given, "stdout")
+        if key == null:                        # nothing written there mixes with anything
+            continue
         if key in seen:
             raise GradcheckError(f"{option} and {seen[key]} both write to "
                                  f"{target.describe()}")
         seen[key] = option
     return planned
+
+
+def _file_of(fd: int) -> tuple[int, int] | None:
+    """The identity of the file open as descriptor ``fd``, or None when it is closed."""
+    try:
+        return _identity(os.fstat(fd))
+    except OSError:
+        return None
+
+
+def _destination(target: Target) -> object:
+    """What an output writes into: stdout, an existing file (by identity: the same file
+    under two names is one) or a new name."""
+    if target.kind == "stdout":
+        return "stdout"
+    assert target.path is not None
+    try:
+        return _identity(os.stat(target.path))
+    except OSError:
+        return target.path.resolve()
 
 
 # ----------------------------------------------------------------------------- writing
@@ -251,8 +292,11 @@ def _through(path: Path, data: bytes) -> None:
     try:   # appended: a file a shell opened for us (`> out`, `>> log`) keeps what it had
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND)
     except OSError as exc:
-        if exc.errno == errno.ENXIO:
+        if exc.errno == errno.ENXIO and _is_fifo(path):
             raise GradcheckError(f"{shown(path)}: a FIFO that no process reads") from None
+        if exc.errno == errno.ENXIO:      # /dev/tty without a controlling terminal, say
+            raise GradcheckError(f"{shown(path)}: cannot write: no device behind it "
+                                 f"({exc.strerror})") from None
         raise GradcheckError(f"{shown(path)}: cannot write: {exc.strerror}") from None
     try:
         os.set_blocking(fd, True)
@@ -263,6 +307,13 @@ def _through(path: Path, data: bytes) -> None:
         raise GradcheckError(f"{shown(path)}: cannot write: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def _is_fifo(path: Path) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _stdout(data: bytes) -> None:
@@ -295,7 +346,9 @@ def write(target: Target, data: bytes) -> None:
 
 
 def write_text(target: Target | Path, text: str) -> None:
-    write(_target(target), text.encode("utf-8"))
+    """Write ``text`` as UTF-8; a character it cannot hold (a lone surrogate, from a file
+    name that is not UTF-8) escaped rather than failing after the work."""
+    write(_target(target), text.encode("utf-8", "backslashreplace"))
 
 
 def write_npz(target: Target | Path, arrays: Mapping[str, np.ndarray]) -> None:

@@ -15,7 +15,7 @@ from ..core.model import Architecture
 from ..errors import InputFileError
 from ..spec.parse import Context, build, describe, field_doc, given
 from ..spec.schema import Key, ModelSpec, Spec, Training, Truncation
-from ..spec.yaml import apply_overrides, read_yaml
+from ..spec.yaml import Override, apply_overrides, read_yaml
 from . import data as data_files
 from . import weights
 from .sizes import available
@@ -61,7 +61,7 @@ def _resolve(ctx: Context, spec: Spec, data: Mapping[str, Any], name: str) -> Sp
     training = _resolve_training(ctx, spec.training)
     places = {".".join(key): ctx.where(key) for key in
               (("model", "weights"), ("sequence", "inputs"), ("sequence", "targets"),
-               ("sequence", "lengths"), ("sequence", "mask"))}
+               ("sequence", "lengths"), ("sequence", "mask"), ("training", "steps"))}
     return dataclasses.replace(spec, model=model, sequence=sequence, training=training,
                                source=name, places=places)
 
@@ -200,15 +200,31 @@ def _yaml(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def load_spec(path: str | Path, overrides: Sequence[str] = (), *, guard: Guard | None = None,
-              budget: int | None = None) -> Spec:
+def load_spec(path: str | Path, overrides: Sequence[Override] = (), *,
+              guard: Guard | None = None, budget: int | None = None) -> Spec:
     """Read, validate and resolve a spec file; raises :class:`SpecError` on any problem
-    (``guard``, ``budget``: see :func:`spec_from_data`)."""
+    (``guard``, ``budget``: see :func:`spec_from_data`). Overrides are ``--set`` values, or
+    ``(where, value)`` pairs naming the option they come from."""
+    return spec_loader(path)(overrides, guard=guard, budget=budget)
+
+
+def spec_loader(path: str | Path) -> Callable[..., Spec]:
+    """:func:`load_spec` for one file under many overrides (a sweep's points): the file is
+    read and parsed once, each call validates a copy. The spec's name, as reports and
+    errors show it, is printable whatever bytes the file's name holds."""
+    import copy
+
+    from .files import shown
     path = Path(path)
-    data, lines = read_yaml(path)
-    data, origins = apply_overrides(data, overrides)
-    return spec_from_data(data, name=str(path), base_dir=path.resolve().parent,
-                          lines=lines, origins=origins, guard=guard, budget=budget)
+    parsed, lines = read_yaml(path)
+    base_dir = path.resolve().parent
+
+    def load(overrides: Sequence[Override] = (), *, guard: Guard | None = None,
+             budget: int | None = None) -> Spec:
+        data, origins = apply_overrides(copy.deepcopy(parsed), overrides)
+        return spec_from_data(data, name=shown(path), base_dir=base_dir, lines=lines,
+                              origins=origins, guard=guard, budget=budget)
+    return load
 
 
 # ----------------------------------------------------------------------------- JSON Schema

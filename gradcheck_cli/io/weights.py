@@ -21,6 +21,11 @@ import numpy as np
 from ..errors import InputFileError
 
 HALF_DTYPES = {"float16", "bfloat16"}
+MAX_MEMBERS = 10_000
+"""Arrays an .npz (or tensors a .safetensors) may hold: a model has a few dozen tensors, a
+large checkpoint a few thousand; beyond this, reading every header would take minutes."""
+LISTED = 8
+"""How many names an error lists (of the arrays a file holds, say)."""
 _GATES_TO_CELL = {1: "rnn", 3: "gru", 4: "lstm"}
 _LAYER_TENSOR = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)$")
 
@@ -68,14 +73,71 @@ def read_npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(shape), dtype
 
 
+def listing(names: list[str]) -> str:
+    """Names as an error lists them: the first :data:`LISTED`, each shortened, and how
+    many there are in all."""
+    from ..spec.yaml import shorten
+    shown = ", ".join(shorten(n) for n in names[:LISTED])
+    return shown + (f", … ({len(names):,} in all)" if len(names) > LISTED else "")
+
+
+def zip_entries(path: Path) -> tuple[int, int] | None:
+    """The entries a zip's end record says it holds, and its central directory's size, read
+    from the file's end before the directory is (which :mod:`zipfile` reads whole); None
+    when there is no end record (zipfile then says what is wrong)."""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        fh.seek(max(0, size - (22 + 0xFFFF + 20)))   # the record, a comment, zip64's locator
+        tail = fh.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < 22:
+            return None
+        count = int.from_bytes(tail[at + 10:at + 12], "little")
+        directory = int.from_bytes(tail[at + 12:at + 16], "little")
+        if at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":    # zip64 (numpy's savez)
+            fh.seek(int.from_bytes(tail[at - 12:at - 4], "little"))
+            record = fh.read(56)
+            if record[:4] == b"PK\x06\x06" and len(record) == 56:
+                count = int.from_bytes(record[32:40], "little")
+                directory = int.from_bytes(record[40:48], "little")
+    return count, directory
+
+
+def check_entries(path: Path, limit: str = "a data file may hold") -> None:
+    """An .npz of more than :data:`MAX_MEMBERS` members refused, from its end record,
+    before its directory is read."""
+    entries = zip_entries(path)
+    if entries is None:
+        return
+    count, directory = entries
+    if count > MAX_MEMBERS:
+        raise InputFileError(f"{path.name} holds {count:,} arrays, more than the "
+                             f"{MAX_MEMBERS:,} {limit}")
+    if directory > MAX_MEMBERS * 1024:
+        raise InputFileError(f"{path.name}: its directory takes {directory:,} bytes, more "
+                             f"than the names of {MAX_MEMBERS:,} arrays would")
+
+
 def _npz_index(path: Path) -> dict[str, Tensor]:
     index = {}
+    check_entries(path, "a weights file may hold (a model has a few dozen tensors)")
     with zipfile.ZipFile(path) as archive:
-        for member in archive.namelist():
+        members = archive.namelist()
+        if len(members) > MAX_MEMBERS:
+            raise InputFileError(f"{path.name} holds {len(members):,} arrays, more than the "
+                                 f"{MAX_MEMBERS:,} a weights file may hold")
+        for member in members:
             if not member.endswith(".npy"):
                 continue
-            with archive.open(member) as fh:
-                shape, dtype = read_npy_header(fh)
+            try:
+                with archive.open(member) as fh:
+                    shape, dtype = read_npy_header(fh)
+            except Exception as exc:    # name the damaged one among the many
+                from ..spec.yaml import shorten
+                raise InputFileError(f"{path.name} is not a readable .npz file: its array "
+                                     f"{shorten(member[:-4])!r} cannot be read "
+                                     f"({type(exc).__name__}: {shorten(str(exc))})") from None
             name = member[:-4]
             if dtype.hasobject:
                 raise InputFileError(f"{path.name}: {name} holds Python objects; only numeric "
@@ -93,7 +155,11 @@ def _safetensors_index(path: Path) -> dict[str, Tensor]:
     from safetensors import safe_open
     index = {}
     with safe_open(str(path), framework="numpy") as f:
-        for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+        names = list(f.keys())           # (safe_open is not a mapping)
+        if len(names) > MAX_MEMBERS:
+            raise InputFileError(f"{path.name} holds {len(names):,} tensors, more than the "
+                                 f"{MAX_MEMBERS:,} a weights file may hold")
+        for name in names:
             view = f.get_slice(name)
             dtype = view.get_dtype()
             index[name] = Tensor(name, tuple(view.get_shape()),
@@ -116,7 +182,9 @@ def read_index(path: Path) -> dict[str, Tensor]:
         raise
     except Exception as exc:  # each library raises its own kinds for a damaged file
         kind = "safetensors" if path.suffix == ".safetensors" else ".npz"
-        raise InputFileError(f"{path.name} is not a readable {kind} file ({exc})") from None
+        from ..spec.yaml import shorten
+        raise InputFileError(f"{path.name} is not a readable {kind} file "
+                             f"({shorten(str(exc))})") from None
     if index is None:
         raise InputFileError(f"{path.name}: weights must be a .safetensors or .npz file")
     odd = [name for name in index if not name or name.startswith(".") or ".." in name
@@ -169,16 +237,16 @@ def locate(index: dict[str, Tensor], path: Path, rnn_prefix: str | None,
     candidates = _rnn_prefixes(index)
     if rnn_prefix is None:
         if not candidates:
-            shown = ", ".join(sorted(index)[:8]) + (", ..." if len(index) > 8 else "")
+            shown = listing(sorted(index))
             raise InputFileError(f"{path.name} has no recurrent layer (no tensor named "
                                  f"*weight_hh_l0); it holds {shown or 'nothing'}")
         if len(candidates) > 1:
             raise InputFileError(f"{path.name} holds several recurrent modules: "
-                                 f"{', '.join(map(_describe_prefix, candidates))}; "
+                                 f"{listing(list(map(_describe_prefix, candidates)))}; "
                                  "name one in model.rnn_prefix")
         rnn_prefix = candidates[0]
     elif rnn_prefix not in candidates:
-        found = ", ".join(map(_describe_prefix, candidates)) or "none"
+        found = listing(list(map(_describe_prefix, candidates))) or "none"
         raise InputFileError(f"{path.name} has no tensor {_join(rnn_prefix, 'weight_hh_l0')}; "
                              f"recurrent modules found: {found}")
     if head is False:
@@ -192,7 +260,7 @@ def locate(index: dict[str, Tensor], path: Path, rnn_prefix: str | None,
     heads = _head_candidates(index, rnn_prefix, hidden)
     if len(heads) > 1:
         raise InputFileError(f"{path.name} holds several possible heads (weights of shape "
-                             f"[*, {hidden}]): {', '.join(map(_describe_prefix, heads))}; name "
+                             f"[*, {hidden}]): {listing(list(map(_describe_prefix, heads)))}; name "
                              "one in model.head_prefix, or set model.head: false")
     if not heads and "head.weight" in index:  # gradcheck's own name, but the wrong shape
         raise InputFileError(f"{path.name}: head.weight has shape "
@@ -305,7 +373,7 @@ def check_shapes(index: dict[str, Tensor], path: Path, names: dict[str, str],
     extra = sorted(set(names) - set(expected))
     if extra:
         raise InputFileError(f"{path.name} holds tensors this model does not have: "
-                             f"{', '.join(names[n] for n in extra)}")
+                             f"{listing([names[n] for n in extra])}")
 
 
 def load(checkpoint: Checkpoint, dtype: np.dtype) -> dict[str, np.ndarray]:

@@ -8,6 +8,18 @@ import numpy as np
 
 from ..results.report import LayerStats, Report
 
+
+def markdown_table(header: list[str], rows: list[list[str]],
+                   align: list[str] | None = None) -> list[str]:
+    """A GitHub-flavoured Markdown table, its lines; ``align``: per column its marker
+    (``---`` left, the default, or ``--:`` right); a ``|`` in a cell is escaped."""
+    lines = ["| " + " | ".join(header) + " |",
+             "| " + " | ".join(align or ["---"] * len(header)) + " |"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+              for row in rows]
+    return lines
+
+
 SUMMARY_ROWS = 21
 """Steps shown for a long sequence unless every step is asked for."""
 

@@ -7,19 +7,16 @@ from rich.table import Table
 from rich.text import Text
 
 from ..commands.compare import Comparison
+from .common import markdown_table
+from .options import RenderOptions
 from .terminal import captured
 
 STYLE = {"worse": "bold red", "better": "green", "same": ""}
 ICON = {"worse": "❌", "better": "✅", "same": ""}
 
 
-def render_comparison(comparison: Comparison, fmt: str, color: bool = False,
-                      width: int = 100) -> str:
-    if fmt == "json":
-        return comparison.to_json() + "\n"
-    if fmt == "markdown":
-        return _markdown(comparison)
-    with captured(color, width) as (console, buffer):
+def table(comparison: Comparison, options: RenderOptions) -> str:
+    with captured(options.color, options.width) as (console, buffer):
         console.print(Text(f"gradcheck compare: {comparison.baseline} → {comparison.new}",
                            style="bold"))
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
@@ -36,12 +33,11 @@ def render_comparison(comparison: Comparison, fmt: str, color: bool = False,
     return buffer.getvalue()
 
 
-def _markdown(comparison: Comparison) -> str:
+def markdown(comparison: Comparison, options: RenderOptions) -> str:
     lines = [f"## gradcheck compare: `{comparison.baseline}` → `{comparison.new}`", "",
-             "| | what | change |", "| --- | --- | --- |"]
-    for c in comparison.changes:
-        lines.append(f"| {ICON[c.verdict]} {c.verdict} | {c.what} | "
-                     f"{c.message.replace('|', chr(92) + '|')} |")
+             *markdown_table(["", "what", "change"],
+                             [[f"{ICON[c.verdict]} {c.verdict}", c.what, c.message]
+                              for c in comparison.changes])]
     lines += ["", "❌ **gradient health got worse**" if comparison.worse
               else "✅ gradient health did not get worse"]
     return "\n".join(lines) + "\n"

@@ -51,7 +51,7 @@ def _chart(report: Report) -> str:
     return svg[svg.index("<svg"):]
 
 
-def render_html(report: Report, options: RenderOptions) -> str:
+def html(report: Report, options: RenderOptions) -> str:
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              f"<title>gradcheck: {escape(report.config)}</title><style>{STYLE}</style></head>"
              f"<body><h1>gradcheck: <code>{escape(report.config)}</code></h1>"

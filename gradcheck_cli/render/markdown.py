@@ -14,6 +14,7 @@ from .common import (
     growth_text,
     horizon_text,
     last_step_header,
+    markdown_table,
     num,
     si,
     size_bytes,
@@ -27,20 +28,13 @@ from .options import RenderOptions
 ICON = {"error": "❌", "warning": "⚠️"}
 
 
-def _table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> list[str]:
-    align = align or ["---"] * len(header)
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return lines
-
-
-def render_markdown(report: Report, options: RenderOptions) -> str:
+def markdown(report: Report, options: RenderOptions) -> str:
     out = [f"## gradcheck: `{report.config}`", "", title(report), ""]
     out += [f"> note: {note}" for note in report.notes] + ([""] if report.notes else [])
     if report.findings:
-        out += _table(["", "severity", "code", "finding"],
-                      [[ICON[f.severity], f.severity, f"`{f.code}`", f.message]
-                       for f in report.findings])
+        out += markdown_table(["", "severity", "code", "finding"],
+                              [[ICON[f.severity], f.severity, f"`{f.code}`", f.message]
+                               for f in report.findings])
     else:
         out.append(f"✅ **healthy**: over {report.length} steps the gradient neither explodes "
                    "nor vanishes.")
@@ -53,10 +47,11 @@ def render_markdown(report: Report, options: RenderOptions) -> str:
     span = report.padding.max_length if report.padding is not None else report.length
     out += ["### Through time", "", f"{SIGNAL[0].upper()}{SIGNAL[1:]}, going back {span - 1} "
             "steps.", ""]
-    out += _table(["layer", "growth / step", "ratio at step 0", "horizon", "verdict"],
-                  [[str(layer.index), growth_text(layer), num(layer.ratio),
-                    horizon_text(layer), verdict(report, layer)] for layer in report.layers],
-                  ["--:", "--:", "--:", "--:", "---"])
+    out += markdown_table(["layer", "growth / step", "ratio at step 0", "horizon", "verdict"],
+                          [[str(layer.index), growth_text(layer), num(layer.ratio),
+                            horizon_text(layer), verdict(report, layer)]
+                           for layer in report.layers],
+                          ["--:", "--:", "--:", "--:", "---"])
 
     steps = steps_to_show(report.length, options.all_steps)
     header = ["step"]
@@ -76,15 +71,15 @@ def render_markdown(report: Report, options: RenderOptions) -> str:
         rows.append(row)
     out += ["", "<details><summary>Per step "
                 f"({len(steps)} of {report.length} steps)</summary>", ""]
-    out += _table(header, rows, ["--:"] * len(header))
+    out += markdown_table(header, rows, ["--:"] * len(header))
     aligned = aligned_text(report)
     if aligned:
         out += ["", aligned.replace("*", "\\*", 1)]
     out += ["", "</details>", "", "### Parameters", ""]
-    out += _table(["name", "shape", "grad norm", "max \\|grad\\|", "weight norm"],
-                  [[f"`{p.name}`", "×".join(map(str, p.shape)), num(p.grad_norm),
-                    num(p.grad_max_abs), num(p.weight_norm)] for p in report.parameters],
-                  ["---", "---", "--:", "--:", "--:"])
+    out += markdown_table(["name", "shape", "grad norm", "max \\|grad\\|", "weight norm"],
+                          [[f"`{p.name}`", "×".join(map(str, p.shape)), num(p.grad_norm),
+                            num(p.grad_max_abs), num(p.weight_norm)] for p in report.parameters],
+                          ["---", "---", "--:", "--:", "--:"])
     out += ["", "### Clipping", ""]
     clip = report.clip
     if clip is None:
@@ -94,9 +89,9 @@ def render_markdown(report: Report, options: RenderOptions) -> str:
         out.append(f"Global grad norm over {clip.trials} sampled batches: " + ", ".join(
             f"{k} {num(pct[k])}" for k in ("min", "p10", "p50", "p90", "max")) + ".")
         out.append("")
-        out += _table(["max_norm", "from", "clips"],
-                      [[num(c.max_norm), c.label, f"{c.fraction_clipped:.0%}"]
-                       for c in clip.candidates], ["--:", "---", "--:"])
+        out += markdown_table(["max_norm", "from", "clips"],
+                              [[num(c.max_norm), c.label, f"{c.fraction_clipped:.0%}"]
+                               for c in clip.candidates], ["--:", "---", "--:"])
         out += ["", f"Suggested **max_norm {num(clip.max_norm)}**: {clip.rule}.", "",
                 "```python", clip.pytorch, "```"]
     if report.cost is not None:
@@ -107,10 +102,11 @@ def render_markdown(report: Report, options: RenderOptions) -> str:
                 f"{cost.parameter_count:,} parameters."]
         if report.truncation:
             out.append("")
-            out += _table(TRUNCATION_HEADER, truncation_rows(report),
-                          ["---", "--:", "--:", "--:", "--:"])
+            out += markdown_table(TRUNCATION_HEADER, truncation_rows(report),
+                                  ["---", "--:", "--:", "--:", "--:"])
     if report.dynamics is not None:
         out += ["", "### Dynamics", "", DYNAMICS_TITLE.split(": ", 1)[1] + ".", ""]
-        out += _table(DYNAMICS_HEADER, dynamics_rows(report), ["--:"] * len(DYNAMICS_HEADER))
+        out += markdown_table(DYNAMICS_HEADER, dynamics_rows(report),
+                              ["--:"] * len(DYNAMICS_HEADER))
         out += [""] + [f"- {line}" for line in dynamics_lines(report)]
     return "\n".join(out) + "\n"

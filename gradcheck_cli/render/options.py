@@ -10,3 +10,6 @@ class RenderOptions:
     color: bool = False
     width: int = 100
     all_steps: bool = False
+    """The report's tables: every step, not a summary of a long sequence."""
+    compact: bool = False
+    """JSON on one line (one report per line, for several configs)."""

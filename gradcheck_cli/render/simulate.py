@@ -9,7 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..commands.simulate import Run, Simulation
-from .common import num
+from .common import markdown_table, num
+from .options import RenderOptions
 from .terminal import captured
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -56,12 +57,8 @@ HEADER = ["mitigation", "verdict", "first loss", "final loss", "min loss", "spik
           "max norm", "update", "stop"]
 
 
-def render_simulation(sim: Simulation, fmt: str, color: bool = False, width: int = 100) -> str:
-    if fmt == "json":
-        return sim.to_json() + "\n"
-    if fmt == "markdown":
-        return _markdown(sim)
-    with captured(color, width) as (console, buffer):
+def table(sim: Simulation, options: RenderOptions) -> str:
+    with captured(options.color, options.width) as (console, buffer):
         cut = f", truncated BPTT {sim.truncation[0]}:{sim.truncation[1]}" if sim.truncation else ""
         console.print(Text(f"gradcheck simulate · {sim.config}", style="bold"))
         console.print(f"{sim.steps} steps of {sim.optimizer} at lr {sim.lr:g} on "
@@ -97,11 +94,10 @@ def render_simulation(sim: Simulation, fmt: str, color: bool = False, width: int
     return buffer.getvalue()
 
 
-def _markdown(sim: Simulation) -> str:
+def markdown(sim: Simulation, options: RenderOptions) -> str:
     lines = [f"## gradcheck simulate: `{sim.config}`", "",
              f"{sim.steps} steps of {sim.optimizer} at lr {sim.lr:g}.", "",
-             "| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in _rows(sim)]
+             *markdown_table(HEADER, _rows(sim))]
     findings = [f for run in sim.runs for f in run.findings]
     if findings:
         lines.append("")

@@ -7,7 +7,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..commands.sweep import Sweep, describe_boundary
-from .common import num
+from .common import markdown_table, num
+from .options import RenderOptions
 from .terminal import captured
 
 
@@ -25,17 +26,15 @@ def _header(sweep: Sweep) -> list[str]:
             "ratio at step 0"]
 
 
-def render_sweep(sweep: Sweep, fmt: str, color: bool = False, width: int = 100) -> str:
-    if fmt == "json":
-        return sweep.to_json() + "\n"
-    if fmt == "markdown":
-        header = _header(sweep)
-        lines = [f"## gradcheck sweep: `{sweep.config}`", "",
-                 "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in _rows(sweep)]
-        lines += [""] + [f"- {describe_boundary(b)}" for b in sweep.boundaries]
-        return "\n".join(lines) + "\n"
-    with captured(color, width) as (console, buffer):
+def markdown(sweep: Sweep, options: RenderOptions) -> str:
+    lines = [f"## gradcheck sweep: `{sweep.config}`", "",
+             *markdown_table(_header(sweep), _rows(sweep)), "",
+             *(f"- {describe_boundary(b)}" for b in sweep.boundaries)]
+    return "\n".join(lines) + "\n"
+
+
+def table(sweep: Sweep, options: RenderOptions) -> str:
+    with captured(options.color, options.width) as (console, buffer):
         console.print(Text(f"gradcheck sweep · {sweep.config} · {len(sweep.points)} points",
                            style="bold"))
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)

@@ -185,7 +185,7 @@ def _dynamics(report: Report, width: int) -> Group:
     return Group(*parts)
 
 
-def render_table(report: Report, options: RenderOptions) -> str:
+def table(report: Report, options: RenderOptions) -> str:
     with captured(options.color, options.width) as (console, buffer):
         console.print(Text(f"gradcheck {report.gradcheck_version} · {report.config}", style="bold"))
         console.print(title(report))

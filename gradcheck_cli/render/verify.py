@@ -8,6 +8,7 @@ from rich.text import Text
 
 from ..commands.verify import DIFFERENCE_STEPS, STEP, TensorCheck, Verification
 from .common import num
+from .options import RenderOptions
 from .terminal import captured
 
 
@@ -27,10 +28,10 @@ def _at(check: TensorCheck) -> str:
     return "v" if index is None else "[" + ",".join(map(str, index)) + "]"
 
 
-def render_verify(result: Verification, color: bool, width: int, relu: bool = False) -> str:
-    """The table; ``relu``: the model has relu kinks (named where central differences do
-    not converge)."""
-    with captured(color, width) as (console, buffer):
+def table(result: Verification, options: RenderOptions) -> str:
+    """The table (a relu model's kinks named where central differences do not converge)."""
+    relu = result.relu
+    with captured(options.color, options.width) as (console, buffer):
         console.print(Text(f"Gradient check of {result.config}: BPTT against the exact "
                            "derivative, float64", style="bold"))
         directions = max((len(t.directions) for t in result.tensors), default=0)

@@ -1,13 +1,19 @@
-"""The gradient-health report: plain data that every renderer and the JSON schema share."""
+"""The gradient-health report: plain data that every renderer shares.
+
+Its JSON and JSON Schema are derived from these dataclasses (:mod:`.json`); the sentences
+it is published with are made from its numbers and codes (:mod:`.prose`).
+"""
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
+from . import prose
+from .json import json_schema, to_data, to_json
 
 SCHEMA_VERSION = 2
 """2: last_step_grad_norm is the last step's own loss's gradient (1 scaled it by 1/T), padded
@@ -23,16 +29,20 @@ class Finding:
     """A verdict: a stable ``code``, its ``severity``, a one-line message, the numbers."""
 
     code: str
+    """exploding, vanishing, non_finite, no_gradient or unmodelled."""
     severity: Severity
     message: str
     layer: int | None = None
     timestep: int | None = None
     parameter: str | None = None
     values: dict[str, float | None] = field(default_factory=dict)
+    """The numbers behind the verdict (growth, ratio, horizon, threshold)."""
 
 
 @dataclass(frozen=True)
 class ParameterStats:
+    """One parameter, under the checkpoint's own name."""
+
     name: str
     shape: list[int]
     grad_norm: float
@@ -51,16 +61,16 @@ class LayerStats:
         of the mean over steps, which would carry a factor 1/T): only the recurrent path
         carries it back, so its change with distance is the network's, not the loss's.
         With padded sequences it is aligned at the sequences' ends (entry T-1-d is d steps
-        before each one's end: see analysis.padded_decay), None where none reaches.
+        before each one's end: see analysis.measure.padded_decay), null where none reaches.
     growth_factor: per-step factor of last_step_grad_norm going back in time, from a least
-        squares fit of its logarithm (< 1 shrinking, > 1 growing); padded: the geometric
-        mean of each sequence's own.
+        squares fit of its logarithm (< 1 shrinking, > 1 growing); padded: of the curve the
+        sequences reaching each distance make together.
     ratio: its size at the first step over its size at the last, measured (padded: over the
         longest sequences' span).
     horizon: steps back at which it first falls below the vanishing threshold or rises above
         the exploding one (relative to its size at the last step): measured where that
         happens within the sequence, else extrapolated from the first step by the growth
-        factor; None when it never does.
+        factor; null when it never does.
     """
 
     index: int
@@ -74,20 +84,47 @@ class LayerStats:
 
 @dataclass(frozen=True)
 class ClipCandidate:
+    """A max_norm, and the share of the sampled norms that clipping at it rescales."""
+
     max_norm: float
     label: str
-    fraction_clipped: float
+    fraction_clipped: float = field(metadata={"schema": {"minimum": 0, "maximum": 1}})
 
 
 @dataclass(frozen=True)
 class ClipSuggestion:
-    trials: int
+    """AutoClip's max_norm from sampled global gradient norms (see analysis.clip).
+
+    basis: ``autoclip`` (the percentile of the norms), ``cap`` (for SGD, the update cap,
+    below the percentile: the gradient explodes) or ``none`` (no finite norm sampled).
+    """
+
+    trials: int = field(metadata={"schema": {"minimum": 1}})
     percentile: float
     max_norm: float
     norm_percentiles: dict[str, float]
     candidates: list[ClipCandidate]
-    rule: str
-    pytorch: str
+    basis: Literal["autoclip", "cap", "none"] = field(default="autoclip",
+                                                      metadata={"json": False})
+    autoclip: float = field(default=math.nan, metadata={"json": False})
+    """The percentile of the sampled norms, suggested or not."""
+    weight_norm: float | None = field(default=None, metadata={"json": False})
+    """With SGD: the weights' norm and the learning rate the cap is made of."""
+    lr: float | None = field(default=None, metadata={"json": False})
+    run: str | None = field(default=None, metadata={"json": False})
+    """simulate's: the training run whose norms were sampled."""
+
+    JSON_DERIVED = ("rule", "pytorch")
+
+    @property
+    def rule(self) -> str:
+        """How the suggestion was made, in a sentence."""
+        return prose.clip_rule(self)
+
+    @property
+    def pytorch(self) -> str:
+        """The line to paste into a PyTorch training loop."""
+        return prose.clip_pytorch(self)
 
 
 @dataclass(frozen=True)
@@ -100,7 +137,7 @@ class MitigationEffect:
 
 @dataclass(frozen=True)
 class CostStats:
-    """Full BPTT's work and memory for the spec (see gradcheck_cli.cost)."""
+    """Full BPTT's work and memory for the spec (see analysis.cost)."""
 
     forward_macs: int
     backward_macs: int
@@ -138,8 +175,47 @@ class Padding:
 
 
 @dataclass(frozen=True)
+class GateSaturation:
+    gate: str
+    saturated: float
+
+
+@dataclass(frozen=True)
+class LayerDynamics:
+    """One layer's dynamics, with --deep (see analysis.dynamics)."""
+
+    index: int
+    sigma_max: float
+    spectral_radius: float
+    gate_sigma_max: dict[str, float]
+    jacobian_norm: list[float]
+    """σ_max(∂s_t/∂s_(t-1)) per step, RMS over the first sequences."""
+    lyapunov: list[float]
+    lyapunov_growth: float | None
+    """exp(λ₁): the asymptotic growth per step of the fastest-growing direction."""
+    saturation: list[GateSaturation]
+    log10_last_step_grad_norm: list[float] | None = None
+    """log10 ||dL_T/dh_t|| per step, tracked in log space."""
+    log10_ratio: float | None = None
+    growth_gap: float | None = None
+    """ln(growth_factor) − λ₁: below 0, the gradient shrinks faster than the fastest
+    direction; above, it grows faster than a long run allows."""
+    allowance: float | None = None
+    """The |growth_gap| a run of this length explains."""
+    elman: bool = field(default=False, metadata={"json": False})
+    """Whether Pascanu et al.'s conditions apply: an Elman RNN without residual steps."""
+
+    JSON_DERIVED = ("pascanu",)
+
+    @property
+    def pascanu(self) -> str | None:
+        """Pascanu, Mikolov & Bengio's (2013) condition σ_max(W_hh) meets."""
+        return prose.pascanu(self.sigma_max) if self.elman else None
+
+
+@dataclass(frozen=True)
 class ModelSummary:
-    cell: str
+    cell: Literal["rnn", "lstm", "gru"]
     nonlinearity: str | None
     input_size: int
     hidden_size: int
@@ -157,40 +233,61 @@ class Report:
     """Everything ``gradcheck analyze`` found. ``to_json`` gives the published JSON."""
 
     gradcheck_version: str
+    """The version that wrote the report."""
     config: str
-    dtype: str
+    """The spec, as it was named."""
+    dtype: Literal["float64", "float32"]
+    """The precision of the whole run."""
     model: ModelSummary
-    length: int
-    batch_size: int
-    loss_kind: str
-    loss_timesteps: str
+    """The model analysed: its cell, sizes, head, parameter count and weights file."""
+    length: int = field(metadata={"schema": {"minimum": 1}})
+    """Time steps."""
+    batch_size: int = field(metadata={"schema": {"minimum": 1}})
+    """Sequences in the batch."""
+    loss_kind: Literal["mse", "cross_entropy"]
+    loss_timesteps: Literal["all", "last"]
+    """A loss at every step, or at the last only."""
     thresholds: dict[str, float]
+    """The verdicts' thresholds: vanishing and exploding ratios."""
     loss: float
+    """The loss on the spec's batch."""
     global_grad_norm: float
-    parameters: list[ParameterStats]
+    """The norm of all gradients together: what torch.nn.utils.clip_grad_norm_ returns."""
+    parameters: list[ParameterStats] = field(metadata={"keyed": "name"})
+    """PyTorch name (the checkpoint's own) → its gradient's norm and largest entry, and
+    the weight's norm."""
     layers: list[LayerStats]
+    """One entry per layer, 0 the bottom: per-step gradient norms, and how the last step's
+    gradient changes going back."""
     findings: list[Finding]
+    """The verdicts; codes exploding, vanishing, non_finite, no_gradient, unmodelled."""
     clip: ClipSuggestion | None
+    """The clip suggestion; null with --trials 0."""
     notes: list[str] = field(default_factory=list)
-    dynamics: list | None = None
-    """With --deep: per layer, a :class:`gradcheck_cli.dynamics.LayerDynamics`."""
+    """How the run was set up: the weights found and the tensors ignored, tensors upcast,
+    an assumed nonlinearity, how padded sequences were combined."""
+    dynamics: list[LayerDynamics] | None = None
+    """With --deep, per layer: spectra, step Jacobians, Lyapunov exponents; else null."""
     mitigation: MitigationEffect | None = None
+    """training.mitigation applied to the measured gradients; null without one."""
     cost: CostStats | None = None
+    """Full BPTT's multiply-adds and activation memory."""
     truncation: list[TruncationStats] = field(default_factory=list)
+    """Truncated BPTT against full, per window."""
     padding: Padding | None = None
     """Padded sequences (not all of the full length): each is measured over its own length
-    and the per-step ‖dL_T/dh_t‖ is aligned at their ends; None for whole sequences."""
+    and the per-step ‖dL_T/dh_t‖ is aligned at their ends; null for whole sequences."""
     schema_version: int = SCHEMA_VERSION
-    gradients: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    """Changes only when a field changes meaning or goes away."""
+    gradients: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False,
+                                             metadata={"json": False})
+
+    JSON_FIRST = ("schema_version",)
 
     @property
     def ok(self) -> bool:
         """No finding of severity ``error``."""
         return not any(f.severity == "error" for f in self.findings)
-
-    def worst_severity(self) -> str | None:
-        ranks = [SEVERITY_RANK[f.severity] for f in self.findings]
-        return None if not ranks else ("error" if max(ranks) == 2 else "warning")
 
     def fails(self, fail_on: str) -> bool:
         """Whether a finding is at or above ``fail_on`` (``warning``, ``error`` or ``never``)."""
@@ -198,192 +295,17 @@ class Report:
         return any(SEVERITY_RANK[f.severity] >= threshold for f in self.findings)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("gradients")
-        data["parameters"] = {p.pop("name"): p for p in data["parameters"]}
-        ordered = {"schema_version": data.pop("schema_version"), **data}
-        return _strict(ordered)
+        return to_data(self)
 
     def to_json(self, indent: int | None = 2) -> str:
         """Strict JSON (RFC 8259): non-finite numbers are written as null."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
-
-def _strict(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-# ----------------------------------------------------------------------------- JSON Schema
-
-_NUMBER = {"type": ["number", "null"]}
-_NUMBERS = {"type": "array", "items": _NUMBER}
+        return to_json(self, indent)
 
 
 def report_json_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of ``gradcheck analyze --format json``."""
-    finding = {
-        "type": "object",
-        "required": ["code", "severity", "message"],
-        "properties": {
-            "code": {"type": "string", "description": "stable identifier: exploding, "
-                     "vanishing, non_finite, no_gradient"},
-            "severity": {"enum": ["warning", "error"]},
-            "message": {"type": "string"},
-            "layer": {"type": ["integer", "null"]},
-            "timestep": {"type": ["integer", "null"]},
-            "parameter": {"type": ["string", "null"]},
-            "values": {"type": "object", "additionalProperties": _NUMBER},
-        },
-    }
-    parameter = {
-        "type": "object",
-        "required": ["shape", "grad_norm", "grad_max_abs", "weight_norm"],
-        "properties": {"shape": {"type": "array", "items": {"type": "integer"}},
-                       "grad_norm": _NUMBER, "grad_max_abs": _NUMBER, "weight_norm": _NUMBER},
-    }
-    layer = {
-        "type": "object",
-        "required": ["index", "hidden_grad_norm", "cell_grad_norm", "last_step_grad_norm",
-                     "growth_factor", "ratio", "horizon"],
-        "properties": {
-            "index": {"type": "integer", "minimum": 0},
-            "hidden_grad_norm": {**_NUMBERS, "description": "||dL/dh_t|| per timestep"},
-            "cell_grad_norm": {"anyOf": [_NUMBERS, {"type": "null"}],
-                               "description": "||dL/dc_t|| per timestep (lstm)"},
-            "last_step_grad_norm": {**_NUMBERS,
-                                    "description": "||dL_T/dh_t|| per timestep: the "
-                                    "gradient of the last step's own loss (padded: aligned at "
-                                    "the sequences' ends, null where none reaches)"},
-            "growth_factor": _NUMBER, "ratio": _NUMBER, "horizon": _NUMBER,
-        },
-    }
-    clip = {
-        "type": ["object", "null"],
-        "required": ["trials", "percentile", "max_norm", "norm_percentiles", "candidates",
-                     "rule", "pytorch"],
-        "properties": {
-            "trials": {"type": "integer", "minimum": 1},
-            "percentile": {"type": "number"},
-            "max_norm": _NUMBER,
-            "norm_percentiles": {"type": "object", "additionalProperties": _NUMBER},
-            "candidates": {"type": "array", "items": {
-                "type": "object", "required": ["max_norm", "label", "fraction_clipped"],
-                "properties": {"max_norm": _NUMBER, "label": {"type": "string"},
-                               "fraction_clipped": {"type": "number", "minimum": 0,
-                                                    "maximum": 1}}}},
-            "rule": {"type": "string"},
-            "pytorch": {"type": "string"},
-        },
-    }
-    model = {
-        "type": "object",
-        "required": ["cell", "input_size", "hidden_size", "num_layers", "output_size", "head",
-                     "parameter_count"],
-        "properties": {"cell": {"enum": ["rnn", "lstm", "gru"]},
-                       "nonlinearity": {"type": ["string", "null"]},
-                       "input_size": {"type": "integer"}, "hidden_size": {"type": "integer"},
-                       "num_layers": {"type": "integer"}, "output_size": {"type": "integer"},
-                       "head": {"type": "boolean"},
-                       "parameter_count": {"type": "integer"},
-                       "weights": {"type": ["string", "null"]},
-                       "nonlinearity_assumed": {
-                           "type": "boolean",
-                           "description": "an rnn checkpoint's nonlinearity, assumed (tanh) "
-                                          "because the spec does not state it"}},
-    }
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://gradcheck.dev/schema/report.json",
-        "title": "gradcheck analyze report",
-        "type": "object",
-        "required": ["schema_version", "gradcheck_version", "config", "dtype", "model",
-                     "length", "batch_size", "loss_kind", "loss_timesteps", "thresholds",
-                     "loss", "global_grad_norm", "parameters", "layers", "findings", "clip"],
-        "properties": {
-            "schema_version": {"const": SCHEMA_VERSION},
-            "gradcheck_version": {"type": "string"},
-            "config": {"type": "string"},
-            "dtype": {"enum": ["float64", "float32"]},
-            "model": model,
-            "length": {"type": "integer", "minimum": 1},
-            "batch_size": {"type": "integer", "minimum": 1},
-            "loss_kind": {"enum": ["mse", "cross_entropy"]},
-            "loss_timesteps": {"enum": ["all", "last"]},
-            "thresholds": {"type": "object", "additionalProperties": {"type": "number"}},
-            "loss": _NUMBER,
-            "global_grad_norm": {**_NUMBER, "description": "what "
-                                 "torch.nn.utils.clip_grad_norm_ returns"},
-            "parameters": {"type": "object", "additionalProperties": parameter},
-            "layers": {"type": "array", "items": layer},
-            "findings": {"type": "array", "items": finding},
-            "clip": clip,
-            "notes": {"type": "array", "items": {"type": "string"},
-                      "description": "how the run was set up: weights found, upcasts, padding"},
-            "mitigation": {
-                "type": ["object", "null"],
-                "required": ["applied", "global_grad_norm_after"],
-                "properties": {"applied": {"type": "string"}, "global_grad_norm_after": _NUMBER},
-            },
-            "cost": {
-                "type": ["object", "null"],
-                "required": ["forward_macs", "backward_macs", "activation_bytes",
-                             "parameter_count"],
-                "properties": {k: {"type": "integer", "minimum": 0} for k in (
-                    "forward_macs", "backward_macs", "activation_bytes", "parameter_count")},
-            },
-            "dynamics": {"anyOf": [{"type": "null"}, {"type": "array", "items": {
-                "type": "object",
-                "required": ["index", "sigma_max", "spectral_radius", "gate_sigma_max",
-                             "pascanu", "jacobian_norm", "lyapunov", "lyapunov_growth",
-                             "saturation"],
-                "properties": {
-                    "index": {"type": "integer"}, "sigma_max": _NUMBER,
-                    "spectral_radius": _NUMBER,
-                    "gate_sigma_max": {"type": "object", "additionalProperties": _NUMBER},
-                    "pascanu": {"type": ["string", "null"]},
-                    "jacobian_norm": {**_NUMBERS, "description": "σ_max(∂s_t/∂s_(t-1)) per "
-                                      "step, RMS over the first sequences"},
-                    "lyapunov": _NUMBERS,
-                    "lyapunov_growth": {**_NUMBER, "description": "exp(λ₁): the asymptotic "
-                                        "growth per step of the fastest-growing direction"},
-                    "growth_gap": {**_NUMBER, "description": "ln(growth_factor) − λ₁"},
-                    "allowance": {**_NUMBER, "description": "the |growth_gap| a run of this "
-                                  "length explains"},
-                    "log10_last_step_grad_norm": {
-                        "anyOf": [_NUMBERS, {"type": "null"}],
-                        "description": "log10 ||dL_T/dh_t|| per step, tracked in log space"},
-                    "log10_ratio": _NUMBER,
-                    "saturation": {"type": "array", "items": {
-                        "type": "object", "required": ["gate", "saturated"],
-                        "properties": {"gate": {"type": "string"},
-                                       "saturated": {"type": "number"}}}}}}}],
-                "description": "with --deep: spectra, step Jacobians, Lyapunov exponents"},
-            "padding": {
-                "type": ["object", "null"],
-                "required": ["min_length", "max_length", "longest"],
-                "properties": {k: {"type": "integer", "minimum": 1}
-                               for k in ("min_length", "max_length", "longest")},
-                "description": "padded sequences: each measured over its own length, "
-                               "last_step_grad_norm aligned at their ends; null when whole"},
-            "truncation": {"type": "array", "items": {
-                "type": "object",
-                "required": ["k1", "k2", "backward_macs", "activation_bytes", "gradient_error",
-                             "cut_signal", "configured"],
-                "properties": {"k1": {"type": "integer", "minimum": 1},
-                               "k2": {"type": "integer", "minimum": 1},
-                               "backward_macs": {"type": "integer"},
-                               "activation_bytes": {"type": "integer"},
-                               "gradient_error": _NUMBER, "cut_signal": _NUMBER,
-                               "configured": {"type": "boolean"}}}},
-        },
-        "additionalProperties": False,
-    }
+    """The JSON Schema (draft 2020-12) of ``gradcheck analyze --format json``, derived
+    from the dataclasses above."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://gradcheck.dev/schema/report.json",
+            "title": "gradcheck analyze report",
+            **json_schema(Report, schema_version={"const": SCHEMA_VERSION})}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
 import typing
@@ -19,6 +20,7 @@ from typing import Any, Literal, Union
 
 from ..errors import GradcheckError, SpecError
 from .schema import DataFile, Distribution, Key
+from .yaml import shorten
 
 
 class Context:
@@ -39,7 +41,7 @@ class Context:
         return self.name
 
     def fail(self, key: Key, message: str) -> typing.NoReturn:
-        raise SpecError(message, where=self.where(key), key=".".join(key) or None)
+        raise SpecError(message, where=self.where(key), key=shorten(".".join(key)) or None)
 
 
 def describe(value: Any) -> str:
@@ -49,18 +51,28 @@ def describe(value: Any) -> str:
         return "a list"
     if value is None:
         return "nothing (null)"
-    return repr(value)
+    return shorten(repr(value))          # a long value is named, not repeated whole
+
+
+def _number(value: float) -> str:
+    """A bound or a value as errors show it (:g; a whole number beyond a float's range,
+    which :g cannot convert, shortened)."""
+    try:
+        return f"{value:g}"
+    except OverflowError:
+        return shorten(str(value))
 
 
 def _check_bounds(ctx: Context, key: Key, value: float, meta: Mapping[str, Any]) -> None:
+    got = _number(value)
     if "maximum" in meta and value > meta["maximum"]:
-        ctx.fail(key, f"must be at most {meta['maximum']:g}, got {value:g}")
+        ctx.fail(key, f"must be at most {meta['maximum']:g}, got {got}")
     if "minimum" in meta and value < meta["minimum"]:
-        ctx.fail(key, f"must be at least {meta['minimum']:g}, got {value:g}")
+        ctx.fail(key, f"must be at least {meta['minimum']:g}, got {got}")
     if "exclusiveMinimum" in meta and value <= meta["exclusiveMinimum"]:
-        ctx.fail(key, f"must be greater than {meta['exclusiveMinimum']:g}, got {value:g}")
+        ctx.fail(key, f"must be greater than {meta['exclusiveMinimum']:g}, got {got}")
     if "exclusiveMaximum" in meta and value >= meta["exclusiveMaximum"]:
-        ctx.fail(key, f"must be less than {meta['exclusiveMaximum']:g}, got {value:g}")
+        ctx.fail(key, f"must be less than {meta['exclusiveMaximum']:g}, got {got}")
 
 
 def _convert(ctx: Context, key: Key, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
@@ -118,7 +130,10 @@ def _convert(ctx: Context, key: Key, value: Any, hint: Any, meta: Mapping[str, A
                 ctx.fail(key, f"must be a number, got {describe(value)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             ctx.fail(key, f"must be a number, got {describe(value)}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:                  # a whole number beyond float64's range
+            ctx.fail(key, f"must be a finite number, got {_number(value)}")
         if not math.isfinite(value):
             ctx.fail(key, f"must be a finite number, got {value}")
         _check_bounds(ctx, key, value, meta)
@@ -135,17 +150,26 @@ def _convert(ctx: Context, key: Key, value: Any, hint: Any, meta: Mapping[str, A
             ctx.fail(key, "not a usable file path: it holds a NUL character")
         path = Path(os.path.abspath(ctx.base_dir / value))
         if not os.path.lexists(path):
-            ctx.fail(key, f"file not found: {value} (paths are relative to the spec's folder)")
+            ctx.fail(key, f"file not found: {shorten(value)} (paths are relative to the "
+                          "spec's folder)")
         try:
             check_regular(path)                    # before anything reads it
         except GradcheckError as exc:
-            ctx.fail(key, str(exc).replace(str(path), value, 1).replace(": is ", " is ", 1))
+            from ..io.files import shown
+            ctx.fail(key, str(exc).replace(shown(path), shorten(shown(value)), 1)
+                     .replace(": is ", " is ", 1))
         return path
     raise AssertionError(f"unhandled spec type {hint!r} at {'.'.join(key)}")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A section's type hints, worked out once (a sweep validates thousands of points)."""
+    return typing.get_type_hints(cls)
+
+
 def build(ctx: Context, key: Key, data: dict[str, Any], cls: type) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     for name in data:
         if name not in fields:

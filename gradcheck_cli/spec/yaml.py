@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import yaml
 
@@ -19,12 +19,12 @@ from .schema import MAX_SPEC_BYTES, MAX_SPEC_NODES, Key
 
 def read_yaml(path: Path) -> tuple[Any, dict[Key, int]]:
     """Parse ``path`` safely into plain Python values and the line of every key."""
-    from ..io.files import read_bytes
-    name = str(path)
+    from ..io.files import read_bytes, shown
+    name = shown(path)                          # as errors print it, whatever its bytes
     try:
         raw = read_bytes(path, MAX_SPEC_BYTES)
     except GradcheckError as exc:
-        detail = str(exc).removeprefix(f"{path}: ")
+        detail = str(exc).removeprefix(f"{name}: ")
         if "more than the" in detail:
             detail = f"too large for a spec (limit {MAX_SPEC_BYTES} bytes)"
         raise SpecError(detail, where=name) from None
@@ -101,6 +101,10 @@ _SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?$")
 
 MAX_DEPTH = 50
 """A spec nests four levels; anything deeper (or an alias that contains itself) is not one."""
+MAX_INT_BITS = 1024
+"""No spec value is a whole number beyond float64's range (about 10^308): a larger one is
+refused as it is read (Python would refuse a decimal one of over 4,300 digits itself, and
+any would fail a bound's or a float's conversion)."""
 
 
 def _plain(node: yaml.Node, key: Key, lines: dict[Key, int], budget: list[int], name: str) -> Any:
@@ -112,17 +116,24 @@ def _plain(node: yaml.Node, key: Key, lines: dict[Key, int], budget: list[int], 
         raise SpecError(f"more than {MAX_SPEC_NODES} YAML nodes (aliases counted at each use): "
                         "not a spec", where=f"{name}:{node.start_mark.line + 1}")
     if node.tag == "tag:yaml.org,2002:timestamp" and isinstance(node, yaml.ScalarNode):
-        raise SpecError(f"{node.value!r} reads as a date in YAML; no spec value is one (quote "
-                        "it if you mean text)", where=f"{name}:{node.start_mark.line + 1}")
+        raise SpecError(f"{shorten(node.value)!r} reads as a date in YAML; no spec value is "
+                        "one (quote it if you mean text)",
+                        where=f"{name}:{node.start_mark.line + 1}")
     if node.tag not in _PLAIN_TAGS:
-        raise SpecError(f"not valid YAML for a spec: the tag {node.tag} is not allowed",
+        raise SpecError(f"not valid YAML for a spec: the tag {shorten(node.tag)} is not allowed",
                         where=f"{name}:{node.start_mark.line + 1}")
     if isinstance(node, yaml.ScalarNode) and node.style is None and \
             node.tag in _NUMBER_TAGS and _SEXAGESIMAL.match(node.value):
         value = _scalar_loader.construct_object(node)
-        raise SpecError(f"{node.value} reads as {value:g} (a base-60 number in YAML 1.1); "
-                        "write the number itself, or quote it for text",
+        try:
+            value = f"{value:g}"
+        except OverflowError:
+            value = "a number beyond float64's range"
+        raise SpecError(f"{shorten(node.value)} reads as {value} (a base-60 number in YAML "
+                        "1.1); write the number itself, or quote it for text",
                         where=f"{name}:{node.start_mark.line + 1}")
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int":
+        return _whole_number(node, key, name)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
@@ -130,11 +141,12 @@ def _plain(node: yaml.Node, key: Key, lines: dict[Key, int], budget: list[int], 
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _PLAIN_TAGS:
                 raise SpecError("a key must be a plain name (no merge keys or tags)",
                                 where=where)
-            k = str(_scalar_loader.construct_object(key_node))
+            k = key_node.value if key_node.tag == "tag:yaml.org,2002:int" else \
+                str(_scalar_loader.construct_object(key_node))   # 5,000 digits: a name
             full = (*key, k)
             if k in out:
                 raise SpecError(f"duplicate key (first on line {lines[full]})",
-                                where=where, key=".".join(full))
+                                where=where, key=shorten(".".join(full)))
             lines[full] = key_node.start_mark.line + 1
             out[k] = _plain(value_node, full, lines, budget, name)
         return out
@@ -142,6 +154,23 @@ def _plain(node: yaml.Node, key: Key, lines: dict[Key, int], budget: list[int], 
         return [_plain(item, (*key, str(i)), lines, budget, name)
                 for i, item in enumerate(node.value)]
     return _scalar_loader.construct_object(node)
+
+
+def _whole_number(node: yaml.ScalarNode, key: Key, name: str) -> int:
+    """A YAML integer, refused (naming its key) beyond :data:`MAX_INT_BITS`: before, a
+    500,000-digit seed was an internal error."""
+    digits = len(node.value.lstrip("+-").replace("_", ""))
+    value = None
+    if digits <= 4 * MAX_INT_BITS:         # no more digits than base 2 would need
+        try:
+            value = _scalar_loader.construct_object(node)
+        except ValueError:                 # Python's own limit on decimal digits
+            value = None
+    if not isinstance(value, int) or value.bit_length() > MAX_INT_BITS:
+        raise SpecError(f"a whole number of {digits:,} digits ({shorten(node.value)}) is "
+                        "larger than any spec value", where=f"{name}:{node.start_mark.line + 1}",
+                        key=shorten(".".join(key)) or None)
+    return value
 
 
 SHOWN_CHARACTERS = 60
@@ -169,20 +198,28 @@ def parse_value(text: str, where: str) -> Any:
     return value
 
 
-def apply_overrides(data: Any, overrides: Sequence[str]) -> tuple[Any, dict[Key, str]]:
+Override: TypeAlias = str | tuple[str, str]
+"""A ``--set`` value, ``KEY.PATH=VALUE``; or ``(where, "KEY.PATH=VALUE")``, one that another
+option stands for, which errors name instead (``--truncate 3``, ``--vary seed=2``)."""
+
+
+def apply_overrides(data: Any, overrides: Sequence[Override]) -> tuple[Any, dict[Key, str]]:
     """Apply ``--set key.path=value`` overrides; returns the data and each override's origin."""
     origins: dict[Key, str] = {}
     if not overrides:
         return data, origins
     if not isinstance(data, dict):
         return data, origins
-    for item in overrides:
-        where = f"--set {shorten(item)}"
+    for given in overrides:
+        where, item = given if isinstance(given, tuple) else (f"--set {shorten(given)}", given)
         dotted, sep, text = item.partition("=")
         if not sep or not dotted.strip():
             raise SpecError("expected KEY.PATH=VALUE, for example model.hidden_size=64",
                             where=where)
         key = tuple(part.strip() for part in dotted.split("."))
+        if not all(key):
+            raise SpecError(f"{shorten(dotted)!r} is not a key path: a name is empty (keys "
+                            "are names joined by dots, e.g. model.hidden_size)", where=where)
         value = parse_value(text, where)
         node = data
         for depth, part in enumerate(key[:-1]):
