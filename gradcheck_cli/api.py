@@ -52,10 +52,8 @@ def analyze(config: str | os.PathLike[str] | Mapping[str, Any] | Spec, *,
         raise ValueError("trials must be 0 or more")
     if not 0 < clip_percentile <= 100:
         raise ValueError("clip_percentile must be in (0, 100]")
-    estimates = []
-
     def guard(spec: Spec) -> None:            # before any file's values are read
-        estimates.append(check(spec, max_memory=max_memory, trials=trials))
+        check(spec, max_memory=max_memory, trials=trials)
 
     if isinstance(config, Spec):
         spec = config
@@ -68,4 +66,4 @@ def analyze(config: str | os.PathLike[str] | Mapping[str, Any] | Spec, *,
     else:
         spec = load_spec(Path(config), overrides, guard=guard)
     return analyze_spec(spec, trials=trials, clip_percentile=clip_percentile,
-                        streams=estimates[-1].streams)
+                        max_memory=max_memory)

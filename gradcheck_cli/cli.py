@@ -373,11 +373,11 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: str | None, save_grads:
     from .analysis.analyze import analyze_spec
 
     texts, failed = [], False
-    for spec, fitting in loaded:
+    for spec, _ in loaded:
         with _progress(trials) as progress:
             report = analyze_spec(spec, trials=trials, clip_percentile=clip_percentile,
                                   progress=progress, windows=window_list, deep=deep,
-                                  streams=fitting.streams)
+                                  max_memory=_memory_limit(max_memory))
         failed = failed or report.fails(fail_on)
         texts.append(_render(report, fmt, targets["--output"], all_steps=all_steps,
                              compact=fmt == "json" and len(loaded) > 1))
@@ -675,13 +675,13 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
     check_regular(config)
     _plan([config], output=output or "-", plot=plot)      # a bad output: before the points
     inputs: list[Path] = []
-    fits = check_points(config, overrides, axes, limit,
-                        seen=lambda spec: inputs.extend(_inputs(spec, config)))
+    check_points(config, overrides, axes, limit,
+                 seen=lambda spec: inputs.extend(_inputs(spec, config)))
     # the weights and data every point reads (a --vary may name others): none is written
     targets = _plan(list(dict.fromkeys(inputs)) or [config], output=output or "-", plot=plot)
     with _progress(total) as progress:
         result = run_sweep(config, axes, overrides=overrides, jobs=jobs, trials=trials,
-                           streams=fits, progress=progress)
+                           max_memory=limit, progress=progress)
     if plot is not None:
         from .render.plot import save, sweep_figure
         save(sweep_figure(result), targets["--plot"])

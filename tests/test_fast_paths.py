@@ -305,12 +305,23 @@ def test_analyze_side_by_side_or_one_after_another_reports_the_same(name, monkey
     from gradcheck_cli.analysis.analyze import analyze_spec
     from gradcheck_cli.io.resolve import load_spec
     from tests.conftest import SAMPLES
+    import dataclasses
+
+    from gradcheck_cli.analysis import analyze as analysis
     spec = load_spec(next(p for p in SAMPLES if p.stem == name))
-    together = analyze_spec(spec, trials=2, streams=2)
-    monkeypatch.setattr(memory, "STACKED_BYTES", 1)
     arch = Architecture.from_spec(spec.model)
+    assert memory.plan(spec, trials=2)[0].streams == 2
+    together = analyze_spec(spec, trials=2)
+    monkeypatch.setattr(memory, "STACKED_BYTES", 1)
     assert memory.stream_chunk(arch, spec.length, spec.batch_size, spec.dtype, 2) == 1
-    apart = analyze_spec(spec, trials=2, streams=1)
+    real = analysis.plan
+
+    def one_at_a_time(spec, **kwargs):      # as when the second stream does not fit
+        est, limits = real(spec, **kwargs)
+        return dataclasses.replace(est, streams=1), limits
+
+    monkeypatch.setattr(analysis, "plan", one_at_a_time)
+    apart = analyze_spec(spec, trials=2)
     for a, b in zip(together.layers, apart.layers, strict=True):
         np.testing.assert_allclose(a.hidden_grad_norm, b.hidden_grad_norm, rtol=1e-12)
         np.testing.assert_allclose(a.last_step_grad_norm, b.last_step_grad_norm, rtol=1e-12)

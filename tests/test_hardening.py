@@ -387,26 +387,35 @@ def test_a_run_that_fits_only_one_stream_at_a_time_runs_so(monkeypatch):
     assert check(spec, max_memory=between).streams == 1
     with pytest.raises(GradcheckError, match="--max-memory"):
         check(spec, max_memory=apart.total - 1)
-    seen = {}
+    seen = _spy_on_the_plan(monkeypatch)
+    for limit, streams in ((between, 1), (together.total, 2)):
+        with pytest.raises(_Planned):
+            api.analyze(config, trials=0, max_memory=limit)
+        assert seen.pop() == (limit, streams)
 
-    def record(spec, **kwargs):
-        seen.update(kwargs)
-        return "report"
 
-    monkeypatch.setattr(api, "analyze_spec", record)
-    assert api.analyze(config, trials=0, max_memory=between) == "report"
-    assert seen["streams"] == 1
-    assert api.analyze(config, trials=0, max_memory=together.total) == "report"
-    assert seen["streams"] == 2
+class _Planned(Exception):
+    """Raised by the spy below: the plan is made, and the test needs no more."""
+
+
+def _spy_on_the_plan(monkeypatch) -> list:
+    """analyze_spec's memory plan, recorded as (max_memory, streams), the run stopped there."""
+    from gradcheck_cli.analysis import analyze as analysis
+    real, seen = analysis.plan, []
+
+    def spy(spec, **kwargs):
+        est, limits = real(spec, **kwargs)
+        seen.append((kwargs.get("max_memory"), est.streams))
+        raise _Planned
+
+    monkeypatch.setattr(analysis, "plan", spy)
+    return seen
 
 
 def test_sweep_runs_each_point_with_the_streams_its_memory_allows(tmp_path, monkeypatch):
     """A sweep point that fits only with one stream at a time runs so, as analyze does."""
-    import types
-
     import yaml
 
-    from gradcheck_cli.analysis import analyze as analysis
     from gradcheck_cli.commands.sweep import check_points, parse_axis, run_sweep
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump({
@@ -418,18 +427,13 @@ def test_sweep_runs_each_point_with_the_streams_its_memory_allows(tmp_path, monk
     apart = estimate(arch, 20_000, 32, "float32", streams=1).total
     together = estimate(arch, 20_000, 32, "float32").total
     axes = [parse_axis("seed=0,1")]
-    assert check_points(path, (), axes, together) == [2, 2]
-    fits = check_points(path, (), axes, (apart + together) // 2)
-    assert fits == [1, 1]
-    seen = []
-
-    def record(spec, **kwargs):
-        seen.append(kwargs["streams"])
-        return types.SimpleNamespace(findings=[], layers=[])
-
-    monkeypatch.setattr(analysis, "analyze_spec", record)
-    run_sweep(path, axes, streams=fits)
-    assert seen == [1, 1]
+    assert check_points(path, (), axes, (apart + together) // 2) == 2
+    with pytest.raises(GradcheckError, match="--max-memory"):
+        check_points(path, (), axes, apart - 1)
+    seen = _spy_on_the_plan(monkeypatch)
+    with pytest.raises(_Planned):
+        run_sweep(path, axes, max_memory=(apart + together) // 2)
+    assert seen == [((apart + together) // 2, 1)]
 
 
 def test_a_finite_state_gradient_whose_norm_overflows_is_no_non_finite_finding(tmp_path):

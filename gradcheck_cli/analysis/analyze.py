@@ -33,7 +33,7 @@ from ..results.report import (
 from ..spec.schema import Spec
 from .clip import sample_global_norms, suggest_clip
 from .measure import Measurement, last_step_loss_grad, measure
-from .memory import main_streams
+from .memory import plan
 from .notes import notes_for
 from .truncation import truncation_stats
 from .verdicts import no_gradient_findings, temporal_findings, unmodelled_finding
@@ -67,7 +67,7 @@ def mitigation_effect(spec: Spec, grads: dict[str, np.ndarray],
 def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
                  progress: Progress | None = None,
                  windows: list[int] | None = None, deep: bool = False,
-                 streams: int | None = None) -> Report:
+                 max_memory: int | None = None) -> Report:
     """Run BPTT on the spec's batch, measure, judge, and sample norms for clipping.
 
     The stages, each data in and data out: :func:`~.measure.measure` (the main pass),
@@ -76,16 +76,16 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
     :func:`assemble`. The forward pass's arrays are dropped before the clip trials, so
     the peak is one forward and one backward pass, as the memory estimate counts on.
 
-    ``streams``: the loss and the last step's loss alone through one backward pass (2) or
-    one after the other (1), as the memory check decided (:func:`memory.check`); by
-    default as :func:`memory.main_streams` rules."""
+    The memory check (:func:`memory.check`, run when the spec was loaded) refuses a run
+    that does not fit; here the plan it made (:func:`memory.plan`, within ``max_memory``
+    and the machine's memory) says whether the loss and the last step's loss alone go
+    through one backward pass or one after the other."""
     arch, params = model_parameters(spec)
     checkpoint = spec.model.checkpoint
     names = dict(checkpoint.names) if checkpoint is not None else {n: n for n in params}
     batches = Batches(spec)
     batch = batches.draw(0)
-    if streams is None:
-        streams = main_streams(arch, spec.length, spec.batch_size, spec.dtype)
+    streams = plan(spec, max_memory=max_memory, trials=trials)[0].streams
     with np.errstate(all="ignore"):
         fwd = forward(arch, params, batch.x)
         loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,

@@ -191,15 +191,14 @@ def with_data(est: Estimate, spec) -> Estimate:
     return Estimate(total=est.total + int(held * MARGIN), parts=parts, streams=est.streams)
 
 
-def check(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
-          trials: int = 0, machine: bool = True) -> Estimate:
-    """Refuse (GradcheckError) a run whose estimate exceeds ``max_memory`` or (with
-    ``machine``) what the machine has available, naming the estimate and the spec values
-    behind it.
+def plan(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
+         trials: int = 0, machine: bool = True) -> tuple[Estimate, list[tuple[int, str]]]:
+    """The estimate a run goes by, and the limits it is held to (``max_memory``, and with
+    ``machine`` what the machine has available).
 
     A run that fits only with its main pass's output gradients one after another (see
-    :func:`main_streams`) is not refused: the estimate returned says so (``streams``),
-    and the run is to follow it. With the loss at the last step only there is one."""
+    :func:`main_streams`) is planned so: the estimate says so (``streams``), and the run
+    follows it. With the loss at the last step only there is one."""
     arch = Architecture.from_spec(spec.model)
     est = with_data(estimate(arch, spec.length, spec.batch_size, spec.dtype,
                              optimizer_state=optimizer_state, trials=trials,
@@ -211,6 +210,16 @@ def check(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
     if est.streams > 1 and any(est.total > limit for limit, _ in limits):
         est = with_data(estimate(arch, spec.length, spec.batch_size, spec.dtype,
                                  trials=trials, streams=1), spec)
+    return est, limits
+
+
+def check(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
+          trials: int = 0, machine: bool = True) -> Estimate:
+    """:func:`plan`, and refuse (GradcheckError) a run whose estimate exceeds a limit,
+    naming the estimate and the spec values behind it."""
+    est, limits = plan(spec, max_memory=max_memory, optimizer_state=optimizer_state,
+                       trials=trials, machine=machine)
+    arch = Architecture.from_spec(spec.model)
     for limit, what in limits:
         if est.total > limit:
             largest = sorted(est.parts, key=lambda k: -est.parts[k])[:2]

@@ -185,11 +185,11 @@ def _worker_start() -> None:
 
 def _analyse_point(task: tuple[str, tuple[str, ...], dict[str, Any], int, int | None]
                    ) -> Point:
-    config, overrides, values, trials, streams = task
+    config, overrides, values, trials, max_memory = task
     from ..analysis.analyze import analyze_spec
     from ..io.resolve import load_spec
     spec = load_spec(config, [*overrides, *(_override(k, v) for k, v in values.items())])
-    report = analyze_spec(spec, trials=trials, windows=[], streams=streams)
+    report = analyze_spec(spec, trials=trials, windows=[], max_memory=max_memory)
     return Point(values=values, codes=[f.code for f in report.findings],
                  growth_factor=[layer.growth_factor for layer in report.layers],
                  ratio=[layer.ratio for layer in report.layers],
@@ -208,44 +208,35 @@ def probes(axes: list[Axis]) -> list[dict[str, Any]]:
 
 def check_points(config: str | Path, overrides: tuple[str, ...], axes: list[Axis],
                  max_memory: int | None = None, *,
-                 seen: Callable[[Any], object] | None = None) -> list[int]:
-    """Validate every point's spec (and its memory, before its files' values are read)
-    before anything runs; per point, in :func:`grid` order, the backward streams side by
-    side its memory allows (see :func:`~gradcheck_cli.memory.check`), for
-    :func:`run_sweep`. Each value is tried on its own first (see :func:`probes`), so that
-    a bad one is refused at once wherever it is in the grid; the file is parsed once.
+                 seen: Callable[[Any], object] | None = None) -> int:
+    """Validate every point's spec (and its memory, before its files' values are read:
+    see :func:`~gradcheck_cli.analysis.memory.check`) before anything runs, and return how
+    many points there are. Each value is tried on its own first (see :func:`probes`), so
+    that a bad one is refused at once wherever it is in the grid; the file is parsed once.
     ``seen``: called with every point's spec, resolved from its files' headers (the
     caller collects the files a point reads)."""
     from ..analysis.memory import check
     from ..io.resolve import spec_loader
     check_grid(axes)
     load = spec_loader(config)
-    streams: list[int] = []
 
-    def guard(spec: Any, keep: bool) -> None:
+    def guard(spec: Any) -> None:
         if seen is not None:
             seen(spec)
-        fit = check(spec, max_memory=max_memory).streams
-        if keep:
-            streams.append(fit)
+        check(spec, max_memory=max_memory)
 
     points = grid(axes)
-    for keep, batch in ((False, probes(axes) if len(axes) > 1 else []), (True, points)):
-        for values in batch:
-            load([*overrides, *(_override(k, v) for k, v in values.items())],
-                 guard=lambda spec, keep=keep: guard(spec, keep))
-    return streams
+    for values in [*(probes(axes) if len(axes) > 1 else []), *points]:
+        load([*overrides, *(_override(k, v) for k, v in values.items())], guard=guard)
+    return len(points)
 
 
 def run_sweep(config: str | Path, axes: list[Axis], *, overrides: tuple[str, ...] = (),
-              jobs: int = 1, trials: int = 0, streams: list[int] | None = None,
+              jobs: int = 1, trials: int = 0, max_memory: int | None = None,
               progress: Callable[[int, int], None] | None = None) -> Sweep:
-    """Analyse every point of the grid; ``streams``: per point, as :func:`check_points`
-    returns them (default: as :func:`~gradcheck_cli.memory.main_streams` rules)."""
-    points_values = grid(axes)
-    fits = streams if streams is not None else [None] * len(points_values)
-    tasks = [(str(config), tuple(overrides), values, trials, fit)
-             for values, fit in zip(points_values, fits, strict=True)]
+    """Analyse every point of the grid (each within ``max_memory``, as analyze is)."""
+    tasks = [(str(config), tuple(overrides), values, trials, max_memory)
+             for values in grid(axes)]
     points: list[Point] = []
     processes = workers(jobs, len(tasks))
     if processes <= 1:
