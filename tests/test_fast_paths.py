@@ -301,13 +301,13 @@ def test_parameter_gradients_without_the_state_gradients_are_the_same(rng, cell,
 def test_analyze_side_by_side_or_one_after_another_reports_the_same(name, monkeypatch):
     """When two streams would not fit in memory, the last step's loss runs after the main
     pass, and the truncation windows one at a time: the report is the same."""
+    import dataclasses
+
+    from gradcheck_cli.analysis import analyze as analysis
     from gradcheck_cli.analysis import memory
     from gradcheck_cli.analysis.analyze import analyze_spec
     from gradcheck_cli.io.resolve import load_spec
     from tests.conftest import SAMPLES
-    import dataclasses
-
-    from gradcheck_cli.analysis import analyze as analysis
     spec = load_spec(next(p for p in SAMPLES if p.stem == name))
     arch = Architecture.from_spec(spec.model)
     assert memory.plan(spec, trials=2)[0].streams == 2
