@@ -19,6 +19,39 @@ from gradcheck_cli.spec.schema import InitSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((ROOT / "sample_configs").glob("*.yaml"))
+SAMPLE = {p.stem: str(p) for p in SAMPLES}
+"""The sample configs by name, as a command line names them: ``SAMPLE["lstm_healthy"]``."""
+
+
+def run(*args, **kwargs):
+    """``gradcheck ARGS`` in this process (click's runner; stdout and stderr apart)."""
+    from click.testing import CliRunner
+
+    from gradcheck_cli.cli import cli
+    return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
+
+
+def assert_exit(result, code: int) -> None:
+    """The exit status, with what the command printed when it is not ``code``."""
+    assert result.exit_code == code, (
+        f"exit {result.exit_code}, expected {code}\nstdout:\n{result.stdout}\n"
+        f"stderr:\n{result.stderr}\n{result.exception!r}")
+
+
+def assert_clean_error(result, *needles: str, status: int = 2, stdout: str | None = "") -> None:
+    """A clean error: the exit status, one line on stderr holding every needle, no
+    traceback and no internal error, and (unless ``stdout`` is None) that stdout. For a
+    :func:`run` result and a subprocess's alike (whose stdout, if not captured, is not
+    checked)."""
+    code = result.exit_code if hasattr(result, "exit_code") else result.returncode
+    assert code == status, (code, result.stdout, result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+    everything = (result.stdout or "") + result.stderr
+    assert "Traceback" not in everything and "internal error" not in everything, everything
+    if stdout is not None and result.stdout is not None:
+        assert result.stdout == stdout, result.stdout
 
 
 @pytest.fixture

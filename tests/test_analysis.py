@@ -3,6 +3,7 @@ ones; the growth factor against cases with a known answer."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from gradcheck_cli.analysis.analyze import analyze_spec
 from gradcheck_cli.analysis.measure import fit_growth, horizon
 from gradcheck_cli.core.norms import step_norms
 from gradcheck_cli.io.resolve import load_spec, spec_from_data
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLE, SAMPLES, run
 
 
 def linear_rnn(gain: float, length: int = 20, **extra) -> dict:
@@ -251,3 +252,12 @@ def test_a_layer_cut_off_from_the_loss_is_named_alone(tmp_path, write_spec):
 def test_a_healthy_model_has_no_no_gradient_finding():
     report = analyze_spec(load_spec(SAMPLES[4]), trials=0, windows=[])
     assert "no_gradient" not in codes(report)
+
+
+def test_a_gradient_that_never_reaches_back_is_vanishing():
+    result = run("analyze", SAMPLE["rnn_healthy"], "--trials", "0", "-f", "json",
+                  "--set", "model.init.recurrent.gain=0", "--fail-on", "warning")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["layers"][0]["ratio"] == 0.0 and data["layers"][0]["growth_factor"] is None
+    assert [f["code"] for f in data["findings"]] == ["vanishing"]

@@ -12,9 +12,7 @@ import pytest
 import gradcheck_cli
 from gradcheck_cli import Finding, GradcheckError, Report, SpecError, analyze, load_spec
 from gradcheck_cli.results.report import report_json_schema
-from tests.conftest import ROOT, SAMPLES
-
-SAMPLE = {p.stem: p for p in SAMPLES}
+from tests.conftest import ROOT, SAMPLE
 
 
 def test_analyze_a_file_path():

@@ -9,34 +9,13 @@ import jsonschema
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from gradcheck_cli import __version__
 from gradcheck_cli.cli import cli
 from gradcheck_cli.io.resolve import load_spec
 from gradcheck_cli.results.report import report_json_schema
 from gradcheck_cli.spec.schema import spec_json_schema
-from tests.conftest import SAMPLES
-
-SAMPLE = {p.stem: str(p) for p in SAMPLES}
-
-
-def run(*args, **kwargs):
-    return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
-
-
-def assert_exit(result, code):
-    assert result.exit_code == code, (
-        f"exit {result.exit_code}, expected {code}\nstdout:\n{result.stdout}\n"
-        f"stderr:\n{result.stderr}\n{result.exception!r}")
-
-
-def assert_clean_error(result, needle):
-    assert_exit(result, 2)
-    assert needle in result.stderr
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr + result.stdout
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+from tests.conftest import SAMPLE, assert_clean_error, assert_exit, run
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLE))
@@ -316,3 +295,22 @@ def test_mitigation_truncation_and_windows_options():
         result = run("analyze", SAMPLE["gru_exploding"], *bad)
         assert_exit(result, 2)
         assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["analyze", SAMPLE["rnn_healthy"], "--set", "model.num_layers=1000000"],
+     "must be at most 1000"),
+    (["analyze", SAMPLE["rnn_healthy"], "--windows", "0"], "windows are at least 1 step"),
+    (["analyze", SAMPLE["rnn_healthy"], "--clip-percentile", "nan"], "not a finite number"),
+    (["simulate", SAMPLE["rnn_healthy"], "--lr", "nan"], "not a finite number"),
+    (["verify", SAMPLE["rnn_healthy"], "--tolerance", "nan"], "not a finite number"),
+    (["analyze", SAMPLE["rnn_healthy"], "--max-memory", "inf"], "positive finite number"),
+    (["analyze", "x" * 300 + ".yaml"], "File name too long"),
+    (["analyze", SAMPLE["rnn_healthy"], "--set", 'model.weights="a\\0b"'],
+     "not a usable file path"),
+    (["sweep", SAMPLE["rnn_healthy"], "--vary", "model.init.gain=0.5:2:4", "--vary",
+      "model.init.gain=1,2"], "each key may be varied once"),
+    (["sweep", SAMPLE["rnn_healthy"], "--vary", "model.init.gain=inf:2:3"], "finite"),
+])
+def test_odd_options_are_one_clean_line(args, needle):
+    assert_clean_error(run(*args), needle)

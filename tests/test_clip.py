@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -155,3 +156,14 @@ def test_file_data_trials_resample_the_files_sequences(tmp_path, write_spec, rng
     x1, y1 = second.x, second.targets
     rows = [int(np.flatnonzero((x0[0] == x1[0, b]).all(axis=1))[0]) for b in range(6)]
     np.testing.assert_array_equal(y1, y0[:, rows])
+
+
+def test_clip_suggestion_when_no_norm_is_finite():
+    norms = np.array([np.inf, np.nan, np.inf])
+    bare = suggest_clip(norms)
+    assert math.isnan(bare.max_norm) and bare.candidates[0].label.startswith("none")
+    assert "none of the 3 sampled" in bare.rule and bare.pytorch.startswith("#")
+    capped = suggest_clip(norms, weight_norm=10.0, lr=0.01)
+    assert capped.max_norm == pytest.approx(1.0) and "none of the 3 sampled norms" in \
+        capped.rule
+    assert capped.candidates[0].label == "update cap (suggested)"

@@ -8,6 +8,7 @@ import pytest
 from gradcheck_cli.analysis.analyze import analyze_spec
 from gradcheck_cli.errors import GradcheckError
 from gradcheck_cli.io.resolve import load_spec
+from tests.conftest import assert_clean_error, run
 
 B, T, I = 6, 9, 3
 
@@ -82,3 +83,14 @@ def test_per_sequence_targets_need_the_last_step_and_say_what_fits(tmp_path, wri
     np.save(tmp_path / "big.npy", np.array([0, 1, 2, 7, 0, 1]))
     with pytest.raises(GradcheckError, match=r"target class 7 of sequence 3 is outside \[0, 4\]"):
         load_spec(_spec(tmp_path, write_spec, "big.npy", "cross_entropy", 5))
+
+
+def test_csv_with_a_huge_cell_and_weights_with_an_empty_dimension(tmp_path):
+    (tmp_path / "x.csv").write_text("1," + "2" * 200_000 + "\n")
+    (tmp_path / "s.yaml").write_text("model: {cell: rnn, input_size: 1, hidden_size: 2, "
+                                     "output_size: 1}\nsequence: {inputs: x.csv}\n")
+    assert_clean_error(run("validate", tmp_path / "s.yaml"), "not a readable CSV")
+    np.savez(tmp_path / "w.npz", **{"rnn.weight_ih_l0": np.zeros((4, 0)),
+                                    "rnn.weight_hh_l0": np.zeros((4, 4))})
+    (tmp_path / "w.yaml").write_text("model: {weights: w.npz}\nsequence: {length: 3}\n")
+    assert_clean_error(run("validate", tmp_path / "w.yaml"), "has a dimension of size 0")

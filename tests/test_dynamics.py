@@ -4,20 +4,25 @@ with a known answer, Pascanu's conditions, gate saturation."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from gradcheck_cli.analysis.analyze import analyze_spec
 from gradcheck_cli.analysis.dynamics import (
     gate_saturation,
     layer_dynamics,
     lyapunov_spectrum,
     step_jacobian,
 )
+from gradcheck_cli.cli import cli
 from gradcheck_cli.core.model import Architecture
 from gradcheck_cli.engine.forward import forward
-from tests.conftest import make_problem
+from gradcheck_cli.io.resolve import load_spec, spec_from_data
+from tests.conftest import SAMPLE, make_problem
 
 
 def _sigmoid(a):
@@ -100,7 +105,6 @@ def test_lyapunov_spectrum_of_a_linear_rnn_with_a_chosen_spectrum():
 
 def test_largest_exponent_matches_the_measured_growth_when_the_gradient_is_generic():
     from gradcheck_cli.analysis.analyze import analyze_spec
-    from gradcheck_cli.io.resolve import spec_from_data
     data = {"model": {"cell": "rnn", "input_size": 3, "hidden_size": 16, "output_size": 2,
                       "init": {"bias": "zeros", "recurrent": {"scheme": "orthogonal",
                                                               "gain": 0.8}}},
@@ -198,12 +202,9 @@ def test_gate_saturation(rng):
 
 
 def test_deep_report_in_every_format():
-    import json
 
     import jsonschema
-    from click.testing import CliRunner
 
-    from gradcheck_cli.cli import cli
     from gradcheck_cli.results.report import report_json_schema
     from tests.conftest import SAMPLES
     path = str(next(p for p in SAMPLES if p.stem == "gru_vanishing"))
@@ -243,7 +244,6 @@ def test_log_space_signal_reports_what_underflows_in_float64():
     """A tanh RNN in its linear regime at gain 0.1 over 400 steps: the last step's gradient
     reaches step 0 at about 0.1^399 = 1e-399, below float64's 4.9e-324."""
     from gradcheck_cli.analysis.analyze import analyze_spec
-    from gradcheck_cli.io.resolve import spec_from_data
     from gradcheck_cli.render.common import from_log10
     data = {"model": {"cell": "rnn", "input_size": 2, "hidden_size": 8, "output_size": 1,
                       "init": {"bias": "zeros", "recurrent": {"scheme": "orthogonal",
@@ -272,3 +272,21 @@ sequence: {inputs: x.npy, lengths: lengths.npy}
     for layer, deep in zip(report.layers, report.dynamics, strict=True):
         direct = np.log10(layer.last_step_grad_norm)
         np.testing.assert_allclose(deep.log10_last_step_grad_norm, direct, atol=1e-9)
+
+
+def test_deep_survives_non_finite_weights_and_blown_up_states(tmp_path):
+    spec = load_spec(SAMPLE["lstm_healthy"])
+    from gradcheck_cli.analysis.analyze import model_parameters
+    _, params = model_parameters(spec)
+    params["rnn.weight_hh_l0"][0, 0] = np.nan
+    np.savez(tmp_path / "w.npz", **params)
+    (tmp_path / "s.yaml").write_text("model: {weights: w.npz}\nsequence: {length: 10}\n")
+    report = analyze_spec(load_spec(tmp_path / "s.yaml"), trials=0, windows=[], deep=True)
+    assert report.findings[0].code == "non_finite"
+    assert math.isnan(report.dynamics[0].sigma_max) and report.dynamics[0].pascanu is None
+    relu = analyze_spec(load_spec(SAMPLE["rnn_exploding"], [
+        "model.init.recurrent.gain=3", "sequence.length=800"]), trials=3, windows=[],
+        deep=True)
+    assert relu.findings[0].code == "non_finite"
+    assert relu.dynamics[0].lyapunov == [] and relu.dynamics[0].lyapunov_growth is None
+    assert math.isnan(relu.clip.max_norm) or relu.clip.max_norm > 0  # never a bogus label

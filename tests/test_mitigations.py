@@ -118,3 +118,12 @@ def test_float32_stays_float32():
     for out in (clip_by_norm(g, 1.0), normalize_global(g, 1.0), clip_by_value(g, 1.0)):
         assert out["a"].dtype == np.float32
     assert math.isclose(global_norm(g), 5.0)
+
+
+def test_mitigations_at_the_edges():
+    big = {"w": np.full((4, 4), 1e20, dtype=np.float32)}
+    out = normalize_per_parameter(big, 1.0)["w"]
+    assert out.dtype == np.float32 and np.linalg.norm(out.astype(np.float64)) == \
+        pytest.approx(1.0, rel=1e-6)
+    nan = clip_by_norm({"a": np.array([1.0, np.nan]), "b": np.array([2.0])}, 1.0)
+    assert np.isnan(nan["a"]).all() and np.isnan(nan["b"]).all()   # as torch's clamp does

@@ -7,13 +7,24 @@ gradient.
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from gradcheck_cli.analysis.analyze import analyze_spec
+from gradcheck_cli.cli import cli
 from gradcheck_cli.core import norms
-from gradcheck_cli.core.mitigations import Mitigator, normalize_per_parameter, parse_mitigations
+from gradcheck_cli.core.mitigations import (
+    Mitigator,
+    normalize_per_parameter,
+    parse_mitigations,
+)
+from gradcheck_cli.io.resolve import load_spec
+from tests.conftest import SAMPLE, run
 
 HUGE = 1e200
 
@@ -57,9 +68,7 @@ def test_analyze_clip_and_simulate_take_huge_finite_gradients_as_finite(write_sp
     """A relu IRNN at gain 2 over 480 steps in float64: its gradients reach about 1e150-
     1e250, finite. The report's norms are finite, no non_finite finding is made, the clip
     trials' norms are finite, and training does not stop on them as "not finite"."""
-    from gradcheck_cli.analysis.analyze import analyze_spec
     from gradcheck_cli.commands.simulate import simulate
-    from gradcheck_cli.io.resolve import load_spec
     path = write_spec("""\
         model: {cell: rnn, nonlinearity: relu, input_size: 2, hidden_size: 4, output_size: 2,
                 init: {bias: zeros, recurrent: {scheme: identity, gain: 2.0},
@@ -75,3 +84,53 @@ def test_analyze_clip_and_simulate_take_huge_finite_gradients_as_finite(write_sp
     assert 0 < report.mitigation.global_grad_norm_after <= 1.0 + 1e-6
     run = simulate(spec, steps=2, lr=1e-300).runs[0]
     assert len(run.steps) == 2 and math.isfinite(run.steps[0].grad_norm)
+
+
+def test_huge_but_finite_gradients_do_not_crash():
+    result = CliRunner().invoke(cli, ["analyze", SAMPLE["rnn_exploding"], "--set",
+                                      "model.residual.time=true", "--set",
+                                      "sequence.length=300", "--trials", "2", "-f", "json"])
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.stdout)
+    assert "exploding" in [f["code"] for f in data["findings"]]
+
+
+def test_overflow_is_a_finding_not_a_warning(write_spec):
+    path = write_spec("""\
+        dtype: float32
+        model: {cell: rnn, nonlinearity: relu, input_size: 2, hidden_size: 8, output_size: 2,
+                init: {bias: zeros, recurrent: {scheme: identity, gain: 3.0}}}
+        sequence: {length: 120, batch_size: 2}
+    """)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = run("analyze", path, "-f", "json", "--trials", "3")
+    assert result.exit_code == 1 and result.stderr == ""
+    codes = [f["code"] for f in json.loads(result.stdout)["findings"]]
+    assert codes[0] == "non_finite"
+    sim = run("simulate", path, "--steps", "3")
+    assert sim.exit_code == 1 and sim.stderr == "" and "diverged" in sim.stdout
+
+
+def test_a_finite_state_gradient_whose_norm_overflows_is_no_non_finite_finding(tmp_path):
+    """dL/dh of (0.1, 1.5e308, 1.5e308) is finite though its norm is not: the per-step norm
+    reads Inf, and no `non_finite` finding is made; a real NaN still makes one."""
+    H = 3
+    w_ih = np.zeros((H, 1))
+    w_ih[0, 0] = 1.0
+    w_hh = np.zeros((H, H))
+    w_hh[0, 1] = w_hh[0, 2] = 5.72e305
+    np.savez(tmp_path / "w.npz", **{"rnn.weight_ih_l0": w_ih, "rnn.weight_hh_l0": w_hh,
+                                    "rnn.bias_ih_l0": np.zeros(H), "rnn.bias_hh_l0": np.zeros(H)})
+    np.save(tmp_path / "x.npy", np.full((1, 2, 1), 0.5))
+    np.save(tmp_path / "y.npy", np.full((1, 2, H), -1e3))
+    from gradcheck_cli.io.resolve import spec_from_data
+    config = {"model": {"cell": "rnn", "weights": str(tmp_path / "w.npz"), "head": False},
+              "sequence": {"inputs": str(tmp_path / "x.npy"),
+                           "targets": str(tmp_path / "y.npy")}}
+    report = analyze_spec(spec_from_data(config, name="huge"), trials=0, windows=[])
+    assert np.isinf(report.layers[0].hidden_grad_norm[0])
+    assert "non_finite" not in [f.code for f in report.findings]
+    np.save(tmp_path / "y.npy", np.array([[[0.0] * H, [np.nan] * H]]))
+    report = analyze_spec(spec_from_data(config, name="nan"), trials=0, windows=[])
+    assert [f.code for f in report.findings if f.code == "non_finite"] == ["non_finite"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -363,3 +365,22 @@ def test_class_out_of_range_in_a_valid_step_is_refused(write_spec, tmp_path, pad
     with pytest.raises(GradcheckError, match=r"spec.yaml:4: sequence.targets: y.npy: target "
                                              r"class 7 at sequence 2, step 1 is outside"):
         load_spec(write_spec(SPEC.format(extra="  lengths: lengths.npy")))
+
+
+def test_padding_shorter_than_the_length_is_not_a_false_vanishing(tmp_path, rng):
+    """No sequence fills sequence.length: the signal is measured over the longest one."""
+    np.save(tmp_path / "x.npy", rng.normal(size=(4, 12, 3)))
+    np.save(tmp_path / "lengths.npy", np.array([1, 5, 7, 10]))
+    (tmp_path / "s.yaml").write_text("""\
+model: {cell: lstm, input_size: 3, hidden_size: 5, output_size: 3, num_layers: 2,
+        init: {forget_bias: 1.0}}
+sequence: {inputs: x.npy, lengths: lengths.npy}
+""")
+    report = analyze_spec(load_spec(tmp_path / "s.yaml"), trials=0, windows=[], deep=True)
+    for layer, deep in zip(report.layers, report.dynamics, strict=True):
+        assert layer.ratio is not None and layer.ratio > 0
+        assert layer.ratio == pytest.approx(layer.last_step_grad_norm[2] /
+                                            layer.last_step_grad_norm[-1])
+        assert deep.log10_ratio == pytest.approx(math.log10(layer.ratio), abs=1e-9)
+        assert all(math.isnan(v) for v in deep.jacobian_norm[10:])  # padding: no Jacobian
+    assert "vanishing" not in [f.code for f in report.findings]

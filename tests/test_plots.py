@@ -7,17 +7,11 @@ from html.parser import HTMLParser
 from typing import ClassVar
 
 import pytest
-from click.testing import CliRunner
 
-from gradcheck_cli.cli import cli
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLE, run
 
-SAMPLE = {p.stem: str(p) for p in SAMPLES}
 PNG = b"\x89PNG\r\n\x1a\n"
 
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.mark.parametrize("suffix", [".png", ".svg"])

@@ -7,9 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 
+from gradcheck_cli.analysis.analyze import analyze_spec
 from gradcheck_cli.core.losses import loss_and_output_grad
+from gradcheck_cli.core.truncation import last_reach as _last_reach
 from gradcheck_cli.engine.bptt import bptt, truncated_bptt
 from gradcheck_cli.engine.forward import forward
+from gradcheck_cli.io.resolve import spec_from_data
 from tests.conftest import make_problem
 from tests.finite_diff import central_difference, check_gradients, relative_error
 from tests.naive import naive_loss, naive_outputs, step_losses
@@ -133,3 +136,28 @@ def test_truncation_longer_than_the_sequence_is_full_bptt(rng):
             np.testing.assert_allclose(cut[name], full[name], rtol=1e-12, atol=1e-15)
     one = truncated_bptt(arch, params, fwd, d_out, 1, 1)
     assert not np.allclose(one["rnn.weight_hh_l0"], full["rnn.weight_hh_l0"])
+
+
+@pytest.mark.parametrize("T,k1,k2", [(50, 7, 7), (50, 4, 4), (50, 10, 10), (50, 7, 10)])
+def test_signal_cut_is_what_the_last_window_cuts(rng, T, k1, k2):
+    """The last step's loss is backpropagated exactly _last_reach steps by truncated BPTT:
+    its gradient at the first step beyond is zero, and inside it is the full one."""
+    arch, params, x, targets = make_problem(rng, "gru", layers=1, T=T, B=2, I=2, H=3)
+    fwd = forward(arch, params, x)
+    _, d_out = loss_and_output_grad(fwd.outputs, targets, "mse", "last")
+    reach = _last_reach(T, k1, k2)
+    full = truncated_bptt(arch, params, fwd, d_out, T, T)
+    cut = truncated_bptt(arch, params, fwd, d_out, k1, k2)
+    from gradcheck_cli.engine.backward import backward
+    window = backward(arch, params, fwd, d_out, window=(T - reach, T)).params
+    for name in params:
+        np.testing.assert_allclose(cut[name], window[name], rtol=1e-12, atol=1e-15)
+    assert not np.allclose(cut["rnn.weight_hh_l0"], full["rnn.weight_hh_l0"])
+    spec = spec_from_data({"model": {"cell": "gru", "input_size": 2, "hidden_size": 3,
+                                     "output_size": 2},
+                           "sequence": {"length": T, "batch_size": 2}})
+    stats = analyze_spec(spec, trials=0, windows=[k1]).truncation[0]
+    signal = np.array(analyze_spec(spec, trials=0, windows=[]).layers[-1]
+                      .last_step_grad_norm[::-1]) ** 2
+    same = _last_reach(T, k1, k1)            # --windows K compares BPTT(K, K)
+    assert stats.cut_signal == pytest.approx(signal[same:].sum() / signal.sum())

@@ -20,9 +20,7 @@ from gradcheck_cli.engine.bptt import truncated_bptt
 from gradcheck_cli.engine.forward import forward
 from gradcheck_cli.io.data import Batches
 from gradcheck_cli.io.resolve import load_spec
-from tests.conftest import SAMPLES
-
-SAMPLE = {p.stem: p for p in SAMPLES}
+from tests.conftest import SAMPLE
 
 
 def test_exploding_sample_diverges_without_clipping_and_learns_with_the_suggestion():

@@ -11,7 +11,7 @@ import pytest
 from gradcheck_cli.errors import GradcheckError, SpecError
 from gradcheck_cli.io.resolve import load_spec
 from gradcheck_cli.spec.schema import Distribution, spec_json_schema, spec_keys
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, assert_clean_error, run
 
 GOOD = """\
 seed: 3
@@ -291,3 +291,14 @@ def test_spec_error_keeps_its_parts():
     assert str(err) == "a.yaml:3: model.hidden_size: must be at least 1"
     assert (err.where, err.key, err.detail) == ("a.yaml:3", "model.hidden_size",
                                                 "must be at least 1")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("a: &a [*a]\n", "nested more than 50 levels"),
+    ("x: " + "[" * 500 + "\n", "not valid YAML"),
+    ("model:\n  <<: {cell: rnn}\n", "no merge keys"),
+])
+def test_yaml_that_recurses_or_merges(tmp_path, text, needle):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    assert_clean_error(run("validate", path), needle)

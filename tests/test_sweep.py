@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from gradcheck_cli.cli import cli
 from gradcheck_cli.commands.sweep import Axis, grid, parse_axis, run_sweep
+from tests.conftest import SAMPLE, run
 
 LINEAR = """\
 model:
@@ -86,3 +87,11 @@ def test_sweep_cli(write_spec):
     invalid = runner.invoke(cli, ["sweep", str(path), "--vary", "model.hidden_size=4,0"])
     assert invalid.exit_code == 2 and "model.hidden_size: must be at least 1" in invalid.stderr
     assert "Traceback" not in invalid.stderr
+
+
+def test_sweep_can_vary_to_null(tmp_path):
+    result = run("sweep", SAMPLE["lstm_healthy"], "--vary", "model.init.forget_bias=null,1",
+                  "-f", "json", "--set", "sequence.length=10")
+    assert result.exit_code == 0, result.output
+    assert [p["values"]["model.init.forget_bias"] for p in
+            json.loads(result.stdout)["points"]] == [None, 1]

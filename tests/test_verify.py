@@ -334,3 +334,15 @@ def test_a_relu_unit_at_its_kink_follows_the_forward_passs_side(rng):
     assert result.passed, [(t.name, t.worst, t.differences) for t in result.tensors]
     assert result.kinks >= 1
     assert all(d.outcome != "disagrees" for t in result.tensors for d in t.differences)
+
+
+def test_verify_json_is_strict_with_non_finite_values(tmp_path):
+    np.save(tmp_path / "x.npy", np.full((2, 3, 1), np.nan))
+    (tmp_path / "s.yaml").write_text("model: {cell: rnn, input_size: 1, hidden_size: 2, "
+                                     "output_size: 1}\nsequence: {inputs: x.npy}\n")
+    result = run("verify", tmp_path / "s.yaml", "-f", "json")
+
+    def refuse(name):
+        raise AssertionError(name)
+
+    json.loads(result.stdout, parse_constant=refuse)

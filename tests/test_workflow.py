@@ -13,14 +13,10 @@ from click.testing import CliRunner
 
 from gradcheck_cli.cli import cli
 from gradcheck_cli.commands.compare import compare_reports
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import ROOT, SAMPLE, assert_clean_error, run
 
-SAMPLE = {p.stem: str(p) for p in SAMPLES}
 HOOKS = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
 
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_hook_file_is_well_formed():
@@ -138,3 +134,18 @@ def test_compare_bad_inputs_are_exit_2(tmp_path, reports):
         result = run("compare", reports["base"], tmp_path / bad)
         assert result.exit_code == 2 and needle in result.stderr, result.output
         assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("report", [
+    '{"schema_version":2,"config":"c","loss":1,"global_grad_norm":1,"parameters":{},'
+    '"layers":[{}],"findings":[]}',
+    '{"schema_version":2,"config":"c","loss":1,"global_grad_norm":1,"parameters":{},'
+    '"layers":[],"findings":"abc"}',
+    '{"schema_version":2,"config":"c","loss":NaN,"global_grad_norm":1,"parameters":{},'
+    '"layers":[],"findings":[]}',
+    "[" * 100_000,
+])
+def test_compare_refuses_what_is_not_a_report(tmp_path, report):
+    (tmp_path / "bad.json").write_text(report)
+    assert_clean_error(run("compare", tmp_path / "bad.json", tmp_path / "bad.json"),
+                     "not a")
