@@ -10,20 +10,67 @@ from gradcheck_cli.spec.schema import spec_keys
 from tests.conftest import ROOT, SAMPLES
 
 README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
+PAGES = {p.name: p.read_text() for p in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]}
 
 
-def test_readme_documents_every_spec_key():
-    missing = [key for key, _, _ in spec_keys() if f"`{key}`" not in README]
+def _tool(name: str):
+    """A script of docs/ as a module."""
+    import importlib.util
+    import sys
+    spec = importlib.util.spec_from_file_location(f"docs_{name}", DOCS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module                 # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_fits_on_a_few_screens_and_links_the_reference():
+    assert len(README.splitlines()) < 200
+    for page in ("guide.md", "spec.md", "report.md", "safety.md", "performance.md",
+                 "maths.md", "development.md"):
+        assert f"(docs/{page}" in README, page
+
+
+def test_every_link_between_pages_resolves():
+    """Each relative link names a page that exists, and each #anchor a heading on it."""
+    def anchors(text: str) -> set[str]:
+        return {re.sub(r"[^\w\- ]", "", h.strip("# ").lower()).replace(" ", "-")
+                for h in re.findall(r"(?m)^#+ .*$", text)}
+    broken = []
+    for name, text in PAGES.items():
+        here = ROOT if name == "README.md" else DOCS
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if "://" in target:
+                continue
+            path, _, anchor = target.partition("#")
+            page = (here / path).resolve() if path else (here / name)
+            missing = path and not page.exists()
+            if missing or (anchor and page.suffix == ".md"
+                           and anchor not in anchors(page.read_text())):
+                broken.append(f"{name}: {target}")
+    assert broken == []
+
+
+def test_the_reference_tables_are_the_codes():
+    """docs/spec.md's key table and docs/report.md's field table are generated from the
+    spec's dataclasses and the report's schema (docs/reference.py); none is stale."""
+    reference = _tool("reference")
+    for name, (path, make) in reference.TABLES.items():
+        text = path.read_text()
+        assert reference.update(text, name, make()) == text, "run python docs/reference.py"
+    missing = [key for key, _, _ in spec_keys() if f"`{key}`" not in PAGES["spec.md"]]
     assert not missing
 
 
-def test_readme_documents_every_command():
+def test_the_guide_documents_every_command():
     assert all(f"gradcheck {name}" in README for name in cli.commands)
+    assert all(f"gradcheck {name}" in PAGES["guide.md"] for name in cli.commands)
 
 
-def test_readme_names_every_sample_config():
-    assert all(f"`{p.name}`" in README for p in SAMPLES)
-    named = set(re.findall(r"`(\w+_(?:healthy|exploding|vanishing)\.yaml)`", README))
+def test_the_guide_names_every_sample_config():
+    guide = PAGES["guide.md"]
+    named = set(re.findall(r"`(\w+_(?:healthy|exploding|vanishing)\.yaml)`", guide))
     assert named == {p.name for p in SAMPLES}
 
 
@@ -42,30 +89,27 @@ def test_version_is_single_sourced():
     assert re.fullmatch(r"\d+\.\d+\.\d+", __version__)
 
 
-def test_readme_outputs_are_what_the_code_prints():
-    """Every captured block marked in README is regenerated and compared (see
-    docs/readme_outputs.py); a block that no longer reproduces fails here."""
+def test_captured_outputs_are_what_the_code_prints():
+    """Every captured block marked in README or docs/ is regenerated and compared (see
+    docs/outputs.py); a block that no longer reproduces fails here."""
     import sys
-    sys.path.insert(0, str(ROOT / "docs"))
-    try:
-        import readme_outputs
-    finally:
-        sys.path.pop(0)
-    names = readme_outputs.marked(README)
-    assert sorted(names) == sorted(readme_outputs.BLOCKS)
-    regenerated = readme_outputs.update(README)
-    if regenerated != README:
-        import difflib
-        diff = "".join(list(difflib.unified_diff(README.splitlines(True),
-                                                 regenerated.splitlines(True)))[:60])
-        raise AssertionError("README's captured outputs differ from the code's; run python "
-                             f"docs/readme_outputs.py\n{diff}")
+    sys.path.insert(0, str(ROOT))
+    outputs = _tool("outputs")
+    used = {name for text in PAGES.values() for name in outputs.marked(text)}
+    assert used == set(outputs.BLOCKS)
+    for page, text in PAGES.items():
+        regenerated = outputs.update(text)
+        if regenerated != text:
+            import difflib
+            diff = "".join(list(difflib.unified_diff(text.splitlines(True),
+                                                     regenerated.splitlines(True)))[:60])
+            raise AssertionError(f"{page}'s captured outputs differ from the code's; run "
+                                 f"python docs/outputs.py\n{diff}")
 
 
-def test_every_test_the_safety_section_cites_exists():
-    """README's "Safe to run unattended" names the test holding each guarantee."""
-    section = README.split("## Safe to run unattended", 1)[1].split("\n## ", 1)[0]
-    cited = set(re.findall(r"`(test_\w+)`", section))
+def test_every_test_the_safety_page_cites_exists():
+    """docs/safety.md names the test holding each guarantee."""
+    cited = set(re.findall(r"`(test_\w+)`", PAGES["safety.md"]))
     tests = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
     assert cited and all(f"def {name}(" in tests for name in cited), \
         sorted(n for n in cited if f"def {n}(" not in tests)

@@ -1,13 +1,13 @@
-"""The captured outputs in README.md, regenerated from the code.
+"""The captured outputs in README.md and docs/*.md, regenerated from the code.
 
-Each captured block in README.md is preceded by a marker ``<!-- output: NAME -->``; NAME is
-a key of :data:`BLOCKS` below, which says what ran and which of its lines are shown. From the
+Each captured block is preceded by a marker ``<!-- output: NAME -->``; NAME is a key of
+:data:`BLOCKS` below, which says what ran and which of its lines are shown. From the
 repository's root:
 
-    python docs/readme_outputs.py           # rewrite README.md's blocks
-    python docs/readme_outputs.py --check   # exit 1 if any block differs from the code's
+    python docs/outputs.py           # rewrite every page's blocks
+    python docs/outputs.py --check   # exit 1 if any block differs from the code's
 
-The test suite runs the check (tests/test_docs.py), so a README block is always what the
+The test suite runs the check (tests/test_docs.py), so a captured block is always what the
 code prints. Commands run in-process, at the width and without the colour a pipe gets, from
 a scratch folder that holds the repository's sample configs and examples, so that the paths
 they print are the ones a user types.
@@ -26,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+"""The pages that may hold captured blocks."""
 MARKER = re.compile(r"( *)<!-- output: (\S+) -->\n\1(```[a-z]*)\n(.*?)\1```\n", re.DOTALL)
 """A marker and the fenced block after it, indented alike (inside a list item, say)."""
 
@@ -74,9 +76,24 @@ def until(stop: str) -> Callable[[list[str]], list[str]]:
     return pick
 
 
+def cut(stop: str, resume: str, end: str) -> Callable[[list[str]], list[str]]:
+    """The lines before ``stop``, ``...``, then from ``resume`` to the line before ``end``."""
+    def pick(out: list[str]) -> list[str]:
+        a = next(k for k, line in enumerate(out) if line.startswith(stop))
+        b = next(k for k, line in enumerate(out) if line.startswith(resume))
+        c = next(k for k in range(b, len(out)) if out[k].startswith(end))
+        tail = out[b:c]
+        while tail and not tail[-1].strip():
+            tail.pop()
+        return [*out[:a], "...", "", *tail]
+    return pick
+
+
 LSTM_HEALTHY = "sample_configs/lstm_healthy.yaml"
 BLOCKS: dict[str, Block] = {
     "gru-exploding": Block(["gradcheck analyze sample_configs/gru_exploding.yaml"]),
+    "readme-report": Block(["gradcheck analyze sample_configs/gru_exploding.yaml"],
+                           cut("Per step", "Clipping", "Cost of BPTT")),
     "lstm-healthy-verdict": Block([f"gradcheck analyze {LSTM_HEALTHY}"],
                                   between("✓ healthy", "")),
     "verify": Block(["gradcheck verify sample_configs/rnn_healthy.yaml"], prompt=True,
@@ -141,11 +158,11 @@ def render(block: Block) -> str:
 
 
 def update(text: str) -> str:
-    """README's text with every marked block regenerated."""
+    """A page's text with every marked block regenerated."""
     def replace(match: re.Match) -> str:
         indent, name, fence = match.group(1), match.group(2), match.group(3)
         if name not in BLOCKS:
-            raise KeyError(f"README.md marks an unknown block {name!r}")
+            raise KeyError(f"a page marks an unknown block {name!r}")
         block = BLOCKS[name]
         body = "".join(f"{indent}{line}".rstrip() + "\n"
                        for line in render(block).splitlines())
@@ -163,15 +180,18 @@ def marked(text: str) -> list[str]:
 
 def main() -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    text = README.read_text()
-    new = update(text)
-    if "--check" in sys.argv[1:]:
+    stale = []
+    for page in PAGES:
+        text = page.read_text()
+        new = update(text)
         if new != text:
-            print("README.md: captured outputs differ from the code's; run "
-                  "python docs/readme_outputs.py", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(new)
+            stale.append(page.relative_to(ROOT))
+            if "--check" not in sys.argv[1:]:
+                page.write_text(new)
+    if stale and "--check" in sys.argv[1:]:
+        print(f"{', '.join(map(str, stale))}: captured outputs differ from the code's; run "
+              "python docs/outputs.py", file=sys.stderr)
+        return 1
     return 0
 
 
