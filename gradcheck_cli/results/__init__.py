@@ -1,1 +1,2 @@
-"""Results as plain data, with their JSON forms."""
+"""Results as plain data (:mod:`.report`), their JSON and JSON Schema derived from the
+dataclasses (:mod:`.json`), and the sentences they are published with (:mod:`.prose`)."""
