@@ -15,8 +15,9 @@ For each shape and dtype it prints the median time of
     only), when torch is installed (skipped otherwise),
 and the ratio torch / gradcheck (above 1: gradcheck is faster), the fraction of this
 machine's matrix-multiply throughput (measured in the same run) that the bare pass reaches,
-the measurement overhead (gradcheck / bare - 1), gradcheck's peak memory (tracemalloc)
-against the estimate gradcheck refuses runs by, and the time of the pass's matrix products
+the measurement overhead (gradcheck / bare - 1), gradcheck's peak memory (tracemalloc, of
+`analyze` with its truncation table, which the estimate allows for) against the estimate
+gradcheck refuses runs by, and the time of the pass's matrix products
 alone (the same calls on the same shapes, without the elementwise work between them) with
 torch's time against it: the most any pass built on these products could reach.
 
@@ -211,8 +212,8 @@ def bench_shape(shape, dtype, repeats, peak):
     torch_t = median_time(torch_fn, repeats) if torch_fn else None
     cost = bptt_cost(arch, spec.length, spec.batch_size, dtype)
     macs = cost.forward_macs + cost.backward_macs
-    tracemalloc.start()
-    analyze_spec(spec, trials=0, windows=[])
+    tracemalloc.start()                  # the run the estimate is for: with its truncation
+    analyze_spec(spec, trials=0)         # table (the estimate allows for its windows)
     _, used = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     predicted = estimate(arch, spec.length, spec.batch_size, dtype).total - OVERHEAD
@@ -262,7 +263,7 @@ def length_scaling(repeats):
             times.append(time.perf_counter() - start)
         elapsed, fastest = statistics.median(times), min(times)
         tracemalloc.start()
-        analyze_spec(spec, trials=0, windows=[])
+        analyze_spec(spec, trials=0)
         _, used = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         predicted = estimate(arch, steps, 32, "float32").total - OVERHEAD
