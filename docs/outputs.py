@@ -32,9 +32,10 @@ MARKER = re.compile(r"( *)<!-- output: (\S+) -->\n\1(```[a-z]*)\n(.*?)\1```\n", 
 """A marker and the fenced block after it, indented alike (inside a list item, say)."""
 
 
-ROUNDING = re.compile(r"\d\.\d+e-(?:09|[1-9]\d)")
+ROUNDING = re.compile(r"\d\.\d+e-(?:09|[1-9]\d)(?:\s+(?:v|\[[\d,]+\])\s+\S+)?|─+| +")
 """Numbers of 1e-9 and below: in a gradient check they are rounding, and their digits move
-with the BLAS's summation order (its thread count, the machine)."""
+with the BLAS's summation order (its thread count, the machine); so do which entry is the
+worst (where it is, and its value there, after it) and the columns' widths."""
 
 
 @dataclass(frozen=True)
