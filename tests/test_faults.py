@@ -157,6 +157,13 @@ def test_a_hard_links_other_names_are_said_to_keep_the_old_content(tmp_path):
     assert second.read_text() == "old" and first.read_text().startswith("gradcheck ")
 
 
+def _default_signals() -> None:
+    """The child takes SIGINT, SIGTERM and SIGHUP as a terminal would deliver them, even
+    when the suite runs in the background (no SIGINT) or under nohup (no SIGHUP)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 SLOW_WRITE = """
 import os, sys, time
 import gradcheck_cli.io.files as files
@@ -180,7 +187,7 @@ def test_a_signal_during_a_write_leaves_the_old_file_and_no_temporary(tmp_path, 
     process = subprocess.Popen(
         [sys.executable, "-c", SLOW_WRITE, "analyze", str(SAMPLE["rnn_healthy"]), "-o",
          str(out), "--trials", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        preexec_fn=_default_signals)
     assert process.stderr is not None
     assert process.stderr.readline() == "writing\n"        # the temporary file is there
     assert any(p.name.startswith(".r.txt.") for p in tmp_path.iterdir())
@@ -375,7 +382,7 @@ def test_a_sweep_ends_its_workers_on_a_signal(sig, status):
          "--vary", "seed=1:8:8", "--jobs", "2", "--set", "sequence.length=3000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        preexec_fn=_default_signals)
     deadline = time.monotonic() + TIMEOUT
     while len(_children(process.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
