@@ -100,6 +100,7 @@ BLOCKS: dict[str, Block] = {
     "verify": Block(["gradcheck verify sample_configs/rnn_healthy.yaml"], prompt=True,
                     volatile=ROUNDING),
     "tagger": Block(["gradcheck analyze docs/examples/tagger/tagger.yaml"], until("Per step")),
+    "lm": Block(["gradcheck analyze docs/examples/lm/lm.yaml"], until("Per step")),
     "compare": Block([f"gradcheck analyze {LSTM_HEALTHY} -f json -o baseline.json",
                       f"gradcheck analyze {LSTM_HEALTHY} -f json -o new.json --set "
                       "model.init.forget_bias=0 --fail-on never",

@@ -11,7 +11,7 @@ import pytest
 from gradcheck_cli.render.common import bar, num, steps_to_show
 from gradcheck_cli.render.formats import FORMATS, formats, render
 from gradcheck_cli.render.options import RenderOptions
-from gradcheck_cli.results.report import report_json_schema
+from gradcheck_cli.results.report import SCHEMA_VERSION, report_json_schema
 from tests.reports import EXPLODING, VANISHING, make_report
 
 WIDE = RenderOptions(width=160)
@@ -37,7 +37,7 @@ def test_every_renderer_named_in_the_registry_exists():
 
 def test_json_lines_for_several_reports():
     one = render(make_report(), "json", RenderOptions(compact=True))
-    assert one.count("\n") == 1 and json.loads(one)["schema_version"] == 2
+    assert one.count("\n") == 1 and json.loads(one)["schema_version"] == SCHEMA_VERSION
 
 
 def test_json_is_strict_and_conforms_to_the_schema():

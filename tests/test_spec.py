@@ -253,7 +253,8 @@ def test_weights_file_round_trips(write_spec, tmp_path):
 
 @pytest.mark.parametrize("mutate,line,needle", [
     (lambda p: {k: v for k, v in p.items() if k != "rnn.weight_hh_l0"}, 7,
-     "model.weights: w.npz has no recurrent layer (no tensor named *weight_hh_l0)"),
+     "model.weights: w.npz has no recurrent layer (no tensor named *weight_hh_l0, nor a "
+     "cell's *weight_hh)"),
     (lambda p: {**p, "rnn.weight_hh_l0": np.zeros((32, 7))}, 7,
      "w.npz: rnn.weight_hh_l0 has shape [32, 7], expected [gates * hidden, hidden]"),
     (lambda p: {**p, "rnn.weight_hh_l0": np.zeros((24, 8))}, 3,

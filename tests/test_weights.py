@@ -168,9 +168,9 @@ def test_unsupported_and_damaged_checkpoints(tmp_path, write_spec, rng):
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00garbage")
     assert "bad.safetensors is not a readable safetensors file" in \
         _error(write_spec(SPEC.format(file="bad.safetensors")))
-    (tmp_path / "w.pt").write_bytes(b"x")
-    assert "weights must be a .safetensors or .npz file" in \
-        _error(write_spec(SPEC.format(file="w.pt")))
+    (tmp_path / "w.bin").write_bytes(b"x")
+    assert "weights must be a .safetensors, .npz or .pt (.pth) file" in \
+        _error(write_spec(SPEC.format(file="w.bin")))
     _save(tmp_path, {"a.weight": np.zeros((2, 2))}, "none.npz")
     assert "none.npz has no recurrent layer" in _error(write_spec(SPEC.format(file="none.npz")))
 

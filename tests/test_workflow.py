@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from gradcheck_cli.cli import cli
 from gradcheck_cli.commands.compare import compare_reports
+from gradcheck_cli.results.report import SCHEMA_VERSION
 from tests.conftest import ROOT, SAMPLE, assert_clean_error, run
 
 HOOKS = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
@@ -108,7 +109,8 @@ def test_compare_horizon_tolerance():
     from gradcheck_cli.analysis.measure import horizon
 
     def report(growth):
-        return {"schema_version": 2, "config": "c", "loss": 1.0, "global_grad_norm": 1.0,
+        return {"schema_version": SCHEMA_VERSION, "config": "c", "loss": 1.0,
+                "global_grad_norm": 1.0,
                 "parameters": {}, "findings": [],
                 "layers": [{"index": 0, "growth_factor": growth, "ratio": growth ** 9,
                             "horizon": horizon(growth ** np.arange(10.0), growth, 1e-6,
@@ -137,11 +139,11 @@ def test_compare_bad_inputs_are_exit_2(tmp_path, reports):
 
 
 @pytest.mark.parametrize("report", [
-    '{"schema_version":2,"config":"c","loss":1,"global_grad_norm":1,"parameters":{},'
+    '{"schema_version":3,"config":"c","loss":1,"global_grad_norm":1,"parameters":{},'
     '"layers":[{}],"findings":[]}',
-    '{"schema_version":2,"config":"c","loss":1,"global_grad_norm":1,"parameters":{},'
+    '{"schema_version":3,"config":"c","loss":1,"global_grad_norm":1,"parameters":{},'
     '"layers":[],"findings":"abc"}',
-    '{"schema_version":2,"config":"c","loss":NaN,"global_grad_norm":1,"parameters":{},'
+    '{"schema_version":3,"config":"c","loss":NaN,"global_grad_norm":1,"parameters":{},'
     '"layers":[],"findings":[]}',
     "[" * 100_000,
 ])

@@ -22,6 +22,7 @@ from ..io.data import Batch, Batches
 from ..results.report import (
     ClipSuggestion,
     CostStats,
+    EmbeddingSummary,
     Finding,
     MitigationEffect,
     ModelSummary,
@@ -87,7 +88,7 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
     batch = batches.draw(0)
     streams = plan(spec, max_memory=max_memory, trials=trials)[0].streams
     with np.errstate(all="ignore"):
-        fwd = forward(arch, params, batch.x)
+        fwd = forward(arch, params, batch.x, initial=batch.initial)
         loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
                                            spec.loss.timesteps, batch.lengths)
         measured = measure(arch, params, fwd, d_out, batch, spec, loss, names, streams)
@@ -178,7 +179,10 @@ def assemble(spec: Spec, arch: Architecture, params: Params, names: dict[str, st
                            head=arch.head, parameter_count=arch.parameter_count(),
                            weights=str(Path(model.weights).name) if model.weights else None,
                            nonlinearity_assumed=model.checkpoint is not None
-                           and model.checkpoint.nonlinearity_assumed),
+                           and model.checkpoint.nonlinearity_assumed,
+                           embedding=EmbeddingSummary(arch.embedding, arch.input_size,
+                                                      arch.padding_idx)
+                           if arch.embedding else None),
         length=spec.length, batch_size=spec.batch_size,
         loss_kind=spec.loss.kind, loss_timesteps=spec.loss.timesteps,
         thresholds={"vanishing": spec.thresholds.vanishing,
@@ -198,4 +202,5 @@ def assemble(spec: Spec, arch: Architecture, params: Params, names: dict[str, st
             min_length=int(lengths.min()), max_length=int(lengths.max()),
             longest=int((lengths == lengths.max()).sum())),
         gradients={names[name]: g for name, g in grads.items()},
+        initial_state="zero" if batch.initial is None else "given",
     )

@@ -54,9 +54,14 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
         draws = [batches.draw(done + j + 1) for j in range(k)]
         # interleaved: sequence b of trial j is row b * k + j, lane j (see engine.lanes)
         stacked = np.stack([d.x for d in draws], axis=2)          # (T, B, k, features)
-        x = stacked.reshape(stacked.shape[0], B * k, stacked.shape[-1])
+        x = stacked.reshape(stacked.shape[0], B * k, *stacked.shape[3:])  # (or token ids)
+        initial = None
+        if draws[0].initial is not None:                          # (layers, B, k, H) alike
+            initial = tuple(np.stack([d.initial[i] for d in draws], axis=2)
+                            .reshape(arch.num_layers, B * k, -1)
+                            for i in range(len(draws[0].initial)))
         with np.errstate(all="ignore"):
-            fwd = forward(arch, params, x, buffers=buffers)
+            fwd = forward(arch, params, x, initial=initial, buffers=buffers)
             d_out = np.empty_like(fwd.outputs)
             for j, d in enumerate(draws):
                 _, d_out[:, j::k] = loss_and_output_grad(

@@ -52,7 +52,7 @@ def step_jacobian(arch: Architecture, cache, w_hh: np.ndarray, t: int, b: int) -
     blocks = [w_hh[k * H:(k + 1) * H] for k in range(arch.gates)]
     eye = np.eye(H)
     h = cache.h
-    h_prev = h[t - 1, b] if t > 0 else np.zeros(H)
+    h_prev = h[t - 1, b] if t > 0 else (np.zeros(H) if cache.h0 is None else cache.h0[b])
     if arch.cell == "rnn":
         act = cache.gates[t, b]
         slope = 1.0 - act * act if arch.nonlinearity == "tanh" else (act > 0).astype(float)
@@ -62,7 +62,8 @@ def step_jacobian(arch: Architecture, cache, w_hh: np.ndarray, t: int, b: int) -
     if arch.cell == "lstm":
         i, f, g, o = (gate[k * H:(k + 1) * H] for k in range(4))
         w_i, w_f, w_g, w_o = blocks
-        c_prev = cache.c[t - 1, b] if t > 0 else np.zeros(H)
+        c_prev = cache.c[t - 1, b] if t > 0 else (
+            np.zeros(H) if cache.c0 is None else cache.c0[b])
         tc = np.tanh(cache.c[t, b])
         dc_dh = ((c_prev * f * (1 - f))[:, None] * w_f + (g * i * (1 - i))[:, None] * w_i
                  + (i * (1 - g * g))[:, None] * w_g)
@@ -172,9 +173,13 @@ def _one_sequence(fwd: Forward, b: int, length: int) -> Forward:
     def part(a):
         return None if a is None else a[:length, b:b + 1]
 
+    def row(a):
+        return None if a is None else a[b:b + 1]
+
     layers = [LayerCache(x=part(c.x), h=part(c.h), gates=part(c.gates), c=part(c.c),
-                         hn=part(c.hn)) for c in fwd.layers]
-    return Forward(layers=layers, outputs=part(fwd.outputs), top=part(fwd.top))
+                         hn=part(c.hn), h0=row(c.h0), c0=row(c.c0)) for c in fwd.layers]
+    return Forward(layers=layers, outputs=part(fwd.outputs), top=part(fwd.top),
+                   tokens=None if fwd.tokens is None else fwd.tokens[:length, b:b + 1])
 
 
 def log_space_signal_padded(arch: Architecture, params: Params, fwd: Forward,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.model import Architecture
-from ..spec.schema import Spec
+from ..spec.schema import Distribution, Embedding, Spec
 
 
 def padding_note(lengths: np.ndarray) -> str:
@@ -47,15 +47,38 @@ def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
     checkpoint = spec.model.checkpoint
     if checkpoint is not None:
         found = f"recurrent module {checkpoint.rnn_prefix or '(no prefix)'}"
+        if checkpoint.cell_module:
+            module = {"rnn": "RNNCell", "lstm": "LSTMCell", "gru": "GRUCell"}[
+                str(spec.model.cell)]
+            found = (f"cell module {checkpoint.rnn_prefix or '(no prefix)'} (an nn.{module}: "
+                     "one layer, looped over the sequence)")
+        if checkpoint.embedding_prefix is not None:
+            found = f"embedding {checkpoint.embedding_prefix or '(no prefix)'}, {found}"
         found += f", head {checkpoint.head_prefix or '(no prefix)'}" \
             if checkpoint.head_prefix is not None else ", no head"
-        notes.append(f"weights from {checkpoint.path.name}: {found}; "
+        under = "" if checkpoint.state_dict_key is None else \
+            f" (its state_dict under {checkpoint.state_dict_key!r})"
+        notes.append(f"weights from {checkpoint.path.name}{under}: {found}; "
                      + ignored_text(checkpoint.ignored))
         if checkpoint.half:
             half = checkpoint.half
             shown = ", ".join(half[:3]) + (f" and {len(half) - 3} more" if len(half) > 3 else "")
             notes.append(f"{len(half)} half-precision tensor{'s' if len(half) > 1 else ''} "
                          f"(float16/bfloat16) upcast to {spec.dtype} for analysis: {shown}")
+    embedding = spec.model.embedding
+    if isinstance(embedding, Embedding):       # (resolved: an Embedding or None)
+        drawn = "" if not isinstance(spec.sequence.inputs, Distribution) else \
+            "; the tokens are drawn uniformly over the vocabulary"
+        if embedding.padding_idx is not None:
+            pad = (f"padding_idx {embedding.padding_idx}'s row gets no gradient, as in "
+                   "nn.Embedding(padding_idx=...)")
+        elif checkpoint is not None:
+            pad = ("no padding_idx (a state_dict does not record it: give model.embedding: "
+                   "{padding_idx: N} if the model has one)")
+        else:
+            pad = "no padding_idx"
+        notes.append(f"inputs: token ids, each step's input the embedding's row for its "
+                     f"token; {pad}{drawn}")
     if not spec.model.head:
         notes.append("no head: the loss is taken on the top layer's hidden state")
     arch = Architecture.from_spec(spec.model)
@@ -69,6 +92,13 @@ def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
         notes.append(f"nonlinearity {spec.model.nonlinearity} assumed: an nn.RNN checkpoint "
                      "does not record it; set model.nonlinearity: relu if the model uses relu "
                      "(its gradients are not tanh's)")
+    seq = spec.sequence
+    if seq.initial_state is not None:
+        files = [s.file.name if hasattr(s, "file") else s.name
+                 for s in (seq.initial_state, seq.initial_cell_state) if s is not None]
+        states = "h0 and c0" if seq.initial_cell_state is not None else "h0"
+        notes.append(f"initial states: {states} as given ({', '.join(dict.fromkeys(files))}), "
+                     "not zero")
     if lengths is not None:
         notes.append(padding_note(lengths))
     elif spec.sequence.lengths is not None or spec.sequence.mask is not None:

@@ -113,7 +113,7 @@ def _train(spec: Spec, mitigation: str, steps: int, optimizer: str, lr: float, d
         batch = batches.draw(0 if data == "fixed" else step + 1)
         buffers.reclaim()
         with np.errstate(all="ignore"):
-            fwd = forward(arch, params, batch.x, buffers=buffers)
+            fwd = forward(arch, params, batch.x, initial=batch.initial, buffers=buffers)
             loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
                                                spec.loss.timesteps, batch.lengths)
             if truncation is None:

@@ -129,6 +129,8 @@ class TensorCheck:
     differences: list[Difference]
     tolerance: float
     difference_tolerance: float
+    scope: str | None = None
+    """Where the checks ran, when not over the whole tensor (an embedding's rows)."""
 
     @property
     def size(self) -> int:
@@ -200,7 +202,7 @@ class Verification:
                 analytic=worst.bptt, numeric=worst.exact,
                 central_difference=DifferenceSummary(
                     directions=len(t.differences), converged=len(t.converged),
-                    worst_error=t.difference_error))
+                    worst_error=t.difference_error), scope=t.scope)
         return VerifySummary(config=self.config, step=STEP, tolerance=self.tolerance,
                              central_difference_tolerance=self.difference_tolerance,
                              passed=self.passed, forward_error=self.forward_error,
@@ -231,6 +233,9 @@ class TensorSummary:
     analytic: float
     numeric: float
     central_difference: DifferenceSummary
+    scope: str | None = None
+    """Where the checks ran, when not over the whole tensor: an embedding is checked on the
+    rows the batch's tokens read, padding_idx's excluded."""
 
 
 @dataclass(frozen=True)
@@ -253,10 +258,37 @@ class VerifySummary:
 # ----------------------------------------------------------------------------- the exact check
 
 def tensor_layer(arch: Architecture, name: str) -> int:
-    """The layer a parameter belongs to; the head counts as the layer above the top."""
+    """The layer a parameter belongs to; the head counts as the layer above the top, the
+    embedding as the one below the first (-1)."""
     if name.startswith("head."):
         return arch.num_layers
+    if name == "embedding.weight":
+        return -1
     return int(name.rsplit("_l", 1)[1])
+
+
+def checked_part(arch: Architecture, name: str, value: np.ndarray,
+                 tokens: np.ndarray | None) -> np.ndarray | None:
+    """Where a tensor's gradient is its derivative (None: everywhere). An embedding's rows
+    are checked where a token of the batch reads them, but for padding_idx's: PyTorch gives
+    that row no gradient by convention (its derivative is not zero), and so does BPTT."""
+    if name != "embedding.weight" or tokens is None:
+        return None
+    rows = np.zeros(value.shape[0], dtype=bool)
+    rows[np.unique(tokens)] = True
+    if arch.padding_idx is not None:
+        rows[arch.padding_idx] = False
+    return np.broadcast_to(rows[:, None], value.shape)
+
+
+def part_scope(arch: Architecture, part: np.ndarray | None) -> str | None:
+    """:func:`checked_part` in words."""
+    if part is None:
+        return None
+    rows = int(part[:, 0].sum())
+    pad = "" if arch.padding_idx is None else (
+        f", padding_idx {arch.padding_idx}'s excluded (PyTorch gives it no gradient)")
+    return f"the {rows:,} of {part.shape[0]:,} rows the batch's tokens read{pad}"
 
 
 def _discrepancy(new: np.ndarray, cached: np.ndarray, scale: float) -> float:
@@ -280,16 +312,27 @@ def shadowed_loss_sum(arch: Architecture, params: Params, fwd: Forward,
     fast pass's, BPTT's). Layers below ``first`` are the fast pass's, as they are."""
     T, B = covered.shape
     lead = reference.variants(arch, params)
-    states = [reference.zero_state(arch, (*lead, B, arch.hidden_size), np.complex128)
-              for _ in range(arch.num_layers)]
+    given = fwd.layers[0].h0 is not None                       # the pass's own h0 (c0)
+    initial = None if not given else tuple(
+        np.stack([getattr(layer, name) for layer in fwd.layers])
+        for name in (("h0", "c0") if arch.cell == "lstm" else ("h0",)))
+    states = reference.initial_states(arch, initial, (*lead, B, arch.hidden_size),
+                                      np.complex128)
     total = np.zeros(lead, dtype=np.complex128)
     worst, kinks = 0.0, 0
     scales = [[0.0, 0.0] for _ in range(arch.num_layers)]     # per layer: h's, c's so far
     relu = arch.cell == "rnn" and arch.nonlinearity == "relu"
+    embedded = None
+    if first < 0:                                    # the embedding's own check
+        assert fwd.tokens is not None
+        embedded = reference.embed(arch, params, fwd.tokens)
     for t in range(T):
-        inputs = fwd.layers[first].x[t] if first < arch.num_layers else \
-            (fwd.top[t] if fwd.top is not None else fwd.layers[-1].h[t])
-        for k in range(first, arch.num_layers):
+        if embedded is not None:                     # the embedding's rows, perturbed
+            inputs = embedded[..., t, :, :]
+        else:
+            inputs = fwd.layers[first].x[t] if first < arch.num_layers else \
+                (fwd.top[t] if fwd.top is not None else fwd.layers[-1].h[t])
+        for k in range(max(first, 0), arch.num_layers):
             cache = fwd.layers[k]
             active = None
             if relu:
@@ -359,24 +402,29 @@ def complex_step(arch: Architecture, params: Params, fwd: Forward, targets: np.n
 
 # ----------------------------------------------------------------------------- the checks
 
-def _random_directions(shape: tuple[int, ...], count: int,
-                       rng: np.random.Generator) -> np.ndarray:
-    """``count`` random unit vectors of ``shape`` (Gaussian, normalised)."""
+def _random_directions(shape: tuple[int, ...], count: int, rng: np.random.Generator,
+                       part: np.ndarray | None = None) -> np.ndarray:
+    """``count`` random unit vectors of ``shape`` (Gaussian, normalised), within ``part``
+    (see :func:`checked_part`) when given."""
     v = rng.standard_normal((count, *shape))
+    if part is not None:
+        v *= part
     norms = np.sqrt((v.reshape(count, -1) ** 2).sum(axis=1))
-    return v / norms.reshape(count, *([1] * len(shape)))
+    return v / np.where(norms > 0, norms, 1.0).reshape(count, *([1] * len(shape)))
 
 
-def _entries(grad: np.ndarray, count: int | None, rng: np.random.Generator) -> list[int]:
-    """Flat indices to check: all, or the largest |gradient| and ``count - 1`` drawn at
-    random (seeded) among the rest."""
+def _entries(grad: np.ndarray, count: int | None, rng: np.random.Generator,
+             part: np.ndarray | None = None) -> list[int]:
+    """Flat indices to check: all (of ``part``), or the largest |gradient| and
+    ``count - 1`` drawn at random (seeded) among the rest."""
     size = grad.size
-    if count is None or count >= size:
-        return list(range(size))
+    allowed = np.arange(size) if part is None else np.flatnonzero(part)
+    if count is None or count >= allowed.size:
+        return [int(i) for i in allowed]
     if count == 0:
         return []
-    largest = int(np.argmax(np.abs(grad)))
-    others = np.delete(np.arange(size), largest)
+    largest = int(allowed[np.argmax(np.abs(grad.flat[allowed]))])
+    others = allowed[allowed != largest]
     picked = rng.choice(others, size=max(0, count - 1), replace=False)
     return [largest, *sorted(int(i) for i in picked)]
 
@@ -423,7 +471,9 @@ def central_differences(loss, params: Params, name: str, direction: np.ndarray,
 
 def check_gradients(arch: Architecture, params: Params, x: np.ndarray, targets: np.ndarray,
                     loss_kind: str = "mse", timesteps: str = "all",
-                    lengths: np.ndarray | None = None, *, names: dict[str, str] | None = None,
+                    lengths: np.ndarray | None = None, *,
+                    initial: tuple[np.ndarray, ...] | None = None,
+                    names: dict[str, str] | None = None,
                     directions: int = DIRECTIONS, entries: int | None = ENTRIES,
                     seed: int = 0, tolerance: float = TOLERANCE,
                     difference_tolerance: float = DIFFERENCE_TOLERANCE,
@@ -432,17 +482,19 @@ def check_gradients(arch: Architecture, params: Params, x: np.ndarray, targets: 
     random unit directions and ``entries`` single entries per tensor, None: all), and
     against central differences along the same random directions. Float64."""
     params = {name: np.array(value, dtype=np.float64) for name, value in params.items()}
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x, dtype=np.int64 if arch.embedding else np.float64)
     if targets.dtype.kind == "f":
         targets = targets.astype(np.float64)
     names = names or {name: name for name in params}
-    result = bptt(arch, params, x, targets, loss_kind, timesteps, lengths)
+    if initial is not None:
+        initial = tuple(np.asarray(s, dtype=np.float64) for s in initial)
+    result = bptt(arch, params, x, targets, loss_kind, timesteps, lengths, initial)
     T, B = x.shape[:2]
     covered = covered_steps(T, B, timesteps, lengths)
     rng = np.random.default_rng(seed)
 
     def loss(p: Params) -> float:
-        return loss_value(arch, p, x, targets, loss_kind, timesteps, lengths)
+        return loss_value(arch, p, x, targets, loss_kind, timesteps, lengths, initial)
 
     tensors = []
     forward_error, kinks = 0.0, 0
@@ -452,8 +504,9 @@ def check_gradients(arch: Architecture, params: Params, x: np.ndarray, targets: 
     resolvable = ULP * abs(result.loss) if math.isfinite(result.loss) else 0.0
     for name, value in params.items():
         grad = result.grads.params[name]
-        random = _random_directions(value.shape, directions, rng)
-        flat = _entries(grad, entries, rng)
+        part = checked_part(arch, name, value, result.forward.tokens)
+        random = _random_directions(value.shape, directions, rng, part)
+        flat = _entries(grad, entries, rng, part)
 
         def rows(start: int, stop: int, random=random, flat=flat, shape=value.shape):
             """Directions start..stop: the random ones, then one unit vector per entry."""
@@ -489,7 +542,8 @@ def check_gradients(arch: Architecture, params: Params, x: np.ndarray, targets: 
                                    directions=probes[:len(random)],
                                    entries=probes[len(random):], differences=differences,
                                    tolerance=tolerance,
-                                   difference_tolerance=difference_tolerance))
+                                   difference_tolerance=difference_tolerance,
+                                   scope=part_scope(arch, part)))
     if kinks:   # central differences straddle a kink: they average its two sides
         tensors = [dataclasses.replace(t, differences=[
             dataclasses.replace(d, outcome="at a kink") if d.outcome == "disagrees" else d
@@ -514,7 +568,8 @@ def verify_spec(spec, *, directions: int = DIRECTIONS, entries: int | None = ENT
     batch = Batches(spec).draw(0)
     with np.errstate(all="ignore"):
         return check_gradients(arch, params, batch.x, batch.targets, spec.loss.kind,
-                               spec.loss.timesteps, batch.lengths, names=names,
+                               spec.loss.timesteps, batch.lengths, initial=batch.initial,
+                               names=names,
                                directions=directions, entries=entries, seed=spec.seed,
                                tolerance=tolerance, difference_tolerance=difference_tolerance,
                                config=spec.source)

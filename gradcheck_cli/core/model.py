@@ -11,7 +11,10 @@ The model is what ``nn.Module`` with an ``rnn`` (``nn.RNN``/``nn.LSTM``/``nn.GRU
     head.bias           (output_size,)      when head_bias
 
 with G = 1 (rnn), 4 (lstm: gates i, f, g, o) or 3 (gru: gates r, z, n). Without a head,
-the outputs are the top layer's hidden states themselves.
+the outputs are the top layer's hidden states themselves. With an ``nn.Embedding`` in front
+(the inputs are then integer token ids, each step's x_t the row of its token):
+
+    embedding.weight    (num_embeddings, input_size)
 """
 
 from __future__ import annotations
@@ -40,15 +43,23 @@ class Architecture:
     head: bool = True
     residual_layers: bool = False
     residual_time: bool = False
+    embedding: int = 0
+    """num_embeddings of an ``nn.Embedding`` on token ids before the stack (0: none, the
+    inputs are features); its embedding_dim is input_size."""
+    padding_idx: int | None = None
+    """The embedding's padding_idx: the token whose row gets no gradient."""
 
     @classmethod
     def from_spec(cls, model) -> Architecture:  # model: a resolved spec.ModelSpec
         head = model.head is not False
+        embedding = model.embedding
         return cls(cell=model.cell, input_size=model.input_size, hidden_size=model.hidden_size,
                    output_size=model.output_size if head else model.hidden_size,
                    num_layers=model.num_layers, nonlinearity=model.nonlinearity,
                    bias=model.bias, head_bias=head and model.head_bias, head=head,
-                   residual_layers=model.residual.layers, residual_time=model.residual.time)
+                   residual_layers=model.residual.layers, residual_time=model.residual.time,
+                   embedding=embedding.num_embeddings if embedding else 0,
+                   padding_idx=embedding.padding_idx if embedding else None)
 
     @property
     def gates(self) -> int:
@@ -67,6 +78,8 @@ class Architecture:
         """Every parameter's PyTorch name and shape, in ``state_dict`` order."""
         g, h = self.gates * self.hidden_size, self.hidden_size
         shapes: dict[str, tuple[int, ...]] = {}
+        if self.embedding:
+            shapes["embedding.weight"] = (self.embedding, self.input_size)
         for k in range(self.num_layers):
             shapes[f"rnn.weight_ih_l{k}"] = (g, self.layer_input_size(k))
             shapes[f"rnn.weight_hh_l{k}"] = (g, h)
@@ -85,7 +98,8 @@ class Architecture:
     def describe(self) -> str:
         cell = f"rnn ({self.nonlinearity})" if self.cell == "rnn" else self.cell
         layers = f"{self.num_layers} layer{'s' if self.num_layers > 1 else ''}"
-        return f"{cell}, {layers}, hidden {self.hidden_size}"
+        front = f"embedding {self.embedding}×{self.input_size} → " if self.embedding else ""
+        return f"{front}{cell}, {layers}, hidden {self.hidden_size}"
 
 
 # ----------------------------------------------------------------------------- initialisation
@@ -120,7 +134,8 @@ def init_params(arch: Architecture, init, rng: np.random.Generator,
     """Fresh parameters for ``arch`` following ``init`` (a :class:`spec.InitSpec`).
 
     Every scheme is applied to each gate's block separately, so an orthogonal or identity
-    ``W_hh`` is orthogonal (identity) for every gate. The head is ``nn.Linear``'s default.
+    ``W_hh`` is orthogonal (identity) for every gate. The head is ``nn.Linear``'s default,
+    the embedding ``nn.Embedding``'s (N(0, 1), the padding_idx row zero).
     """
     h = arch.hidden_size
     bound = 1.0 / np.sqrt(h)
@@ -130,6 +145,10 @@ def init_params(arch: Architecture, init, rng: np.random.Generator,
             scheme, gain = init.for_input() if "_ih_" in name else init.for_recurrent()
             blocks = [_block(scheme, gain, h, shape[1], rng) for _ in range(arch.gates)]
             value = np.concatenate(blocks, axis=0)
+        elif name == "embedding.weight":
+            value = rng.standard_normal(shape)
+            if arch.padding_idx is not None:
+                value[arch.padding_idx] = 0.0
         elif name.startswith("rnn.bias_"):
             value = (np.zeros(shape) if init.bias == "zeros"
                      else rng.uniform(-bound, bound, size=shape))

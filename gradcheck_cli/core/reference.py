@@ -126,6 +126,36 @@ def zero_state(arch: Architecture, shape: tuple[int, ...], dtype) -> State:
     return tuple(np.zeros(shape, dtype=dtype) for _ in range(count))
 
 
+def initial_states(arch: Architecture, initial: tuple[np.ndarray, ...] | None,
+                   shape: tuple[int, ...], dtype) -> list[State]:
+    """Every layer's state before the first step: PyTorch's h0 (and c0), each
+    ``(num_layers, B, H)``, broadcast to ``shape`` ``(..., B, H)``; zeros without them."""
+    if initial is None:
+        return [zero_state(arch, shape, dtype) for _ in range(arch.num_layers)]
+    return [tuple(np.broadcast_to(s[k], shape).astype(dtype) for s in initial)
+            for k in range(arch.num_layers)]
+
+
+def embed(arch: Architecture, params: Params, inputs: np.ndarray) -> np.ndarray:
+    """What the first layer reads: with an embedding, x_t = E[token_t] (``nn.Embedding``: a
+    row of its weight per token id, inputs ``(T, B)`` integers -> ``(..., T, B, D)``);
+    without one, the inputs themselves ``(T, B, in)``."""
+    if not arch.embedding:
+        return inputs
+    return params["embedding.weight"][..., inputs, :]
+
+
+def embedding_grad(arch: Architecture, tokens: np.ndarray, d_x: np.ndarray) -> np.ndarray:
+    """dL/dE of x_t = E[token_t]: every step's dL/dx_t added into its token's row, as
+    ``nn.Embedding``'s backward does; the padding_idx row gets none. tokens ``(T, B)``,
+    d_x ``(T, B, D)``."""
+    grad = np.zeros((arch.embedding, d_x.shape[-1]), dtype=d_x.dtype)
+    np.add.at(grad, tokens.reshape(-1), d_x.reshape(-1, d_x.shape[-1]))
+    if arch.padding_idx is not None:
+        grad[arch.padding_idx] = 0.0
+    return grad
+
+
 def layer_output(arch: Architecture, k: int, h: np.ndarray, x_t: np.ndarray) -> np.ndarray:
     """What layer k passes up: h_t, plus its input with residual connections across layers
     (where the input has the hidden size)."""
@@ -170,20 +200,23 @@ def variants(arch: Architecture, params: Params) -> tuple[int, ...]:
 
 
 def forward_loss(arch: Architecture, params: Params, x: np.ndarray, targets: np.ndarray,
-                 covered: np.ndarray, kind: str) -> np.ndarray:
-    """The loss of the whole stack on x ``(T, B, in)``: every layer stepped through time,
-    the head at every step, the mean over what ``covered`` (``(T, B)``) marks.
+                 covered: np.ndarray, kind: str,
+                 initial: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+    """The loss of the whole stack on x ``(T, B, in)`` (token ids ``(T, B)`` with an
+    embedding): every layer stepped through time from the ``initial`` states (h0, and c0
+    for lstm, ``(num_layers, B, H)``; None: zeros), the head at every step, the mean over
+    what ``covered`` (``(T, B)``) marks.
 
     Returns ``(...)``: one loss per variant when the parameters have leading axes.
     """
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
+    x = embed(arch, params, x)
     dtype = np.result_type(x, *params.values())
     lead = variants(arch, params)
-    states = [zero_state(arch, (*lead, B, arch.hidden_size), dtype)
-              for _ in range(arch.num_layers)]
+    states = initial_states(arch, initial, (*lead, B, arch.hidden_size), dtype)
     total = np.zeros(lead, dtype=dtype)
     for t in range(T):
-        inputs = x[t]
+        inputs = x[..., t, :, :]
         for k in range(arch.num_layers):
             states[k] = step(arch, params, k, inputs, states[k])
             inputs = layer_output(arch, k, states[k][0], inputs)
@@ -276,12 +309,17 @@ def cell_backward(arch: Architecture, dh: np.ndarray, dc_next: np.ndarray | None
                      h_prev=dh * z)                     # and h_prev's own share, z h_prev
 
 
-def forward(arch: Architecture, params: Params, x: np.ndarray
+def forward(arch: Architecture, params: Params, x: np.ndarray,
+            initial: tuple[np.ndarray, ...] | None = None
             ) -> tuple[np.ndarray, list[list[dict[str, np.ndarray]]]]:
-    """The head's outputs ``(T, B, O)`` for x ``(T, B, in)``, and every layer's every
-    step's cache (``caches[k][t]``, the layer's output under ``"out"``)."""
+    """The head's outputs ``(T, B, O)`` for x ``(T, B, in)`` (token ids ``(T, B)`` with an
+    embedding, kept in layer 0's caches under ``"tokens"``), and every layer's every step's
+    cache (``caches[k][t]``, the layer's output under ``"out"``), from the ``initial``
+    states (see :func:`forward_loss`)."""
+    tokens = x if arch.embedding else None
+    x = embed(arch, params, x)
     T, B, _ = x.shape
-    states = [zero_state(arch, (B, arch.hidden_size), x.dtype) for _ in range(arch.num_layers)]
+    states = initial_states(arch, initial, (B, arch.hidden_size), x.dtype)
     caches: list[list[dict[str, np.ndarray]]] = [[] for _ in range(arch.num_layers)]
     outputs = []
     for t in range(T):
@@ -290,6 +328,8 @@ def forward(arch: Architecture, params: Params, x: np.ndarray
             states[k], cache = cell_forward(arch, params, k, inputs, states[k])
             inputs = layer_output(arch, k, states[k][0], inputs)
             cache["out"] = inputs
+            if k == 0 and tokens is not None:
+                cache["tokens"] = tokens[t]
             caches[k].append(cache)
         outputs.append(head(arch, params, inputs))
     return np.stack(outputs), caches
@@ -320,7 +360,8 @@ def backward(arch: Architecture, params: Params, caches: list[list[dict[str, np.
     ``d_outputs``: dL/dy ``(T, B, O)``. ``window=(start, stop)``: only those steps (no
     gradient enters from after ``stop`` or leaves into step ``start - 1``; h_{start-1} is a
     constant input), truncated BPTT's chunk. Returns the parameter gradients, every layer's
-    total dL/dh_t ``(T, B, H)`` and, for lstm, dL/dc_t (zero outside the window).
+    total dL/dh_t ``(T, B, H)`` and, for lstm, dL/dc_t (zero outside the window). With an
+    embedding, what reaches layer 0's inputs goes into its rows.
     """
     T, B, _ = d_outputs.shape
     start, stop = window if window is not None else (0, T)
@@ -366,4 +407,7 @@ def backward(arch: Architecture, params: Params, caches: list[list[dict[str, np.
         hidden.insert(0, dh_k)
         cell.insert(0, dc_k)
         d_out = d_in
+    if arch.embedding:                                  # x_t = E[token_t]
+        tokens = np.stack([cache["tokens"] for cache in caches[0]])
+        grads["embedding.weight"] = embedding_grad(arch, tokens[start:stop], d_out[start:stop])
     return grads, hidden, cell if arch.cell == "lstm" else None

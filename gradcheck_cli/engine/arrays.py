@@ -45,7 +45,8 @@ def forward_arrays(arch: Architecture, k: int, steps: int, rows: int,
     lstm and gru activate in place (i, f, g, o; r, z, n); rnn's is ``projection``, dropped
     after the layer. act: rnn's nonlinearity output, apart from h only with residual
     connections through time. c: lstm's cell states. hn: gru's W_hn h_{t-1} + b_hn.
-    out: the layer's output h + x, with a residual connection across it.
+    out: the layer's output h + x, with a residual connection across it. embedded: layer
+    0's input looked up from an embedding (the rows of the token ids).
     """
     dtype = np.dtype(dtype)
     H, G = arch.hidden_size, arch.gates * arch.hidden_size
@@ -61,6 +62,8 @@ def forward_arrays(arch: Architecture, k: int, steps: int, rows: int,
         table[extra] = Array(extra, seq, dtype)
     if arch.residual_layer(k):
         table["out"] = Array("out", seq, dtype)
+    if k == 0 and arch.embedding:
+        table["embedded"] = Array("embedded", (steps, rows, arch.input_size), dtype)
     return table
 
 
@@ -78,7 +81,8 @@ def backward_arrays(arch: Architecture, k: int, window: int, rows: int, dtype, *
     dh: the total dL/dh_t (every step's with ``states``, else only the step in hand); dc:
     lstm's dL/dc_t, alike. d_gates: dL/d(pre-activation) of a block of steps; d_hp: gru's
     dL/d(W_hh h_{t-1} + b_hh), which differs from it in n (rnn and lstm use d_gates).
-    dx: dL/d(the layer's input), what the layer below receives (none for layer 0).
+    dx: dL/d(the layer's input), what the layer below receives (for layer 0, only with
+    an embedding: what its rows receive).
     """
     dtype = np.dtype(dtype)
     H, G = arch.hidden_size, arch.gates * arch.hidden_size
@@ -91,7 +95,7 @@ def backward_arrays(arch: Architecture, k: int, window: int, rows: int, dtype, *
     table["d_gates"] = Array("d_gates", block, dtype, "layer")
     if arch.cell == "gru":
         table["d_hp"] = Array("d_hp", block, dtype, "layer")
-    if k > 0:
+    if k > 0 or arch.embedding:
         table["dx"] = Array("dx", (window, rows, arch.layer_input_size(k)), dtype, "layer")
     return table
 
@@ -115,7 +119,7 @@ def forward_bytes(arch: Architecture, steps: int, rows: int, dtype) -> int:
     kept = [a for k in range(arch.num_layers)
             for a in forward_arrays(arch, k, steps, rows, dtype).values()
             if a.lifetime == "pass"]
-    kept += head_arrays(arch, steps, rows, dtype).values()
+    kept += head_arrays(arch, steps, rows, dtype).values()   # (embedded: layer 0's)
     return sum(a.nbytes for a in kept)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..core.model import Architecture, Params
-from ..core.reference import layer_weights
+from ..core.reference import embedding_grad, layer_weights
 from .arrays import backward_arrays, top_arrays
 from .buffers import FRESH, Buffers
 from .forward import project
@@ -96,7 +96,9 @@ def backward_lanes(arch: Architecture, params: Params, fwd: Forward,
             dx += dh_direct                            # out = h + x: the input gets it directly
         if dh_direct is not d_in:
             buffers.give_back(dh_direct)
-        if dx is None:                                 # layer 0: nothing below
+        if dx is None or k == 0:                       # below: the embedding, or nothing
+            if dx is not None:
+                embedding_grads(arch, fwd, dx, start, lanes, grads)
             break
         dh_direct = dx
     lstm = arch.cell == "lstm"
@@ -121,6 +123,17 @@ def head_grads(arch: Architecture, d_in: np.ndarray, top: np.ndarray, lanes: Lan
         grads[lane]["head.weight"] = flat.T @ x.reshape(flat.shape[0], x.shape[-1])
         if arch.head_bias:
             grads[lane]["head.bias"] = flat.sum(axis=0)
+
+
+def embedding_grads(arch: Architecture, fwd: Forward, d_x: np.ndarray, start: int,
+                    lanes: Lanes, grads: list[dict[str, np.ndarray]]) -> None:
+    """x_t = E[token_t]: each lane's dL/dx_t into its tokens' rows."""
+    assert fwd.tokens is not None
+    tokens = fwd.tokens[start:start + d_x.shape[0]]
+    for lane, want in enumerate(lanes.param_grads):
+        if want:
+            mine = tokens if lanes.shared else lanes.view_rows(tokens, lane)
+            grads[lane]["embedding.weight"] = embedding_grad(arch, mine, lanes.view(d_x, lane))
 
 
 def layer_grad_names(arch: Architecture, k: int, part: WeightGrads) -> dict[str, np.ndarray]:
@@ -227,7 +240,8 @@ class LayerPass:
             part = weight_grads(d, d if d_hp is d_gates else lanes.view(d_hp[:n], lane),
                                 lanes.of_forward(cache.x[first:first + n], lane),
                                 lanes.of_forward(h[first:first + n - 1], lane),
-                                lanes.of_forward(h[first - 1], lane) if first > 0 else None)
+                                lanes.of_forward(h[first - 1], lane) if first > 0 else
+                                None if cache.h0 is None else lanes.of_forward(cache.h0, lane))
             total = self.grads[lane]
             if total is None:
                 self.grads[lane] = part

@@ -14,14 +14,24 @@ from .state import Forward, LayerCache
 
 
 def forward(arch: Architecture, params: Params, x: np.ndarray, *,
+            initial: tuple[np.ndarray, ...] | None = None,
             buffers: Buffers = FRESH) -> Forward:
-    """Run the stack and the head over ``x`` of shape ``(T, B, input_size)``; the arrays
-    it keeps come from ``buffers``."""
+    """Run the stack and the head over ``x`` of shape ``(T, B, input_size)`` (token ids
+    ``(T, B)`` with an embedding, looked up first), from the ``initial`` states (h0, and
+    c0 for lstm, ``(num_layers, B, H)`` each; None: zero); the arrays it keeps come from
+    ``buffers``."""
+    tokens = None
+    if arch.embedding:                                          # x_t = E[token_t]
+        tokens, weight = x, params["embedding.weight"]
+        steps, rows = tokens.shape
+        table = forward_arrays(arch, 0, steps, rows, weight.dtype)
+        x = np.take(weight, tokens, axis=0, out=buffers.take(table["embedded"]))
     T, B, _ = x.shape
     layers = []
     inputs = x
     for k in range(arch.num_layers):
-        cache = forward_layer(arch, k, inputs, *layer_weights(params, k), buffers=buffers)
+        cache = forward_layer(arch, k, inputs, *layer_weights(params, k), buffers=buffers,
+                              initial=None if initial is None else tuple(s[k] for s in initial))
         layers.append(cache)
         if arch.residual_layer(k):                              # out = h + x
             out = buffers.take(forward_arrays(arch, k, T, B, x.dtype)["out"])
@@ -29,22 +39,25 @@ def forward(arch: Architecture, params: Params, x: np.ndarray, *,
         else:
             inputs = cache.h
     if not arch.head:
-        return Forward(layers=layers, outputs=inputs, top=inputs)
+        return Forward(layers=layers, outputs=inputs, top=inputs, tokens=tokens)
     outputs = buffers.take(head_arrays(arch, T, B, inputs.dtype)["outputs"])
     project(inputs, params["head.weight"], params.get("head.bias"), out=outputs)
-    return Forward(layers=layers, outputs=outputs, top=inputs)
+    return Forward(layers=layers, outputs=outputs, top=inputs, tokens=tokens)
 
 
 def forward_layer(arch: Architecture, k: int, x: np.ndarray, w_ih: np.ndarray,
                   w_hh: np.ndarray, b_ih: np.ndarray | None, b_hh: np.ndarray | None, *,
-                  buffers: Buffers = FRESH) -> LayerCache:
-    """Unroll layer k over the sequence ``x`` ``(T, B, in)``: all input projections as one
-    product, then per step h_{t-1} W_hh^T and the cell's kernel. With
-    ``arch.residual_time`` the state is h_t = h_{t-1} + cell(x_t, h_{t-1})."""
+                  buffers: Buffers = FRESH,
+                  initial: tuple[np.ndarray, ...] | None = None) -> LayerCache:
+    """Unroll layer k over the sequence ``x`` ``(T, B, in)`` from its ``initial`` state
+    (h0, and c0 for lstm, ``(B, H)``; None: zero): all input projections as one product,
+    then per step h_{t-1} W_hh^T and the cell's kernel. With ``arch.residual_time`` the
+    state is h_t = h_{t-1} + cell(x_t, h_{t-1})."""
     T, B, _ = x.shape
     dtype = x.dtype
     table = forward_arrays(arch, k, T, B, dtype)
-    prehalved = arch.cell != "rnn" and halving_is_exact(arch, x, w_ih, w_hh, b_ih, b_hh)
+    prehalved = arch.cell != "rnn" and halving_is_exact(
+        arch, x, w_ih, w_hh, b_ih, b_hh, None if initial is None else initial[0])
     if prehalved:
         w_ih, w_hh, b_ih, b_hh = prehalve(arch, w_ih, w_hh, b_ih, b_hh)
     projection = buffers.take(table["gates" if "gates" in table else "projection"])
@@ -53,6 +66,10 @@ def forward_layer(arch: Architecture, k: int, x: np.ndarray, w_ih: np.ndarray,
         projection += b_hh                           # both biases add outside the gates: fold
         b_hh = None                                  # (gru's b_hn sits inside r ⊙ (...))
     cache = LayerCache(x=x, h=buffers.take(table["h"]))
+    if initial is not None:
+        cache.h0 = np.ascontiguousarray(initial[0], dtype=dtype)
+        if arch.cell == "lstm":
+            cache.c0 = np.ascontiguousarray(initial[1], dtype=dtype)
     if arch.cell == "rnn":
         cache.gates = buffers.take(table["act"]) if "act" in table else cache.h
     else:
@@ -64,7 +81,7 @@ def forward_layer(arch: Architecture, k: int, x: np.ndarray, w_ih: np.ndarray,
     kernel: Kernel = KERNELS[arch.cell](arch, cache, prehalved=prehalved, b_hh=b_hh)
     w_hh_t = np.ascontiguousarray(w_hh.T)            # (H, G*H): each step is h_prev @ w_hh_t
     gh = np.empty((B, w_hh.shape[0]), dtype=dtype)
-    h_prev = np.zeros((B, w_hh.shape[1]), dtype=dtype)
+    h_prev = cache.h0 if cache.h0 is not None else np.zeros((B, w_hh.shape[1]), dtype=dtype)
     h = cache.h
     for t in range(T):
         np.matmul(h_prev, w_hh_t, out=gh)            # W_hh h_{t-1}
@@ -104,13 +121,15 @@ def prehalve(arch: Architecture, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.nd
 
 
 def halving_is_exact(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
-                     b_ih: np.ndarray | None, b_hh: np.ndarray | None) -> bool:
+                     b_ih: np.ndarray | None, b_hh: np.ndarray | None,
+                     h0: np.ndarray | None = None) -> bool:
     """Whether sums from halved rows are the unhalved sums halved, bit for bit.
 
     They are, unless a sum comes near the dtype's largest value: there the unhalved one
     overflows (to Inf, or to NaN from Inf - Inf, as PyTorch's does) where the halved one
     may not. Bounded by the largest input and state (|h| <= 1 without residual connections
-    through time) times each row's absolute sum, plus the biases; NaN or Inf anywhere in
+    through time, or the largest of a given initial state ``h0``, which a gru's convex
+    update keeps) times each row's absolute sum, plus the biases; NaN or Inf anywhere in
     them says no, and the pass halves after summing instead.
     """
     if arch.residual_time:
@@ -119,8 +138,9 @@ def halving_is_exact(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: 
         return True
     with np.errstate(all="ignore"):
         largest = max(float(x.max()), -float(x.min()))          # no copy of x
+        state = 1.0 if h0 is None or h0.size == 0 else max(1.0, float(np.abs(h0).max()))
         bound = largest * float(np.abs(w_ih).sum(axis=1).max()) \
-            + float(np.abs(w_hh).sum(axis=1).max())
+            + state * float(np.abs(w_hh).sum(axis=1).max())
         for b in (b_ih, b_hh):
             if b is not None:
                 bound += float(np.abs(b).max())

@@ -89,7 +89,7 @@ class LSTM:
         self.halves = sigmoid_halves(arch, H, dtype)
         self.shift = 1.0 - self.halves
         self.prehalved = prehalved
-        self.zeros = np.zeros((B, H), dtype=dtype)
+        self.c0 = cache.c0 if cache.c0 is not None else np.zeros((B, H), dtype=dtype)
         self.ig = np.empty((B, H), dtype=dtype)
         self.tanh_c = np.empty((B, H), dtype=dtype)
         self.slope = np.empty((B, 1, G), dtype=dtype)          # the gates' derivatives
@@ -105,7 +105,7 @@ class LSTM:
         np.tanh(a, out=a)                          # every gate at once: σ(a) = (1 + tanh(a/2)) / 2
         a *= self.halves
         a += self.shift
-        c_prev = self.c[t - 1] if t > 0 else self.zeros
+        c_prev = self.c[t - 1] if t > 0 else self.c0
         np.multiply(f, c_prev, out=self.c[t])      # c_t = f ⊙ c_{t-1} + i ⊙ g
         self.c[t] += np.multiply(i, g, out=self.ig)
         np.tanh(self.c[t], out=self.tanh_c)
@@ -118,7 +118,7 @@ class LSTM:
         gate = self.gates[t][:, None]
         i, f, g, o = (gate[..., k * H:(k + 1) * H] for k in range(4))
         np.tanh(self.c[t][:, None], out=tc)                # as the forward pass took it
-        c_prev = (self.c[t - 1] if t > 0 else self.zeros)[:, None]
+        c_prev = (self.c[t - 1] if t > 0 else self.c0)[:, None]
         # h_t = o ⊙ tanh(c_t): into c_t, plus what c_{t+1} sends back through f_{t+1}
         np.multiply(tc, tc, out=tmp)
         np.subtract(1.0, tmp, out=tmp)
@@ -150,7 +150,7 @@ class GRU:
         self.H = H = G // 3
         dtype = self.gates.dtype
         self.prehalved, self.b_hh = prehalved, b_hh
-        self.zeros = np.zeros((B, H), dtype=dtype)
+        self.h0 = cache.h0 if cache.h0 is not None else np.zeros((B, H), dtype=dtype)
         self.tmp = np.empty((B, H), dtype=dtype)
         self.slope = np.empty((B, 1, 2 * H), dtype=dtype)
         self.through_n = np.empty((B, 1, H), dtype=dtype)
@@ -181,7 +181,7 @@ class GRU:
         H, tmp, slope, through_n = self.H, self.tmp1, self.slope, self.through_n
         gate = self.gates[t][:, None]
         r, z, n = (gate[..., k * H:(k + 1) * H] for k in range(3))
-        h_prev = (self.h[t - 1] if t > 0 else self.zeros)[:, None]
+        h_prev = (self.h[t - 1] if t > 0 else self.h0)[:, None]
         dar, daz, dan = (da[..., k * H:(k + 1) * H] for k in range(3))
         # h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}; σ' = s (1 - s) for r and z
         np.subtract(1.0, gate[..., :2 * H], out=slope)

@@ -18,6 +18,7 @@ class LayerCache:
     c: ``(T, B, H)`` lstm cell states (their tanh is taken again where needed: cheaper
     than keeping it, which costs fresh memory as large as c).
     hn: ``(T, B, H)`` gru's ``W_hn h_{t-1} + b_hn``.
+    h0, c0: ``(B, H)`` the given initial state (None: zero).
     """
 
     x: np.ndarray
@@ -25,6 +26,9 @@ class LayerCache:
     gates: np.ndarray | None = None
     c: np.ndarray | None = None
     hn: np.ndarray | None = None
+    h0: np.ndarray | None = None
+    """``(B, H)`` the state before step 0 when it is not zero (PyTorch's h0), and c0."""
+    c0: np.ndarray | None = None
 
 
 @dataclass
@@ -36,6 +40,8 @@ class Forward:
     top: np.ndarray | None = None
     """What the head reads: the top layer's output (its hidden states, plus its input with
     residual connections across layers)."""
+    tokens: np.ndarray | None = None
+    """With an embedding, the token ids ``(T, B)`` whose rows layer 0 read."""
 
 
 @dataclass

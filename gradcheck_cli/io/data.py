@@ -32,11 +32,15 @@ SUFFIXES = (".npy", ".npz", ".csv")
 
 @dataclass(frozen=True)
 class Batch:
-    """One batch, time-major. lengths: ``(B,)`` valid steps per sequence, or None (all)."""
+    """One batch, time-major. x: ``(T, B, input_size)`` features, or ``(T, B)`` token ids
+    with an embedding. lengths: ``(B,)`` valid steps per sequence, or None (all)."""
 
     x: np.ndarray
     targets: np.ndarray
     lengths: np.ndarray | None = None
+    initial: tuple[np.ndarray, ...] | None = None
+    """The states before the first step, h0 (and c0 for lstm), ``(num_layers, B, H)``
+    each; None: zeros."""
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -214,10 +218,19 @@ def resolve_sequence(ctx, seq, model, loss):
     layout = seq.layout
     length, batch = seq.length, seq.batch_size
     inputs = seq.inputs
-    if not isinstance(inputs, Distribution):
+    if not isinstance(inputs, Distribution) and model.embedding:
+        inputs = as_data_file(inputs)
+        shape = _token_header(ctx, inputs, layout)
+        batch = _agree(ctx, ("sequence", "batch_size"), batch, shape[0], inputs.file)
+        length = _agree(ctx, ("sequence", "length"), length, shape[1], inputs.file)
+    elif not isinstance(inputs, Distribution):
         inputs = as_data_file(inputs)
         where = _where(ctx, ("sequence", "inputs"))
         shape, dtype = header(inputs, where)
+        if dtype.kind in "iu" and len(shape) == 2 and inputs.file.suffix != ".csv":
+            ctx.fail(("sequence", "inputs"), f"{inputs.file.name} holds integers of shape "
+                     f"{list(shape)}, token ids: they need an embedding (model.embedding: true "
+                     "with model.weights, or {num_embeddings: N, embedding_dim: D})")
         if inputs.file.suffix == ".csv":
             if model.input_size != 1:
                 ctx.fail(("sequence", "inputs"), f"a CSV holds one feature per step; "
@@ -302,8 +315,76 @@ def resolve_sequence(ctx, seq, model, loss):
         if shape != (batch, length):
             ctx.fail(("sequence", "mask"), f"has shape {list(shape)}, expected [{batch}, "
                                            f"{length}]")
+    initial, cell_initial = _initial_states(ctx, seq, model, batch)
     return dataclasses.replace(seq, length=length, batch_size=batch, inputs=inputs,
-                               targets=targets, lengths=lengths, mask=mask)
+                               targets=targets, lengths=lengths, mask=mask,
+                               initial_state=initial, initial_cell_state=cell_initial)
+
+
+def _initial_states(ctx, seq, model, batch: int):
+    """h0 and c0 checked against the model: [num_layers, batch, hidden] floats, c0 for an
+    lstm only and with h0."""
+    h0, c0 = seq.initial_state, seq.initial_cell_state
+    lstm = model.cell == "lstm"
+    if c0 is not None and not lstm:
+        ctx.fail(("sequence", "initial_cell_state"), f"applies to cell: lstm only, not "
+                                                     f"{model.cell}")
+    if c0 is not None and h0 is None:
+        ctx.fail(("sequence", "initial_cell_state"), "needs sequence.initial_state (h0) too")
+    if h0 is not None and lstm and c0 is None:
+        ctx.fail(("sequence", "initial_state"), "an lstm starts from (h0, c0): give "
+                                                "sequence.initial_cell_state too")
+    expected = [model.num_layers, batch, model.hidden_size]
+    found: list = []
+    for key, source in (("initial_state", h0), ("initial_cell_state", c0)):
+        if source is None:
+            found.append(None)
+            continue
+        source = as_data_file(source)
+        shape, dtype = header(source, _where(ctx, ("sequence", key)))
+        if source.file.suffix == ".csv":
+            ctx.fail(("sequence", key), f"{source.file.name}: initial states are read from "
+                                        ".npy or .npz files")
+        if dtype.kind not in "fiu":
+            ctx.fail(("sequence", key), f"{source.file.name} has dtype {dtype}, expected "
+                                        "numbers")
+        if list(shape) != expected:
+            ctx.fail(("sequence", key), f"{source.file.name} has shape {list(shape)}, expected "
+                     f"{expected} ([num_layers, batch, hidden], as PyTorch's "
+                     f"{'c0' if key == 'initial_cell_state' else 'h0'})")
+        found.append(source)
+    return found[0], found[1]
+
+
+def _token_header(ctx, inputs, layout: str) -> tuple[int, ...]:
+    """An embedding's inputs: integer token ids [batch, length], batch-first."""
+    name = inputs.file.name
+    if inputs.file.suffix == ".csv":
+        ctx.fail(("sequence", "inputs"), f"{name}: token ids for the embedding are read from "
+                                         ".npy or .npz files of [batch, length] integers")
+    shape, dtype = header(inputs, _where(ctx, ("sequence", "inputs")))
+    if dtype.kind not in "iu":
+        ctx.fail(("sequence", "inputs"), f"{name} has dtype {dtype}; with model.embedding the "
+                                         "inputs are integer token ids [batch, length] (leave "
+                                         "model.embedding out for float features)")
+    if len(shape) != 2 or 0 in shape:
+        ctx.fail(("sequence", "inputs"), f"{name} has shape {list(shape)}, expected "
+                 f"{_layout_text(['batch', 'length'], layout)} token ids for the embedding")
+    return _batch_first(shape, layout)
+
+
+def token_range_problem(tokens: np.ndarray, lengths: np.ndarray | None,
+                        count: int) -> str | None:
+    """The first token id outside [0, count) on a valid step (``tokens`` ``(B, T)``),
+    described; padding may hold any."""
+    valid = np.ones(tokens.shape, dtype=bool) if lengths is None else \
+        np.arange(tokens.shape[1])[None, :] < np.asarray(lengths)[:, None]
+    bad = valid & ((tokens < 0) | (tokens >= count))
+    if not bad.any():
+        return None
+    b, t = (int(i) for i in np.argwhere(bad)[0])
+    return (f"token id {tokens[b, t]} at sequence {b}, step {t} is outside [0, {count - 1}] "
+            f"(num_embeddings {count}); {int(bad.sum()):,} such ids in all")
 
 
 def held_bytes(spec) -> int:
@@ -314,19 +395,23 @@ def held_bytes(spec) -> int:
     B, T = spec.batch_size, spec.length
     total = 0
     if not isinstance(seq.inputs, Distribution):
-        total += B * T * spec.model.input_size * item
+        total += B * T * (8 if spec.model.embedding else spec.model.input_size * item)
     if not isinstance(seq.targets, Distribution) and seq.targets is not None:
         per_step = 8 if spec.loss.kind == "cross_entropy" else spec.model.output_size * item
         total += B * T * per_step
+    for source in (seq.initial_state, seq.initial_cell_state):
+        if source is not None:
+            total += spec.model.num_layers * B * spec.model.hidden_size * item
     return total
 
 
-def value_bytes(seq) -> int:
-    """What :func:`check_values` reads: the lengths, the mask, class targets (their shapes
-    are known from the headers)."""
+def value_bytes(seq, model=None) -> int:
+    """What :func:`check_values` reads: the lengths, the mask, class targets, an
+    embedding's token ids (their shapes are known from the headers)."""
     from ..spec.schema import Distribution
     total = 0
-    for source in (seq.lengths, seq.mask, seq.targets):
+    tokens = seq.inputs if model is not None and model.embedding else None
+    for source in (seq.lengths, seq.mask, seq.targets, tokens):
         if source is None or isinstance(source, Distribution):
             continue
         shape, dtype = header(source, "")
@@ -341,7 +426,7 @@ def check_values(ctx, seq, model, loss, budget: int | None = None) -> None:
     checked, so that the check itself takes little beyond the array."""
     from ..spec.schema import Distribution
     if budget is not None:
-        need = value_bytes(seq)
+        need = value_bytes(seq, model)
         if need > budget:
             from .sizes import human
             ctx.fail(("sequence",), f"checking its lengths, mask and targets reads "
@@ -372,6 +457,13 @@ def check_values(ctx, seq, model, loss, budget: int | None = None) -> None:
         problem = class_range_problem(classes, valid_lengths, model.output_size)
         if problem:
             ctx.fail(("sequence", "targets"), f"{targets.file.name}: {problem}")
+    if model.embedding and not isinstance(inputs, Distribution):
+        tokens = read(inputs, _where(ctx, ("sequence", "inputs")))
+        if layout == "time_first":
+            tokens = tokens.swapaxes(0, 1)
+        problem = token_range_problem(tokens, valid_lengths, model.embedding.num_embeddings)
+        if problem:
+            ctx.fail(("sequence", "inputs"), f"{inputs.file.name}: {problem}")
 
 
 def _where(ctx, key) -> str:
@@ -501,7 +593,10 @@ class Batches:
         def where(key: str) -> str:          # the spec line and key, for errors
             return f"{spec.places[key]}: {key}" if key in spec.places else key
 
-        if not isinstance(seq.inputs, Distribution):
+        if not isinstance(seq.inputs, Distribution) and spec.model.embedding:
+            self._inputs = self._batch_first_array(seq.inputs, read(
+                seq.inputs, where("sequence.inputs"))).astype(np.int64)
+        elif not isinstance(seq.inputs, Distribution):
             if seq.inputs.file.suffix == ".csv":  # one feature per step; rows may be ragged
                 x, self._lengths = read_csv(seq.inputs.file, where("sequence.inputs"))
                 x = x[..., None]
@@ -533,6 +628,14 @@ class Batches:
             self._lengths = lengths_from_mask(_NoContext(), mask, spec.batch_size, spec.length)
         if self._lengths is not None and (self._lengths == spec.length).all():
             self._lengths = None
+        self._initial = None
+        if seq.initial_state is not None:
+            with np.errstate(over="ignore"):
+                self._initial = tuple(
+                    np.asarray(read(s, where(f"sequence.{key}")), dtype=self.dtype)
+                    for key, s in (("initial_state", seq.initial_state),
+                                   ("initial_cell_state", seq.initial_cell_state))
+                    if s is not None)
 
     def _batch_first_array(self, source, array: np.ndarray) -> np.ndarray:
         if self.layout == "time_first" and source.file.suffix != ".csv" and array.ndim >= 2:
@@ -548,7 +651,9 @@ class Batches:
         T, B = spec.length, spec.batch_size
         model = spec.model
         rows = None if index == 0 else rng.integers(0, B, size=B)
-        if self._inputs is None:
+        if self._inputs is None and model.embedding:    # token ids, uniform over the vocabulary
+            x = rng.integers(0, model.embedding.num_embeddings, size=(B, T))
+        elif self._inputs is None:
             x = _sample(spec.sequence.inputs, rng, (B, T, model.input_size), self.dtype)
         else:
             x = self._inputs if rows is None else self._inputs[rows]
@@ -563,8 +668,14 @@ class Batches:
             lengths = lengths[rows]
         if isinstance(y, np.ndarray) and y.dtype.kind in "iu" and lengths is not None:
             y = np.where(np.arange(T)[None, :] < lengths[:, None], y, 0)  # padding: any class
+        if model.embedding and lengths is not None:   # padding may hold any id: read none
+            x = np.where(np.arange(T)[None, :] < lengths[:, None], x, 0)
+        initial = self._initial
+        if initial is not None and rows is not None:       # the resampled sequences' own
+            initial = tuple(s[:, rows] for s in initial)
         return Batch(x=np.ascontiguousarray(x.swapaxes(0, 1)),
-                     targets=np.ascontiguousarray(y.swapaxes(0, 1)), lengths=lengths)
+                     targets=np.ascontiguousarray(y.swapaxes(0, 1)), lengths=lengths,
+                     initial=initial)
 
 
 def _sample(dist, rng: np.random.Generator, shape: tuple[int, ...],

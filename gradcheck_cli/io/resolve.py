@@ -14,7 +14,7 @@ from ..core.mitigations import parse_mitigations
 from ..core.model import Architecture
 from ..errors import InputFileError
 from ..spec.parse import Context, build, describe, field_doc, given
-from ..spec.schema import Key, ModelSpec, Spec, Training, Truncation
+from ..spec.schema import Embedding, Key, ModelSpec, Spec, Training, Truncation
 from ..spec.yaml import Override, apply_overrides, read_yaml
 from . import data as data_files
 from . import weights
@@ -61,7 +61,8 @@ def _resolve(ctx: Context, spec: Spec, data: Mapping[str, Any], name: str) -> Sp
     training = _resolve_training(ctx, spec.training)
     places = {".".join(key): ctx.where(key) for key in
               (("model", "weights"), ("sequence", "inputs"), ("sequence", "targets"),
-               ("sequence", "lengths"), ("sequence", "mask"), ("training", "steps"))}
+               ("sequence", "lengths"), ("sequence", "mask"), ("sequence", "initial_state"),
+               ("sequence", "initial_cell_state"), ("training", "steps"))}
     return dataclasses.replace(spec, model=model, sequence=sequence, training=training,
                                source=name, places=places)
 
@@ -90,12 +91,13 @@ def _resolve_model(ctx: Context, spec: Spec, data: Mapping[str, Any]) -> ModelSp
     if model.weights is not None:
         model = _model_from_weights(ctx, model, data)
     else:
+        model = _synthetic_embedding(ctx, model, data)
         for key in ("cell", "input_size", "hidden_size"):
             if getattr(model, key) is None:
                 ctx.fail(("model", key), f"missing required key "
                                          f"({field_doc(ModelSpec, key)}), needed without "
                                          "model.weights")
-        for key in ("rnn_prefix", "head_prefix"):
+        for key in ("rnn_prefix", "head_prefix", "embedding_prefix"):
             if getattr(model, key) is not None:
                 ctx.fail(("model", key), "applies only with model.weights")
         if model.unused:
@@ -110,6 +112,12 @@ def _resolve_model(ctx: Context, spec: Spec, data: Mapping[str, Any]) -> ModelSp
             ctx.fail(("model", "output_size"), "applies with a head only (model.head: false "
                                                "takes the loss on the hidden state)")
         model = dataclasses.replace(model, output_size=model.hidden_size, head_bias=False)
+    embedding = model.embedding
+    if isinstance(embedding, Embedding) and embedding.padding_idx is not None \
+            and embedding.padding_idx >= typing.cast(int, embedding.num_embeddings):
+        ctx.fail(("model", "embedding", "padding_idx"),
+                 f"must be below num_embeddings ({embedding.num_embeddings}), got "
+                 f"{embedding.padding_idx}")
     if model.cell != "rnn" and given(data, ("model", "nonlinearity")):
         ctx.fail(("model", "nonlinearity"), f"applies to cell: rnn only, not {model.cell}")
     init = model.init
@@ -126,6 +134,43 @@ def _resolve_model(ctx: Context, spec: Spec, data: Mapping[str, Any]) -> ModelSp
 
 
 
+def _synthetic_embedding(ctx: Context, model: ModelSpec, data: Mapping[str, Any]) -> ModelSpec:
+    """A spec's own embedding: its sizes stated, its width the stack's input_size."""
+    embedding = model.embedding
+    if embedding is True:
+        ctx.fail(("model", "embedding"), "true takes the embedding from model.weights; "
+                                         "without weights give {num_embeddings: N, "
+                                         "embedding_dim: D}")
+    if not isinstance(embedding, Embedding):
+        return dataclasses.replace(model, embedding=None)
+    for key in ("num_embeddings", "embedding_dim"):
+        if getattr(embedding, key) is None:
+            ctx.fail(("model", "embedding", key),
+                     f"missing required key ({field_doc(Embedding, key)}), needed without "
+                     "model.weights")
+    if given(data, ("model", "input_size")) and model.input_size != embedding.embedding_dim:
+        ctx.fail(("model", "input_size"), f"is {model.input_size} but the embedding's "
+                                          f"embedding_dim is {embedding.embedding_dim} (the "
+                                          "stack reads the embedding: leave input_size out)")
+    return dataclasses.replace(model, input_size=embedding.embedding_dim)
+
+
+def _weights_embedding(ctx: Context, model: ModelSpec, inferred: Mapping[str, Any],
+                       data: Mapping[str, Any]) -> Embedding | None:
+    """The checkpoint's embedding, its sizes read off the tensor and checked against any
+    the spec states."""
+    if not model.embedding:
+        return None
+    stated = model.embedding if isinstance(model.embedding, Embedding) else Embedding()
+    actual = {"num_embeddings": inferred["num_embeddings"],
+              "embedding_dim": inferred["input_size"]}
+    for key, value in actual.items():
+        if getattr(stated, key) is not None and getattr(stated, key) != value:
+            ctx.fail(("model", "embedding", key), f"is {getattr(stated, key)} but the weights "
+                                                  f"say {value}")
+    return Embedding(**actual, padding_idx=stated.padding_idx)
+
+
 def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any]) -> ModelSpec:
     """Find the model in the weights file, read its sizes off the tensors, and check them
     against what the spec states."""
@@ -136,9 +181,21 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
         index = weights.read_index(path)
         wants_head = model.head if model.head is not None else (
             True if model.output_size is not None else None)   # outputs stated: a head
-        rnn_prefix, head_prefix = weights.locate(index, path, model.rnn_prefix,
-                                                 model.head_prefix, wants_head)
-        inferred, names = weights.infer(index, path, rnn_prefix, head_prefix)
+        rnn_prefix, _ = weights.locate(index, path, model.rnn_prefix, None, False)
+        embedding_prefix = None
+        if model.embedding:
+            try:
+                embedding_prefix = weights.locate_embedding(index, path, rnn_prefix,
+                                                            model.embedding_prefix,
+                                                            model.unused)
+            except InputFileError as exc:
+                ctx.fail(("model", "embedding_prefix") if model.embedding_prefix else
+                         ("model", "embedding"), str(exc))
+        elif model.embedding_prefix is not None:
+            ctx.fail(("model", "embedding_prefix"), "applies with model.embedding only")
+        rnn_prefix, head_prefix = weights.locate(index, path, rnn_prefix, model.head_prefix,
+                                                 wants_head, embedding_prefix=embedding_prefix)
+        inferred, names = weights.infer(index, path, rnn_prefix, head_prefix, embedding_prefix)
     except InputFileError as exc:
         ctx.fail(key, str(exc))
     for field_name in _INFERRED:
@@ -150,7 +207,10 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
             tensor = _evidence(field_name, names, index)
             ctx.fail(("model", field_name), f"is {_yaml(stated)} but the weights say "
                                             f"{_yaml(inferred[field_name])} ({tensor})")
-    model = dataclasses.replace(model, **typing.cast(dict[str, Any], inferred))
+    embedding = _weights_embedding(ctx, model, inferred, data)
+    inferred.pop("num_embeddings", None)
+    model = dataclasses.replace(model, **typing.cast(dict[str, Any], inferred),
+                                embedding=embedding)
     expected = Architecture.from_spec(model).parameter_shapes()
     try:
         weights.check_shapes(index, path, names, expected)
@@ -174,7 +234,9 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
     checkpoint = weights.Checkpoint(
         path=path, rnn_prefix=rnn_prefix, head_prefix=head_prefix, names=names,
         inferred=inferred, half=half, ignored=ignored, on_path=on_path,
-        nonlinearity_assumed=model.cell == "rnn" and not given(data, ("model", "nonlinearity")))
+        nonlinearity_assumed=model.cell == "rnn" and not given(data, ("model", "nonlinearity")),
+        embedding_prefix=embedding_prefix, state_dict_key=weights.torch_key(path),
+        cell_module=weights.is_cell(index, rnn_prefix))
     return dataclasses.replace(model, checkpoint=checkpoint)
 
 

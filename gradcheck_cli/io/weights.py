@@ -1,4 +1,4 @@
-"""Trained weights from checkpoints: ``.safetensors`` and ``.npz``, in PyTorch's names.
+"""Trained weights from checkpoints: ``.safetensors``, ``.npz`` and ``.pt``, in PyTorch's names.
 
 A checkpoint holds many tensors; the recurrent module's are those under one prefix
 (``encoder.lstm.weight_ih_l0`` has the prefix ``encoder.lstm``) and the head's, if any,
@@ -6,7 +6,9 @@ A checkpoint holds many tensors; the recurrent module's are those under one pref
 only one fits; sizes, cell, depth and bias are read off the tensors' shapes.
 
 Only headers are read to check a file; tensors are read without pickle, and half-precision
-ones (float16, bfloat16) are upcast to the run's dtype.
+ones (float16, bfloat16) are upcast to the run's dtype. A ``.pt`` / ``.pth`` file is read
+with ``torch.load(weights_only=True)`` when torch is installed (its restricted unpickler,
+which builds tensors and plain containers only), and never otherwise.
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ class Checkpoint:
     :func:`could_be_on_path`) and that the spec does not declare unused."""
     nonlinearity_assumed: bool = False
     """An rnn checkpoint whose spec does not state the nonlinearity (the tensors cannot)."""
+    embedding_prefix: str | None = None
+    """The embedding's prefix, when the model has one."""
+    state_dict_key: str | None = None
+    """A .pt training checkpoint's key the state_dict was under (``model``, say)."""
+    cell_module: bool = False
+    """The recurrence is a cell module (nn.LSTMCell, ...): one layer, looped."""
 
 
 def read_npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:
@@ -167,8 +175,108 @@ def _safetensors_index(path: Path) -> dict[str, Tensor]:
     return index
 
 
+TORCH_SUFFIXES = (".pt", ".pth")
+STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
+"""Where a training checkpoint keeps the model's state_dict, in the order looked for."""
+
+
+def _convert_command(path: Path) -> str:
+    """The one line that turns a .pt checkpoint into a .safetensors one, where torch is."""
+    keys = ", ".join(repr(k) for k in STATE_DICT_KEYS)
+    return (f"python -c \"import torch, safetensors.torch as st; "
+            f"d = torch.load('{path.name}', map_location='cpu', weights_only=True); "
+            f"d = next((d[k] for k in ({keys}) if k in d), d); "
+            f"st.save_file({{k: v.clone().contiguous() for k, v in d.items()}}, "
+            f"'{path.stem}.safetensors')\"")
+
+
+def is_tensor(value) -> bool:
+    """A torch tensor (or an array standing in for one): something with a shape and dtype."""
+    return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, dict)
+
+
+def state_dict_of(loaded, path: Path) -> tuple[dict, str | None]:
+    """The state_dict in what ``torch.load`` returned: the mapping itself when its values
+    are tensors, else the first of :data:`STATE_DICT_KEYS` that holds one; and that key."""
+    def tensors_in(d) -> bool:
+        return isinstance(d, dict) and bool(d) and all(isinstance(k, str) for k in d) and \
+            any(is_tensor(v) for v in d.values())
+    if not isinstance(loaded, dict):
+        raise InputFileError(f"{path.name} holds a {type(loaded).__name__}, not a state_dict "
+                             "(save model.state_dict())")
+    if tensors_in(loaded) and all(is_tensor(v) for v in loaded.values()):
+        return loaded, None
+    for key in STATE_DICT_KEYS:
+        if tensors_in(loaded.get(key)):
+            return {k: v for k, v in loaded[key].items() if is_tensor(v)}, key
+    if tensors_in(loaded):                  # tensors beside other values: those tensors
+        return {k: v for k, v in loaded.items() if is_tensor(v)}, None
+    keys = listing([repr(k) for k in loaded]) or "none"
+    raise InputFileError(f"{path.name} holds no state_dict: no tensors at its top level nor "
+                         f"under {', '.join(STATE_DICT_KEYS)} (its keys: {keys})")
+
+
+_TORCH_CACHE: dict[tuple, tuple[dict, str | None]] = {}
+
+
+def load_torch(path: Path) -> tuple[dict, str | None]:
+    """A .pt checkpoint's state_dict (torch tensors) and the key it was under; one file is
+    kept loaded, so that resolving a spec and loading its weights read it once."""
+    try:
+        import torch
+    except ImportError:
+        raise InputFileError(f"{path.name}: reading a .pt checkpoint needs PyTorch, which is not "
+                             "installed; convert it to safetensors once where torch is: "
+                             f"{_convert_command(path)}") from None
+    status = path.stat()
+    key = (str(path.resolve()), status.st_mtime_ns, status.st_size)
+    if key not in _TORCH_CACHE:
+        from .sizes import available, human
+        free = available()
+        if free is not None and status.st_size > free:
+            raise InputFileError(f"{path.name} takes {human(status.st_size)}, more than the "
+                                 f"{human(free)} of memory available to read it")
+        try:
+            try:                              # mapped, not read: only the tensors used are
+                loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:       # the legacy (pre-zip) format cannot be mapped
+                if "mmap" not in str(exc):
+                    raise
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except InputFileError:
+            raise
+        except Exception as exc:              # the restricted unpickler refused, or damage
+            from ..spec.yaml import shorten
+            raise InputFileError(f"{path.name} cannot be read with torch.load(weights_only="
+                                 f"True) ({type(exc).__name__}: {shorten(str(exc))}); "
+                                 "gradcheck unpickles nothing else: save the model's "
+                                 "state_dict (torch.save(model.state_dict(), ...))") from None
+        _TORCH_CACHE.clear()
+        _TORCH_CACHE[key] = state_dict_of(loaded, path)
+    return _TORCH_CACHE[key]
+
+
+def _torch_dtype(tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _torch_index(path: Path) -> dict[str, Tensor]:
+    state, _ = load_torch(path)
+    if len(state) > MAX_MEMBERS:
+        raise InputFileError(f"{path.name} holds {len(state):,} tensors, more than the "
+                             f"{MAX_MEMBERS:,} a weights file may hold")
+    return {name: Tensor(name, tuple(int(n) for n in t.shape), _torch_dtype(t))
+            for name, t in state.items()}
+
+
+def torch_key(path: Path) -> str | None:
+    """The key of a .pt checkpoint its state_dict was found under (None: the top level)."""
+    return load_torch(path)[1] if path.suffix in TORCH_SUFFIXES else None
+
+
 def read_index(path: Path) -> dict[str, Tensor]:
-    """Every tensor's name, shape and dtype, from the file's header alone."""
+    """Every tensor's name, shape and dtype, from the file's header alone (a .pt
+    checkpoint's from the file, mapped)."""
     from .files import check_regular
     check_regular(path)
     try:
@@ -176,6 +284,8 @@ def read_index(path: Path) -> dict[str, Tensor]:
             index = _safetensors_index(path)
         elif path.suffix == ".npz":
             index = _npz_index(path)
+        elif path.suffix in TORCH_SUFFIXES:
+            index = _torch_index(path)
         else:
             index = None
     except InputFileError:
@@ -186,7 +296,8 @@ def read_index(path: Path) -> dict[str, Tensor]:
         raise InputFileError(f"{path.name} is not a readable {kind} file "
                              f"({shorten(str(exc))})") from None
     if index is None:
-        raise InputFileError(f"{path.name}: weights must be a .safetensors or .npz file")
+        raise InputFileError(f"{path.name}: weights must be a .safetensors, .npz or .pt "
+                             "(.pth) file")
     odd = [name for name in index if not name or name.startswith(".") or ".." in name
            or name.endswith(".")]
     if odd:
@@ -199,32 +310,85 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+_CELL_TENSORS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+"""An nn.RNNCell's, LSTMCell's or GRUCell's tensors: one layer's, without the _l0."""
+
+
 def _layer_tensors(index: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """The tensors directly under ``prefix`` named like nn.RNN's (weight_ih_l0, ...)."""
+    """The tensors directly under ``prefix`` named like nn.RNN's (weight_ih_l0, ...), or a
+    cell module's (weight_ih, ...) under the names of the layer 0 it is."""
     start = f"{prefix}." if prefix else ""
     out = {}
     for name, tensor in index.items():
         if name.startswith(start) and _LAYER_TENSOR.match(name[len(start):]):
             out[name[len(start):]] = tensor
+    if not out and is_cell(index, prefix):
+        out = {f"{n}_l0": index[start + n] for n in _CELL_TENSORS if start + n in index}
     return out
 
 
+def is_cell(index: dict[str, Tensor], prefix: str) -> bool:
+    """Whether ``prefix`` is a cell module (``weight_hh`` with no ``_l0``)."""
+    return _join(prefix, "weight_hh") in index and _join(prefix, "weight_hh_l0") not in index
+
+
 def _rnn_prefixes(index: dict[str, Tensor]) -> list[str]:
-    return sorted(name[: -len("weight_hh_l0")].rstrip(".") for name in index
-                  if name == "weight_hh_l0" or name.endswith(".weight_hh_l0"))
+    layers = {name[: -len("weight_hh_l0")].rstrip(".") for name in index
+              if name == "weight_hh_l0" or name.endswith(".weight_hh_l0")}
+    cells = {name[: -len("weight_hh")].rstrip(".") for name in index
+             if name == "weight_hh" or name.endswith(".weight_hh")}
+    return sorted(layers | cells)
 
 
-def _head_candidates(index: dict[str, Tensor], rnn_prefix: str, hidden: int) -> list[str]:
+def _matrices(index: dict[str, Tensor], rnn_prefix: str, columns: int,
+              unused: tuple[str, ...] = ()) -> list[str]:
+    """Prefixes of the 2-D ``*.weight`` tensors with ``columns`` columns outside the
+    recurrent module, but those the spec declares ``unused``."""
     out = []
     for name, tensor in index.items():
-        if not (name == "weight" or name.endswith(".weight")):
+        if not (name == "weight" or name.endswith(".weight")) or declared_unused(name, unused):
             continue
         prefix = name[: -len("weight")].rstrip(".")
         if prefix == rnn_prefix or (rnn_prefix and prefix.startswith(rnn_prefix + ".")):
             continue
-        if len(tensor.shape) == 2 and tensor.shape[1] == hidden:
+        if len(tensor.shape) == 2 and tensor.shape[1] == columns:
             out.append(prefix)
     return sorted(out)
+
+
+def _head_candidates(index: dict[str, Tensor], rnn_prefix: str, hidden: int,
+                     exclude: str | None = None) -> list[str]:
+    return [p for p in _matrices(index, rnn_prefix, hidden) if p != exclude]
+
+
+def locate_embedding(index: dict[str, Tensor], path: Path, rnn_prefix: str,
+                     prefix: str | None, unused: tuple[str, ...] = ()) -> str:
+    """The embedding's prefix: ``prefix.weight`` of shape [num_embeddings, input_size],
+    named, or found as the one such tensor outside the recurrent module without a bias
+    beside it (``nn.Embedding`` has none; a linear layer of that shape has one)."""
+    width = _layer_tensors(index, rnn_prefix)["weight_ih_l0"].shape[-1]
+    if prefix is not None:
+        name = _join(prefix, "weight")
+        if name not in index:
+            raise InputFileError(f"{path.name} has no tensor {name} for the embedding "
+                                 "(model.embedding_prefix)")
+        shape = index[name].shape
+        if len(shape) != 2 or shape[1] != width or 0 in shape:
+            raise InputFileError(f"{path.name}: {name} has shape {list(shape)}, expected "
+                                 f"[num_embeddings, {width}] for the recurrent stack's "
+                                 f"input_size {width}")
+        return prefix
+    found = [p for p in _matrices(index, rnn_prefix, width, unused)
+             if _join(p, "bias") not in index]
+    if not found:
+        raise InputFileError(f"{path.name} has no embedding for input_size {width} (a 2-D "
+                             f"*.weight of shape [num_embeddings, {width}] with no bias "
+                             "beside it); name it in model.embedding_prefix")
+    if len(found) > 1:
+        raise InputFileError(f"{path.name} holds several possible embeddings (weights of "
+                             f"shape [*, {width}]): {listing(list(map(_describe_prefix, found)))}"
+                             "; name one in model.embedding_prefix")
+    return found[0]
 
 
 def _describe_prefix(prefix: str) -> str:
@@ -232,14 +396,17 @@ def _describe_prefix(prefix: str) -> str:
 
 
 def locate(index: dict[str, Tensor], path: Path, rnn_prefix: str | None,
-           head_prefix: str | None, head: bool | None) -> tuple[str, str | None]:
-    """The recurrent module's prefix and the head's (None: no head)."""
+           head_prefix: str | None, head: bool | None, *,
+           embedding_prefix: str | None = None) -> tuple[str, str | None]:
+    """The recurrent module's prefix and the head's (None: no head); the head is not the
+    ``embedding_prefix``'s tensor."""
     candidates = _rnn_prefixes(index)
     if rnn_prefix is None:
         if not candidates:
             shown = listing(sorted(index))
             raise InputFileError(f"{path.name} has no recurrent layer (no tensor named "
-                                 f"*weight_hh_l0); it holds {shown or 'nothing'}")
+                                 f"*weight_hh_l0, nor a cell's *weight_hh); it holds "
+                                 f"{shown or 'nothing'}")
         if len(candidates) > 1:
             raise InputFileError(f"{path.name} holds several recurrent modules: "
                                  f"{listing(list(map(_describe_prefix, candidates)))}; "
@@ -257,7 +424,7 @@ def locate(index: dict[str, Tensor], path: Path, rnn_prefix: str | None,
                                  "for the head (model.head_prefix)")
         return rnn_prefix, head_prefix
     hidden = _hidden_size(index, path, rnn_prefix)
-    heads = _head_candidates(index, rnn_prefix, hidden)
+    heads = _head_candidates(index, rnn_prefix, hidden, exclude=embedding_prefix)
     if len(heads) > 1:
         raise InputFileError(f"{path.name} holds several possible heads (weights of shape "
                              f"[*, {hidden}]): {listing(list(map(_describe_prefix, heads)))}; name "
@@ -275,7 +442,7 @@ def locate(index: dict[str, Tensor], path: Path, rnn_prefix: str | None,
 
 def _hidden_size(index: dict[str, Tensor], path: Path, rnn_prefix: str) -> int:
     """The hidden size, from weight_hh_l0's shape [gates * hidden, hidden]."""
-    w_hh = index[_join(rnn_prefix, "weight_hh_l0")]
+    w_hh = _layer_tensors(index, rnn_prefix)["weight_hh_l0"]
     if len(w_hh.shape) != 2 or 0 in w_hh.shape or w_hh.shape[0] % w_hh.shape[1]:
         raise InputFileError(f"{path.name}: {w_hh.name} has shape {list(w_hh.shape)}, "
                              "expected [gates * hidden, hidden]")
@@ -283,7 +450,8 @@ def _hidden_size(index: dict[str, Tensor], path: Path, rnn_prefix: str) -> int:
 
 
 def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
-          head_prefix: str | None) -> tuple[dict[str, object], dict[str, str]]:
+          head_prefix: str | None, embedding_prefix: str | None = None
+          ) -> tuple[dict[str, object], dict[str, str]]:
     """Architecture values read off the tensors, and canonical -> file names."""
     tensors = _layer_tensors(index, rnn_prefix)
     where = _describe_prefix(rnn_prefix)
@@ -300,15 +468,16 @@ def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
     hidden = _hidden_size(index, path, rnn_prefix)
     gates = w_hh.shape[0] // hidden
     if gates not in _GATES_TO_CELL:
-        raise InputFileError(f"{path.name}: {_join(rnn_prefix, 'weight_hh_l0')} has shape "
+        raise InputFileError(f"{path.name}: {w_hh.name} has shape "
                              f"{list(w_hh.shape)}: {gates} gate blocks is neither rnn (1), "
                              "gru (3) nor lstm (4)")
     empty = [t.name for t in tensors.values() if 0 in t.shape]
     if empty:
         raise InputFileError(f"{path.name}: {empty[0]} has a dimension of size 0")
     if "weight_ih_l0" not in tensors or len(tensors["weight_ih_l0"].shape) != 2:
+        cell = is_cell(index, rnn_prefix)
         raise InputFileError(f"{path.name} has no 2-D tensor "
-                             f"{_join(rnn_prefix, 'weight_ih_l0')}")
+                             f"{_join(rnn_prefix, 'weight_ih' if cell else 'weight_ih_l0')}")
     values: dict[str, object] = {
         "cell": _GATES_TO_CELL[gates],
         "hidden_size": hidden,
@@ -317,7 +486,7 @@ def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
         "bias": "bias_ih_l0" in tensors,
         "head": head_prefix is not None,
     }
-    names = {f"rnn.{n}": _join(rnn_prefix, n) for n in tensors}
+    names = {f"rnn.{n}": t.name for n, t in tensors.items()}
     if head_prefix is not None:
         head_w = index[_join(head_prefix, "weight")]
         if len(head_w.shape) != 2:
@@ -328,6 +497,10 @@ def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
         names["head.weight"] = head_w.name
         if values["head_bias"]:
             names["head.bias"] = _join(head_prefix, "bias")
+    if embedding_prefix is not None:
+        table = index[_join(embedding_prefix, "weight")]
+        values["num_embeddings"] = table.shape[0]
+        names["embedding.weight"] = table.name
     return values, names
 
 
@@ -383,7 +556,14 @@ def load(checkpoint: Checkpoint, dtype: np.dtype) -> dict[str, np.ndarray]:
     raw = {}
     name = None
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix in TORCH_SUFFIXES:
+            import torch
+            state, _ = load_torch(path)
+            for name in wanted:
+                tensor = state[name].detach()
+                raw[name] = (tensor.to(torch.float64) if tensor.is_floating_point()
+                             else tensor).numpy()
+        elif path.suffix == ".safetensors":
             import ml_dtypes  # noqa: F401  (gives NumPy the bfloat16 safetensors hands over)
             from safetensors import safe_open
             with safe_open(str(path), framework="numpy") as f:

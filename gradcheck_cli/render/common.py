@@ -68,7 +68,10 @@ def title(report: Report) -> str:
     layers = f"{m.num_layers} layer{'s' if m.num_layers > 1 else ''}"
     weights = f" · weights {m.weights}" if m.weights else ""
     where = "every step" if report.loss_timesteps == "all" else "the last step"
-    return (f"{cell}, {layers}, hidden {m.hidden_size} · {report.length} steps × batch "
+    e = m.embedding
+    front = "" if e is None else f"embedding {e.num_embeddings:,}×{e.embedding_dim}" + (
+        "" if e.padding_idx is None else f" (padding_idx {e.padding_idx})") + " → "
+    return (f"{front}{cell}, {layers}, hidden {m.hidden_size} · {report.length} steps × batch "
             f"{report.batch_size} · {report.loss_kind} at {where} · {report.dtype}{weights}")
 
 

@@ -57,6 +57,9 @@ def table(result: Verification, options: RenderOptions) -> str:
                           num(worst.bptt, 5), _differences(t),
                           Text(t.status, style="green" if t.status == "ok" else "bold red"))
         console.print(table)
+        for t in result.tensors:
+            if t.scope is not None:
+                console.print(Text(f"{t.name}: checked on {t.scope}", style="dim"))
         failed = [t.name for t in result.tensors if t.status == "fail"]
         if failed:
             console.print(Text(f"✗ {len(failed)} parameter(s) disagree: {', '.join(failed)} "

@@ -15,7 +15,7 @@ import numpy as np
 from . import prose
 from .json import json_schema, to_data, to_json
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """2: last_step_grad_norm is the last step's own loss's gradient (1 scaled it by 1/T), padded
 sequences are measured one by one, horizons are measured, dynamics' predicted_growth is
 lyapunov_growth."""
@@ -214,6 +214,18 @@ class LayerDynamics:
 
 
 @dataclass(frozen=True)
+class EmbeddingSummary:
+    """An nn.Embedding on token ids in front of the recurrent stack."""
+
+    num_embeddings: int
+    """Vocabulary size."""
+    embedding_dim: int
+    """Its width: the stack's input size."""
+    padding_idx: int | None
+    """The token whose row gets no gradient, or null."""
+
+
+@dataclass(frozen=True)
 class ModelSummary:
     cell: Literal["rnn", "lstm", "gru"]
     nonlinearity: str | None
@@ -226,6 +238,9 @@ class ModelSummary:
     weights: str | None
     nonlinearity_assumed: bool = False
     """An rnn checkpoint's nonlinearity, not stated in the spec (tensors do not record it)."""
+    embedding: EmbeddingSummary | None = None
+    """The embedding the inputs' token ids are looked up in, or null (the inputs are
+    features)."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +292,9 @@ class Report:
     padding: Padding | None = None
     """Padded sequences (not all of the full length): each is measured over its own length
     and the per-step ‖dL_T/dh_t‖ is aligned at their ends; null for whole sequences."""
+    initial_state: Literal["zero", "given"] = "zero"
+    """The states before the first step: zero (as a PyTorch module called without h0), or
+    given (sequence.initial_state, and initial_cell_state for an lstm)."""
     schema_version: int = SCHEMA_VERSION
     """Changes only when a field changes meaning or goes away."""
     gradients: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False,

@@ -87,6 +87,12 @@ def _convert(ctx: Context, key: Key, value: Any, hint: Any, meta: Mapping[str, A
         if len(options) == 1:
             return _convert(ctx, key, value, options[0], meta)
         sections = [a for a in options if dataclasses.is_dataclass(a)]
+        if bool in options:                 # true/false, or a section's mapping
+            if isinstance(value, bool):
+                return value
+            if not isinstance(value, dict):
+                ctx.fail(key, f"must be true, false or a mapping of keys, got "
+                              f"{describe(value)}")
         if isinstance(value, dict):
             section = DataFile if "file" in value and DataFile in sections else sections[0]
             return build(ctx, key, value, typing.cast(type, section))

@@ -90,6 +90,21 @@ class Residual:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Embedding:
+    """An nn.Embedding on integer token ids in front of the recurrent stack."""
+
+    num_embeddings: int | None = _opt(
+        None, "vocabulary size: token ids are 0 … num_embeddings - 1 (read off the weights "
+              "when given)", minimum=1)
+    embedding_dim: int | None = _opt(
+        None, "the embedding's width, the recurrent stack's input_size (read off the weights "
+              "when given)", minimum=1)
+    padding_idx: int | None = _opt(
+        None, "the token whose row gets no gradient, as nn.Embedding(padding_idx=...) (a "
+              "state_dict does not record it)", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """The recurrent stack (PyTorch's nn.RNN/LSTM/GRU, batch_first) and its linear head."""
 
@@ -108,12 +123,21 @@ class ModelSpec:
     head_bias: bool = _opt(True, "the linear head has a bias")
     init: InitSpec = _opt(InitSpec, "initialisation when no weights file is given")
     residual: Residual = _opt(Residual, "residual connections across layers and through time")
-    weights: Path | None = _opt(None, "trained weights: .safetensors or .npz, PyTorch names")
+    weights: Path | None = _opt(
+        None, "trained weights, PyTorch names: .safetensors, .npz, or .pt/.pth (a state_dict, "
+              "or a checkpoint holding one under state_dict, model or model_state_dict; read "
+              "with torch.load(weights_only=True), when torch is installed)")
     rnn_prefix: str | None = _opt(
         None, "the recurrent module's prefix in the weights file (e.g. encoder.lstm); "
               "found when only one fits")
     head_prefix: str | None = _opt(
         None, "the head's prefix in the weights file (e.g. decoder.fc); found when only one "
+              "fits")
+    embedding: Union[bool, Embedding, None] = _opt(
+        None, "an nn.Embedding on integer token ids before the recurrent stack: true takes "
+              "the weights file's; a mapping gives its sizes and padding_idx")
+    embedding_prefix: str | None = _opt(
+        None, "the embedding's prefix in the weights file (e.g. encoder); found when only one "
               "fits")
     unused: tuple[str, ...] = _opt(
         (), "tensors of the weights file (names or prefixes) that are not between the inputs "
@@ -152,7 +176,9 @@ class SequenceSpec:
     batch_size: int | None = _opt(None, "sequences per batch (default 16, or the inputs file's)",
                                   minimum=1)
     inputs: DataSource = _opt(
-        Distribution, "random inputs, or a file of shape [batch, length, input_size]")
+        Distribution, "random inputs, or a file of shape [batch, length, input_size] (with "
+                      "model.embedding: integer token ids [batch, length]; random ones are "
+                      "uniform over the vocabulary)")
     targets: DataSource | None = _opt(
         None, "random targets, or a file: [batch, length, output_size] floats for mse, "
               "[batch, length] integer classes for cross_entropy; with timesteps: last also "
@@ -165,6 +191,12 @@ class SequenceSpec:
               "steps; a CSV in one column or one row)")
     mask: FileSource | None = _opt(
         None, "padded sequences: a file of [batch, length] 1 for valid steps, 0 for padding")
+    initial_state: FileSource | None = _opt(
+        None, "h0, the hidden state before the first step, as PyTorch takes it: a file of "
+              "[num_layers, batch, hidden] (whatever the layout; default zeros)")
+    initial_cell_state: FileSource | None = _opt(
+        None, "lstm: c0, the cell state before the first step, [num_layers, batch, hidden] "
+              "(given with initial_state)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,11 +10,13 @@ Writes, next to this script:
 * ``tagger.safetensors``: the trained model's state_dict, ``encoder.embedding`` (nn.Embedding),
   ``encoder.lstm`` (a 2-layer nn.LSTM, saved in bfloat16, as mixed-precision training leaves
   it) and ``decoder.fc`` (nn.Linear);
-* ``batch.npz``: one batch of 8 padded sentences as the LSTM sees them: ``inputs`` (the
-  embedded tokens, [8, 40, 16]), ``targets`` (tags, -100 in the padding) and ``lengths``;
-* ``torch_reference.npz``: PyTorch's own float64 loss and gradient of every recurrent and
-  head parameter on that batch (packed sequences, ``ignore_index=-100``), from the weights
-  as saved: the test suite checks gradcheck's against them.
+* ``batch.npz``: one batch of 8 padded sentences: ``tokens`` (token ids, [8, 40], 0 in
+  the padding), ``inputs`` (the same tokens embedded, [8, 40, 16], as the LSTM sees them),
+  ``targets`` (tags, -100 in the padding) and ``lengths``;
+* ``torch_reference.npz``: PyTorch's own float64 loss and gradient of every parameter on
+  that batch (packed sequences, ``ignore_index=-100``; the embedding's with its
+  ``padding_idx=0``), from the weights as saved: the test suite checks gradcheck's against
+  them.
 """
 
 from __future__ import annotations
@@ -86,16 +88,16 @@ def main() -> None:
     tokens, tags, lengths = sentences(np.random.default_rng(1), BATCH)
     with torch.no_grad():
         embedded = model.encoder.embedding(torch.from_numpy(tokens)).numpy()
-    np.savez(HERE / "batch.npz", inputs=embedded, targets=tags, lengths=lengths)
+    np.savez(HERE / "batch.npz", tokens=tokens, inputs=embedded, targets=tags, lengths=lengths)
 
     # PyTorch's own numbers, in float64, from the weights as saved (bf16 upcast)
     reference = Tagger().double()
     reference.load_state_dict({k: v.double() for k, v in state.items()})
-    logits = reference(torch.from_numpy(embedded).double(), torch.from_numpy(lengths))
+    logits = reference(reference.encoder.embedding(torch.from_numpy(tokens)),
+                       torch.from_numpy(lengths))
     loss = loss_fn(logits.reshape(-1, TAGS), torch.from_numpy(tags).reshape(-1))
     loss.backward()
-    grads = {f"grad/{name}": p.grad.numpy() for name, p in reference.named_parameters()
-             if not name.startswith("encoder.embedding")}
+    grads = {f"grad/{name}": p.grad.numpy() for name, p in reference.named_parameters()}
     np.savez(HERE / "torch_reference.npz", loss=loss.item(), **grads)
     print(f"batch loss {loss.item():.6f}; wrote tagger.safetensors, batch.npz, "
           "torch_reference.npz")

@@ -1,0 +1,192 @@
+"""Models as people save them, against PyTorch's own numbers (tests/data/make_torch_models.py):
+a cell module looped over the sequence, runs from given initial states, and .pt
+checkpoints (read with torch when it is installed; otherwise the command converting them).
+
+Each case: the loss, every parameter's gradient and every layer's per-step ‖dL/dh_t‖
+(and dL/dh_t itself) as autograd gives them on the same weights and data, in float64,
+through the whole pipeline from a checkpoint file and a spec.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import save_file
+
+from gradcheck_cli.analysis.analyze import analyze_spec
+from gradcheck_cli.commands.verify import verify_spec
+from gradcheck_cli.core.model import Architecture
+from gradcheck_cli.engine.bptt import bptt
+from gradcheck_cli.errors import InputFileError
+from gradcheck_cli.io.resolve import load_spec
+from gradcheck_cli.io.weights import state_dict_of
+from tests.conftest import ROOT, assert_clean_error, assert_exit, run
+
+DATA = Path(__file__).parent / "data"
+TORCH = np.load(DATA / "torch_models.npz")
+
+
+def _arrays(case: str, part: str) -> dict[str, np.ndarray]:
+    start = f"{case}/{part}/"
+    return {k[len(start):]: TORCH[k] for k in TORCH.files if k.startswith(start)}
+
+
+def _files(tmp_path, case: str, **sequence) -> Path:
+    """The case's parameters as a safetensors checkpoint, its data as an .npz, and a spec."""
+    save_file(_arrays(case, "param"), str(tmp_path / "model.safetensors"))
+    data = {k.split("/", 1)[1]: TORCH[k] for k in TORCH.files
+            if k.split("/", 1)[0] == case and k.count("/") == 1}
+    np.savez(tmp_path / "batch.npz", **data)
+    kind = "mse" if TORCH[f"{case}/targets"].dtype.kind == "f" else "cross_entropy"
+    spec = {"model": {"weights": "model.safetensors"},
+            "sequence": {"inputs": {"file": "batch.npz", "key": "x"},
+                         "targets": {"file": "batch.npz", "key": "targets"}, **sequence},
+            "loss": {"kind": kind, "timesteps": "last" if case == "initial_gru" else "all"}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _matches_pytorch(report, case: str) -> None:
+    assert report.loss == pytest.approx(float(TORCH[f"{case}/loss"]), rel=1e-12)
+    expected = _arrays(case, "grad")
+    assert sorted(report.gradients) == sorted(expected)
+    for name, grad in expected.items():
+        np.testing.assert_allclose(report.gradients[name], grad, rtol=1e-10,
+                                   atol=1e-14 * np.abs(grad).max(), err_msg=name)
+    for layer in report.layers:
+        dh = TORCH[f"{case}/dh/{layer.index}"]
+        np.testing.assert_allclose(layer.hidden_grad_norm, np.sqrt((dh ** 2).sum(axis=(0, 2))),
+                                   rtol=1e-10, err_msg=f"layer {layer.index}")
+
+
+def test_an_lstmcell_decoder_is_a_one_layer_lstm_looped(tmp_path):
+    spec = load_spec(_files(tmp_path, "cell"))
+    assert spec.model.cell == "lstm" and spec.model.num_layers == 1
+    assert spec.model.checkpoint.cell_module
+    report = analyze_spec(spec, trials=0, windows=[])
+    _matches_pytorch(report, "cell")
+    assert [p.name for p in report.parameters] == list(_arrays("cell", "param"))
+    assert "cell module decoder.cell (an nn.LSTMCell: one layer, looped over the sequence)" \
+        in " ".join(report.notes)
+    assert verify_spec(spec, directions=2, entries=2).passed
+
+
+@pytest.mark.parametrize("case", ["initial", "initial_gru"])
+def test_runs_from_given_initial_states_match_pytorch(tmp_path, case):
+    lstm = case == "initial"
+    states = {"initial_state": {"file": "batch.npz", "key": "h0"}}
+    if lstm:
+        states["initial_cell_state"] = {"file": "batch.npz", "key": "c0"}
+    spec = load_spec(_files(tmp_path, case, **states))
+    report = analyze_spec(spec, trials=2, windows=[])
+    _matches_pytorch(report, case)
+    assert report.initial_state == "given"
+    assert ("h0 and c0 as given" if lstm else "h0 as given") in " ".join(report.notes)
+    assert verify_spec(spec, directions=2, entries=2).passed
+    # the engine's per-step dL/dh_t and dL/dc_t themselves, not only their norms
+    params = _arrays(case, "param")
+    arch = Architecture(cell="lstm" if lstm else "gru", input_size=4, hidden_size=5,
+                        output_size=3, num_layers=2)
+    initial = (TORCH[f"{case}/h0"],) + ((TORCH[f"{case}/c0"],) if lstm else ())
+    result = bptt(arch, params, TORCH[f"{case}/x"].swapaxes(0, 1),
+                  TORCH[f"{case}/targets"].swapaxes(0, 1), "cross_entropy",
+                  "all" if lstm else "last", None, initial)
+    for k in range(2):
+        np.testing.assert_allclose(result.grads.hidden[k].swapaxes(0, 1),
+                                   TORCH[f"{case}/dh/{k}"], rtol=1e-10, atol=1e-15)
+        if lstm:
+            np.testing.assert_allclose(result.grads.cell[k].swapaxes(0, 1),
+                                       TORCH[f"{case}/dc/{k}"], rtol=1e-10, atol=1e-15)
+    zero = analyze_spec(load_spec(_files(tmp_path, case)), trials=0, windows=[])
+    assert zero.initial_state == "zero" and zero.loss != pytest.approx(report.loss)
+
+
+def test_initial_state_mistakes_are_clean_errors(tmp_path):
+    path = _files(tmp_path, "initial", initial_state={"file": "batch.npz", "key": "h0"})
+    assert_clean_error(run("analyze", path), "sequence.initial_state",
+                       "an lstm starts from (h0, c0)", "initial_cell_state")
+    np.save(tmp_path / "h0.npy", np.zeros((1, 3, 5)))
+    np.save(tmp_path / "c0.npy", np.zeros((2, 3, 5)))
+    spec = yaml.safe_load(path.read_text())
+    spec["sequence"].update(initial_state="h0.npy", initial_cell_state="c0.npy")
+    path.write_text(yaml.safe_dump(spec))
+    assert_clean_error(run("analyze", path), "sequence.initial_state", "h0.npy has shape "
+                       "[1, 3, 5], expected [2, 3, 5] ([num_layers, batch, hidden]")
+    gru = _files(tmp_path, "initial_gru", initial_state={"file": "batch.npz", "key": "h0"},
+                 initial_cell_state="c0.npy")
+    assert_clean_error(run("analyze", gru), "sequence.initial_cell_state",
+                       "applies to cell: lstm only")
+
+
+def test_a_resampled_batch_takes_its_sequences_initial_states(tmp_path):
+    """The clip trials resample the batch's sequences: each keeps its own h0."""
+    from gradcheck_cli.io.data import Batches
+    spec = load_spec(_files(tmp_path, "initial_gru",
+                            initial_state={"file": "batch.npz", "key": "h0"}))
+    batches = Batches(spec)
+    first, again = batches.draw(0), batches.draw(1)
+    h0 = TORCH["initial_gru/h0"]
+    np.testing.assert_array_equal(first.initial[0], h0)
+    for b in range(again.x.shape[1]):
+        (row,) = [r for r in range(3) if np.array_equal(again.x[:, b], first.x[:, r])]
+        np.testing.assert_array_equal(again.initial[0][:, b], h0[:, row])
+
+
+# ----------------------------------------------------------------------------- .pt files
+
+def test_the_state_dict_is_found_where_training_checkpoints_keep_it():
+    path = Path("ckpt.pt")
+    sd = {"rnn.weight_hh_l0": np.zeros((4, 4))}
+    assert state_dict_of(sd, path) == (sd, None)
+    for key in ("state_dict", "model", "model_state_dict"):
+        found, used = state_dict_of({key: sd, "optimizer": {"state": {}}, "epoch": 3}, path)
+        assert found == sd and used == key
+    found, used = state_dict_of({**sd, "epoch": 3}, path)
+    assert found == sd and used is None
+    with pytest.raises(InputFileError, match=r"holds no state_dict.*'optimizer', 'epoch'"):
+        state_dict_of({"optimizer": {"state": {}}, "epoch": 3}, path)
+    with pytest.raises(InputFileError, match="holds a list, not a state_dict"):
+        state_dict_of([1, 2], path)
+
+
+def test_a_pt_checkpoint_without_torch_gives_the_command_that_converts_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)          # import torch fails
+    spec = {"model": {"weights": str(DATA / "cell.pt")}, "sequence": {"length": 4}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = run("analyze", path)
+    assert_clean_error(result, "model.weights", "cell.pt: reading a .pt checkpoint needs "
+                       "PyTorch, which is not installed", "torch.load('cell.pt', "
+                       "map_location='cpu', weights_only=True)", "'cell.safetensors'")
+
+
+def test_pt_checkpoints_read_with_torch_give_the_safetensors_numbers(tmp_path):
+    """The language model's .pt (its state_dict under "model", Adam's state beside it) and
+    the LSTMCell decoder's; the nested checkpoint's LayerNorm is named, not modelled."""
+    pytest.importorskip("torch", reason="torch reads .pt files; it is not a test dependency")
+    lm = ROOT / "docs" / "examples" / "lm" / "lm.yaml"
+    from_pt = analyze_spec(load_spec(lm, ["model.weights=lm.pt"]), trials=0, windows=[])
+    from_safetensors = analyze_spec(load_spec(lm), trials=0, windows=[])
+    assert from_pt.loss == from_safetensors.loss
+    for name, grad in from_safetensors.gradients.items():
+        np.testing.assert_array_equal(from_pt.gradients[name], grad)
+    assert "weights from lm.pt (its state_dict under 'model')" in " ".join(from_pt.notes)
+    cell = _files(tmp_path, "cell")
+    report = analyze_spec(load_spec(cell, [f"model.weights={DATA / 'cell.pt'}"]), trials=0,
+                          windows=[])
+    _matches_pytorch(report, "cell")
+    spec = {"model": {"weights": str(DATA / "nested.pt")}, "sequence": {"length": 5}}
+    path = tmp_path / "nested.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = run("analyze", path, "--trials", "0", "-f", "json")
+    assert_exit(result, 0)
+    data = json.loads(result.stdout)
+    assert "its state_dict under 'model_state_dict'" in " ".join(data["notes"])
+    (unmodelled,) = [f for f in data["findings"] if f["code"] == "unmodelled"]
+    assert "norm.weight" in unmodelled["message"]
