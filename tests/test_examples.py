@@ -85,3 +85,23 @@ def test_the_language_model_verifies():
     assert result.passed
     (embedding,) = [t for t in result.tensors if t.name == "encoder.weight"]
     assert embedding.scope is not None and "rows the batch's tokens read" in embedding.scope
+
+
+def test_the_language_model_in_training_mode_gives_pytorchs_numbers_with_the_same_masks():
+    """nn.LSTM(dropout=0.2) in training mode: PyTorch's unrolled model given the masks
+    gradcheck draws for the spec's seed (see Batches.masks), not its own."""
+    report = analyze_spec(load_spec(LM / "lm.yaml", ["model.dropout=0.2"]), trials=0,
+                          windows=[])
+    reference = np.load(LM / "torch_reference.npz")
+    assert report.loss == pytest.approx(float(reference["dropout/loss"]), rel=1e-12)
+    assert report.loss != pytest.approx(float(reference["loss"]), rel=1e-6)
+    for key in [k for k in reference.files if k.startswith("dropout/grad/")]:
+        expected = reference[key]
+        name = key.split("/", 2)[2]
+        np.testing.assert_allclose(report.gradients[name], expected, rtol=1e-10,
+                                   atol=1e-14 * np.abs(expected).max(), err_msg=name)
+    for layer in report.layers:
+        dh = reference[f"dropout/dh/{layer.index}"]
+        np.testing.assert_allclose(layer.hidden_grad_norm, np.sqrt((dh ** 2).sum(axis=(0, 2))),
+                                   rtol=1e-10)
+    assert report.model.dropout == 0.2

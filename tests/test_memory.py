@@ -75,6 +75,10 @@ WIDE_OUTPUT = ["model.hidden_size=8", "model.output_size=256", "sequence.length=
                       "sequence.batch_size=8"], 20, None),
     ("rnn_healthy", ["model.hidden_size=16", "model.num_layers=30",
                      "sequence.batch_size=8"], 20, None),
+    # an embedding's lookup and its gradient, dropout's masks and what they drop
+    ("lstm_healthy", ["model.embedding={num_embeddings: 20000, embedding_dim: 8}",
+                      "model.dropout=0.3", "model.num_layers=3", "sequence.length=200",
+                      "sequence.batch_size=32"], 3, None),
 ])
 def test_memory_estimate_bounds_the_measured_peak(name, overrides, trials, windows):
     spec = load_spec(SAMPLE[name], overrides)

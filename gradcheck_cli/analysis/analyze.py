@@ -88,7 +88,7 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
     batch = batches.draw(0)
     streams = plan(spec, max_memory=max_memory, trials=trials)[0].streams
     with np.errstate(all="ignore"):
-        fwd = forward(arch, params, batch.x, initial=batch.initial)
+        fwd = forward(arch, params, batch.x, initial=batch.initial, masks=batch.masks)
         loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
                                            spec.loss.timesteps, batch.lengths)
         measured = measure(arch, params, fwd, d_out, batch, spec, loss, names, streams)
@@ -182,7 +182,8 @@ def assemble(spec: Spec, arch: Architecture, params: Params, names: dict[str, st
                            and model.checkpoint.nonlinearity_assumed,
                            embedding=EmbeddingSummary(arch.embedding, arch.input_size,
                                                       arch.padding_idx)
-                           if arch.embedding else None),
+                           if arch.embedding else None,
+                           dropout=arch.dropout),
         length=spec.length, batch_size=spec.batch_size,
         loss_kind=spec.loss.kind, loss_timesteps=spec.loss.timesteps,
         thresholds={"vanishing": spec.thresholds.vanishing,

@@ -60,8 +60,12 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
             initial = tuple(np.stack([d.initial[i] for d in draws], axis=2)
                             .reshape(arch.num_layers, B * k, -1)
                             for i in range(len(draws[0].initial)))
+        masks = None
+        if draws[0].masks is not None:                            # (layers - 1, T, B, k, H)
+            masks = np.stack([d.masks for d in draws], axis=3).reshape(
+                arch.num_layers - 1, stacked.shape[0], B * k, -1)
         with np.errstate(all="ignore"):
-            fwd = forward(arch, params, x, initial=initial, buffers=buffers)
+            fwd = forward(arch, params, x, initial=initial, masks=masks, buffers=buffers)
             d_out = np.empty_like(fwd.outputs)
             for j, d in enumerate(draws):
                 _, d_out[:, j::k] = loss_and_output_grad(

@@ -79,6 +79,18 @@ def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
             pad = "no padding_idx"
         notes.append(f"inputs: token ids, each step's input the embedding's row for its "
                      f"token; {pad}{drawn}")
+    model = spec.model
+    if model.dropout > 0 and model.num_layers > 1:
+        notes.append(f"dropout {model.dropout:g} between layers, in training mode: its masks "
+                     "are drawn from the seed, fresh for each clip trial and simulated step; "
+                     "--set model.dropout=0 gives the evaluation-mode numbers")
+    elif model.dropout > 0:
+        notes.append("dropout has no effect with one layer (it acts between layers, as in "
+                     "nn.LSTM, which warns of it)")
+    elif checkpoint is not None and model.num_layers > 1 and not checkpoint.dropout_stated:
+        notes.append("no dropout between layers (a state_dict does not record it): these are "
+                     "the evaluation-mode numbers; set model.dropout to the rate the model "
+                     "trains with for the training-mode ones")
     if not spec.model.head:
         notes.append("no head: the loss is taken on the top layer's hidden state")
     arch = Architecture.from_spec(spec.model)

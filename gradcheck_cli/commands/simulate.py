@@ -110,10 +110,12 @@ def _train(spec: Spec, mitigation: str, steps: int, optimizer: str, lr: float, d
     trace = _Trace()
     buffers = Buffers()  # every step has the same shapes: one set of arrays serves them all
     for step in range(steps):
-        batch = batches.draw(0 if data == "fixed" else step + 1)
+        # fixed data: the spec's batch every step, with dropout's fresh masks each time
+        batch = batches.draw(0, masks=step) if data == "fixed" else batches.draw(step + 1)
         buffers.reclaim()
         with np.errstate(all="ignore"):
-            fwd = forward(arch, params, batch.x, initial=batch.initial, buffers=buffers)
+            fwd = forward(arch, params, batch.x, initial=batch.initial, masks=batch.masks,
+                          buffers=buffers)
             loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
                                                spec.loss.timesteps, batch.lengths)
             if truncation is None:

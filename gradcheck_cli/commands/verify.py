@@ -347,7 +347,7 @@ def shadowed_loss_sum(arch: Architecture, params: Params, fwd: Forward,
                 worst = max(worst, _discrepancy(n, c, scales[k][i]))
             # the tangent goes on; the point it is taken at is the fast pass's
             states[k] = tuple(c + 1j * n.imag for n, c in zip(new, cached, strict=True))
-            inputs = reference.layer_output(arch, k, states[k][0], inputs)
+            inputs = reference.layer_output(arch, k, states[k][0], inputs, fwd.masks, t)
         total = total + reference.step_loss_sum(reference.head(arch, params, inputs),
                                                 targets[t], covered[t], kind)
     return total, worst, kinks
@@ -473,6 +473,7 @@ def check_gradients(arch: Architecture, params: Params, x: np.ndarray, targets: 
                     loss_kind: str = "mse", timesteps: str = "all",
                     lengths: np.ndarray | None = None, *,
                     initial: tuple[np.ndarray, ...] | None = None,
+                    masks: np.ndarray | None = None,
                     names: dict[str, str] | None = None,
                     directions: int = DIRECTIONS, entries: int | None = ENTRIES,
                     seed: int = 0, tolerance: float = TOLERANCE,
@@ -488,13 +489,15 @@ def check_gradients(arch: Architecture, params: Params, x: np.ndarray, targets: 
     names = names or {name: name for name in params}
     if initial is not None:
         initial = tuple(np.asarray(s, dtype=np.float64) for s in initial)
-    result = bptt(arch, params, x, targets, loss_kind, timesteps, lengths, initial)
+    if masks is not None:
+        masks = np.asarray(masks, dtype=np.float64)
+    result = bptt(arch, params, x, targets, loss_kind, timesteps, lengths, initial, masks)
     T, B = x.shape[:2]
     covered = covered_steps(T, B, timesteps, lengths)
     rng = np.random.default_rng(seed)
 
     def loss(p: Params) -> float:
-        return loss_value(arch, p, x, targets, loss_kind, timesteps, lengths, initial)
+        return loss_value(arch, p, x, targets, loss_kind, timesteps, lengths, initial, masks)
 
     tensors = []
     forward_error, kinks = 0.0, 0
@@ -569,6 +572,7 @@ def verify_spec(spec, *, directions: int = DIRECTIONS, entries: int | None = ENT
     with np.errstate(all="ignore"):
         return check_gradients(arch, params, batch.x, batch.targets, spec.loss.kind,
                                spec.loss.timesteps, batch.lengths, initial=batch.initial,
+                               masks=batch.masks,
                                names=names,
                                directions=directions, entries=entries, seed=spec.seed,
                                tolerance=tolerance, difference_tolerance=difference_tolerance,

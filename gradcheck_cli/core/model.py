@@ -48,6 +48,9 @@ class Architecture:
     inputs are features); its embedding_dim is input_size."""
     padding_idx: int | None = None
     """The embedding's padding_idx: the token whose row gets no gradient."""
+    dropout: float = 0.0
+    """Dropout between layers (nn.LSTM's ``dropout``): each layer's output but the last's
+    times a mask of 0 and 1/(1-p), in training mode."""
 
     @classmethod
     def from_spec(cls, model) -> Architecture:  # model: a resolved spec.ModelSpec
@@ -59,11 +62,18 @@ class Architecture:
                    bias=model.bias, head_bias=head and model.head_bias, head=head,
                    residual_layers=model.residual.layers, residual_time=model.residual.time,
                    embedding=embedding.num_embeddings if embedding else 0,
-                   padding_idx=embedding.padding_idx if embedding else None)
+                   padding_idx=embedding.padding_idx if embedding else None,
+                   dropout=model.dropout)
 
     @property
     def gates(self) -> int:
         return GATES[self.cell]
+
+    @property
+    def dropped(self) -> int:
+        """The layers whose output dropout masks: every one but the last, when there is
+        dropout."""
+        return self.num_layers - 1 if self.dropout > 0 else 0
 
     def layer_input_size(self, layer: int) -> int:
         return self.input_size if layer == 0 else self.hidden_size

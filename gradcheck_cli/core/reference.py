@@ -156,12 +156,15 @@ def embedding_grad(arch: Architecture, tokens: np.ndarray, d_x: np.ndarray) -> n
     return grad
 
 
-def layer_output(arch: Architecture, k: int, h: np.ndarray, x_t: np.ndarray) -> np.ndarray:
-    """What layer k passes up: h_t, plus its input with residual connections across layers
-    (where the input has the hidden size)."""
-    if arch.residual_layer(k):
-        return h + x_t
-    return h
+def layer_output(arch: Architecture, k: int, h: np.ndarray, x_t: np.ndarray,
+                 masks: np.ndarray | None = None, t: int = 0) -> np.ndarray:
+    """What layer k passes up at step t: h_t, plus its input with residual connections
+    across layers (where the input has the hidden size); with dropout (``masks``, below the
+    top layer), times its mask of 0 and 1/(1-p): ``nn.LSTM(dropout=p)`` in training mode."""
+    out = h + x_t if arch.residual_layer(k) else h
+    if masks is not None and k < arch.num_layers - 1:
+        out = out * masks[k, t]
+    return out
 
 
 def head(arch: Architecture, params: Params, top: np.ndarray) -> np.ndarray:
@@ -201,11 +204,13 @@ def variants(arch: Architecture, params: Params) -> tuple[int, ...]:
 
 def forward_loss(arch: Architecture, params: Params, x: np.ndarray, targets: np.ndarray,
                  covered: np.ndarray, kind: str,
-                 initial: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+                 initial: tuple[np.ndarray, ...] | None = None,
+                 masks: np.ndarray | None = None) -> np.ndarray:
     """The loss of the whole stack on x ``(T, B, in)`` (token ids ``(T, B)`` with an
     embedding): every layer stepped through time from the ``initial`` states (h0, and c0
     for lstm, ``(num_layers, B, H)``; None: zeros), the head at every step, the mean over
-    what ``covered`` (``(T, B)``) marks.
+    what ``covered`` (``(T, B)``) marks. ``masks``: dropout's, ``(num_layers - 1, T, B, H)``
+    of 0 and 1/(1-p) (see :func:`layer_output`); None: none.
 
     Returns ``(...)``: one loss per variant when the parameters have leading axes.
     """
@@ -219,7 +224,7 @@ def forward_loss(arch: Architecture, params: Params, x: np.ndarray, targets: np.
         inputs = x[..., t, :, :]
         for k in range(arch.num_layers):
             states[k] = step(arch, params, k, inputs, states[k])
-            inputs = layer_output(arch, k, states[k][0], inputs)
+            inputs = layer_output(arch, k, states[k][0], inputs, masks, t)
         total = total + step_loss_sum(head(arch, params, inputs), targets[t], covered[t], kind)
     return total / loss_count(covered, kind, arch.output_size)
 
@@ -310,12 +315,12 @@ def cell_backward(arch: Architecture, dh: np.ndarray, dc_next: np.ndarray | None
 
 
 def forward(arch: Architecture, params: Params, x: np.ndarray,
-            initial: tuple[np.ndarray, ...] | None = None
+            initial: tuple[np.ndarray, ...] | None = None, masks: np.ndarray | None = None
             ) -> tuple[np.ndarray, list[list[dict[str, np.ndarray]]]]:
     """The head's outputs ``(T, B, O)`` for x ``(T, B, in)`` (token ids ``(T, B)`` with an
     embedding, kept in layer 0's caches under ``"tokens"``), and every layer's every step's
     cache (``caches[k][t]``, the layer's output under ``"out"``), from the ``initial``
-    states (see :func:`forward_loss`)."""
+    states and with dropout's ``masks`` (see :func:`forward_loss`)."""
     tokens = x if arch.embedding else None
     x = embed(arch, params, x)
     T, B, _ = x.shape
@@ -326,7 +331,9 @@ def forward(arch: Architecture, params: Params, x: np.ndarray,
         inputs = x[t]
         for k in range(arch.num_layers):
             states[k], cache = cell_forward(arch, params, k, inputs, states[k])
-            inputs = layer_output(arch, k, states[k][0], inputs)
+            inputs = layer_output(arch, k, states[k][0], inputs, masks, t)
+            if masks is not None and k < arch.num_layers - 1:
+                cache["mask"] = masks[k, t]
             cache["out"] = inputs
             if k == 0 and tokens is not None:
                 cache["tokens"] = tokens[t]
@@ -407,6 +414,8 @@ def backward(arch: Architecture, params: Params, caches: list[list[dict[str, np.
         hidden.insert(0, dh_k)
         cell.insert(0, dc_k)
         d_out = d_in
+        if k > 0 and "mask" in caches[k - 1][0]:        # out_{k-1} ⊙ mask: its gradient too
+            d_out = d_in * np.stack([cache["mask"] for cache in caches[k - 1]])
     if arch.embedding:                                  # x_t = E[token_t]
         tokens = np.stack([cache["tokens"] for cache in caches[0]])
         grads["embedding.weight"] = embedding_grad(arch, tokens[start:stop], d_out[start:stop])

@@ -46,7 +46,9 @@ def forward_arrays(arch: Architecture, k: int, steps: int, rows: int,
     after the layer. act: rnn's nonlinearity output, apart from h only with residual
     connections through time. c: lstm's cell states. hn: gru's W_hn h_{t-1} + b_hn.
     out: the layer's output h + x, with a residual connection across it. embedded: layer
-    0's input looked up from an embedding (the rows of the token ids).
+    0's input looked up from an embedding (the rows of the token ids). With dropout, below
+    the top layer: mask, the caller's dropout mask the pass reads, and dropped, h ⊙ mask
+    (with a residual connection, ``out`` is masked in place).
     """
     dtype = np.dtype(dtype)
     H, G = arch.hidden_size, arch.gates * arch.hidden_size
@@ -64,6 +66,10 @@ def forward_arrays(arch: Architecture, k: int, steps: int, rows: int,
         table["out"] = Array("out", seq, dtype)
     if k == 0 and arch.embedding:
         table["embedded"] = Array("embedded", (steps, rows, arch.input_size), dtype)
+    if k < arch.dropped:
+        table["mask"] = Array("mask", seq, dtype)
+        if not arch.residual_layer(k):
+            table["dropped"] = Array("dropped", seq, dtype)
     return table
 
 

@@ -100,6 +100,8 @@ def backward_lanes(arch: Architecture, params: Params, fwd: Forward,
             if dx is not None:
                 embedding_grads(arch, fwd, dx, start, lanes, grads)
             break
+        if fwd.masks is not None:                      # x_k = out_{k-1} ⊙ mask: through it
+            drop_through(dx, fwd.masks[k - 1, start:start + W], lanes)
         dh_direct = dx
     lstm = arch.cell == "lstm"
     return [Backward(params={n: grads[lane][n] for n in params if n in grads[lane]},
@@ -123,6 +125,16 @@ def head_grads(arch: Architecture, d_in: np.ndarray, top: np.ndarray, lanes: Lan
         grads[lane]["head.weight"] = flat.T @ x.reshape(flat.shape[0], x.shape[-1])
         if arch.head_bias:
             grads[lane]["head.bias"] = flat.sum(axis=0)
+
+
+def drop_through(d: np.ndarray, mask: np.ndarray, lanes: Lanes) -> None:
+    """``d`` ``(W, rows, H)`` times dropout's ``mask`` ``(W, B, H)`` in place: every lane's
+    rows by their sequence's mask when the lanes share the forward pass, else row by row."""
+    if lanes.shared and lanes.count > 1:
+        W, rows, H = d.shape
+        d.reshape(W, rows // lanes.count, lanes.count, H)[...] *= mask[:, :, None, :]
+    else:
+        d *= mask
 
 
 def embedding_grads(arch: Architecture, fwd: Forward, d_x: np.ndarray, start: int,

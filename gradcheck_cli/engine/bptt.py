@@ -27,10 +27,11 @@ from .state import BPTTResult, Forward
 def bptt(arch: Architecture, params: Params, x: np.ndarray, targets: np.ndarray,
          loss_kind: str = "mse", timesteps: str = "all",
          lengths: np.ndarray | None = None,
-         initial: tuple[np.ndarray, ...] | None = None) -> BPTTResult:
-    """Forward (from the ``initial`` states, h0 and for lstm c0; None: zero), loss and
-    backward: the loss, every parameter's gradient, and dL/dh_t."""
-    fwd = forward(arch, params, x, initial=initial)
+         initial: tuple[np.ndarray, ...] | None = None,
+         masks: np.ndarray | None = None) -> BPTTResult:
+    """Forward (from the ``initial`` states, h0 and for lstm c0, None: zero; with dropout's
+    ``masks``), loss and backward: the loss, every parameter's gradient, and dL/dh_t."""
+    fwd = forward(arch, params, x, initial=initial, masks=masks)
     loss, d_out = loss_and_output_grad(fwd.outputs, targets, loss_kind, timesteps, lengths)
     return BPTTResult(loss=loss, forward=fwd, grads=backward(arch, params, fwd, d_out))
 
@@ -38,9 +39,10 @@ def bptt(arch: Architecture, params: Params, x: np.ndarray, targets: np.ndarray,
 def loss_value(arch: Architecture, params: Params, x: np.ndarray, targets: np.ndarray,
                loss_kind: str = "mse", timesteps: str = "all",
                lengths: np.ndarray | None = None,
-               initial: tuple[np.ndarray, ...] | None = None) -> float:
+               initial: tuple[np.ndarray, ...] | None = None,
+               masks: np.ndarray | None = None) -> float:
     """The loss alone (for finite differences)."""
-    fwd = forward(arch, params, x, initial=initial)
+    fwd = forward(arch, params, x, initial=initial, masks=masks)
     return loss_and_output_grad(fwd.outputs, targets, loss_kind, timesteps, lengths)[0]
 
 

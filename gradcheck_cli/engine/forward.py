@@ -14,12 +14,13 @@ from .state import Forward, LayerCache
 
 
 def forward(arch: Architecture, params: Params, x: np.ndarray, *,
-            initial: tuple[np.ndarray, ...] | None = None,
+            initial: tuple[np.ndarray, ...] | None = None, masks: np.ndarray | None = None,
             buffers: Buffers = FRESH) -> Forward:
     """Run the stack and the head over ``x`` of shape ``(T, B, input_size)`` (token ids
     ``(T, B)`` with an embedding, looked up first), from the ``initial`` states (h0, and
-    c0 for lstm, ``(num_layers, B, H)`` each; None: zero); the arrays it keeps come from
-    ``buffers``."""
+    c0 for lstm, ``(num_layers, B, H)`` each; None: zero), with dropout's ``masks``
+    between layers (``(num_layers - 1, T, B, H)`` of 0 and 1/(1-p); None: none); the arrays
+    it keeps come from ``buffers``."""
     tokens = None
     if arch.embedding:                                          # x_t = E[token_t]
         tokens, weight = x, params["embedding.weight"]
@@ -33,16 +34,20 @@ def forward(arch: Architecture, params: Params, x: np.ndarray, *,
         cache = forward_layer(arch, k, inputs, *layer_weights(params, k), buffers=buffers,
                               initial=None if initial is None else tuple(s[k] for s in initial))
         layers.append(cache)
+        table = forward_arrays(arch, k, T, B, x.dtype)
         if arch.residual_layer(k):                              # out = h + x
-            out = buffers.take(forward_arrays(arch, k, T, B, x.dtype)["out"])
-            inputs = np.add(cache.h, inputs, out=out)
+            inputs = np.add(cache.h, inputs, out=buffers.take(table["out"]))
+            if masks is not None and k < arch.num_layers - 1:
+                inputs *= masks[k]                              # dropout, in place
+        elif masks is not None and k < arch.num_layers - 1:     # dropout: h ⊙ mask
+            inputs = np.multiply(cache.h, masks[k], out=buffers.take(table["dropped"]))
         else:
             inputs = cache.h
     if not arch.head:
-        return Forward(layers=layers, outputs=inputs, top=inputs, tokens=tokens)
+        return Forward(layers=layers, outputs=inputs, top=inputs, tokens=tokens, masks=masks)
     outputs = buffers.take(head_arrays(arch, T, B, inputs.dtype)["outputs"])
     project(inputs, params["head.weight"], params.get("head.bias"), out=outputs)
-    return Forward(layers=layers, outputs=outputs, top=inputs, tokens=tokens)
+    return Forward(layers=layers, outputs=outputs, top=inputs, tokens=tokens, masks=masks)
 
 
 def forward_layer(arch: Architecture, k: int, x: np.ndarray, w_ih: np.ndarray,

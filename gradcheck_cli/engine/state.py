@@ -42,6 +42,8 @@ class Forward:
     residual connections across layers)."""
     tokens: np.ndarray | None = None
     """With an embedding, the token ids ``(T, B)`` whose rows layer 0 read."""
+    masks: np.ndarray | None = None
+    """With dropout, its masks between layers ``(num_layers - 1, T, B, H)``."""
 
 
 @dataclass

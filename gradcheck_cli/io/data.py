@@ -41,6 +41,9 @@ class Batch:
     initial: tuple[np.ndarray, ...] | None = None
     """The states before the first step, h0 (and c0 for lstm), ``(num_layers, B, H)``
     each; None: zeros."""
+    masks: np.ndarray | None = None
+    """Dropout's masks between layers, ``(num_layers - 1, T, B, H)`` of 0 and 1/(1-p);
+    None without dropout."""
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -645,8 +648,22 @@ class Batches:
     def rng(self, draw: int) -> np.random.Generator:
         return np.random.default_rng([self.spec.seed, 1, draw])
 
-    def draw(self, index: int = 0) -> Batch:
-        """Inputs ``(T, B, input_size)``, targets ``(T, B, outputs)`` or ``(T, B)``."""
+    def masks(self, index: int) -> np.ndarray | None:
+        """Dropout's masks for draw ``index``, from their own seeded stream: each element
+        kept with probability 1 - p (``default_rng([seed, 2, index]).random(shape) >= p``)
+        and scaled by 1/(1-p), as ``nn.LSTM(dropout=p)`` draws its own in training mode."""
+        spec = self.spec
+        model = spec.model
+        p = model.dropout
+        if p <= 0 or model.num_layers < 2:
+            return None
+        shape = (model.num_layers - 1, spec.length, spec.batch_size, model.hidden_size)
+        keep = np.random.default_rng([spec.seed, 2, index]).random(shape) >= p
+        return keep.astype(self.dtype) / self.dtype.type(1.0 - p)
+
+    def draw(self, index: int = 0, masks: int | None = None) -> Batch:
+        """Inputs ``(T, B, input_size)``, targets ``(T, B, outputs)`` or ``(T, B)``; with
+        dropout, the masks of draw ``masks`` (default ``index``)."""
         spec, rng = self.spec, self.rng(index)
         T, B = spec.length, spec.batch_size
         model = spec.model
@@ -675,7 +692,7 @@ class Batches:
             initial = tuple(s[:, rows] for s in initial)
         return Batch(x=np.ascontiguousarray(x.swapaxes(0, 1)),
                      targets=np.ascontiguousarray(y.swapaxes(0, 1)), lengths=lengths,
-                     initial=initial)
+                     initial=initial, masks=self.masks(index if masks is None else masks))
 
 
 def _sample(dist, rng: np.random.Generator, shape: tuple[int, ...],

@@ -236,7 +236,8 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
         inferred=inferred, half=half, ignored=ignored, on_path=on_path,
         nonlinearity_assumed=model.cell == "rnn" and not given(data, ("model", "nonlinearity")),
         embedding_prefix=embedding_prefix, state_dict_key=weights.torch_key(path),
-        cell_module=weights.is_cell(index, rnn_prefix))
+        cell_module=weights.is_cell(index, rnn_prefix),
+        dropout_stated=given(data, ("model", "dropout")))
     return dataclasses.replace(model, checkpoint=checkpoint)
 
 

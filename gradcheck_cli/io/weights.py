@@ -65,6 +65,8 @@ class Checkpoint:
     """A .pt training checkpoint's key the state_dict was under (``model``, say)."""
     cell_module: bool = False
     """The recurrence is a cell module (nn.LSTMCell, ...): one layer, looped."""
+    dropout_stated: bool = False
+    """The spec states the dropout (a state_dict cannot)."""
 
 
 def read_npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:

@@ -66,6 +66,8 @@ def title(report: Report) -> str:
     assumed = ", assumed" if m.nonlinearity_assumed else ""
     cell = f"rnn ({m.nonlinearity}{assumed})" if m.cell == "rnn" else m.cell
     layers = f"{m.num_layers} layer{'s' if m.num_layers > 1 else ''}"
+    if m.dropout > 0:
+        layers += f", dropout {m.dropout:g}"
     weights = f" · weights {m.weights}" if m.weights else ""
     where = "every step" if report.loss_timesteps == "all" else "the last step"
     e = m.embedding

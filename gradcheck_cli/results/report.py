@@ -241,6 +241,8 @@ class ModelSummary:
     embedding: EmbeddingSummary | None = None
     """The embedding the inputs' token ids are looked up in, or null (the inputs are
     features)."""
+    dropout: float = 0.0
+    """Dropout between layers (nn.LSTM's ``dropout``), in training mode; 0: none."""
 
 
 @dataclass(frozen=True)

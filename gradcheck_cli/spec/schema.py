@@ -133,6 +133,10 @@ class ModelSpec:
     head_prefix: str | None = _opt(
         None, "the head's prefix in the weights file (e.g. decoder.fc); found when only one "
               "fits")
+    dropout: float = _opt(
+        0.0, "dropout between layers, as nn.LSTM(dropout=p): on every layer's output but the "
+             "last, in training mode (scaled by 1/(1-p)); its masks are drawn from the seed",
+        minimum=0, exclusiveMaximum=1)
     embedding: Union[bool, Embedding, None] = _opt(
         None, "an nn.Embedding on integer token ids before the recurrent stack: true takes "
               "the weights file's; a mapping gives its sizes and padding_idx")

@@ -16,8 +16,10 @@ Writes, next to this script:
 * ``batch.npz``: one batch of 8 sequences of 35 token ids (``tokens``) and the next token
   at every step (``targets``), batch-first;
 * ``torch_reference.npz``: PyTorch's own float64 loss, the gradient of every parameter and
-  every layer's per-step dL/dh_t on that batch, in evaluation mode (no dropout), from the
-  weights as saved: the test suite checks gradcheck's against them.
+  every layer's per-step dL/dh_t on that batch, from the weights as saved, in evaluation
+  mode (no dropout), and under ``dropout/`` in training mode with dropout 0.2 and the masks
+  gradcheck draws for seed 0 (``default_rng([0, 2, 0]).random(shape) >= p``, scaled by
+  1/(1-p)) given to the unrolled model: the test suite checks gradcheck's against them.
 """
 
 from __future__ import annotations
@@ -65,17 +67,21 @@ def batch(stream: np.ndarray, rng: np.random.Generator,
     return tokens, np.stack([stream[s + 1:s + LENGTH + 1] for s in starts])
 
 
-def unrolled_hidden_grads(model: LanguageModel, tokens: torch.Tensor,
-                          targets: torch.Tensor) -> tuple[float, list[np.ndarray]]:
+def unrolled_hidden_grads(model: LanguageModel, tokens: torch.Tensor, targets: torch.Tensor,
+                          masks: np.ndarray | None = None
+                          ) -> tuple[float, list[np.ndarray], dict[str, np.ndarray]]:
     """The same weights stepped with nn.LSTMCell, each h_t kept: its .grad is the total
-    dL/dh_t (from the layer above and from step t+1)."""
+    dL/dh_t (from the layer above and from step t+1). With dropout's ``masks`` ([layers -
+    1, length, batch, hidden]) each layer's output but the last is multiplied by its mask.
+    Also every parameter's gradient, under the model's names."""
     inputs = list(model.encoder(tokens).unbind(1))
-    hidden = []
+    hidden, cells = [], []
     for k in range(LAYERS):
         cell = nn.LSTMCell(EMBED if k == 0 else HIDDEN, HIDDEN).double()
         with torch.no_grad():
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 getattr(cell, name).copy_(getattr(model.rnn, f"{name}_l{k}"))
+        cells.append(cell)
         h = torch.zeros(tokens.shape[0], HIDDEN, dtype=torch.float64)
         c = torch.zeros_like(h)
         layer = []
@@ -85,10 +91,18 @@ def unrolled_hidden_grads(model: LanguageModel, tokens: torch.Tensor,
             layer.append(h)
         hidden.append(layer)
         inputs = layer
+        if masks is not None and k < LAYERS - 1:
+            inputs = [h * torch.from_numpy(masks[k, t]) for t, h in enumerate(layer)]
     logits = model.decoder(torch.stack(inputs, dim=1))
     loss = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
     loss.backward()
-    return loss.item(), [np.stack([h.grad.numpy() for h in layer], axis=1) for layer in hidden]
+    grads = {name: p.grad.numpy().copy() for name, p in model.named_parameters()
+             if not name.startswith("rnn.")}
+    for k, cell in enumerate(cells):
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            grads[f"rnn.{name}_l{k}"] = getattr(cell, name).grad.numpy().copy()
+    return (loss.item(), [np.stack([h.grad.numpy() for h in layer], axis=1) for layer in hidden],
+            grads)
 
 
 def main() -> None:
@@ -121,11 +135,22 @@ def main() -> None:
     loss.backward()
     grads = {f"grad/{name}": p.grad.numpy().copy() for name, p in reference.named_parameters()}
     reference.zero_grad()
-    unrolled, hidden = unrolled_hidden_grads(reference, torch.from_numpy(tokens),
-                                             torch.from_numpy(targets))
+    unrolled, hidden, unrolled_grads = unrolled_hidden_grads(
+        reference, torch.from_numpy(tokens), torch.from_numpy(targets))
     assert abs(unrolled - loss.item()) < 1e-12
+    for name, grad in unrolled_grads.items():
+        assert np.allclose(grad, grads[f"grad/{name}"], rtol=1e-10, atol=1e-15), name
+    # training mode: dropout between the layers, with the masks gradcheck draws for seed 0
+    shape = (LAYERS - 1, LENGTH, BATCH, HIDDEN)
+    masks = (np.random.default_rng([0, 2, 0]).random(shape) >= DROPOUT) / (1.0 - DROPOUT)
+    reference.zero_grad()
+    dropped, dropped_hidden, dropped_grads = unrolled_hidden_grads(
+        reference, torch.from_numpy(tokens), torch.from_numpy(targets), masks)
     np.savez_compressed(HERE / "torch_reference.npz", loss=loss.item(), **grads,
-             **{f"dh/{k}": dh for k, dh in enumerate(hidden)})
+                        **{f"dh/{k}": dh for k, dh in enumerate(hidden)},
+                        **{"dropout/loss": dropped},
+                        **{f"dropout/grad/{n}": g for n, g in dropped_grads.items()},
+                        **{f"dropout/dh/{k}": dh for k, dh in enumerate(dropped_hidden)})
     print(f"batch loss {loss.item():.6f}; wrote lm.safetensors, lm.pt, batch.npz, "
           "torch_reference.npz")
 
