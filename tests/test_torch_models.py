@@ -1,6 +1,7 @@
 """Models as people save them, against PyTorch's own numbers (tests/data/make_torch_models.py):
 a cell module looped over the sequence, runs from given initial states, and .pt
-checkpoints (read with torch when it is installed; otherwise the command converting them).
+checkpoints (read with torch when it is installed; otherwise the command converting them),
+and a LayerNorm between the stack and the head.
 
 Each case: the loss, every parameter's gradient and every layer's per-step ‖dL/dh_t‖
 (and dL/dh_t itself) as autograd gives them on the same weights and data, in float64,
@@ -107,6 +108,27 @@ def test_runs_from_given_initial_states_match_pytorch(tmp_path, case):
     assert zero.initial_state == "zero" and zero.loss != pytest.approx(report.loss)
 
 
+def test_a_layernorm_between_the_stack_and_the_head_matches_pytorch(tmp_path):
+    """nn.GRU -> nn.LayerNorm -> nn.Linear, trained a step (γ, β not 1, 0): found by its
+    shape with model.norm: true; without it the report warns that it is not modelled."""
+    path = _files(tmp_path, "nested")
+    spec = load_spec(path, ["model.norm=true"])
+    assert spec.model.checkpoint.names["norm.weight"] == "norm.weight"
+    report = analyze_spec(spec, trials=2, windows=[])
+    _matches_pytorch(report, "nested")
+    assert report.model.norm is not None and report.model.norm.eps == 1e-5
+    assert "LayerNorm norm" in " ".join(report.notes)
+    assert "unmodelled" not in [f.code for f in report.findings]
+    assert verify_spec(spec, directions=2, entries=2).passed
+    unmodelled = analyze_spec(load_spec(path), trials=0, windows=[])
+    assert "unmodelled" in [f.code for f in unmodelled.findings]
+    assert_clean_error(run("analyze", path, "--set", "model.norm_prefix=head"),
+                       "model.norm_prefix", "applies with model.norm only")
+    assert_clean_error(run("analyze", path, "--set", "model.norm=true", "--set",
+                           "model.norm_prefix=head"), "model.norm_prefix",
+                       "no head.weight and head.bias of shape [5]")
+
+
 def test_initial_state_mistakes_are_clean_errors(tmp_path):
     path = _files(tmp_path, "initial", initial_state={"file": "batch.npz", "key": "h0"})
     assert_clean_error(run("analyze", path), "sequence.initial_state",
@@ -190,3 +212,6 @@ def test_pt_checkpoints_read_with_torch_give_the_safetensors_numbers(tmp_path):
     assert "its state_dict under 'model_state_dict'" in " ".join(data["notes"])
     (unmodelled,) = [f for f in data["findings"] if f["code"] == "unmodelled"]
     assert "norm.weight" in unmodelled["message"]
+    normed = run("analyze", path, "--trials", "0", "-f", "json", "--set", "model.norm=true")
+    assert_exit(normed, 0)
+    assert "unmodelled" not in [f["code"] for f in json.loads(normed.stdout)["findings"]]

@@ -26,6 +26,7 @@ from ..results.report import (
     Finding,
     MitigationEffect,
     ModelSummary,
+    NormSummary,
     Padding,
     ParameterStats,
     Report,
@@ -183,7 +184,9 @@ def assemble(spec: Spec, arch: Architecture, params: Params, names: dict[str, st
                            embedding=EmbeddingSummary(arch.embedding, arch.input_size,
                                                       arch.padding_idx)
                            if arch.embedding else None,
-                           dropout=arch.dropout),
+                           dropout=arch.dropout,
+                           norm=NormSummary(arch.norm_eps, arch.norm_affine)
+                           if arch.norm else None),
         length=spec.length, batch_size=spec.batch_size,
         loss_kind=spec.loss.kind, loss_timesteps=spec.loss.timesteps,
         thresholds={"vanishing": spec.thresholds.vanishing,

@@ -179,7 +179,9 @@ def _one_sequence(fwd: Forward, b: int, length: int) -> Forward:
     layers = [LayerCache(x=part(c.x), h=part(c.h), gates=part(c.gates), c=part(c.c),
                          hn=part(c.hn), h0=row(c.h0), c0=row(c.c0)) for c in fwd.layers]
     return Forward(layers=layers, outputs=part(fwd.outputs), top=part(fwd.top),
-                   tokens=None if fwd.tokens is None else fwd.tokens[:length, b:b + 1])
+                   tokens=None if fwd.tokens is None else fwd.tokens[:length, b:b + 1],
+                   masks=None if fwd.masks is None else fwd.masks[:, :length, b:b + 1],
+                   normed=part(fwd.normed), norm_hat=part(fwd.norm_hat), rstd=part(fwd.rstd))
 
 
 def log_space_signal_padded(arch: Architecture, params: Params, fwd: Forward,

@@ -54,6 +54,8 @@ def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
                      "one layer, looped over the sequence)")
         if checkpoint.embedding_prefix is not None:
             found = f"embedding {checkpoint.embedding_prefix or '(no prefix)'}, {found}"
+        if checkpoint.norm_prefix is not None:
+            found += f", LayerNorm {checkpoint.norm_prefix or '(no prefix)'}"
         found += f", head {checkpoint.head_prefix or '(no prefix)'}" \
             if checkpoint.head_prefix is not None else ", no head"
         under = "" if checkpoint.state_dict_key is None else \

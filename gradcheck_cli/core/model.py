@@ -12,9 +12,12 @@ The model is what ``nn.Module`` with an ``rnn`` (``nn.RNN``/``nn.LSTM``/``nn.GRU
 
 with G = 1 (rnn), 4 (lstm: gates i, f, g, o) or 3 (gru: gates r, z, n). Without a head,
 the outputs are the top layer's hidden states themselves. With an ``nn.Embedding`` in front
-(the inputs are then integer token ids, each step's x_t the row of its token):
+(the inputs are then integer token ids, each step's x_t the row of its token), and an
+``nn.LayerNorm`` between the stack and the head (elementwise affine):
 
     embedding.weight    (num_embeddings, input_size)
+    norm.weight         (H,)
+    norm.bias           (H,)
 """
 
 from __future__ import annotations
@@ -51,6 +54,11 @@ class Architecture:
     dropout: float = 0.0
     """Dropout between layers (nn.LSTM's ``dropout``): each layer's output but the last's
     times a mask of 0 and 1/(1-p), in training mode."""
+    norm: bool = False
+    """An ``nn.LayerNorm(hidden_size)`` on the top layer's output, before the head."""
+    norm_eps: float = 1e-5
+    norm_affine: bool = True
+    """The norm's ``eps`` and ``elementwise_affine``."""
 
     @classmethod
     def from_spec(cls, model) -> Architecture:  # model: a resolved spec.ModelSpec
@@ -63,7 +71,10 @@ class Architecture:
                    residual_layers=model.residual.layers, residual_time=model.residual.time,
                    embedding=embedding.num_embeddings if embedding else 0,
                    padding_idx=embedding.padding_idx if embedding else None,
-                   dropout=model.dropout)
+                   dropout=model.dropout, norm=model.norm is not None,
+                   norm_eps=model.norm.eps if model.norm is not None else 1e-5,
+                   norm_affine=model.norm.elementwise_affine if model.norm is not None
+                   else True)
 
     @property
     def gates(self) -> int:
@@ -96,6 +107,9 @@ class Architecture:
             if self.bias:
                 shapes[f"rnn.bias_ih_l{k}"] = (g,)
                 shapes[f"rnn.bias_hh_l{k}"] = (g,)
+        if self.norm and self.norm_affine:
+            shapes["norm.weight"] = (h,)
+            shapes["norm.bias"] = (h,)
         if self.head:
             shapes["head.weight"] = (self.output_size, h)
             if self.head_bias:
@@ -155,6 +169,8 @@ def init_params(arch: Architecture, init, rng: np.random.Generator,
             scheme, gain = init.for_input() if "_ih_" in name else init.for_recurrent()
             blocks = [_block(scheme, gain, h, shape[1], rng) for _ in range(arch.gates)]
             value = np.concatenate(blocks, axis=0)
+        elif name.startswith("norm."):             # nn.LayerNorm's: ones and zeros
+            value = np.ones(shape) if name == "norm.weight" else np.zeros(shape)
         elif name == "embedding.weight":
             value = rng.standard_normal(shape)
             if arch.padding_idx is not None:

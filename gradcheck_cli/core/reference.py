@@ -167,8 +167,34 @@ def layer_output(arch: Architecture, k: int, h: np.ndarray, x_t: np.ndarray,
     return out
 
 
+def layer_norm(arch: Architecture, params: Params, x: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``nn.LayerNorm`` over the last axis: x̂ = (x - mean) / sqrt(var + eps), with the
+    biased variance, then γ x̂ + β (elementwise affine). Returns the output, x̂ and
+    1 / sqrt(var + eps). Analytic (no absolute value), so the complex step runs through it."""
+    centred = x - x.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + arch.norm_eps)
+    x_hat = centred * rstd
+    if not arch.norm_affine:
+        return x_hat, x_hat, rstd
+    return (x_hat * params["norm.weight"][..., None, :] + params["norm.bias"][..., None, :],
+            x_hat, rstd)
+
+
+def layer_norm_backward(arch: Architecture, params: Params, d_y: np.ndarray,
+                        x_hat: np.ndarray, rstd: np.ndarray) -> np.ndarray:
+    """dL/dx of :func:`layer_norm` from dL/dy: with g = γ ⊙ dL/dy (dL/dx̂),
+    dL/dx = rstd (g - mean(g) - x̂ mean(g x̂)), the means over the normalised axis."""
+    g = d_y * params["norm.weight"] if arch.norm_affine else d_y
+    return rstd * (g - g.mean(axis=-1, keepdims=True)
+                   - x_hat * (g * x_hat).mean(axis=-1, keepdims=True))
+
+
 def head(arch: Architecture, params: Params, top: np.ndarray) -> np.ndarray:
-    """y_t = W top_t + b, or the top layer's output itself without a head."""
+    """y_t = W top_t + b (of the top's LayerNorm, with one), or what the head would read
+    without a head."""
+    if arch.norm:
+        top = layer_norm(arch, params, top)[0]
     return linear(top, params["head.weight"], params.get("head.bias")) if arch.head else top
 
 
@@ -377,13 +403,23 @@ def backward(arch: Architecture, params: Params, caches: list[list[dict[str, np.
     top = caches[-1]
     d_out = np.zeros((T, B, H if arch.head else d_outputs.shape[-1]))
     for t in range(start, stop):                        # y = W top + b
+        read, x_hat, rstd = top[t]["out"], None, None
+        if arch.norm:                                   # ... of LayerNorm(top)
+            read, x_hat, rstd = layer_norm(arch, params, read)
         if arch.head:
-            grads["head.weight"] += d_outputs[t].T @ top[t]["out"]
+            grads["head.weight"] += d_outputs[t].T @ read
             if "head.bias" in grads:
                 grads["head.bias"] += d_outputs[t].sum(axis=0)
-            d_out[t] = d_outputs[t] @ params["head.weight"]
+            d_read = d_outputs[t] @ params["head.weight"]
         else:
-            d_out[t] = d_outputs[t]
+            d_read = d_outputs[t]
+        if arch.norm:
+            assert x_hat is not None and rstd is not None
+            if arch.norm_affine:                        # y = γ x̂ + β
+                grads["norm.weight"] += (d_read * x_hat).sum(axis=0)
+                grads["norm.bias"] += d_read.sum(axis=0)
+            d_read = layer_norm_backward(arch, params, d_read, x_hat, rstd)
+        d_out[t] = d_read
     hidden: list[np.ndarray] = []
     cell: list[np.ndarray] = []
     for k in reversed(range(arch.num_layers)):

@@ -74,10 +74,20 @@ def forward_arrays(arch: Architecture, k: int, steps: int, rows: int,
 
 
 def head_arrays(arch: Architecture, steps: int, rows: int, dtype) -> dict[str, Array]:
-    """The head's outputs ``(steps, rows, O)`` (none without a head: y is the top's h)."""
-    if not arch.head:
-        return {}
-    return {"outputs": Array("outputs", (steps, rows, arch.output_size), np.dtype(dtype))}
+    """The head's outputs ``(steps, rows, O)`` (none without a head: y is what it would
+    read); with a LayerNorm before it, x̂ (``norm_hat``), 1/sqrt(var + eps) per row
+    (``rstd``) and, elementwise affine, its output (``normed``)."""
+    dtype = np.dtype(dtype)
+    table = {}
+    if arch.norm:
+        seq = (steps, rows, arch.hidden_size)
+        table["norm_hat"] = Array("norm_hat", seq, dtype)
+        table["rstd"] = Array("rstd", (steps, rows, 1), dtype)
+        if arch.norm_affine:
+            table["normed"] = Array("normed", seq, dtype)
+    if arch.head:
+        table["outputs"] = Array("outputs", (steps, rows, arch.output_size), dtype)
+    return table
 
 
 def backward_arrays(arch: Architecture, k: int, window: int, rows: int, dtype, *,
@@ -116,6 +126,8 @@ def top_arrays(arch: Architecture, window: int, rows: int, dtype, *,
         table["d_lanes"] = Array("d_lanes", (window, rows, arch.output_size), dtype)
     if arch.head:
         table["d_top"] = Array("d_top", (window, rows, arch.hidden_size), dtype, "layer")
+    if arch.norm:                       # dL/d(top) through the norm, from dL/d(its output)
+        table["d_norm"] = Array("d_norm", (window, rows, arch.hidden_size), dtype, "layer")
     return table
 
 
@@ -141,7 +153,11 @@ def backward_bytes(arch: Architecture, window: int, rows: int, dtype, *, lanes: 
     kept = sum(a.nbytes for t in [*tables, top] for a in t.values() if a.lifetime == "pass")
     working = []
     for k, table in enumerate(tables):
-        arriving = tables[k + 1]["dx"] if k + 1 < len(tables) else top.get("d_top")
+        arriving = tables[k + 1]["dx"] if k + 1 < len(tables) else \
+            top.get("d_norm", top.get("d_top"))
         held = [a for a in table.values() if a.lifetime == "layer"]
         working.append(sum(a.nbytes for a in held) + (arriving.nbytes if arriving else 0))
+    if "d_norm" in top:     # through the norm: dL/d(its output), dL/d(top), two scratch
+        working.append(2 * top["d_norm"].nbytes + top["d_norm"].nbytes
+                       + (top["d_top"].nbytes if "d_top" in top else top["d_norm"].nbytes))
     return kept + max(working)

@@ -74,12 +74,20 @@ def backward_lanes(arch: Architecture, params: Params, fwd: Forward,
     rows = d_in.shape[1]
     grads: list[dict[str, np.ndarray]] = [{} for _ in range(lanes.count)]
     dh_direct = d_in                                   # the loss is on the top's output
+    tops = top_arrays(arch, W, rows, d_in.dtype, lanes=1)
     if arch.head:
-        top = (fwd.top if fwd.top is not None else fwd.layers[-1].h)[start:stop]
-        head_grads(arch, d_in, top, lanes, grads)
-        d_top = top_arrays(arch, W, rows, d_in.dtype, lanes=1)["d_top"]
+        top = fwd.normed if arch.norm else fwd.top
+        if top is None:
+            top = fwd.layers[-1].h
+        head_grads(arch, d_in, top[start:stop], lanes, grads)
         dh_direct = project(d_in, params["head.weight"].T, None,          # into the top
-                            out=buffers.take(d_top))
+                            out=buffers.take(tops["d_top"]))
+    if arch.norm:                                      # ... through its LayerNorm
+        d_read = dh_direct
+        dh_direct = norm_backward(arch, params, fwd, d_read, start, lanes, grads,
+                                  out=buffers.take(tops["d_norm"]))
+        if d_read is not d_in:
+            buffers.give_back(d_read)
     hidden: list = [None] * arch.num_layers
     cell: list = [None] * arch.num_layers
     carries: list = [None] * arch.num_layers
@@ -125,6 +133,34 @@ def head_grads(arch: Architecture, d_in: np.ndarray, top: np.ndarray, lanes: Lan
         grads[lane]["head.weight"] = flat.T @ x.reshape(flat.shape[0], x.shape[-1])
         if arch.head_bias:
             grads[lane]["head.bias"] = flat.sum(axis=0)
+
+
+def norm_backward(arch: Architecture, params: Params, fwd: Forward, d_y: np.ndarray,
+                  start: int, lanes: Lanes, grads: list[dict[str, np.ndarray]], *,
+                  out: np.ndarray) -> np.ndarray:
+    """The reference's ``layer_norm_backward`` for every lane's rows at once, into
+    ``out``; each lane's dγ and dβ. Lanes sharing the forward pass share its x̂ and rstd."""
+    assert fwd.norm_hat is not None and fwd.rstd is not None
+    W, rows, H = d_y.shape
+    x_hat = fwd.norm_hat[start:start + W]
+    rstd = fwd.rstd[start:start + W]
+    if arch.norm_affine:
+        for lane, want in enumerate(lanes.param_grads):
+            if want:
+                d = lanes.view(d_y, lane)
+                seen = lanes.of_forward(x_hat, lane)
+                grads[lane]["norm.weight"] = np.einsum("wbh,wbh->h", d, seen)
+                grads[lane]["norm.bias"] = d.sum(axis=(0, 1))
+    share = rows // x_hat.shape[1]                     # lanes per forward row
+    g = (d_y * params["norm.weight"] if arch.norm_affine else d_y.copy()).reshape(
+        W, x_hat.shape[1], share, H)
+    xh, rs = x_hat[:, :, None, :], rstd[:, :, None, :]
+    mixed = (g * xh).mean(axis=-1, keepdims=True)
+    g -= g.mean(axis=-1, keepdims=True)
+    g -= xh * mixed
+    g *= rs
+    out[...] = g.reshape(W, rows, H)
+    return out
 
 
 def drop_through(d: np.ndarray, mask: np.ndarray, lanes: Lanes) -> None:

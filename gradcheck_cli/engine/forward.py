@@ -43,11 +43,36 @@ def forward(arch: Architecture, params: Params, x: np.ndarray, *,
             inputs = np.multiply(cache.h, masks[k], out=buffers.take(table["dropped"]))
         else:
             inputs = cache.h
-    if not arch.head:
-        return Forward(layers=layers, outputs=inputs, top=inputs, tokens=tokens, masks=masks)
-    outputs = buffers.take(head_arrays(arch, T, B, inputs.dtype)["outputs"])
-    project(inputs, params["head.weight"], params.get("head.bias"), out=outputs)
-    return Forward(layers=layers, outputs=outputs, top=inputs, tokens=tokens, masks=masks)
+    fwd = Forward(layers=layers, outputs=inputs, top=inputs, tokens=tokens, masks=masks)
+    table = head_arrays(arch, T, B, inputs.dtype)
+    read = inputs
+    if arch.norm:
+        read = layer_norm(arch, params, fwd, inputs, table, buffers)
+        fwd.outputs = read
+    if arch.head:
+        fwd.outputs = buffers.take(table["outputs"])
+        project(read, params["head.weight"], params.get("head.bias"), out=fwd.outputs)
+    return fwd
+
+
+def layer_norm(arch: Architecture, params: Params, fwd: Forward, top: np.ndarray,
+               table: dict, buffers: Buffers) -> np.ndarray:
+    """The reference's :func:`~gradcheck_cli.core.reference.layer_norm` of every step at
+    once, into the pass's arrays (x̂ and rstd kept for the backward pass); its output."""
+    x_hat = np.subtract(top, top.mean(axis=-1, keepdims=True),
+                        out=buffers.take(table["norm_hat"]))
+    rstd = buffers.take(table["rstd"])
+    np.einsum("tbh,tbh->tb", x_hat, x_hat, out=rstd[..., 0])      # no (T, B, H) temporary
+    rstd /= x_hat.shape[-1]                                       # the biased variance
+    rstd += arch.norm_eps
+    np.sqrt(rstd, out=rstd)
+    np.divide(1.0, rstd, out=rstd)
+    x_hat *= rstd
+    fwd.norm_hat, fwd.rstd, fwd.normed = x_hat, rstd, x_hat
+    if arch.norm_affine:
+        fwd.normed = np.multiply(x_hat, params["norm.weight"], out=buffers.take(table["normed"]))
+        fwd.normed += params["norm.bias"]
+    return fwd.normed
 
 
 def forward_layer(arch: Architecture, k: int, x: np.ndarray, w_ih: np.ndarray,

@@ -44,6 +44,11 @@ class Forward:
     """With an embedding, the token ids ``(T, B)`` whose rows layer 0 read."""
     masks: np.ndarray | None = None
     """With dropout, its masks between layers ``(num_layers - 1, T, B, H)``."""
+    normed: np.ndarray | None = None
+    """With a LayerNorm before the head: what the head reads ``(T, B, H)``, x̂ (``norm_hat``)
+    and 1/sqrt(var + eps) (``rstd``, ``(T, B, 1)``)."""
+    norm_hat: np.ndarray | None = None
+    rstd: np.ndarray | None = None
 
 
 @dataclass

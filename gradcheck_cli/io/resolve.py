@@ -14,7 +14,7 @@ from ..core.mitigations import parse_mitigations
 from ..core.model import Architecture
 from ..errors import InputFileError
 from ..spec.parse import Context, build, describe, field_doc, given
-from ..spec.schema import Embedding, Key, ModelSpec, Spec, Training, Truncation
+from ..spec.schema import Embedding, Key, LayerNorm, ModelSpec, Spec, Training, Truncation
 from ..spec.yaml import Override, apply_overrides, read_yaml
 from . import data as data_files
 from . import weights
@@ -97,7 +97,7 @@ def _resolve_model(ctx: Context, spec: Spec, data: Mapping[str, Any]) -> ModelSp
                 ctx.fail(("model", key), f"missing required key "
                                          f"({field_doc(ModelSpec, key)}), needed without "
                                          "model.weights")
-        for key in ("rnn_prefix", "head_prefix", "embedding_prefix"):
+        for key in ("rnn_prefix", "head_prefix", "embedding_prefix", "norm_prefix"):
             if getattr(model, key) is not None:
                 ctx.fail(("model", key), "applies only with model.weights")
         if model.unused:
@@ -134,6 +134,13 @@ def _resolve_model(ctx: Context, spec: Spec, data: Mapping[str, Any]) -> ModelSp
 
 
 
+def _norm(model: ModelSpec) -> LayerNorm | None:
+    """``model.norm`` as a section: true is the default LayerNorm, false or null none."""
+    if model.norm is True:
+        return LayerNorm()
+    return model.norm if isinstance(model.norm, LayerNorm) else None
+
+
 def _synthetic_embedding(ctx: Context, model: ModelSpec, data: Mapping[str, Any]) -> ModelSpec:
     """A spec's own embedding: its sizes stated, its width the stack's input_size."""
     embedding = model.embedding
@@ -141,6 +148,7 @@ def _synthetic_embedding(ctx: Context, model: ModelSpec, data: Mapping[str, Any]
         ctx.fail(("model", "embedding"), "true takes the embedding from model.weights; "
                                          "without weights give {num_embeddings: N, "
                                          "embedding_dim: D}")
+    model = dataclasses.replace(model, norm=_norm(model))
     if not isinstance(embedding, Embedding):
         return dataclasses.replace(model, embedding=None)
     for key in ("num_embeddings", "embedding_dim"):
@@ -198,6 +206,19 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
         inferred, names = weights.infer(index, path, rnn_prefix, head_prefix, embedding_prefix)
     except InputFileError as exc:
         ctx.fail(key, str(exc))
+    norm, norm_prefix = _norm(model), None
+    if norm is None and model.norm_prefix is not None:
+        ctx.fail(("model", "norm_prefix"), "applies with model.norm only")
+    if norm is not None and norm.elementwise_affine:
+        try:
+            norm_prefix = weights.locate_norm(index, path, rnn_prefix,
+                                              typing.cast(int, inferred["hidden_size"]),
+                                              model.norm_prefix)
+        except InputFileError as exc:
+            ctx.fail(("model", "norm_prefix") if model.norm_prefix else ("model", "norm"),
+                     str(exc))
+        names["norm.weight"] = _join_name(norm_prefix, "weight")
+        names["norm.bias"] = _join_name(norm_prefix, "bias")
     for field_name in _INFERRED:
         if field_name not in inferred:
             continue
@@ -210,7 +231,7 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
     embedding = _weights_embedding(ctx, model, inferred, data)
     inferred.pop("num_embeddings", None)
     model = dataclasses.replace(model, **typing.cast(dict[str, Any], inferred),
-                                embedding=embedding)
+                                embedding=embedding, norm=norm)
     expected = Architecture.from_spec(model).parameter_shapes()
     try:
         weights.check_shapes(index, path, names, expected)
@@ -235,10 +256,15 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
         path=path, rnn_prefix=rnn_prefix, head_prefix=head_prefix, names=names,
         inferred=inferred, half=half, ignored=ignored, on_path=on_path,
         nonlinearity_assumed=model.cell == "rnn" and not given(data, ("model", "nonlinearity")),
-        embedding_prefix=embedding_prefix, state_dict_key=weights.torch_key(path),
+        embedding_prefix=embedding_prefix, norm_prefix=norm_prefix,
+        state_dict_key=weights.torch_key(path),
         cell_module=weights.is_cell(index, rnn_prefix),
         dropout_stated=given(data, ("model", "dropout")))
     return dataclasses.replace(model, checkpoint=checkpoint)
+
+
+def _join_name(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
 
 
 def _evidence(field_name: str, names: Mapping[str, str], index: Mapping[str, Any]) -> str:

@@ -61,6 +61,8 @@ class Checkpoint:
     """An rnn checkpoint whose spec does not state the nonlinearity (the tensors cannot)."""
     embedding_prefix: str | None = None
     """The embedding's prefix, when the model has one."""
+    norm_prefix: str | None = None
+    """The LayerNorm's prefix, when the model has one with weights."""
     state_dict_key: str | None = None
     """A .pt training checkpoint's key the state_dict was under (``model``, say)."""
     cell_module: bool = False
@@ -395,6 +397,36 @@ def locate_embedding(index: dict[str, Tensor], path: Path, rnn_prefix: str,
 
 def _describe_prefix(prefix: str) -> str:
     return repr(prefix) if prefix else "'' (no prefix)"
+
+
+def locate_norm(index: dict[str, Tensor], path: Path, rnn_prefix: str, hidden: int,
+                prefix: str | None) -> str:
+    """A LayerNorm's prefix: ``prefix.weight`` and ``prefix.bias`` of shape [hidden],
+    named, or found as the one such pair outside the recurrent module."""
+    def fits(p: str) -> bool:
+        return all(_join(p, n) in index and index[_join(p, n)].shape == (hidden,)
+                   for n in ("weight", "bias"))
+    if prefix is not None:
+        if not fits(prefix):
+            raise InputFileError(f"{path.name} has no {_join(prefix, 'weight')} and "
+                                 f"{_join(prefix, 'bias')} of shape [{hidden}] for the "
+                                 "LayerNorm (model.norm_prefix)")
+        return prefix
+    found = sorted({name[: -len("weight")].rstrip(".") for name in index
+                    if (name == "weight" or name.endswith(".weight"))})
+    found = [p for p in found if fits(p) and p != rnn_prefix
+             and not (rnn_prefix and p.startswith(rnn_prefix + "."))]
+    if not found:
+        raise InputFileError(f"{path.name} has no LayerNorm for hidden size {hidden} (a 1-D "
+                             f"*.weight and *.bias of shape [{hidden}]); name it in "
+                             "model.norm_prefix, or give model.norm: {elementwise_affine: "
+                             "false}")
+    if len(found) > 1:
+        raise InputFileError(f"{path.name} holds several possible LayerNorms (weights and "
+                             f"biases of shape [{hidden}]): "
+                             f"{listing(list(map(_describe_prefix, found)))}; name one in "
+                             "model.norm_prefix")
+    return found[0]
 
 
 def locate(index: dict[str, Tensor], path: Path, rnn_prefix: str | None,

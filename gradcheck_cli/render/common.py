@@ -73,7 +73,9 @@ def title(report: Report) -> str:
     e = m.embedding
     front = "" if e is None else f"embedding {e.num_embeddings:,}×{e.embedding_dim}" + (
         "" if e.padding_idx is None else f" (padding_idx {e.padding_idx})") + " → "
-    return (f"{front}{cell}, {layers}, hidden {m.hidden_size} · {report.length} steps × batch "
+    norm = " → LayerNorm" if m.norm is not None else ""
+    return (f"{front}{cell}, {layers}, hidden {m.hidden_size}{norm} · {report.length} steps × "
+            f"batch "
             f"{report.batch_size} · {report.loss_kind} at {where} · {report.dtype}{weights}")
 
 

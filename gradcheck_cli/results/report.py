@@ -226,6 +226,16 @@ class EmbeddingSummary:
 
 
 @dataclass(frozen=True)
+class NormSummary:
+    """An nn.LayerNorm(hidden_size) on the top layer's output, before the head."""
+
+    eps: float
+    """Added to the variance."""
+    elementwise_affine: bool
+    """With a weight and a bias."""
+
+
+@dataclass(frozen=True)
 class ModelSummary:
     cell: Literal["rnn", "lstm", "gru"]
     nonlinearity: str | None
@@ -243,6 +253,8 @@ class ModelSummary:
     features)."""
     dropout: float = 0.0
     """Dropout between layers (nn.LSTM's ``dropout``), in training mode; 0: none."""
+    norm: NormSummary | None = None
+    """The LayerNorm between the stack and the head, or null."""
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,16 @@ class Embedding:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LayerNorm:
+    """An nn.LayerNorm(hidden_size) on the top layer's output, before the head."""
+
+    eps: float = _opt(1e-5, "added to the variance, as nn.LayerNorm(eps=...)",
+                      exclusiveMinimum=0)
+    elementwise_affine: bool = _opt(True, "a weight and a bias (read off the weights when "
+                                          "given)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """The recurrent stack (PyTorch's nn.RNN/LSTM/GRU, batch_first) and its linear head."""
 
@@ -140,6 +150,12 @@ class ModelSpec:
     embedding: Union[bool, Embedding, None] = _opt(
         None, "an nn.Embedding on integer token ids before the recurrent stack: true takes "
               "the weights file's; a mapping gives its sizes and padding_idx")
+    norm: Union[bool, LayerNorm, None] = _opt(
+        None, "an nn.LayerNorm between the recurrent stack and the head: true (the weights "
+              "file's, or a fresh one), or a mapping of eps and elementwise_affine")
+    norm_prefix: str | None = _opt(
+        None, "the LayerNorm's prefix in the weights file (e.g. encoder.norm); found when "
+              "only one fits")
     embedding_prefix: str | None = _opt(
         None, "the embedding's prefix in the weights file (e.g. encoder); found when only one "
               "fits")

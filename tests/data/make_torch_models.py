@@ -14,8 +14,8 @@ every parameter's gradient and every layer's per-step total dL/dh_t (dL/dc_t) fr
 * ``initial``: a 2-layer ``nn.LSTM`` run from given (h0, c0), cross-entropy at every
   step; and ``initial_gru``: a 2-layer ``nn.GRU`` from a given h0, at the last step;
 * ``nested``: ``nested.pt``, a training checkpoint ``{"model_state_dict": ..., "optimizer":
-  ..., "epoch": 3}`` whose model has an ``nn.LayerNorm`` between its GRU and its head (its
-  numbers are not in the .npz: gradcheck does not model the norm yet, and says so).
+  ..., "epoch": 3}`` of a 2-layer ``nn.GRU``, an ``nn.LayerNorm`` and a linear head, trained
+  a step, mse at every step (float32 as saved, float64 in the .npz).
 
 Under ``CASE/param/NAME`` each parameter, ``CASE/grad/NAME`` its gradient, ``CASE/dh/K``
 and ``CASE/dc/K`` ([batch, length, hidden]), ``CASE/x``, ``CASE/targets``, ``CASE/h0``,
@@ -131,17 +131,28 @@ def initial_case(out, name, kind, timesteps):
            **({"c0": c0} if lstm else {}))
 
 
-def nested_case():
+def nested_case(out):
     model = nn.Module()
-    model.rnn = nn.GRU(I, H, batch_first=True)
+    model.rnn = nn.GRU(I, H, num_layers=2, batch_first=True)
     model.norm = nn.LayerNorm(H)
     model.head = nn.Linear(H, O)
     optimiser = torch.optim.Adam(model.parameters())
     loss = model.head(model.norm(model.rnn(torch.randn(B, T, I))[0])).pow(2).mean()
     loss.backward()
-    optimiser.step()
+    optimiser.step()                             # trained a step: γ and β are not 1 and 0
     torch.save({"model_state_dict": model.state_dict(), "optimizer": optimiser.state_dict(),
                 "epoch": 3}, HERE / "nested.pt")
+    model.double()
+    model.zero_grad()
+    x = torch.randn(B, T, I, dtype=torch.float64)
+    targets = torch.randn(B, T, O, dtype=torch.float64)
+    zeros = torch.zeros(B, H, dtype=torch.float64)
+    top, hs, cs = unrolled(cells_of(model.rnn, 2), x, [(zeros,), (zeros,)])
+    nn.functional.mse_loss(model.head(model.norm(top)), targets).backward()
+    model.zero_grad()                            # the parameters': the fused module's
+    loss = nn.functional.mse_loss(model.head(model.norm(model.rnn(x)[0])), targets)
+    loss.backward()
+    record(out, "nested", model, loss, hs, cs, x=x, targets=targets)
 
 
 def main():
@@ -150,7 +161,7 @@ def main():
     cell_case(out)
     initial_case(out, "initial", nn.LSTM, "all")
     initial_case(out, "initial_gru", nn.GRU, "last")
-    nested_case()
+    nested_case(out)
     np.savez_compressed(HERE / "torch_models.npz", **out)
     print(f"torch {torch.__version__}: wrote torch_models.npz, cell.pt, nested.pt")
 
