@@ -212,6 +212,16 @@ def test_pt_checkpoints_read_with_torch_give_the_safetensors_numbers(tmp_path):
     assert "its state_dict under 'model_state_dict'" in " ".join(data["notes"])
     (unmodelled,) = [f for f in data["findings"] if f["code"] == "unmodelled"]
     assert "norm.weight" in unmodelled["message"]
+    import torch
+    from torch import nn
+    embedding, head = nn.Embedding(10, 5), nn.Linear(5, 10)
+    head.weight = embedding.weight                          # tied: one tensor, two names
+    torch.save({"encoder.weight": embedding.weight, "decoder.weight": head.weight},
+               tmp_path / "tied.pt")
+    tied = tmp_path / "tied.yaml"
+    tied.write_text(yaml.safe_dump({"model": {"weights": "tied.pt"}, "sequence": {"length": 3}}))
+    assert_clean_error(run("analyze", tied), "encoder.weight and decoder.weight are one tensor "
+                       "(tied weights), which gradcheck does not model yet")
     normed = run("analyze", path, "--trials", "0", "-f", "json", "--set", "model.norm=true")
     assert_exit(normed, 0)
     assert "unmodelled" not in [f["code"] for f in json.loads(normed.stdout)["findings"]]

@@ -190,7 +190,8 @@ def _convert_command(path: Path) -> str:
     return (f"python -c \"import torch, safetensors.torch as st; "
             f"d = torch.load('{path.name}', map_location='cpu', weights_only=True); "
             f"d = next((d[k] for k in ({keys}) if k in d), d); "
-            f"st.save_file({{k: v.clone().contiguous() for k, v in d.items()}}, "
+            f"st.save_file({{k: v.clone().contiguous() for k, v in d.items() "
+            f"if isinstance(v, torch.Tensor)}}, "
             f"'{path.stem}.safetensors')\"")
 
 
@@ -255,8 +256,18 @@ def load_torch(path: Path) -> tuple[dict, str | None]:
                                  f"True) ({type(exc).__name__}: {shorten(str(exc))}); "
                                  "gradcheck unpickles nothing else: save the model's "
                                  "state_dict (torch.save(model.state_dict(), ...))") from None
+        state, used = state_dict_of(loaded, path)
+        shared: dict[tuple, str] = {}
+        for name, tensor in state.items():          # tied weights: one storage, two names
+            where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+                     tuple(tensor.shape))
+            if where in shared and tensor.numel():
+                raise InputFileError(f"{path.name}: {shared[where]} and {name} are one tensor "
+                                     "(tied weights), which gradcheck does not model yet: "
+                                     "their gradients would be counted apart")
+            shared[where] = name
         _TORCH_CACHE.clear()
-        _TORCH_CACHE[key] = state_dict_of(loaded, path)
+        _TORCH_CACHE[key] = (state, used)
     return _TORCH_CACHE[key]
 
 
