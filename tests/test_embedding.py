@@ -310,3 +310,14 @@ def test_a_stated_embedding_size_must_match_the_checkpoint(tmp_path):
     spec["model"]["embedding"] = {"num_embeddings": 13}
     assert_clean_error(run("analyze", _write(tmp_path, spec)), "model.embedding.num_embeddings",
                        "is 13 but the weights say 12")
+
+
+def test_a_key_set_in_a_section_given_as_true_refines_its_defaults():
+    """``embedding: true`` is the default section: --set model.embedding.padding_idx=0
+    sets padding_idx in it, the rest still read off the checkpoint."""
+    from gradcheck_cli.io.resolve import load_spec
+    from tests.conftest import ROOT
+    lm = ROOT / "docs" / "examples" / "lm" / "lm.yaml"
+    spec, plain = load_spec(lm, ["model.embedding.padding_idx=0"]), load_spec(lm)
+    assert spec.model.embedding.padding_idx == 0 and plain.model.embedding.padding_idx is None
+    assert spec.model.embedding.num_embeddings == plain.model.embedding.num_embeddings

@@ -47,7 +47,8 @@ def _files(tmp_path, case: str, **sequence) -> Path:
     spec = {"model": {"weights": "model.safetensors"},
             "sequence": {"inputs": {"file": "batch.npz", "key": "x"},
                          "targets": {"file": "batch.npz", "key": "targets"}, **sequence},
-            "loss": {"kind": kind, "timesteps": "last" if case == "initial_gru" else "all"}}
+            "loss": {"kind": kind,
+                     "timesteps": "last" if case in ("initial_gru", "bigru") else "all"}}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -60,10 +61,10 @@ def _matches_pytorch(report, case: str) -> None:
     for name, grad in expected.items():
         np.testing.assert_allclose(report.gradients[name], grad, rtol=1e-10,
                                    atol=1e-14 * np.abs(grad).max(), err_msg=name)
-    for layer in report.layers:
-        dh = TORCH[f"{case}/dh/{layer.index}"]
+    for u, layer in enumerate(report.layers):            # per unit: layer and direction
+        dh = TORCH[f"{case}/dh/{u}"]
         np.testing.assert_allclose(layer.hidden_grad_norm, np.sqrt((dh ** 2).sum(axis=(0, 2))),
-                                   rtol=1e-10, err_msg=f"layer {layer.index}")
+                                   rtol=1e-10, atol=1e-300, err_msg=f"layer {layer.label}")
 
 
 def test_an_lstmcell_decoder_is_a_one_layer_lstm_looped(tmp_path):
@@ -127,6 +128,60 @@ def test_a_layernorm_between_the_stack_and_the_head_matches_pytorch(tmp_path):
     assert_clean_error(run("analyze", path, "--set", "model.norm=true", "--set",
                            "model.norm_prefix=head"), "model.norm_prefix",
                        "no head.weight and head.bias of shape [5]")
+
+
+def test_a_bidirectional_gru_classifier_matches_pytorch(tmp_path):
+    """nn.GRU(bidirectional=True) -> nn.Linear(2H) on output[:, -1]: read off the
+    *_reverse tensors; per layer and direction as autograd gives them; the reverse
+    direction the last step reads has read one input, and the report says so."""
+    spec = load_spec(_files(tmp_path, "bigru"))
+    assert spec.model.bidirectional and spec.model.num_layers == 2
+    report = analyze_spec(spec, trials=2, windows=[])
+    _matches_pytorch(report, "bigru")
+    assert [(layer.index, layer.direction) for layer in report.layers] == [
+        (0, "forward"), (0, "reverse"), (1, "forward"), (1, "reverse")]
+    (one_step,) = [f for f in report.findings if f.code == "reverse_sees_one_step"]
+    assert (one_step.layer, one_step.direction) == (1, "reverse")
+    assert report.truncation == [] and "bidirectional" in " ".join(report.notes)
+    assert verify_spec(spec, directions=2, entries=2).passed
+    assert_clean_error(run("analyze", spec.source, "--set", "model.bidirectional=false"),
+                       "model.bidirectional", "is false but the weights say true",
+                       "weight_hh_l0_reverse")
+
+
+def test_a_padded_bidirectional_lstm_from_given_states_matches_pytorch(tmp_path):
+    """pack_padded_sequence's reverse direction starts at each sequence's own last step,
+    from its h0 and c0 ([num_layers * 2, batch, hidden])."""
+    states = {"initial_state": {"file": "batch.npz", "key": "h0"},
+              "initial_cell_state": {"file": "batch.npz", "key": "c0"},
+              "lengths": {"file": "batch.npz", "key": "lengths"}}
+    spec = load_spec(_files(tmp_path, "bilstm", **states))
+    report = analyze_spec(spec, trials=2, windows=[])
+    _matches_pytorch(report, "bilstm")
+    for u, layer in enumerate(report.layers):
+        dc = TORCH[f"bilstm/dc/{u}"]
+        np.testing.assert_allclose(layer.cell_grad_norm, np.sqrt((dc ** 2).sum(axis=(0, 2))),
+                                   rtol=1e-10, atol=1e-300)
+    assert "its own last valid step" in " ".join(report.notes)
+    assert verify_spec(spec, directions=2, entries=2).passed
+    arch = Architecture(cell="lstm", input_size=4, hidden_size=5, output_size=3,
+                        num_layers=2, bidirectional=True)
+    result = bptt(arch, _arrays("bilstm", "param"), TORCH["bilstm/x"].swapaxes(0, 1),
+                  TORCH["bilstm/targets"].swapaxes(0, 1), "mse", "all",
+                  TORCH["bilstm/lengths"], (TORCH["bilstm/h0"], TORCH["bilstm/c0"]))
+    for u in range(4):
+        np.testing.assert_allclose(result.grads.hidden[u].swapaxes(0, 1),
+                                   TORCH[f"bilstm/dh/{u}"], rtol=1e-10, atol=1e-15)
+        np.testing.assert_allclose(result.grads.cell[u].swapaxes(0, 1),
+                                   TORCH[f"bilstm/dc/{u}"], rtol=1e-10, atol=1e-15)
+    np.save(tmp_path / "h0.npy", np.zeros((2, 3, 5)))
+    assert_clean_error(run("analyze", spec.source, "--set", "sequence.initial_state=h0.npy"),
+                       "sequence.initial_state", "expected [4, 3, 5] ([num_layers * 2, "
+                       "batch, hidden]")
+    assert_clean_error(run("analyze", spec.source, "--truncate", "3"), "--truncate",
+                       "does not apply to a bidirectional model")
+    assert_clean_error(run("analyze", spec.source, "--deep"),
+                       "--deep does not cover bidirectional layers yet")
 
 
 def test_initial_state_mistakes_are_clean_errors(tmp_path):
@@ -222,6 +277,22 @@ def test_pt_checkpoints_read_with_torch_give_the_safetensors_numbers(tmp_path):
     tied.write_text(yaml.safe_dump({"model": {"weights": "tied.pt"}, "sequence": {"length": 3}}))
     assert_clean_error(run("analyze", tied), "encoder.weight and decoder.weight are one tensor "
                        "(tied weights), which gradcheck does not model yet")
+    (tmp_path / "damaged.pt").write_bytes(b"garbage\x00\x01")
+    damaged = tmp_path / "damaged.yaml"
+    damaged.write_text(yaml.safe_dump({"model": {"weights": "damaged.pt"},
+                                       "sequence": {"length": 3}}))
+    assert_clean_error(run("analyze", damaged), "damaged.pt cannot be read with "
+                       "torch.load(weights_only=True) (damaged, or it pickles objects other "
+                       "than tensors and plain containers)")
+    torch.save(dict(zip(["rnn.weight_ih_l0", "rnn.weight_hh_l0"],
+                        [torch.zeros(4, 2), torch.zeros(4, 4)], strict=True)),
+               tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    legacy = tmp_path / "legacy.yaml"
+    legacy.write_text(yaml.safe_dump({"model": {"weights": "legacy.pt", "head": False},
+                                      "sequence": {"length": 3}}))
+    result = run("analyze", legacy, "--trials", "0")
+    assert_exit(result, 0)
+    assert "warn" not in result.stderr.lower(), result.stderr   # torch's own, kept quiet
     normed = run("analyze", path, "--trials", "0", "-f", "json", "--set", "model.norm=true")
     assert_exit(normed, 0)
     assert "unmodelled" not in [f["code"] for f in json.loads(normed.stdout)["findings"]]

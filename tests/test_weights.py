@@ -163,8 +163,8 @@ def test_unsupported_and_damaged_checkpoints(tmp_path, write_spec, rng):
     tensors = checkpoint(rng)
     tensors["encoder.lstm.weight_ih_l0_reverse"] = tensors["encoder.lstm.weight_ih_l0"]
     _save(tmp_path, tensors, "bi.npz")
-    assert "bidirectional and projected (proj_size) recurrent modules are not supported" in \
-        _error(write_spec(SPEC.format(file="bi.npz")))
+    assert "bi.npz has no encoder.lstm.weight_hh_l1_reverse, yet other layers under " \
+        "'encoder.lstm' are bidirectional" in _error(write_spec(SPEC.format(file="bi.npz")))
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00garbage")
     assert "bad.safetensors is not a readable safetensors file" in \
         _error(write_spec(SPEC.format(file="bad.safetensors")))

@@ -18,6 +18,7 @@ from ..core.norms import global_norm as norm_of_all
 from ..core.norms import norm
 from ..engine.forward import forward
 from ..engine.state import Forward
+from ..errors import GradcheckError
 from ..io.data import Batch, Batches
 from ..results.report import (
     ClipSuggestion,
@@ -38,7 +39,12 @@ from .measure import Measurement, last_step_loss_grad, measure
 from .memory import plan
 from .notes import notes_for
 from .truncation import truncation_stats
-from .verdicts import no_gradient_findings, temporal_findings, unmodelled_finding
+from .verdicts import (
+    no_gradient_findings,
+    one_step_reverse_finding,
+    temporal_findings,
+    unmodelled_finding,
+)
 
 Progress = Callable[[int, int], None]
 
@@ -83,18 +89,23 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
     and the machine's memory) says whether the loss and the last step's loss alone go
     through one backward pass or one after the other."""
     arch, params = model_parameters(spec)
+    if deep and arch.bidirectional:
+        raise GradcheckError(f"{spec.source}: --deep does not cover bidirectional layers yet "
+                             "(the rest of the analysis does: run it without --deep)")
     checkpoint = spec.model.checkpoint
     names = dict(checkpoint.names) if checkpoint is not None else {n: n for n in params}
     batches = Batches(spec)
     batch = batches.draw(0)
     streams = plan(spec, max_memory=max_memory, trials=trials)[0].streams
     with np.errstate(all="ignore"):
-        fwd = forward(arch, params, batch.x, initial=batch.initial, masks=batch.masks)
+        fwd = forward(arch, params, batch.x, initial=batch.initial, masks=batch.masks,
+                      lengths=batch.lengths)
         loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
                                            spec.loss.timesteps, batch.lengths)
         measured = measure(arch, params, fwd, d_out, batch, spec, loss, names, streams)
         studies = study(arch, params, fwd, d_out, batch, measured, spec, windows, deep)
-        findings = judge(spec, params, measured, batch, loss_grad_is_zero=not d_out.any())
+        findings = judge(spec, arch, params, measured, batch,
+                         loss_grad_is_zero=not d_out.any())
         del fwd, d_out
     clip = clip_suggestion(arch, params, batches, spec, trials, clip_percentile, progress)
     return assemble(spec, arch, params, names, batch, loss, measured, studies, findings,
@@ -118,7 +129,7 @@ def study(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
     and with ``deep`` the dynamics of the recurrence (Jacobians, Lyapunov exponents)."""
     from .cost import bptt_cost, default_windows
     cost = bptt_cost(arch, spec.length, spec.batch_size, spec.dtype)
-    truncation = truncation_stats(
+    truncation = [] if arch.bidirectional else truncation_stats(   # (see notes_for)
         arch, params, fwd, d_out, measured.param_grads, measured.layers[-1].last_step_grad_norm,
         spec, default_windows(spec.length) if windows is None else windows)
     dynamics = None
@@ -137,15 +148,18 @@ def study(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
                    truncation=truncation, dynamics=dynamics)
 
 
-def judge(spec: Spec, params: Params, measured: Measurement, batch: Batch, *,
-          loss_grad_is_zero: bool) -> list[Finding]:
+def judge(spec: Spec, arch: Architecture, params: Params, measured: Measurement,
+          batch: Batch, *, loss_grad_is_zero: bool) -> list[Finding]:
     """Every finding, the most fundamental first: non-finite values, a model gradcheck
-    does not model, layers no gradient reaches, then the temporal verdicts."""
+    does not model, layers no gradient reaches, a reverse direction the loss reads after
+    one step, then the temporal verdicts."""
     span = int(np.max(batch.lengths)) if batch.lengths is not None else spec.length
     unmodelled = unmodelled_finding(spec)
+    one_step = one_step_reverse_finding(arch, spec)
     return [*([measured.non_finite] if measured.non_finite is not None else []),
             *([unmodelled] if unmodelled is not None else []),
-            *no_gradient_findings(measured.hidden, params, loss_grad_is_zero),
+            *no_gradient_findings(arch, measured.hidden, params, loss_grad_is_zero),
+            *([one_step] if one_step is not None else []),
             *temporal_findings(measured.layers, spec, span)]
 
 
@@ -184,7 +198,7 @@ def assemble(spec: Spec, arch: Architecture, params: Params, names: dict[str, st
                            embedding=EmbeddingSummary(arch.embedding, arch.input_size,
                                                       arch.padding_idx)
                            if arch.embedding else None,
-                           dropout=arch.dropout,
+                           dropout=arch.dropout, bidirectional=arch.bidirectional,
                            norm=NormSummary(arch.norm_eps, arch.norm_affine)
                            if arch.norm else None),
         length=spec.length, batch_size=spec.batch_size,

@@ -56,16 +56,19 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
         stacked = np.stack([d.x for d in draws], axis=2)          # (T, B, k, features)
         x = stacked.reshape(stacked.shape[0], B * k, *stacked.shape[3:])  # (or token ids)
         initial = None
-        if draws[0].initial is not None:                          # (layers, B, k, H) alike
+        if draws[0].initial is not None:                          # (units, B, k, H) alike
             initial = tuple(np.stack([d.initial[i] for d in draws], axis=2)
-                            .reshape(arch.num_layers, B * k, -1)
+                            .reshape(arch.units, B * k, -1)
                             for i in range(len(draws[0].initial)))
         masks = None
         if draws[0].masks is not None:                            # (layers - 1, T, B, k, H)
             masks = np.stack([d.masks for d in draws], axis=3).reshape(
                 arch.num_layers - 1, stacked.shape[0], B * k, -1)
         with np.errstate(all="ignore"):
-            fwd = forward(arch, params, x, initial=initial, masks=masks, buffers=buffers)
+            lengths = None if draws[0].lengths is None else \
+                np.stack([d.lengths for d in draws], axis=1).reshape(B * k)
+            fwd = forward(arch, params, x, initial=initial, masks=masks, lengths=lengths,
+                          buffers=buffers)
             d_out = np.empty_like(fwd.outputs)
             for j, d in enumerate(draws):
                 _, d_out[:, j::k] = loss_and_output_grad(

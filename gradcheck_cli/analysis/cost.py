@@ -57,11 +57,12 @@ def activation_bytes(arch: Architecture, steps: int, batch: int, dtype) -> int:
 
 def bptt_cost(arch: Architecture, steps: int, batch: int, dtype: str | np.dtype) -> Cost:
     """Full BPTT over ``steps``."""
-    fwd = sum(_layer_forward(arch, k, steps, batch) for k in range(arch.num_layers))
-    bwd = sum(_layer_backward(arch, k, steps, batch) for k in range(arch.num_layers))
+    D = arch.directions                             # each direction: a layer's work
+    fwd = D * sum(_layer_forward(arch, k, steps, batch) for k in range(arch.num_layers))
+    bwd = D * sum(_layer_backward(arch, k, steps, batch) for k in range(arch.num_layers))
     if arch.head:
-        fwd += steps * batch * arch.hidden_size * arch.output_size
-        bwd += 2 * steps * batch * arch.hidden_size * arch.output_size
+        fwd += steps * batch * arch.output_width * arch.output_size
+        bwd += 2 * steps * batch * arch.output_width * arch.output_size
     return Cost(forward_macs=fwd, backward_macs=bwd,
                 activation_bytes=activation_bytes(arch, steps, batch, dtype),
                 parameter_count=arch.parameter_count())

@@ -3,6 +3,7 @@ step's gradient changes going back in time."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -40,11 +41,14 @@ def measure(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
             streams: int) -> Measurement:
     """Backpropagate the loss (``d_out``), and with a loss at every step the last step's
     own loss, the signal that reaches back only in time: in one pass as two lanes
-    (``streams`` 2) or one after the other (1, when two do not fit in memory). The state
-    gradients are measured step by step, per sequence, and not kept."""
+    (``streams`` 2) or one after the other (1, when two do not fit in memory). A reverse
+    direction's signal is the first step's own loss, which reaches later steps only in
+    time: one more pass. The state gradients are measured step by step, per sequence, and
+    not kept."""
     T, B = d_out.shape[:2]
+    every_step = spec.loss.timesteps == "all"
     d_last = last_step_loss_grad(fwd.outputs, batch.targets, spec.loss.kind, batch.lengths) \
-        if spec.loss.timesteps == "all" else None
+        if every_step else None
     if d_last is not None and streams == STREAMS:
         lanes = Lanes.outputs([True, False])
         both = StateNorms(arch, T, 2 * B)
@@ -54,17 +58,43 @@ def measure(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
     else:
         grads, main = _alone(arch, params, fwd, d_out, True)
         last = main
-    non_finite = non_finite_finding(params, fwd, loss, grads.params, main.bad, names)
-    hidden = [step_norms(n) for n in main.hidden]
-    cell = [step_norms(n) for n in main.cell] if main.cell else None
+    non_finite = non_finite_finding(arch, params, fwd, loss, grads.params, main.bad, names)
+    hidden = [step_norms(in_time(arch, u, n, fwd)) for u, n in enumerate(main.hidden)]
+    cell = [step_norms(in_time(arch, u, n, fwd)) for u, n in enumerate(main.cell)] \
+        if main.cell else None
     del main
     if d_last is not None and streams != STREAMS:
         last = _alone(arch, params, fwd, d_last, False)[1]
+    first = last
+    if arch.bidirectional and every_step:
+        first = _alone(arch, params, fwd, first_step_loss_grad(
+            fwd.outputs, batch.targets, spec.loss.kind), False)[1]
     lengths = batch.lengths
-    decays = [whole_batch_decay(n) if lengths is None else padded_decay(n, lengths)
-              for n in last.hidden]
+    decays = []
+    for u in range(arch.units):
+        reverse = arch.unit(u)[1] == 1
+        if reverse and not every_step:   # the loss meets it where its recurrence starts:
+            decays.append(Decay(series=[None] * T, relative=np.empty(0), growth=None,
+                                sequences=0))            # nothing travels in time to measure
+            continue
+        norms = (first if reverse else last).hidden[u]       # in the unit's own order
+        decay = whole_batch_decay(norms) if lengths is None else padded_decay(norms, lengths)
+        if reverse:                                          # ... back in the inputs' order
+            decay = dataclasses.replace(decay, series=decay.series[::-1])
+        decays.append(decay)
     return Measurement(param_grads=grads.params, hidden=hidden, cell=cell,
-                       layers=layer_stats(hidden, cell, decays, spec), non_finite=non_finite)
+                       layers=layer_stats(arch, hidden, cell, decays, spec),
+                       non_finite=non_finite)
+
+
+def in_time(arch: Architecture, u: int, norms: np.ndarray, fwd: Forward) -> np.ndarray:
+    """Unit u's per-sequence norms ``(T, B)`` in the inputs' order of steps (a reverse
+    direction's hook saw them in its own)."""
+    if arch.unit(u)[1] == 0:
+        return norms
+    if fwd.order is None:
+        return norms[::-1]
+    return np.take_along_axis(norms, fwd.order, axis=0)
 
 
 def _alone(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
@@ -225,24 +255,34 @@ def horizon(relative: np.ndarray, growth: float | None, vanishing: float,
     return (len(relative) - 1) + math.log(threshold / last) / math.log(growth)
 
 
-def layer_stats(hidden: list[np.ndarray], cell: list[np.ndarray] | None,
+def layer_stats(arch: Architecture, hidden: list[np.ndarray], cell: list[np.ndarray] | None,
                 decays: list[Decay], spec: Spec) -> list[LayerStats]:
-    """Per layer: the per-step norms, and the growth, ratio and horizon of the last step's
-    gradient over the span the longest sequence has (all of it for whole sequences)."""
+    """Per unit (layer and direction): the per-step norms, and the growth, ratio and
+    horizon of the last step's gradient (a reverse direction's: the first step's) over
+    the span the longest sequence has (all of it for whole sequences)."""
     th = spec.thresholds
     layers = []
-    for k, decay in enumerate(decays):
+    for u, decay in enumerate(decays):
         end = decay.relative[-1] if len(decay.relative) else math.nan
+        k, d = arch.unit(u)
         layers.append(LayerStats(
             index=k,
-            hidden_grad_norm=hidden[k].tolist(),
-            cell_grad_norm=cell[k].tolist() if cell else None,
+            direction=("forward", "reverse")[d] if arch.bidirectional else None,
+            hidden_grad_norm=hidden[u].tolist(),
+            cell_grad_norm=cell[u].tolist() if cell else None,
             last_step_grad_norm=decay.series,
             growth_factor=decay.growth,
             ratio=float(end) if np.isfinite(end) or np.isinf(end) else None,
             horizon=horizon(decay.relative, decay.growth, th.vanishing, th.exploding),
         ))
     return layers
+
+
+def first_step_loss_grad(outputs: np.ndarray, targets: np.ndarray, kind: str) -> np.ndarray:
+    """dL_0/dy: the gradient of the first step's own loss (the mean over the batch), the
+    signal that reaches later steps only through a reverse direction's recurrence."""
+    ones = np.ones(outputs.shape[1], dtype=np.int64)
+    return loss_and_output_grad(outputs, targets, kind, "last", ones)[1]
 
 
 def last_step_loss_grad(outputs: np.ndarray, targets: np.ndarray, kind: str,

@@ -95,7 +95,7 @@ def pass_bytes(arch: Architecture, steps: int, batch: int, dtype: str, *, lanes:
     held += own * steps * batch * arch.output_size * np.dtype(dtype).itemsize
     if norms:
         per_layer = StateNorms.arrays(arch, steps, rows).values()
-        held += arch.num_layers * sum(a.nbytes for a in per_layer)
+        held += arch.units * sum(a.nbytes for a in per_layer)
     return held
 
 

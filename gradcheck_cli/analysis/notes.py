@@ -96,6 +96,18 @@ def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
     if not spec.model.head:
         notes.append("no head: the loss is taken on the top layer's hidden state")
     arch = Architecture.from_spec(spec.model)
+    if arch.bidirectional:
+        start = "its own last valid step" if lengths is not None else "the last step"
+        notes.append(f"bidirectional: each layer's reverse direction runs from each "
+                     f"sequence's end ({start}, as pack_padded_sequence gives it) to its "
+                     "start, and the layer above and the head read [forward, reverse]; the "
+                     "reverse direction's temporal diagnosis follows the first step's own "
+                     "loss forward in time, the mirror of the forward direction's last "
+                     "step's; no truncation table (truncated BPTT does not apply: the "
+                     "reverse direction reads the whole sequence)"
+                     + ("; with the loss on the last step only, the reverse directions' "
+                        "change through time is not measured: the loss meets them where "
+                        "their recurrence starts" if spec.loss.timesteps == "last" else ""))
     if arch.residual_layers and not arch.residual_layer(0):
         notes.append(f"residual across layers: none at layer 0, whose input_size "
                      f"{arch.input_size} differs from hidden_size {arch.hidden_size} "

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
-from ..core.model import Params
+from ..core.model import Architecture, Params
 from ..engine.state import Forward
 from ..results.report import (
     Finding,
@@ -25,12 +26,31 @@ def _first_non_finite(arrays: list[np.ndarray]) -> int | None:
     return int(steps[0]) if steps.size else None
 
 
-def non_finite_finding(params: Params, fwd: Forward, loss: float, grads: Params,
-                       bad: list[np.ndarray], names: dict[str, str]) -> Finding | None:
+def unit_name(arch: Architecture, u: int) -> tuple[str, dict]:
+    """Unit u in words ("layer 1", "layer 1 reverse") and as a finding's fields."""
+    k, d = arch.unit(u)
+    if not arch.bidirectional:
+        return f"layer {k}", {"layer": k}
+    direction = ("forward", "reverse")[d]
+    return f"layer {k} {direction}", {"layer": k, "direction": direction}
+
+
+def in_inputs_order(arch: Architecture, u: int, t: int, order: np.ndarray | None,
+                    T: int) -> int:
+    """Step t of unit u's own order as a step of the inputs (a reverse direction counts
+    from the end; padded, the first sequence's order is taken)."""
+    if arch.unit(u)[1] == 0:
+        return t
+    return int(order[t, 0]) if order is not None else T - 1 - t
+
+
+def non_finite_finding(arch: Architecture, params: Params, fwd: Forward, loss: float,
+                       grads: Params, bad: list[np.ndarray],
+                       names: dict[str, str]) -> Finding | None:
     """Where NaN or Inf first appeared, in the order the computation runs. ``bad``: per
-    layer, ``(T, B)``, where the backward pass met a NaN or an Inf in the state gradients
-    (:class:`~gradcheck_cli.engine.hooks.StateNorms`; their norms cannot tell: a finite
-    gradient's norm can overflow)."""
+    unit, ``(T, B)`` in its own order of steps, where the backward pass met a NaN or an
+    Inf in the state gradients (:class:`~gradcheck_cli.engine.hooks.StateNorms`; their
+    norms cannot tell: a finite gradient's norm can overflow)."""
     def finding(message: str, **where) -> Finding:
         return Finding(code="non_finite", severity="error",
                        message=f"non-finite values (NaN/Inf) first appear in {message}", **where)
@@ -38,27 +58,31 @@ def non_finite_finding(params: Params, fwd: Forward, loss: float, grads: Params,
     for name, value in params.items():
         if not np.isfinite(value).all():
             return finding(f"the weights: {names[name]}", parameter=names[name])
-    for k, cache in enumerate(fwd.layers):
+    T = fwd.outputs.shape[0]
+    for u, cache in enumerate(fwd.layers):
         states = [cache.h] + ([cache.c] if cache.c is not None else [])
         t = _first_non_finite(states)
         if t is not None:
-            return finding(f"the forward pass: layer {k}'s hidden state at step {t}",
-                           layer=k, timestep=t)
+            who, where = unit_name(arch, u)
+            t = in_inputs_order(arch, u, t, fwd.order, T)
+            return finding(f"the forward pass: {who}'s hidden state at step {t}",
+                           timestep=t, **where)
     if not math.isfinite(loss) or not np.isfinite(fwd.outputs).all():
         return finding("the loss (the head's outputs overflow)")
-    for k in reversed(range(len(bad))):
-        steps = np.flatnonzero(bad[k].any(axis=1))
+    for u in reversed(range(len(bad))):
+        steps = np.flatnonzero(bad[u].any(axis=1))
         if steps.size:
-            t = int(steps[-1])
-            return finding(f"the backward pass: dL/dh at layer {k}, step {t}",
-                           layer=k, timestep=t)
+            who, where = unit_name(arch, u)
+            t = in_inputs_order(arch, u, int(steps[-1]), fwd.order, T)
+            return finding(f"the backward pass: dL/dh at {who}, step {t}", timestep=t,
+                           **where)
     for name, g in grads.items():
         if not np.isfinite(g).all():
             return finding(f"the gradient of {names[name]}", parameter=names[name])
     return None
 
 
-def no_gradient_findings(hidden: list[np.ndarray], params: Params,
+def no_gradient_findings(arch: Architecture, hidden: list[np.ndarray], params: Params,
                          loss_grad_is_zero: bool) -> list[Finding]:
     """Layers that no gradient reaches: ‖dL/dh_t‖ zero at every step. Their temporal
     verdicts have nothing to measure, and training would never change them."""
@@ -72,18 +96,35 @@ def no_gradient_findings(hidden: list[np.ndarray], params: Params,
     else:
         cause = "the layer above passes none down (its input weights are all zero?)"
     out = []
-    for k, norms in enumerate(hidden):
+    for u, norms in enumerate(hidden):
         if not norms.any():
+            who, where = unit_name(arch, u)
             out.append(Finding(
-                code="no_gradient", severity="error", layer=k,
-                message=f"layer {k}: no gradient reaches it (‖dL/dh_t‖ is 0 at every step): "
+                code="no_gradient", severity="error", **where,
+                message=f"{who}: no gradient reaches it (‖dL/dh_t‖ is 0 at every step): "
                         f"{cause}"))
     return out
 
 
+def one_step_reverse_finding(arch: Architecture, spec: Spec) -> Finding | None:
+    """A loss on the last step only reads the top layer's reverse direction where it has
+    read one input: PyTorch's ``output[:, -1]`` of a bidirectional layer."""
+    if not arch.bidirectional or spec.loss.timesteps != "last":
+        return None
+    top = arch.num_layers - 1
+    return Finding(
+        code="reverse_sees_one_step", severity="warning", layer=top, direction="reverse",
+        message=(f"layer {top} reverse: the loss on the last step reads the reverse "
+                 "direction at that step, where it has read that step's input only, so no "
+                 "earlier input reaches the loss through it and its gradient does not "
+                 "travel in time (output[:, -1] of a bidirectional layer); a classifier "
+                 "usually reads the reverse direction's state at step 0 (h_n)"))
+
+
 def temporal_findings(layers: list[LayerStats], spec: Spec,
                       span: int | None = None) -> list[Finding]:
-    """exploding / vanishing verdicts per layer, from the last step's gradient over time."""
+    """exploding / vanishing verdicts per layer and direction, from the last step's
+    gradient going back in time (a reverse direction's: the first step's, going forward)."""
     th = spec.thresholds
     steps = (span or spec.length) - 1
     out = []
@@ -91,29 +132,35 @@ def temporal_findings(layers: list[LayerStats], spec: Spec,
         g, ratio = layer.growth_factor, layer.ratio
         if ratio is None or steps == 0:
             continue
+        where: dict[str, Any] = {"layer": layer.index, "direction": layer.direction}
+        who = f"layer {layer.label}"
+        reverse = layer.direction == "reverse"
+        signal = "the first step's gradient" if reverse else "the last step's gradient"
+        going = f"going {'forward' if reverse else 'back'} {steps} steps"
+        away = f"{steps} steps {'on' if reverse else 'back'}"
         if g is None:  # too few non-zero steps to fit: the gradient is gone, or never moved
             if ratio < th.vanishing:
                 out.append(Finding(
-                    code="vanishing", severity="warning", layer=layer.index,
+                    code="vanishing", severity="warning", **where,
                     values={"ratio": ratio, "growth_factor": None, "horizon": layer.horizon},
-                    message=(f"layer {layer.index}: the last step's gradient shrinks to "
-                             f"{ratio:.3g} of its size {steps} steps back: it does not reach "
-                             "earlier steps at all")))
+                    message=(f"{who}: {signal} shrinks to {ratio:.3g} of its size {away}: "
+                             f"it does not reach {'later' if reverse else 'earlier'} steps "
+                             "at all")))
             continue
         values = {"ratio": ratio, "growth_factor": g, "horizon": layer.horizon}
         if ratio > th.exploding and g > 1.0:
             out.append(Finding(
-                code="exploding", severity="error", layer=layer.index, values=values,
-                message=(f"layer {layer.index}: the last step's gradient grows {ratio:.3g}× "
-                         f"going back {steps} steps (×{g:.3f} per step; threshold "
-                         f"{th.exploding:g}×): clip gradients or lower the recurrent gain")))
+                code="exploding", severity="error", **where, values=values,
+                message=(f"{who}: {signal} grows {ratio:.3g}× {going} (×{g:.3f} per "
+                         f"step; threshold {th.exploding:g}×): clip gradients or lower the "
+                         "recurrent gain")))
         elif ratio < th.vanishing and g < 1.0:
             reach = f"~{layer.horizon:.0f}" if layer.horizon is not None else "a few"
             out.append(Finding(
-                code="vanishing", severity="warning", layer=layer.index, values=values,
-                message=(f"layer {layer.index}: the last step's gradient shrinks to "
-                         f"{ratio:.3g} of its size {steps} steps back (×{g:.3f} per step): "
-                         f"dependencies longer than {reach} steps get almost no signal")))
+                code="vanishing", severity="warning", **where, values=values,
+                message=(f"{who}: {signal} shrinks to {ratio:.3g} of its size {away} "
+                         f"(×{g:.3f} per step): dependencies longer than {reach} steps get "
+                         "almost no signal")))
     return out
 
 

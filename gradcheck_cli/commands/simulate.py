@@ -115,7 +115,7 @@ def _train(spec: Spec, mitigation: str, steps: int, optimizer: str, lr: float, d
         buffers.reclaim()
         with np.errstate(all="ignore"):
             fwd = forward(arch, params, batch.x, initial=batch.initial, masks=batch.masks,
-                          buffers=buffers)
+                          lengths=batch.lengths, buffers=buffers)
             loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
                                                spec.loss.timesteps, batch.lengths)
             if truncation is None:

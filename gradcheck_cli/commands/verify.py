@@ -264,7 +264,7 @@ def tensor_layer(arch: Architecture, name: str) -> int:
         return arch.num_layers
     if name == "embedding.weight":
         return -1
-    return int(name.rsplit("_l", 1)[1])
+    return int(name.rsplit("_l", 1)[1].removesuffix("_reverse"))
 
 
 def checked_part(arch: Architecture, name: str, value: np.ndarray,
@@ -310,6 +310,8 @@ def shadowed_loss_sum(arch: Architecture, params: Params, fwd: Forward,
     :func:`_discrepancy` met; and, for relu, how many units sat at their kink (the two
     passes' rounding put their pre-activation on different sides of 0: the branch is the
     fast pass's, BPTT's). Layers below ``first`` are the fast pass's, as they are."""
+    if arch.bidirectional:
+        return shadowed_by_layer(arch, params, fwd, targets, covered, kind, first)
     T, B = covered.shape
     lead = reference.variants(arch, params)
     given = fwd.layers[0].h0 is not None                       # the pass's own h0 (c0)
@@ -353,6 +355,80 @@ def shadowed_loss_sum(arch: Architecture, params: Params, fwd: Forward,
     return total, worst, kinks
 
 
+def shadowed_by_layer(arch: Architecture, params: Params, fwd: Forward,
+                      targets: np.ndarray, covered: np.ndarray, kind: str,
+                      first: int) -> tuple[np.ndarray, float, int]:
+    """:func:`shadowed_loss_sum` for a bidirectional stack, layer by layer (the reverse
+    direction needs its layer's every input first): each direction's reference steps in
+    its own order, the reverse one restarting at each sequence's end as the fast pass's
+    did, every state's real part set to the fast pass's (a reverse unit's taken back into
+    the inputs' order of steps)."""
+    from ..engine.forward import reverse_time
+    T, B = covered.shape
+    D = arch.directions
+    lead = reference.variants(arch, params)
+    lengths = None if fwd.order is None else fwd.order[0] + 1
+    restart = reference.restarts(lengths, T, B)
+
+    def in_order(a: np.ndarray | None, d: int) -> np.ndarray | None:
+        return a if a is None or not d else reverse_time(a, fwd.order, out=np.empty_like(a))
+
+    given = fwd.layers[0].h0 is not None
+    initial = None if not given else tuple(
+        np.stack([getattr(unit, name) for unit in fwd.layers])
+        for name in (("h0", "c0") if arch.cell == "lstm" else ("h0",)))
+    starts = reference.initial_states(arch, initial, (*lead, B, arch.hidden_size),
+                                      np.complex128)
+    relu = arch.cell == "rnn" and arch.nonlinearity == "relu"
+    if first < 0:                                    # the embedding's own check
+        assert fwd.tokens is not None
+        embedded = reference.embed(arch, params, fwd.tokens)
+        inputs = [embedded[..., t, :, :] for t in range(T)]
+    elif first < arch.num_layers:
+        inputs = list(fwd.layers[first * D].x)
+    else:
+        inputs = list(fwd.top if fwd.top is not None else fwd.layers[-1].h)
+    worst, kinks = 0.0, 0
+    for k in range(max(first, 0), arch.num_layers):
+        hidden: list[list[np.ndarray]] = [[] for _ in range(T)]
+        for d in range(D):
+            u = k * D + d
+            cache = fwd.layers[u]
+            h, c = in_order(cache.h, d), in_order(cache.c, d)
+            gates = in_order(cache.gates, d) if relu else None
+            scales = [0.0, 0.0]
+            state = starts[u]
+            for t in reference.step_order(d, T):
+                if d:
+                    state = tuple(np.where(restart[t], s0, s)
+                                  for s0, s in zip(starts[u], state, strict=True))
+                active = None
+                if relu:
+                    assert gates is not None
+                    active = gates[t] > 0
+                    kinks += _kinks(arch, params, k, inputs[t], state[0], active, d)
+                new = reference.step(arch, params, k, inputs[t], state, active, d)
+                assert h is not None
+                cached = (h[t],) if c is None else (h[t], c[t])
+                # past a sequence's end the two passes' reverse states are padding's, and
+                # differ (from h0 here, from step 0 there): neither is read
+                valid = slice(None) if not d or lengths is None else t < lengths
+                for i, (n, v) in enumerate(zip(new, cached, strict=True)):
+                    n, v = n[..., valid, :], v[valid]
+                    scales[i] = max(scales[i], float(np.abs(v).max(initial=0.0)),
+                                    float(np.abs(n.real).max(initial=0.0)))
+                    worst = max(worst, _discrepancy(n, v, scales[i]))
+                state = tuple(v + 1j * n.imag for n, v in zip(new, cached, strict=True))
+                hidden[t].append(state[0])
+        inputs = [reference.layer_output(arch, k, np.concatenate(hidden[t], axis=-1),
+                                         inputs[t], fwd.masks, t) for t in range(T)]
+    total = np.zeros(lead, dtype=np.complex128)
+    for t in range(T):
+        total = total + reference.step_loss_sum(reference.head(arch, params, inputs[t]),
+                                                targets[t], covered[t], kind)
+    return total, worst, kinks
+
+
 def _first(a: np.ndarray, ndim: int) -> np.ndarray:
     """The real part of ``a``'s first variant: its leading axes dropped down to ``ndim``."""
     real = np.real(a)
@@ -362,10 +438,10 @@ def _first(a: np.ndarray, ndim: int) -> np.ndarray:
 
 
 def _kinks(arch: Architecture, params: Params, k: int, x_t: np.ndarray, h: np.ndarray,
-           active: np.ndarray) -> int:
+           active: np.ndarray, direction: int = 0) -> int:
     """Units whose reference pre-activation is on the other side of 0 from the fast
     pass's (``active``)."""
-    w_ih, w_hh, b_ih, b_hh = reference.layer_weights(params, k)
+    w_ih, w_hh, b_ih, b_hh = reference.layer_weights(params, k, direction)
     a = reference.linear(_first(x_t, 2), _first(w_ih, 2),
                          None if b_ih is None else _first(b_ih, 1)) \
         + reference.linear(_first(h, 2), _first(w_hh, 2),
@@ -383,6 +459,9 @@ def complex_step(arch: Architecture, params: Params, fwd: Forward, targets: np.n
     loss itself (the real part), and the relu units met at their kink."""
     value = params[name]
     state_bytes = 16 * covered.shape[1] * arch.gates * arch.hidden_size * arch.num_layers
+    if arch.bidirectional:                   # layer by layer: every step's input and output
+        state_bytes += 16 * covered.size * (arch.layer_input_size(arch.num_layers - 1)
+                                            + 2 * arch.output_width)
     per_chunk = max(1, CHUNK_BYTES // (16 * value.size + state_bytes))
     normaliser = reference.loss_count(covered, kind, arch.output_size)
     first = tensor_layer(arch, name)

@@ -10,14 +10,20 @@ The model is what ``nn.Module`` with an ``rnn`` (``nn.RNN``/``nn.LSTM``/``nn.GRU
     head.weight         (output_size, H)   when there is a head
     head.bias           (output_size,)      when head_bias
 
-with G = 1 (rnn), 4 (lstm: gates i, f, g, o) or 3 (gru: gates r, z, n). Without a head,
+with G = 1 (rnn), 4 (lstm: gates i, f, g, o) or 3 (gru: gates r, z, n). A bidirectional
+stack has each layer's reverse direction beside it, under the same names with ``_reverse``
+(``rnn.weight_ih_l{k}_reverse``, ...), and every layer above the first, and the head, reads
+the two directions' states side by side, [forward, reverse]: in_k = 2 H. Without a head,
 the outputs are the top layer's hidden states themselves. With an ``nn.Embedding`` in front
 (the inputs are then integer token ids, each step's x_t the row of its token), and an
 ``nn.LayerNorm`` between the stack and the head (elementwise affine):
 
     embedding.weight    (num_embeddings, input_size)
-    norm.weight         (H,)
-    norm.bias           (H,)
+    norm.weight         (D*H,)        D = 2 when bidirectional, else 1
+    norm.bias           (D*H,)
+
+A *unit* is one direction of one layer: unit u = D k + d is layer k's direction d (0
+forward, 1 reverse), the order of PyTorch's state_dict and of its h0's first axis.
 """
 
 from __future__ import annotations
@@ -59,6 +65,9 @@ class Architecture:
     norm_eps: float = 1e-5
     norm_affine: bool = True
     """The norm's ``eps`` and ``elementwise_affine``."""
+    bidirectional: bool = False
+    """Each layer runs both ways in time (``nn.LSTM(bidirectional=True)``): its reverse
+    direction from the end of each sequence to its start."""
 
     @classmethod
     def from_spec(cls, model) -> Architecture:  # model: a resolved spec.ModelSpec
@@ -74,7 +83,7 @@ class Architecture:
                    dropout=model.dropout, norm=model.norm is not None,
                    norm_eps=model.norm.eps if model.norm is not None else 1e-5,
                    norm_affine=model.norm.elementwise_affine if model.norm is not None
-                   else True)
+                   else True, bidirectional=model.bidirectional)
 
     @property
     def gates(self) -> int:
@@ -86,14 +95,37 @@ class Architecture:
         dropout."""
         return self.num_layers - 1 if self.dropout > 0 else 0
 
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def units(self) -> int:
+        """The recurrences: one per layer and direction."""
+        return self.num_layers * self.directions
+
+    @property
+    def output_width(self) -> int:
+        """A layer's output: its directions' states side by side (D*H)."""
+        return self.directions * self.hidden_size
+
+    def unit(self, u: int) -> tuple[int, int]:
+        """Unit u's layer and direction (0 forward, 1 reverse)."""
+        return divmod(u, self.directions)
+
+    def unit_suffix(self, u: int) -> str:
+        """Unit u's parameters' suffix: ``_l{k}``, ``_l{k}_reverse``."""
+        k, d = self.unit(u)
+        return f"_l{k}_reverse" if d else f"_l{k}"
+
     def layer_input_size(self, layer: int) -> int:
-        return self.input_size if layer == 0 else self.hidden_size
+        return self.input_size if layer == 0 else self.output_width
 
     def residual_layer(self, layer: int) -> bool:
         """Whether the layer's output carries its input too (out = h + x): with residual
         connections across layers, where the input has the hidden size (layer 0 has none
         when input_size differs from hidden_size)."""
-        return self.residual_layers and self.layer_input_size(layer) == self.hidden_size
+        return self.residual_layers and self.layer_input_size(layer) == self.output_width
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's PyTorch name and shape, in ``state_dict`` order."""
@@ -101,17 +133,19 @@ class Architecture:
         shapes: dict[str, tuple[int, ...]] = {}
         if self.embedding:
             shapes["embedding.weight"] = (self.embedding, self.input_size)
-        for k in range(self.num_layers):
-            shapes[f"rnn.weight_ih_l{k}"] = (g, self.layer_input_size(k))
-            shapes[f"rnn.weight_hh_l{k}"] = (g, h)
+        for u in range(self.units):
+            suffix, k = self.unit_suffix(u), self.unit(u)[0]
+            shapes[f"rnn.weight_ih{suffix}"] = (g, self.layer_input_size(k))
+            shapes[f"rnn.weight_hh{suffix}"] = (g, h)
             if self.bias:
-                shapes[f"rnn.bias_ih_l{k}"] = (g,)
-                shapes[f"rnn.bias_hh_l{k}"] = (g,)
+                shapes[f"rnn.bias_ih{suffix}"] = (g,)
+                shapes[f"rnn.bias_hh{suffix}"] = (g,)
+        width = self.output_width
         if self.norm and self.norm_affine:
-            shapes["norm.weight"] = (h,)
-            shapes["norm.bias"] = (h,)
+            shapes["norm.weight"] = (width,)
+            shapes["norm.bias"] = (width,)
         if self.head:
-            shapes["head.weight"] = (self.output_size, h)
+            shapes["head.weight"] = (self.output_size, width)
             if self.head_bias:
                 shapes["head.bias"] = (self.output_size,)
         return shapes
@@ -122,6 +156,8 @@ class Architecture:
     def describe(self) -> str:
         cell = f"rnn ({self.nonlinearity})" if self.cell == "rnn" else self.cell
         layers = f"{self.num_layers} layer{'s' if self.num_layers > 1 else ''}"
+        if self.bidirectional:
+            layers = f"bidirectional, {layers}"
         front = f"embedding {self.embedding}×{self.input_size} → " if self.embedding else ""
         return f"{front}{cell}, {layers}, hidden {self.hidden_size}"
 
@@ -181,7 +217,8 @@ def init_params(arch: Architecture, init, rng: np.random.Generator,
             if init.forget_bias is not None:
                 value[h:2 * h] = init.forget_bias if "_ih_" in name else 0.0
         else:  # nn.Linear's default: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), ...)
-            value = rng.uniform(-bound, bound, size=shape)
+            fan_in = 1.0 / np.sqrt(shape[-1]) if name == "head.weight" else bound
+            value = rng.uniform(-fan_in, fan_in, size=shape)
         with np.errstate(over="ignore"):  # a silly gain overflows float32: a finding later
             params[name] = value.astype(dtype)
     return params

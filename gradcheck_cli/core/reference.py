@@ -93,21 +93,24 @@ def gru_cell(x_t: np.ndarray, h: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
     return (1.0 - z) * n + z * h
 
 
-def layer_weights(params: Params, k: int) -> tuple[np.ndarray, np.ndarray,
-                                                     np.ndarray | None, np.ndarray | None]:
-    """Layer k's W_ih, W_hh, b_ih, b_hh (the biases None without bias)."""
-    return (params[f"rnn.weight_ih_l{k}"], params[f"rnn.weight_hh_l{k}"],
-            params.get(f"rnn.bias_ih_l{k}"), params.get(f"rnn.bias_hh_l{k}"))
+def layer_weights(params: Params, k: int, direction: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Layer k's W_ih, W_hh, b_ih, b_hh (the biases None without bias); of its reverse
+    direction (the ``_reverse`` names) with ``direction`` 1."""
+    suffix = f"_l{k}_reverse" if direction else f"_l{k}"
+    return (params[f"rnn.weight_ih{suffix}"], params[f"rnn.weight_hh{suffix}"],
+            params.get(f"rnn.bias_ih{suffix}"), params.get(f"rnn.bias_hh{suffix}"))
 
 
 def step(arch: Architecture, params: Params, k: int, x_t: np.ndarray,
-         state: State, active: np.ndarray | None = None) -> State:
-    """One step of layer k: its new state from its input x_t and its previous state.
+         state: State, active: np.ndarray | None = None, direction: int = 0) -> State:
+    """One step of layer k (its reverse direction with ``direction`` 1): its new state
+    from its input x_t and its previous state.
 
     With ``arch.residual_time`` the hidden state is h_t = h_{t-1} + cell(x_t, h_{t-1}).
     ``active``: a relu cell's units on the positive side (see :func:`relu`).
     """
-    weights = layer_weights(params, k)
+    weights = layer_weights(params, k, direction)
     if arch.cell == "lstm":
         h, c = lstm_cell(x_t, state, *weights)
         new: State = (h, c)
@@ -120,6 +123,19 @@ def step(arch: Architecture, params: Params, k: int, x_t: np.ndarray,
     return new
 
 
+def step_order(direction: int, T: int) -> range:
+    """The steps in the order a direction takes them: forward 0 … T-1, reverse T-1 … 0."""
+    return reversed(range(T)) if direction else range(T)  # type: ignore[return-value]
+
+
+def restarts(lengths: np.ndarray | None, T: int, B: int) -> np.ndarray:
+    """``(T, B, 1)``: where the reverse direction starts, from its initial state: at each
+    sequence's own last step (``lengths``; None: all T long), as ``pack_padded_sequence``
+    gives it. Past that step, on padding, its states are never read."""
+    last = np.full(B, T - 1) if lengths is None else np.asarray(lengths) - 1
+    return (np.arange(T)[:, None] == last[None, :])[..., None]
+
+
 def zero_state(arch: Architecture, shape: tuple[int, ...], dtype) -> State:
     """The state before the first step: zeros, ``shape`` ``(..., B, H)``."""
     count = 2 if arch.cell == "lstm" else 1
@@ -128,12 +144,13 @@ def zero_state(arch: Architecture, shape: tuple[int, ...], dtype) -> State:
 
 def initial_states(arch: Architecture, initial: tuple[np.ndarray, ...] | None,
                    shape: tuple[int, ...], dtype) -> list[State]:
-    """Every layer's state before the first step: PyTorch's h0 (and c0), each
-    ``(num_layers, B, H)``, broadcast to ``shape`` ``(..., B, H)``; zeros without them."""
+    """Every unit's state before its first step: PyTorch's h0 (and c0), each
+    ``(num_layers * directions, B, H)``, broadcast to ``shape`` ``(..., B, H)``; zeros
+    without them."""
     if initial is None:
-        return [zero_state(arch, shape, dtype) for _ in range(arch.num_layers)]
-    return [tuple(np.broadcast_to(s[k], shape).astype(dtype) for s in initial)
-            for k in range(arch.num_layers)]
+        return [zero_state(arch, shape, dtype) for _ in range(arch.units)]
+    return [tuple(np.broadcast_to(s[u], shape).astype(dtype) for s in initial)
+            for u in range(arch.units)]
 
 
 def embed(arch: Architecture, params: Params, inputs: np.ndarray) -> np.ndarray:
@@ -228,15 +245,38 @@ def variants(arch: Architecture, params: Params) -> tuple[int, ...]:
                                  for name, value in params.items()))
 
 
+def run_layer(arch: Architecture, params: Params, k: int, inputs: list[np.ndarray],
+              states: list[State], restart: np.ndarray) -> list[np.ndarray]:
+    """Layer k over the sequence (``inputs[t]`` ``(..., B, in)``) from its units' initial
+    ``states``: per step, its directions' hidden states side by side ``(..., B, D*H)``.
+    The reverse direction steps from the end, restarting from its initial state where
+    ``restart`` (:func:`restarts`) says."""
+    T = len(inputs)
+    hidden: list[list[np.ndarray]] = [[] for _ in range(T)]
+    for d in range(arch.directions):
+        initial = states[k * arch.directions + d]
+        state = initial
+        for t in step_order(d, T):
+            if d:
+                state = tuple(np.where(restart[t], s0, s)
+                              for s0, s in zip(initial, state, strict=True))
+            state = step(arch, params, k, inputs[t], state, direction=d)
+            hidden[t].append(state[0])
+    return [h[0] if len(h) == 1 else np.concatenate(h, axis=-1) for h in hidden]
+
+
 def forward_loss(arch: Architecture, params: Params, x: np.ndarray, targets: np.ndarray,
                  covered: np.ndarray, kind: str,
                  initial: tuple[np.ndarray, ...] | None = None,
-                 masks: np.ndarray | None = None) -> np.ndarray:
+                 masks: np.ndarray | None = None,
+                 lengths: np.ndarray | None = None) -> np.ndarray:
     """The loss of the whole stack on x ``(T, B, in)`` (token ids ``(T, B)`` with an
-    embedding): every layer stepped through time from the ``initial`` states (h0, and c0
-    for lstm, ``(num_layers, B, H)``; None: zeros), the head at every step, the mean over
-    what ``covered`` (``(T, B)``) marks. ``masks``: dropout's, ``(num_layers - 1, T, B, H)``
-    of 0 and 1/(1-p) (see :func:`layer_output`); None: none.
+    embedding): every layer run through time from the ``initial`` states (h0, and c0 for
+    lstm, ``(num_layers * directions, B, H)``; None: zeros), the head at every step, the
+    mean over what ``covered`` (``(T, B)``) marks. ``masks``: dropout's,
+    ``(num_layers - 1, T, B, D*H)`` of 0 and 1/(1-p) (see :func:`layer_output`); None:
+    none. ``lengths`` ``(B,)``: where each sequence's reverse direction starts (None: at
+    step T-1).
 
     Returns ``(...)``: one loss per variant when the parameters have leading axes.
     """
@@ -245,23 +285,26 @@ def forward_loss(arch: Architecture, params: Params, x: np.ndarray, targets: np.
     dtype = np.result_type(x, *params.values())
     lead = variants(arch, params)
     states = initial_states(arch, initial, (*lead, B, arch.hidden_size), dtype)
+    restart = restarts(lengths, T, B)
+    inputs = [x[..., t, :, :] for t in range(T)]
+    for k in range(arch.num_layers):
+        hidden = run_layer(arch, params, k, inputs, states, restart)
+        inputs = [layer_output(arch, k, hidden[t], inputs[t], masks, t) for t in range(T)]
     total = np.zeros(lead, dtype=dtype)
     for t in range(T):
-        inputs = x[..., t, :, :]
-        for k in range(arch.num_layers):
-            states[k] = step(arch, params, k, inputs, states[k])
-            inputs = layer_output(arch, k, states[k][0], inputs, masks, t)
-        total = total + step_loss_sum(head(arch, params, inputs), targets[t], covered[t], kind)
+        total = total + step_loss_sum(head(arch, params, inputs[t]), targets[t], covered[t],
+                                      kind)
     return total / loss_count(covered, kind, arch.output_size)
 
 
 # ----------------------------------------------------------------------------- BPTT, by the book
 
 def cell_forward(arch: Architecture, params: Params, k: int, x_t: np.ndarray,
-                 state: State) -> tuple[State, dict[str, np.ndarray]]:
-    """One step of layer k and what its backward step needs (real arrays, ``(B, ...)``):
+                 state: State, direction: int = 0) -> tuple[State, dict[str, np.ndarray]]:
+    """One step of layer k (of its reverse direction with ``direction`` 1) and what its
+    backward step needs (real arrays, ``(B, ...)``):
     the two products, then the cell's elementwise work, then the residual."""
-    w_ih, w_hh, b_ih, b_hh = layer_weights(params, k)
+    w_ih, w_hh, b_ih, b_hh = layer_weights(params, k, direction)
     gx, gh = linear(x_t, w_ih, b_ih), linear(state[0], w_hh, b_hh)
     new, cache = cell_pointwise(arch, gx, gh, state)
     cache["x"] = x_t
@@ -341,30 +384,45 @@ def cell_backward(arch: Architecture, dh: np.ndarray, dc_next: np.ndarray | None
 
 
 def forward(arch: Architecture, params: Params, x: np.ndarray,
-            initial: tuple[np.ndarray, ...] | None = None, masks: np.ndarray | None = None
+            initial: tuple[np.ndarray, ...] | None = None, masks: np.ndarray | None = None,
+            lengths: np.ndarray | None = None
             ) -> tuple[np.ndarray, list[list[dict[str, np.ndarray]]]]:
     """The head's outputs ``(T, B, O)`` for x ``(T, B, in)`` (token ids ``(T, B)`` with an
-    embedding, kept in layer 0's caches under ``"tokens"``), and every layer's every step's
-    cache (``caches[k][t]``, the layer's output under ``"out"``), from the ``initial``
-    states and with dropout's ``masks`` (see :func:`forward_loss`)."""
+    embedding, kept in unit 0's caches under ``"tokens"``), and every unit's cache of every
+    step (``caches[u][t]``, the step taken at time t; the layer's output, both directions',
+    under ``"out"`` in its first unit's), from the ``initial`` states, with dropout's
+    ``masks`` and the reverse direction restarting at each sequence's end (``lengths``):
+    see :func:`forward_loss`."""
     tokens = x if arch.embedding else None
     x = embed(arch, params, x)
     T, B, _ = x.shape
     states = initial_states(arch, initial, (B, arch.hidden_size), x.dtype)
-    caches: list[list[dict[str, np.ndarray]]] = [[] for _ in range(arch.num_layers)]
-    outputs = []
-    for t in range(T):
-        inputs = x[t]
-        for k in range(arch.num_layers):
-            states[k], cache = cell_forward(arch, params, k, inputs, states[k])
-            inputs = layer_output(arch, k, states[k][0], inputs, masks, t)
+    restart = restarts(lengths, T, B)
+    caches: list[list[dict[str, np.ndarray]]] = [[{}] * T for _ in range(arch.units)]
+    inputs = list(x)
+    for k in range(arch.num_layers):
+        hidden: list[list[np.ndarray]] = [[] for _ in range(T)]
+        for d in range(arch.directions):
+            u = k * arch.directions + d
+            state = states[u]
+            for t in step_order(d, T):
+                if d:                                   # at a sequence's end: from h0
+                    state = tuple(np.where(restart[t], s0, s)
+                                  for s0, s in zip(states[u], state, strict=True))
+                state, caches[u][t] = cell_forward(arch, params, k, inputs[t], state, d)
+                if d:
+                    caches[u][t]["restart"] = restart[t]
+                hidden[t].append(state[0])
+        for t in range(T):
+            h = hidden[t][0] if arch.directions == 1 else np.concatenate(hidden[t], axis=-1)
+            inputs[t] = layer_output(arch, k, h, inputs[t], masks, t)
+            first = caches[k * arch.directions][t]
             if masks is not None and k < arch.num_layers - 1:
-                cache["mask"] = masks[k, t]
-            cache["out"] = inputs
+                first["mask"] = masks[k, t]
+            first["out"] = inputs[t]
             if k == 0 and tokens is not None:
-                cache["tokens"] = tokens[t]
-            caches[k].append(cache)
-        outputs.append(head(arch, params, inputs))
+                first["tokens"] = tokens[t]
+    outputs = [head(arch, params, top) for top in inputs]
     return np.stack(outputs), caches
 
 
@@ -387,21 +445,24 @@ def backward(arch: Architecture, params: Params, caches: list[list[dict[str, np.
              d_outputs: np.ndarray, window: tuple[int, int] | None = None
              ) -> tuple[dict[str, np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
     """Backpropagation through time, as the textbook has it: the head, then each layer from
-    the top, its steps in reverse carrying dh_next (and dc_next), the weight gradients summed
-    step by step.
+    the top, each of its directions' steps in the reverse of the order it took them,
+    carrying dh_next (and dc_next), the weight gradients summed step by step.
 
     ``d_outputs``: dL/dy ``(T, B, O)``. ``window=(start, stop)``: only those steps (no
     gradient enters from after ``stop`` or leaves into step ``start - 1``; h_{start-1} is a
-    constant input), truncated BPTT's chunk. Returns the parameter gradients, every layer's
+    constant input), truncated BPTT's chunk (not for a bidirectional stack, whose reverse
+    direction reads the whole sequence). Returns the parameter gradients, every unit's
     total dL/dh_t ``(T, B, H)`` and, for lstm, dL/dc_t (zero outside the window). With an
     embedding, what reaches layer 0's inputs goes into its rows.
     """
     T, B, _ = d_outputs.shape
     start, stop = window if window is not None else (0, T)
-    H = arch.hidden_size
+    if arch.bidirectional and (start, stop) != (0, T):
+        raise ValueError("a bidirectional stack is backpropagated whole")
+    H, D = arch.hidden_size, arch.directions
     grads = {name: np.zeros_like(value) for name, value in params.items()}
-    top = caches[-1]
-    d_out = np.zeros((T, B, H if arch.head else d_outputs.shape[-1]))
+    top = caches[(arch.num_layers - 1) * D]
+    d_out = np.zeros((T, B, arch.output_width if arch.head else d_outputs.shape[-1]))
     for t in range(start, stop):                        # y = W top + b
         read, x_hat, rstd = top[t]["out"], None, None
         if arch.norm:                                   # ... of LayerNorm(top)
@@ -423,35 +484,45 @@ def backward(arch: Architecture, params: Params, caches: list[list[dict[str, np.
     hidden: list[np.ndarray] = []
     cell: list[np.ndarray] = []
     for k in reversed(range(arch.num_layers)):
-        w_ih, w_hh, _, _ = layer_weights(params, k)
-        names = [f"rnn.{n}_l{k}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-        skip = arch.residual_layer(k)
-        dh_k, dc_k = np.zeros((T, B, H)), np.zeros((T, B, H))
         d_in = np.zeros((T, B, arch.layer_input_size(k)))
-        dh_next, dc_next = np.zeros((B, H)), np.zeros((B, H))
-        for t in reversed(range(start, stop)):
-            cache = caches[k][t]
-            dh = d_out[t] + dh_next                     # from above, and from step t+1
-            dh_k[t] = dh
-            step = cell_backward(arch, dh, dc_next, cache)
-            if step.c is not None and step.c_prev is not None:
-                dc_k[t], dc_next = step.c, step.c_prev
-            grads[names[0]] += step.gx.T @ cache["x"]   # W_ih x_t
-            grads[names[1]] += step.gh.T @ cache["h_prev"]  # W_hh h_{t-1}
-            if names[2] in grads:
-                grads[names[2]] += step.gx.sum(axis=0)
-                grads[names[3]] += step.gh.sum(axis=0)
-            d_in[t] = step.gx @ w_ih                    # into the layer's input
-            if skip:
-                d_in[t] += d_out[t]                     # out = h + x: x gets it directly
-            dh_next = step.h_prev + step.gh @ w_hh      # into h_{t-1}: through W_hh, and
-            if arch.residual_time:                      # h_t = h_{t-1} + cell(...)
-                dh_next = dh_next + dh
-        hidden.insert(0, dh_k)
-        cell.insert(0, dc_k)
+        layer_hidden, layer_cell = [], []
+        for d in range(D):
+            w_ih, w_hh, _, _ = layer_weights(params, k, d)
+            suffix = arch.unit_suffix(k * D + d)
+            names = [f"rnn.{n}{suffix}" for n in ("weight_ih", "weight_hh", "bias_ih",
+                                                   "bias_hh")]
+            mine = d_out[..., d * H:(d + 1) * H]        # its half of the layer's output
+            dh_k, dc_k = np.zeros((T, B, H)), np.zeros((T, B, H))
+            dh_next, dc_next = np.zeros((B, H)), np.zeros((B, H))
+            for t in (reversed(range(start, stop)) if not d else range(T)):  # back in time
+                cache = caches[k * D + d][t]
+                dh = mine[t] + dh_next                  # from above, and from the next step
+                dh_k[t] = dh
+                step = cell_backward(arch, dh, dc_next, cache)
+                if step.c is not None and step.c_prev is not None:
+                    dc_k[t], dc_next = step.c, step.c_prev
+                grads[names[0]] += step.gx.T @ cache["x"]   # W_ih x_t
+                grads[names[1]] += step.gh.T @ cache["h_prev"]  # W_hh h_{t-1}
+                if names[2] in grads:
+                    grads[names[2]] += step.gx.sum(axis=0)
+                    grads[names[3]] += step.gh.sum(axis=0)
+                d_in[t] += step.gx @ w_ih               # into the layer's input
+                dh_next = step.h_prev + step.gh @ w_hh  # into h_{t-1}: through W_hh, and
+                if arch.residual_time:                  # h_t = h_{t-1} + cell(...)
+                    dh_next = dh_next + dh
+                if "restart" in cache:                  # it started here, from h0
+                    dh_next = np.where(cache["restart"], 0.0, dh_next)
+                    dc_next = np.where(cache["restart"], 0.0, dc_next)
+            layer_hidden.append(dh_k)
+            layer_cell.append(dc_k)
+        if arch.residual_layer(k):
+            d_in[start:stop] += d_out[start:stop]       # out = h + x: x gets it directly
+        hidden[:0] = layer_hidden
+        cell[:0] = layer_cell
         d_out = d_in
-        if k > 0 and "mask" in caches[k - 1][0]:        # out_{k-1} ⊙ mask: its gradient too
-            d_out = d_in * np.stack([cache["mask"] for cache in caches[k - 1]])
+        first = caches[(k - 1) * D] if k > 0 else None
+        if first is not None and "mask" in first[0]:    # out_{k-1} ⊙ mask: its gradient too
+            d_out = d_in * np.stack([cache["mask"] for cache in first])
     if arch.embedding:                                  # x_t = E[token_t]
         tokens = np.stack([cache["tokens"] for cache in caches[0]])
         grads["embedding.weight"] = embedding_grad(arch, tokens[start:stop], d_out[start:stop])

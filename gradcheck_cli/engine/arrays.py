@@ -38,17 +38,20 @@ class Array:
 
 
 def forward_arrays(arch: Architecture, k: int, steps: int, rows: int,
-                   dtype) -> dict[str, Array]:
-    """Layer k's arrays in the forward pass over ``steps`` x ``rows``.
+                   dtype, direction: int = 0) -> dict[str, Array]:
+    """Layer k's arrays in the forward pass over ``steps`` x ``rows``: its forward
+    direction's and the layer's own (``direction`` 0), or its reverse direction's (1).
 
-    h: its hidden states. gates: the input projection W_ih x_t + b_ih of every step, which
-    lstm and gru activate in place (i, f, g, o; r, z, n); rnn's is ``projection``, dropped
-    after the layer. act: rnn's nonlinearity output, apart from h only with residual
-    connections through time. c: lstm's cell states. hn: gru's W_hn h_{t-1} + b_hn.
-    out: the layer's output h + x, with a residual connection across it. embedded: layer
-    0's input looked up from an embedding (the rows of the token ids). With dropout, below
-    the top layer: mask, the caller's dropout mask the pass reads, and dropped, h ⊙ mask
-    (with a residual connection, ``out`` is masked in place).
+    h: the direction's hidden states. gates: the input projection W_ih x_t + b_ih of every
+    step, which lstm and gru activate in place (i, f, g, o; r, z, n); rnn's is
+    ``projection``, dropped after the layer. act: rnn's nonlinearity output, apart from h
+    only with residual connections through time. c: lstm's cell states. hn: gru's
+    W_hn h_{t-1} + b_hn. reversed: the reverse direction's input, each sequence reversed
+    in time. The layer's: both, its directions' states side by side (bidirectional); out:
+    its output h + x, with a residual connection across it; embedded: layer 0's input
+    looked up from an embedding (the rows of the token ids); with dropout, below the top
+    layer: mask, the caller's dropout mask the pass reads, and dropped, h ⊙ mask (with a
+    residual connection, ``out`` is masked in place).
     """
     dtype = np.dtype(dtype)
     H, G = arch.hidden_size, arch.gates * arch.hidden_size
@@ -62,14 +65,20 @@ def forward_arrays(arch: Architecture, k: int, steps: int, rows: int,
         table["gates"] = Array("gates", (steps, rows, G), dtype)
         extra = "c" if arch.cell == "lstm" else "hn"
         table[extra] = Array(extra, seq, dtype)
+    if direction:
+        table["reversed"] = Array("reversed", (steps, rows, arch.layer_input_size(k)), dtype)
+        return table
+    wide = (steps, rows, arch.output_width)
+    if arch.bidirectional:
+        table["both"] = Array("both", wide, dtype)
     if arch.residual_layer(k):
-        table["out"] = Array("out", seq, dtype)
+        table["out"] = Array("out", wide, dtype)
     if k == 0 and arch.embedding:
         table["embedded"] = Array("embedded", (steps, rows, arch.input_size), dtype)
     if k < arch.dropped:
-        table["mask"] = Array("mask", seq, dtype)
+        table["mask"] = Array("mask", wide, dtype)
         if not arch.residual_layer(k):
-            table["dropped"] = Array("dropped", seq, dtype)
+            table["dropped"] = Array("dropped", wide, dtype)
     return table
 
 
@@ -80,7 +89,7 @@ def head_arrays(arch: Architecture, steps: int, rows: int, dtype) -> dict[str, A
     dtype = np.dtype(dtype)
     table = {}
     if arch.norm:
-        seq = (steps, rows, arch.hidden_size)
+        seq = (steps, rows, arch.output_width)
         table["norm_hat"] = Array("norm_hat", seq, dtype)
         table["rstd"] = Array("rstd", (steps, rows, 1), dtype)
         if arch.norm_affine:
@@ -91,14 +100,16 @@ def head_arrays(arch: Architecture, steps: int, rows: int, dtype) -> dict[str, A
 
 
 def backward_arrays(arch: Architecture, k: int, window: int, rows: int, dtype, *,
-                    states: bool = True) -> dict[str, Array]:
-    """Layer k's arrays in a backward pass over ``window`` steps of ``rows`` (every lane's).
+                    states: bool = True, direction: int = 0) -> dict[str, Array]:
+    """The arrays of layer k's ``direction`` in a backward pass over ``window`` steps of
+    ``rows`` (every lane's).
 
     dh: the total dL/dh_t (every step's with ``states``, else only the step in hand); dc:
     lstm's dL/dc_t, alike. d_gates: dL/d(pre-activation) of a block of steps; d_hp: gru's
     dL/d(W_hh h_{t-1} + b_hh), which differs from it in n (rnn and lstm use d_gates).
     dx: dL/d(the layer's input), what the layer below receives (for layer 0, only with
-    an embedding: what its rows receive).
+    an embedding: what its rows receive). A reverse direction's: reversed_d, the gradient
+    reaching its states from above, reversed in time as its steps are.
     """
     dtype = np.dtype(dtype)
     H, G = arch.hidden_size, arch.gates * arch.hidden_size
@@ -113,29 +124,31 @@ def backward_arrays(arch: Architecture, k: int, window: int, rows: int, dtype, *
         table["d_hp"] = Array("d_hp", block, dtype, "layer")
     if k > 0 or arch.embedding:
         table["dx"] = Array("dx", (window, rows, arch.layer_input_size(k)), dtype, "layer")
+    if direction:
+        table["reversed_d"] = Array("reversed_d", (window, rows, H), dtype, "layer")
     return table
 
 
 def top_arrays(arch: Architecture, window: int, rows: int, dtype, *,
                lanes: int) -> dict[str, Array]:
     """What enters the top layer: the lanes' output gradients side by side (``lanes`` > 1
-    lanes sharing a forward pass), and through the head, dL/d(top) ``(window, rows, H)``."""
+    lanes sharing a forward pass), and through the head, dL/d(top) ``(window, rows, D*H)``."""
     dtype = np.dtype(dtype)
     table = {}
     if lanes > 1:
         table["d_lanes"] = Array("d_lanes", (window, rows, arch.output_size), dtype)
     if arch.head:
-        table["d_top"] = Array("d_top", (window, rows, arch.hidden_size), dtype, "layer")
+        table["d_top"] = Array("d_top", (window, rows, arch.output_width), dtype, "layer")
     if arch.norm:                       # dL/d(top) through the norm, from dL/d(its output)
-        table["d_norm"] = Array("d_norm", (window, rows, arch.hidden_size), dtype, "layer")
+        table["d_norm"] = Array("d_norm", (window, rows, arch.output_width), dtype, "layer")
     return table
 
 
 def forward_bytes(arch: Architecture, steps: int, rows: int, dtype) -> int:
-    """What a forward pass keeps for the backward pass: every layer's ``pass`` arrays and
-    the head's outputs (the inputs themselves are the caller's)."""
-    kept = [a for k in range(arch.num_layers)
-            for a in forward_arrays(arch, k, steps, rows, dtype).values()
+    """What a forward pass keeps for the backward pass: every unit's and layer's ``pass``
+    arrays and the head's outputs (the inputs themselves are the caller's)."""
+    kept = [a for k in range(arch.num_layers) for d in range(arch.directions)
+            for a in forward_arrays(arch, k, steps, rows, dtype, d).values()
             if a.lifetime == "pass"]
     kept += head_arrays(arch, steps, rows, dtype).values()   # (embedded: layer 0's)
     return sum(a.nbytes for a in kept)
@@ -144,18 +157,21 @@ def forward_bytes(arch: Architecture, steps: int, rows: int, dtype) -> int:
 def backward_bytes(arch: Architecture, window: int, rows: int, dtype, *, lanes: int = 1,
                    states: bool = True) -> int:
     """The most a backward pass holds at once: what it keeps for the whole pass (every
-    layer's state gradients with ``states``, the lanes' output gradients side by side),
-    plus the largest layer's working set (its block, its dx and the gradient arriving from
-    above, which is the layer above's dx or dL/d(top))."""
-    tables = [backward_arrays(arch, k, window, rows, dtype, states=states)
-              for k in range(arch.num_layers)]
+    unit's state gradients with ``states``, the lanes' output gradients side by side),
+    plus the largest layer's working set (its directions' blocks, dx and reversed
+    gradient, and the gradient arriving from above, which is the layer above's dx or
+    dL/d(top))."""
+    tables = [[backward_arrays(arch, k, window, rows, dtype, states=states, direction=d)
+               for d in range(arch.directions)] for k in range(arch.num_layers)]
     top = top_arrays(arch, window, rows, dtype, lanes=lanes)
-    kept = sum(a.nbytes for t in [*tables, top] for a in t.values() if a.lifetime == "pass")
+    kept = sum(a.nbytes for layer in tables for t in [*layer] for a in t.values()
+               if a.lifetime == "pass") + \
+        sum(a.nbytes for a in top.values() if a.lifetime == "pass")
     working = []
-    for k, table in enumerate(tables):
-        arriving = tables[k + 1]["dx"] if k + 1 < len(tables) else \
+    for k, layer in enumerate(tables):
+        arriving = tables[k + 1][0]["dx"] if k + 1 < len(tables) else \
             top.get("d_norm", top.get("d_top"))
-        held = [a for a in table.values() if a.lifetime == "layer"]
+        held = [a for t in layer for a in t.values() if a.lifetime == "layer"]
         working.append(sum(a.nbytes for a in held) + (arriving.nbytes if arriving else 0))
     if "d_norm" in top:     # through the norm: dL/d(its output), dL/d(top), two scratch
         working.append(2 * top["d_norm"].nbytes + top["d_norm"].nbytes

@@ -19,7 +19,7 @@ from ..core.model import Architecture, Params
 from ..core.reference import embedding_grad, layer_weights
 from .arrays import backward_arrays, top_arrays
 from .buffers import FRESH, Buffers
-from .forward import project
+from .forward import project, reverse_time
 from .hooks import Hook
 from .kernels import KERNELS, Kernel
 from .lanes import Lanes
@@ -88,18 +88,45 @@ def backward_lanes(arch: Architecture, params: Params, fwd: Forward,
                                   out=buffers.take(tops["d_norm"]))
         if d_read is not d_in:
             buffers.give_back(d_read)
-    hidden: list = [None] * arch.num_layers
-    cell: list = [None] * arch.num_layers
-    carries: list = [None] * arch.num_layers
+    if arch.bidirectional and (first.shape[0] != W or carry is not None
+                               or any(len(cut) for cut in lanes.cuts)):
+        raise ValueError("a bidirectional stack is backpropagated whole: its reverse "
+                         "direction reads the whole sequence")
+    hidden: list = [None] * arch.units
+    cell: list = [None] * arch.units
+    carries: list = [None] * arch.units
+    H, D = arch.hidden_size, arch.directions
     for k in reversed(range(arch.num_layers)):
-        w_ih, w_hh, _, _ = layer_weights(params, k)
-        layer = LayerPass(arch, k, fwd.layers[k], w_ih, w_hh, lanes, start=start, rows=rows,
-                          window=W, states=states, buffers=buffers)
-        dx = layer.run(dh_direct, carry[k] if carry is not None else None, hook)
-        for lane, part in enumerate(layer.grads):
-            if part is not None:
-                grads[lane].update(layer_grad_names(arch, k, part))
-        hidden[k], cell[k], carries[k] = layer.dh, layer.dc, layer.carry
+        dx = None
+        for d in range(D):
+            u = k * D + d
+            w_ih, w_hh, _, _ = layer_weights(params, k, d)
+            layer = LayerPass(arch, k, fwd.layers[u], w_ih, w_hh, lanes, start=start,
+                              rows=rows, window=W, states=states, buffers=buffers, unit=u)
+            direct = dh_direct
+            if D == 2:                                 # its half of the layer's output
+                direct = dh_direct[..., d * H:(d + 1) * H]
+                if d:                                  # ... in its own order of steps
+                    direct = reverse_time(direct, fwd.order,
+                                          out=buffers.take(layer.table["reversed_d"]))
+            part_dx = layer.run(direct, carry[u] if carry is not None else None, hook)
+            if d:
+                buffers.give_back(direct)
+            for lane, part in enumerate(layer.grads):
+                if part is not None:
+                    grads[lane].update(layer_grad_names(arch, u, part))
+            hidden[u], cell[u], carries[u] = layer.dh, layer.dc, layer.carry
+            if d and layer.dh is not None:             # the inputs' order of steps
+                hidden[u] = reverse_time(layer.dh, fwd.order, out=np.empty_like(layer.dh))
+                if layer.dc is not None:
+                    cell[u] = reverse_time(layer.dc, fwd.order, out=np.empty_like(layer.dc))
+            if part_dx is None:
+                continue
+            if dx is None:
+                dx = part_dx
+            else:                                      # both directions read the input
+                dx += reverse_time(part_dx, fwd.order, out=np.empty_like(part_dx))
+                buffers.give_back(part_dx)
         if arch.residual_layer(k) and dx is not None:
             dx += dh_direct                            # out = h + x: the input gets it directly
         if dh_direct is not d_in:
@@ -184,11 +211,13 @@ def embedding_grads(arch: Architecture, fwd: Forward, d_x: np.ndarray, start: in
             grads[lane]["embedding.weight"] = embedding_grad(arch, mine, lanes.view(d_x, lane))
 
 
-def layer_grad_names(arch: Architecture, k: int, part: WeightGrads) -> dict[str, np.ndarray]:
+def layer_grad_names(arch: Architecture, u: int, part: WeightGrads) -> dict[str, np.ndarray]:
+    """Unit u's weight gradients under their names."""
     d_w_ih, d_w_hh, d_b_ih, d_b_hh = part
-    named = {f"rnn.weight_ih_l{k}": d_w_ih, f"rnn.weight_hh_l{k}": d_w_hh}
+    suffix = arch.unit_suffix(u)
+    named = {f"rnn.weight_ih{suffix}": d_w_ih, f"rnn.weight_hh{suffix}": d_w_hh}
     if arch.bias:
-        named |= {f"rnn.bias_ih_l{k}": d_b_ih, f"rnn.bias_hh_l{k}": d_b_hh}
+        named |= {f"rnn.bias_ih{suffix}": d_b_ih, f"rnn.bias_hh{suffix}": d_b_hh}
     return named
 
 
@@ -203,10 +232,12 @@ class LayerPass:
 
     def __init__(self, arch: Architecture, k: int, cache: LayerCache, w_ih: np.ndarray,
                  w_hh: np.ndarray, lanes: Lanes, *, start: int, rows: int, window: int,
-                 states: bool, buffers: Buffers) -> None:
+                 states: bool, buffers: Buffers, unit: int | None = None) -> None:
         self.arch, self.k, self.cache, self.lanes = arch, k, cache, lanes
+        self.unit = k if unit is None else unit
         self.w_ih, self.w_hh, self.start, self.buffers = w_ih, w_hh, start, buffers
-        self.table = backward_arrays(arch, k, window, rows, cache.h.dtype, states=states)
+        self.table = backward_arrays(arch, k, window, rows, cache.h.dtype, states=states,
+                                     direction=self.unit % arch.directions)
         self.states = states
         self.grads: list[WeightGrads | None] = [None] * lanes.count
         self.dh: np.ndarray | None = None
@@ -218,7 +249,7 @@ class LayerPass:
         """Backpropagate ``dh_direct`` ``(W, rows, H)``, the gradient reaching each h_t
         from outside the recurrence (the head, or the layer above); returns dL/dx, what
         the layer below receives (None for layer 0)."""
-        arch, k, take, cache = self.arch, self.k, self.buffers.take, self.cache
+        arch, take, cache = self.arch, self.buffers.take, self.cache
         W, rows, H = dh_direct.shape
         lstm = arch.cell == "lstm"
         dh = take(self.table["dh"])
@@ -262,10 +293,10 @@ class LayerPass:
                     if dc_next is not None:
                         self.lanes.view(dc_next, lane)[...] = 0.0
                 if hook is not None:
-                    hook.on_step(k, w, dh[slot], dc[slot] if dc is not None else None)
+                    hook.on_step(self.unit, w, dh[slot], dc[slot] if dc is not None else None)
             self.flush(d_gates, d_hp, w0, w1, dx)
             if hook is not None:
-                hook.on_block(k, w0, w1)
+                hook.on_block(self.unit, w0, w1)
         self.buffers.give_back(d_gates)                   # the layer below takes them up
         if d_hp is not d_gates:
             self.buffers.give_back(d_hp)

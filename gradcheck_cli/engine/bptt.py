@@ -31,7 +31,7 @@ def bptt(arch: Architecture, params: Params, x: np.ndarray, targets: np.ndarray,
          masks: np.ndarray | None = None) -> BPTTResult:
     """Forward (from the ``initial`` states, h0 and for lstm c0, None: zero; with dropout's
     ``masks``), loss and backward: the loss, every parameter's gradient, and dL/dh_t."""
-    fwd = forward(arch, params, x, initial=initial, masks=masks)
+    fwd = forward(arch, params, x, initial=initial, masks=masks, lengths=lengths)
     loss, d_out = loss_and_output_grad(fwd.outputs, targets, loss_kind, timesteps, lengths)
     return BPTTResult(loss=loss, forward=fwd, grads=backward(arch, params, fwd, d_out))
 
@@ -42,7 +42,7 @@ def loss_value(arch: Architecture, params: Params, x: np.ndarray, targets: np.nd
                initial: tuple[np.ndarray, ...] | None = None,
                masks: np.ndarray | None = None) -> float:
     """The loss alone (for finite differences)."""
-    fwd = forward(arch, params, x, initial=initial, masks=masks)
+    fwd = forward(arch, params, x, initial=initial, masks=masks, lengths=lengths)
     return loss_and_output_grad(fwd.outputs, targets, loss_kind, timesteps, lengths)[0]
 
 

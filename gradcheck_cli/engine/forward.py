@@ -15,12 +15,14 @@ from .state import Forward, LayerCache
 
 def forward(arch: Architecture, params: Params, x: np.ndarray, *,
             initial: tuple[np.ndarray, ...] | None = None, masks: np.ndarray | None = None,
-            buffers: Buffers = FRESH) -> Forward:
+            lengths: np.ndarray | None = None, buffers: Buffers = FRESH) -> Forward:
     """Run the stack and the head over ``x`` of shape ``(T, B, input_size)`` (token ids
     ``(T, B)`` with an embedding, looked up first), from the ``initial`` states (h0, and
-    c0 for lstm, ``(num_layers, B, H)`` each; None: zero), with dropout's ``masks``
-    between layers (``(num_layers - 1, T, B, H)`` of 0 and 1/(1-p); None: none); the arrays
-    it keeps come from ``buffers``."""
+    c0 for lstm, ``(num_layers * directions, B, H)`` each; None: zero), with dropout's
+    ``masks`` between layers (``(num_layers - 1, T, B, D*H)`` of 0 and 1/(1-p); None:
+    none); a reverse direction runs each sequence from its own last step (``lengths``
+    ``(B,)``; None: all T long) back to its first. The arrays it keeps come from
+    ``buffers``."""
     tokens = None
     if arch.embedding:                                          # x_t = E[token_t]
         tokens, weight = x, params["embedding.weight"]
@@ -28,22 +30,35 @@ def forward(arch: Architecture, params: Params, x: np.ndarray, *,
         table = forward_arrays(arch, 0, steps, rows, weight.dtype)
         x = np.take(weight, tokens, axis=0, out=buffers.take(table["embedded"]))
     T, B, _ = x.shape
+    order = time_reversal(lengths, T, B) if arch.bidirectional else None
     layers = []
     inputs = x
     for k in range(arch.num_layers):
-        cache = forward_layer(arch, k, inputs, *layer_weights(params, k), buffers=buffers,
-                              initial=None if initial is None else tuple(s[k] for s in initial))
-        layers.append(cache)
+        for d in range(arch.directions):
+            u = k * arch.directions + d
+            table = forward_arrays(arch, k, T, B, x.dtype, direction=d)
+            unit_x = inputs if not d else reverse_time(inputs, order,
+                                                       out=buffers.take(table["reversed"]))
+            layers.append(forward_layer(
+                arch, k, unit_x, *layer_weights(params, k, d), buffers=buffers,
+                initial=None if initial is None else tuple(s[u] for s in initial)))
         table = forward_arrays(arch, k, T, B, x.dtype)
+        h = layers[-1].h
+        if arch.bidirectional:                                  # [forward, reverse]
+            h = buffers.take(table["both"])
+            H = arch.hidden_size
+            h[..., :H] = layers[-2].h
+            reverse_time(layers[-1].h, order, out=h[..., H:])   # back in the inputs' order
         if arch.residual_layer(k):                              # out = h + x
-            inputs = np.add(cache.h, inputs, out=buffers.take(table["out"]))
+            inputs = np.add(h, inputs, out=buffers.take(table["out"]))
             if masks is not None and k < arch.num_layers - 1:
                 inputs *= masks[k]                              # dropout, in place
         elif masks is not None and k < arch.num_layers - 1:     # dropout: h ⊙ mask
-            inputs = np.multiply(cache.h, masks[k], out=buffers.take(table["dropped"]))
+            inputs = np.multiply(h, masks[k], out=buffers.take(table["dropped"]))
         else:
-            inputs = cache.h
-    fwd = Forward(layers=layers, outputs=inputs, top=inputs, tokens=tokens, masks=masks)
+            inputs = h
+    fwd = Forward(layers=layers, outputs=inputs, top=inputs, tokens=tokens, masks=masks,
+                  order=order)
     table = head_arrays(arch, T, B, inputs.dtype)
     read = inputs
     if arch.norm:
@@ -53,6 +68,30 @@ def forward(arch: Architecture, params: Params, x: np.ndarray, *,
         fwd.outputs = buffers.take(table["outputs"])
         project(read, params["head.weight"], params.get("head.bias"), out=fwd.outputs)
     return fwd
+
+
+def time_reversal(lengths: np.ndarray | None, T: int, B: int) -> np.ndarray | None:
+    """``(T, B)``: the step each step of the reverse direction's sequences is, each
+    sequence reversed within its own length, its padding left after it (None: all T long,
+    plainly reversed). Its own inverse."""
+    if lengths is None or bool(np.all(np.asarray(lengths) == T)):
+        return None
+    t = np.arange(T)[:, None]
+    n = np.asarray(lengths, dtype=np.int64)[None, :]
+    return np.where(t < n, n - 1 - t, t)
+
+
+def reverse_time(a: np.ndarray, order: np.ndarray | None, *, out: np.ndarray) -> np.ndarray:
+    """``a`` ``(T, rows, ...)`` with each sequence reversed in time (:func:`time_reversal`'s
+    ``order``, ``(T, B)`` for B sequences of rows // B rows each), into ``out``."""
+    if order is None:
+        out[...] = a[::-1]
+        return out
+    rows = a.shape[1]
+    B = order.shape[1]
+    by_row = order if rows == B else np.repeat(order, rows // B, axis=1)
+    out[...] = a[by_row, np.arange(rows)[None, :]]
+    return out
 
 
 def layer_norm(arch: Architecture, params: Params, fwd: Forward, top: np.ndarray,

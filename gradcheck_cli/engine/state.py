@@ -33,7 +33,8 @@ class LayerCache:
 
 @dataclass
 class Forward:
-    """The unrolled forward pass: per-layer caches and the head's outputs ``(T, B, O)``."""
+    """The unrolled forward pass: per-unit caches (one per layer and direction, a reverse
+    direction's in its own, reversed, time order) and the head's outputs ``(T, B, O)``."""
 
     layers: list[LayerCache]
     outputs: np.ndarray
@@ -49,6 +50,9 @@ class Forward:
     and 1/sqrt(var + eps) (``rstd``, ``(T, B, 1)``)."""
     norm_hat: np.ndarray | None = None
     rstd: np.ndarray | None = None
+    order: np.ndarray | None = None
+    """Bidirectional, with padded sequences: the reverse direction's time order ``(T, B)``
+    (see :func:`.forward.time_reversal`; None: plainly reversed)."""
 
 
 @dataclass

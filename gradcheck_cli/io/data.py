@@ -325,8 +325,8 @@ def resolve_sequence(ctx, seq, model, loss):
 
 
 def _initial_states(ctx, seq, model, batch: int):
-    """h0 and c0 checked against the model: [num_layers, batch, hidden] floats, c0 for an
-    lstm only and with h0."""
+    """h0 and c0 checked against the model: [num_layers * directions, batch, hidden]
+    floats, c0 for an lstm only and with h0."""
     h0, c0 = seq.initial_state, seq.initial_cell_state
     lstm = model.cell == "lstm"
     if c0 is not None and not lstm:
@@ -337,7 +337,10 @@ def _initial_states(ctx, seq, model, batch: int):
     if h0 is not None and lstm and c0 is None:
         ctx.fail(("sequence", "initial_state"), "an lstm starts from (h0, c0): give "
                                                 "sequence.initial_cell_state too")
-    expected = [model.num_layers, batch, model.hidden_size]
+    directions = 2 if model.bidirectional else 1
+    expected = [model.num_layers * directions, batch, model.hidden_size]
+    layout = "[num_layers * 2, batch, hidden]" if directions == 2 else \
+        "[num_layers, batch, hidden]"
     found: list = []
     for key, source in (("initial_state", h0), ("initial_cell_state", c0)):
         if source is None:
@@ -353,7 +356,7 @@ def _initial_states(ctx, seq, model, batch: int):
                                         "numbers")
         if list(shape) != expected:
             ctx.fail(("sequence", key), f"{source.file.name} has shape {list(shape)}, expected "
-                     f"{expected} ([num_layers, batch, hidden], as PyTorch's "
+                     f"{expected} ({layout}, as PyTorch's "
                      f"{'c0' if key == 'initial_cell_state' else 'h0'})")
         found.append(source)
     return found[0], found[1]
@@ -404,7 +407,8 @@ def held_bytes(spec) -> int:
         total += B * T * per_step
     for source in (seq.initial_state, seq.initial_cell_state):
         if source is not None:
-            total += spec.model.num_layers * B * spec.model.hidden_size * item
+            directions = 2 if spec.model.bidirectional else 1
+            total += spec.model.num_layers * directions * B * spec.model.hidden_size * item
     return total
 
 
@@ -657,7 +661,8 @@ class Batches:
         p = model.dropout
         if p <= 0 or model.num_layers < 2:
             return None
-        shape = (model.num_layers - 1, spec.length, spec.batch_size, model.hidden_size)
+        width = model.hidden_size * (2 if model.bidirectional else 1)
+        shape = (model.num_layers - 1, spec.length, spec.batch_size, width)
         keep = np.random.default_rng([spec.seed, 2, index]).random(shape) >= p
         return keep.astype(self.dtype) / self.dtype.type(1.0 - p)
 

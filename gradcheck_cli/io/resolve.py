@@ -59,6 +59,10 @@ def _resolve(ctx: Context, spec: Spec, data: Mapping[str, Any], name: str) -> Sp
         ctx.fail(("model", "output_size"), "cross_entropy needs at least 2 classes")
     sequence = data_files.resolve_sequence(ctx, seq, model, loss)
     training = _resolve_training(ctx, spec.training)
+    if model.bidirectional and training.truncation is not None:
+        ctx.fail(("training", "truncation", "k1"), "does not apply to a bidirectional model: "
+                                                   "its reverse direction reads the whole "
+                                                   "sequence")
     places = {".".join(key): ctx.where(key) for key in
               (("model", "weights"), ("sequence", "inputs"), ("sequence", "targets"),
                ("sequence", "lengths"), ("sequence", "mask"), ("sequence", "initial_state"),
@@ -82,8 +86,8 @@ def _resolve_training(ctx: Context, training: Training) -> Training:
     return training
 
 
-_INFERRED = ("cell", "input_size", "hidden_size", "num_layers", "bias", "head", "output_size",
-             "head_bias")
+_INFERRED = ("cell", "input_size", "hidden_size", "num_layers", "bidirectional", "bias", "head",
+             "output_size", "head_bias")
 
 
 def _resolve_model(ctx: Context, spec: Spec, data: Mapping[str, Any]) -> ModelSpec:
@@ -106,12 +110,14 @@ def _resolve_model(ctx: Context, spec: Spec, data: Mapping[str, Any]) -> ModelSp
         if head and model.output_size is None:
             ctx.fail(("model", "output_size"), "missing required key (outputs of the linear "
                                                "head), or set model.head: false")
-        model = dataclasses.replace(model, head=head)
+        model = dataclasses.replace(model, head=head, bidirectional=bool(model.bidirectional))
     if not model.head:
-        if given(data, ("model", "output_size")) and model.output_size != model.hidden_size:
+        if given(data, ("model", "output_size")) and model.output_size != \
+                typing.cast(int, model.hidden_size) * (2 if model.bidirectional else 1):
             ctx.fail(("model", "output_size"), "applies with a head only (model.head: false "
                                                "takes the loss on the hidden state)")
-        model = dataclasses.replace(model, output_size=model.hidden_size, head_bias=False)
+        width = typing.cast(int, model.hidden_size) * (2 if model.bidirectional else 1)
+        model = dataclasses.replace(model, output_size=width, head_bias=False)
     embedding = model.embedding
     if isinstance(embedding, Embedding) and embedding.padding_idx is not None \
             and embedding.padding_idx >= typing.cast(int, embedding.num_embeddings):
@@ -212,7 +218,7 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
     if norm is not None and norm.elementwise_affine:
         try:
             norm_prefix = weights.locate_norm(index, path, rnn_prefix,
-                                              typing.cast(int, inferred["hidden_size"]),
+                                              weights.output_width(index, path, rnn_prefix),
                                               model.norm_prefix)
         except InputFileError as exc:
             ctx.fail(("model", "norm_prefix") if model.norm_prefix else ("model", "norm"),
@@ -247,7 +253,8 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
                                           f"({covered[0]})" if covered else
                      f"{prefix!r} matches no tensor of {path.name} (names or prefixes of "
                      "tensors the model does not use)")
-    sizes = tuple(int(n) for n in (model.input_size, model.hidden_size,
+    width = None if not model.bidirectional else 2 * typing.cast(int, model.hidden_size)
+    sizes = tuple(int(n) for n in (model.input_size, model.hidden_size, width,
                                    model.output_size if model.head else None) if n is not None)
     on_path = tuple(index[name] for name in ignored
                     if not weights.declared_unused(name, model.unused)
@@ -278,6 +285,9 @@ def _evidence(field_name: str, names: Mapping[str, str], index: Mapping[str, Any
     if field_name == "num_layers":
         layers = sorted({c for c in names if c.startswith("rnn.weight_hh_l")})
         return f"{len(layers)} layers: " + ", ".join(names[c] for c in layers)
+    if field_name == "bidirectional":
+        return "with weight_hh_l0_reverse" if "rnn.weight_hh_l0_reverse" in names else \
+            "no weight_hh_l0_reverse tensor"
     if field_name == "bias":
         return "with bias_ih_l0" if "rnn.bias_ih_l0" in names else "no bias_ih_l0 tensor"
     if field_name == "head_bias":

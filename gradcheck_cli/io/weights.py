@@ -29,7 +29,7 @@ large checkpoint a few thousand; beyond this, reading every header would take mi
 LISTED = 8
 """How many names an error lists (of the arrays a file holds, say)."""
 _GATES_TO_CELL = {1: "rnn", 3: "gru", 4: "lstm"}
-_LAYER_TENSOR = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)$")
+_LAYER_TENSOR = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
 
 
 @dataclass(frozen=True)
@@ -241,19 +241,28 @@ def load_torch(path: Path) -> tuple[dict, str | None]:
         if free is not None and status.st_size > free:
             raise InputFileError(f"{path.name} takes {human(status.st_size)}, more than the "
                                  f"{human(free)} of memory available to read it")
-        try:
-            try:                              # mapped, not read: only the tensors used are
-                loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:       # the legacy (pre-zip) format cannot be mapped
-                if "mmap" not in str(exc):
-                    raise
-                loaded = torch.load(path, map_location="cpu", weights_only=True)
+        import warnings
+        try:                                  # torch's own warnings would be a second line
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:                          # mapped, not read: only the tensors used are
+                    loaded = torch.load(path, map_location="cpu", weights_only=True,
+                                        mmap=True)
+                except RuntimeError as exc:   # the legacy (pre-zip) format cannot be mapped
+                    if "mmap" not in str(exc):
+                        raise
+                    loaded = torch.load(path, map_location="cpu", weights_only=True)
         except InputFileError:
             raise
         except Exception as exc:              # the restricted unpickler refused, or damage
+            import pickle
+
             from ..spec.yaml import shorten
+            said = "damaged, or it pickles objects other than tensors and plain containers" \
+                if isinstance(exc, pickle.UnpicklingError) else \
+                f"{type(exc).__name__}: {shorten((str(exc).strip().splitlines() or [''])[0])}"
             raise InputFileError(f"{path.name} cannot be read with torch.load(weights_only="
-                                 f"True) ({type(exc).__name__}: {shorten(str(exc))}); "
+                                 f"True) ({said}); "
                                  "gradcheck unpickles nothing else: save the model's "
                                  "state_dict (torch.save(model.state_dict(), ...))") from None
         state, used = state_dict_of(loaded, path)
@@ -468,7 +477,7 @@ def locate(index: dict[str, Tensor], path: Path, rnn_prefix: str | None,
             raise InputFileError(f"{path.name} has no tensor {_join(head_prefix, 'weight')} "
                                  "for the head (model.head_prefix)")
         return rnn_prefix, head_prefix
-    hidden = _hidden_size(index, path, rnn_prefix)
+    hidden = output_width(index, path, rnn_prefix)
     heads = _head_candidates(index, rnn_prefix, hidden, exclude=embedding_prefix)
     if len(heads) > 1:
         raise InputFileError(f"{path.name} holds several possible heads (weights of shape "
@@ -494,6 +503,13 @@ def _hidden_size(index: dict[str, Tensor], path: Path, rnn_prefix: str) -> int:
     return w_hh.shape[1]
 
 
+def output_width(index: dict[str, Tensor], path: Path, rnn_prefix: str) -> int:
+    """What the recurrent module's layers put out: the hidden size, twice it when
+    bidirectional (the two directions side by side)."""
+    reverse = "weight_hh_l0_reverse" in _layer_tensors(index, rnn_prefix)
+    return _hidden_size(index, path, rnn_prefix) * (2 if reverse else 1)
+
+
 def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
           head_prefix: str | None, embedding_prefix: str | None = None
           ) -> tuple[dict[str, object], dict[str, str]]:
@@ -501,14 +517,20 @@ def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
     tensors = _layer_tensors(index, rnn_prefix)
     where = _describe_prefix(rnn_prefix)
     unsupported = [n for n in index if n.startswith(_join(rnn_prefix, "")) and
-                   (n.endswith("_reverse") or "weight_hr_l" in n)]
+                   "weight_hr_l" in n]
     if unsupported:
-        raise InputFileError(f"{path.name}: {unsupported[0]}: bidirectional and projected "
-                             "(proj_size) recurrent modules are not supported")
-    layers = sorted({int(_LAYER_TENSOR.match(n).group(2)) for n in tensors})  # type: ignore[union-attr]
+        raise InputFileError(f"{path.name}: {unsupported[0]}: projected (proj_size) "
+                             "recurrent modules are not supported")
+    matches = [_LAYER_TENSOR.match(n) for n in tensors]
+    layers = sorted({int(m.group(2)) for m in matches if m})
     if layers != list(range(len(layers))):
         raise InputFileError(f"{path.name}: the layers under {where} are {layers}, "
                              "expected 0, 1, 2, ...")
+    reverse = sorted({int(m.group(2)) for m in matches if m and m.group(3)})
+    if reverse and reverse != layers:
+        missing = min(set(layers) - set(reverse))
+        raise InputFileError(f"{path.name} has no {_join(rnn_prefix, f'weight_hh_l{missing}')}"
+                             f"_reverse, yet other layers under {where} are bidirectional")
     w_hh = tensors["weight_hh_l0"]
     hidden = _hidden_size(index, path, rnn_prefix)
     gates = w_hh.shape[0] // hidden
@@ -528,6 +550,7 @@ def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
         "hidden_size": hidden,
         "input_size": tensors["weight_ih_l0"].shape[1],
         "num_layers": len(layers),
+        "bidirectional": bool(reverse),
         "bias": "bias_ih_l0" in tensors,
         "head": head_prefix is not None,
     }

@@ -57,7 +57,8 @@ def horizon_text(layer: LayerStats) -> str:
 
 
 def verdict(report: Report, layer: LayerStats) -> str:
-    codes = [f.code for f in report.findings if f.layer == layer.index]
+    codes = [f.code for f in report.findings
+             if f.layer == layer.index and f.direction == layer.direction]
     return ", ".join(codes) if codes else "healthy"
 
 
@@ -66,6 +67,8 @@ def title(report: Report) -> str:
     assumed = ", assumed" if m.nonlinearity_assumed else ""
     cell = f"rnn ({m.nonlinearity}{assumed})" if m.cell == "rnn" else m.cell
     layers = f"{m.num_layers} layer{'s' if m.num_layers > 1 else ''}"
+    if m.bidirectional:
+        layers = f"bidirectional, {layers}"
     if m.dropout > 0:
         layers += f", dropout {m.dropout:g}"
     weights = f" · weights {m.weights}" if m.weights else ""
@@ -82,10 +85,22 @@ def title(report: Report) -> str:
 SIGNAL = "‖dL_T/dh_t‖, the gradient of the last step's own loss"
 
 
-def last_step_header(report: Report, index: int) -> str:
-    """The per-step column of layer ``index``'s ‖dL_T/dh‖, marked when it is aligned at the
-    sequences' ends (see :func:`aligned_text`)."""
-    return f"‖dL_T/dh‖ l{index}" + (" *" if report.padding is not None else "")
+REVERSE_SIGNAL = "a reverse direction's ‖dL_0/dh_t‖, the first step's own loss's, going on"
+
+
+def last_step_label(layer: LayerStats, step: str = "_t") -> str:
+    """What a layer's temporal signal is: the last step's loss's gradient, or for a
+    reverse direction the first step's (``step``: h's subscript)."""
+    return f"‖dL_0/dh{step}‖" if layer.direction == "reverse" else f"‖dL_T/dh{step}‖"
+
+
+def last_step_header(report: Report, layer: LayerStats) -> str:
+    """The per-step column of a layer's ‖dL_T/dh‖ (a reverse direction's ‖dL_0/dh‖), marked
+    when it is aligned at the sequences' ends (see :func:`aligned_text`; a reverse
+    direction's is aligned at their starts, which are step 0)."""
+    signal = "‖dL_0/dh‖" if layer.direction == "reverse" else "‖dL_T/dh‖"
+    aligned = report.padding is not None and layer.direction != "reverse"
+    return f"{signal} {layer.column}" + (" *" if aligned else "")
 
 
 def aligned_text(report: Report) -> str | None:

@@ -9,6 +9,7 @@ from ..results.report import Report
 from .common import (
     DYNAMICS_HEADER,
     DYNAMICS_TITLE,
+    REVERSE_SIGNAL,
     SIGNAL,
     TRUNCATION_HEADER,
     aligned_text,
@@ -68,14 +69,16 @@ def html(report: Report, options: RenderOptions) -> str:
                  f"{escape(num(report.global_grad_norm, 5))}</p>")
     parts.append(_chart(report))
     parts.append("<h2>Through time</h2>")
-    parts.append(f"<p>{escape(SIGNAL)}</p>")
+    mirror = f" ({REVERSE_SIGNAL}: its ratio is at the last step)" \
+        if report.model.bidirectional else ""
+    parts.append(f"<p>{escape(SIGNAL + mirror)}</p>")
     parts.append(_table(["layer", "growth / step", "ratio at step 0", "horizon", "verdict"],
-                        [[str(layer.index), growth_text(layer), num(layer.ratio),
+                        [[layer.label, growth_text(layer), num(layer.ratio),
                           horizon_text(layer), verdict(report, layer)]
                          for layer in report.layers]))
     steps = steps_to_show(report.length, options.all_steps)
-    header = ["step"] + [f"‖dL/dh‖ l{layer.index}" for layer in report.layers] + \
-        [last_step_header(report, layer.index) for layer in report.layers]
+    header = ["step"] + [f"‖dL/dh‖ {layer.column}" for layer in report.layers] + \
+        [last_step_header(report, layer) for layer in report.layers]
     rows = [[str(t)] + [num(layer.hidden_grad_norm[t]) for layer in report.layers]
             + [num(layer.last_step_grad_norm[t]) for layer in report.layers] for t in steps]
     aligned = aligned_text(report)

@@ -6,6 +6,7 @@ from ..results.report import Report
 from .common import (
     DYNAMICS_HEADER,
     DYNAMICS_TITLE,
+    REVERSE_SIGNAL,
     SIGNAL,
     TRUNCATION_HEADER,
     aligned_text,
@@ -45,10 +46,12 @@ def markdown(report: Report, options: RenderOptions) -> str:
                 f"{num(report.global_grad_norm, 5)}{after}", ""]
 
     span = report.padding.max_length if report.padding is not None else report.length
+    mirror = f" ({REVERSE_SIGNAL}: its ratio is at the last step)" \
+        if report.model.bidirectional else ""
     out += ["### Through time", "", f"{SIGNAL[0].upper()}{SIGNAL[1:]}, going back {span - 1} "
-            "steps.", ""]
+            f"steps{mirror}.", ""]
     out += markdown_table(["layer", "growth / step", "ratio at step 0", "horizon", "verdict"],
-                          [[str(layer.index), growth_text(layer), num(layer.ratio),
+                          [[layer.label, growth_text(layer), num(layer.ratio),
                             horizon_text(layer), verdict(report, layer)]
                            for layer in report.layers],
                           ["--:", "--:", "--:", "--:", "---"])
@@ -56,10 +59,10 @@ def markdown(report: Report, options: RenderOptions) -> str:
     steps = steps_to_show(report.length, options.all_steps)
     header = ["step"]
     for layer in report.layers:
-        header.append(f"‖dL/dh‖ l{layer.index}")
+        header.append(f"‖dL/dh‖ {layer.column}")
         if layer.cell_grad_norm is not None:
-            header.append(f"‖dL/dc‖ l{layer.index}")
-        header.append(last_step_header(report, layer.index))
+            header.append(f"‖dL/dc‖ {layer.column}")
+        header.append(last_step_header(report, layer))
     rows = []
     for t in steps:
         row = [str(t)]

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import GradcheckError
 from ..results.report import Report
+from .common import last_step_label
 
 FORMATS = {".png": "png", ".svg": "svg"}
 
@@ -55,9 +56,9 @@ def report_figure(report: Report) -> Any:
     ax = axes[0][0]
     steps = list(range(report.length))
     for layer in report.layers:
-        ax.plot(steps, _positive(layer.hidden_grad_norm), label=f"‖dL/dh_t‖ layer {layer.index}")
+        ax.plot(steps, _positive(layer.hidden_grad_norm), label=f"‖dL/dh_t‖ layer {layer.label}")
         ax.plot(steps, _positive(layer.last_step_grad_norm), linestyle="--",
-                label=f"‖dL_T/dh_t‖ layer {layer.index}")
+                label=f"{last_step_label(layer)} layer {layer.label}")
     top = report.layers[-1].last_step_grad_norm[-1]
     if top and math.isfinite(top) and top > 0:
         for name, ratio, style in (("vanishing", report.thresholds["vanishing"], ":"),

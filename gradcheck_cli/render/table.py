@@ -13,6 +13,7 @@ from ..results.report import LayerStats, Report
 from .common import (
     DYNAMICS_HEADER,
     DYNAMICS_TITLE,
+    REVERSE_SIGNAL,
     SIGNAL,
     SUMMARY_ROWS,
     TRUNCATION_HEADER,
@@ -23,6 +24,7 @@ from .common import (
     growth_text,
     horizon_text,
     last_step_header,
+    last_step_label,
     log_range,
     num,
     si,
@@ -95,7 +97,7 @@ def _layers(report: Report) -> Table:
     table.add_column("verdict")
     for layer in report.layers:
         v = verdict(report, layer)
-        table.add_row(str(layer.index), growth_text(layer), num(layer.ratio),
+        table.add_row(layer.label, growth_text(layer), num(layer.ratio),
                       horizon_text(layer),
                       Text(v, style="green" if v == "healthy" else "bold red"))
     return table
@@ -116,18 +118,19 @@ def _per_step(report: Report, all_steps: bool) -> Table:
     low, high = log_range(charted.last_step_grad_norm)
     table = Table(box=box.SIMPLE_HEAD)
     table.add_column("step", justify="right")
+    cells = not report.model.bidirectional or len(report.layers) <= 2  # else JSON only
     for layer in report.layers:                    # narrow terminals fold, never cut
-        table.add_column(f"‖dL/dh‖ l{layer.index}", justify="right", overflow="fold")
-        if layer.cell_grad_norm is not None:
-            table.add_column(f"‖dL/dc‖ l{layer.index}", justify="right", overflow="fold")
-    table.add_column(last_step_header(report, charted.index), justify="right",
+        table.add_column(f"‖dL/dh‖ {layer.column}", justify="right", overflow="fold")
+        if layer.cell_grad_norm is not None and cells:
+            table.add_column(f"‖dL/dc‖ {layer.column}", justify="right", overflow="fold")
+    table.add_column(last_step_header(report, charted), justify="right",
                      overflow="fold")
     table.add_column("log scale", no_wrap=True)
     for t in steps:
         row = [str(t)]
         for layer in report.layers:
             row.append(num(layer.hidden_grad_norm[t]))
-            if layer.cell_grad_norm is not None:
+            if layer.cell_grad_norm is not None and cells:
                 row.append(num(layer.cell_grad_norm[t]))
         value = charted.last_step_grad_norm[t]
         row += [num(value), bar(value, low, high, width=16)]
@@ -198,14 +201,17 @@ def table(report: Report, options: RenderOptions) -> str:
         console.print()
         bold = "bold"
         span = report.padding.max_length if report.padding is not None else report.length
-        console.print(Text(f"Through time: {SIGNAL}, going back {span - 1} steps",
+        mirror = f" ({REVERSE_SIGNAL}: its ratio is at the last step)" \
+            if report.model.bidirectional else ""
+        console.print(Text(f"Through time: {SIGNAL}, going back {span - 1} steps{mirror}",
                            style=bold))
         console.print(_layers(report))
         shown = "every step" if options.all_steps or report.length <= SUMMARY_ROWS else \
             f"{SUMMARY_ROWS} of {report.length} steps; --all-steps shows every one"
         charted = _charted_layer(report)
         low, high = log_range(charted.last_step_grad_norm)
-        console.print(Text(f"Per step ({shown}); the bar is ‖dL_T/dh‖ of layer {charted.index} "
+        console.print(Text(f"Per step ({shown}); the bar is {last_step_label(charted, '')} of "
+                           f"layer {charted.label} "
                            f"on a log scale from {num(low)} to {num(high)}", style=bold))
         console.print(_per_step(report, options.all_steps))
         aligned = aligned_text(report)

@@ -29,10 +29,12 @@ class Finding:
     """A verdict: a stable ``code``, its ``severity``, a one-line message, the numbers."""
 
     code: str
-    """exploding, vanishing, non_finite, no_gradient or unmodelled."""
+    """exploding, vanishing, non_finite, no_gradient, unmodelled or reverse_sees_one_step."""
     severity: Severity
     message: str
     layer: int | None = None
+    direction: str | None = None
+    """In a bidirectional stack, the layer's direction: forward or reverse."""
     timestep: int | None = None
     parameter: str | None = None
     values: dict[str, float | None] = field(default_factory=dict)
@@ -80,6 +82,23 @@ class LayerStats:
     growth_factor: float | None
     ratio: float | None
     horizon: float | None
+    direction: str | None = None
+    """In a bidirectional stack, which direction of layer ``index``: forward or reverse
+    (null otherwise). A
+    reverse direction's recurrence runs from each sequence's end to its start: its
+    last_step_grad_norm is the first step's own loss's gradient (entry d, d steps after
+    each sequence's start), its growth, ratio and horizon going forward from step 0."""
+
+    @property
+    def label(self) -> str:
+        """The layer as findings name it: "1", or "1 reverse" in a bidirectional stack."""
+        return str(self.index) if self.direction is None else f"{self.index} {self.direction}"
+
+    @property
+    def column(self) -> str:
+        """The layer in a column's header: l1, or l1 fwd / l1 rev."""
+        return f"l{self.index}" if self.direction is None else \
+            f"l{self.index} {'fwd' if self.direction == 'forward' else 'rev'}"
 
 
 @dataclass(frozen=True)
@@ -255,6 +274,8 @@ class ModelSummary:
     """Dropout between layers (nn.LSTM's ``dropout``), in training mode; 0: none."""
     norm: NormSummary | None = None
     """The LayerNorm between the stack and the head, or null."""
+    bidirectional: bool = False
+    """Each layer runs both ways in time; ``layers`` then has an entry per direction."""
 
 
 @dataclass(frozen=True)
@@ -286,10 +307,12 @@ class Report:
     """PyTorch name (the checkpoint's own) → its gradient's norm and largest entry, and
     the weight's norm."""
     layers: list[LayerStats]
-    """One entry per layer, 0 the bottom: per-step gradient norms, and how the last step's
-    gradient changes going back."""
+    """One entry per layer, 0 the bottom (bidirectional: per layer and direction, forward
+    first): per-step gradient norms, and how the last step's gradient changes going back
+    (a reverse direction's first step's, going forward)."""
     findings: list[Finding]
-    """The verdicts; codes exploding, vanishing, non_finite, no_gradient, unmodelled."""
+    """The verdicts; codes exploding, vanishing, non_finite, no_gradient, unmodelled,
+    reverse_sees_one_step."""
     clip: ClipSuggestion | None
     """The clip suggestion; null with --trials 0."""
     notes: list[str] = field(default_factory=list)

@@ -124,6 +124,11 @@ class ModelSpec:
     input_size: int | None = _opt(None, "features per input step", minimum=1)
     hidden_size: int | None = _opt(None, "hidden units per layer", minimum=1)
     num_layers: int = _opt(1, "stacked recurrent layers", minimum=1, maximum=1000)
+    bidirectional: bool | None = _opt(
+        None, "each layer also runs from the end of each sequence to its start, as "
+              "nn.LSTM(bidirectional=True); the layer above and the head read both "
+              "directions' states side by side (default: no, or as the weights' *_reverse "
+              "tensors say)")
     output_size: int | None = _opt(
         None, "outputs of the linear head (classes for cross_entropy)", minimum=1)
     bias: bool = _opt(True, "the recurrent layers have bias_ih and bias_hh")

@@ -224,6 +224,8 @@ def apply_overrides(data: Any, overrides: Sequence[Override]) -> tuple[Any, dict
         node = data
         for depth, part in enumerate(key[:-1]):
             child = node.get(part)
+            if child is True:            # a section given as true (model.embedding: true)
+                child = node[part] = {}  # is its defaults: a key set in it refines them
             if child is None or not isinstance(child, dict):
                 if child is not None:
                     raise SpecError(f"{'.'.join(key[:depth + 1])} is not a section",

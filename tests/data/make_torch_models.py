@@ -15,7 +15,14 @@ every parameter's gradient and every layer's per-step total dL/dh_t (dL/dc_t) fr
   step; and ``initial_gru``: a 2-layer ``nn.GRU`` from a given h0, at the last step;
 * ``nested``: ``nested.pt``, a training checkpoint ``{"model_state_dict": ..., "optimizer":
   ..., "epoch": 3}`` of a 2-layer ``nn.GRU``, an ``nn.LayerNorm`` and a linear head, trained
-  a step, mse at every step (float32 as saved, float64 in the .npz).
+  a step, mse at every step (float32 as saved, float64 in the .npz);
+* ``bigru``: a classifier, a 2-layer bidirectional ``nn.GRU`` and a linear head on
+  ``output[:, -1]``, cross-entropy at the last step;
+* ``bilstm``: a 2-layer bidirectional ``nn.LSTM`` over padded sequences
+  (``pack_padded_sequence``, ``lengths``) from given (h0, c0), a linear head, mse at every
+  valid step; its per-step states unrolled sequence by sequence.
+
+A bidirectional case's ``CASE/dh/U`` is unit U's: layer U // 2, direction U % 2 (1 reverse).
 
 Under ``CASE/param/NAME`` each parameter, ``CASE/grad/NAME`` its gradient, ``CASE/dh/K``
 and ``CASE/dc/K`` ([batch, length, hidden]), ``CASE/x``, ``CASE/targets``, ``CASE/h0``,
@@ -155,6 +162,118 @@ def nested_case(out):
     record(out, "nested", model, loss, hs, cs, x=x, targets=targets)
 
 
+def bidirectional_cells(module: nn.Module, layers: int) -> list[list[nn.Module]]:
+    """A bidirectional nn.LSTM's / nn.GRU's layers as [forward, reverse] cells."""
+    kind = nn.LSTMCell if isinstance(module, nn.LSTM) else nn.GRUCell
+    out = []
+    for k in range(layers):
+        pair = []
+        for suffix in ("", "_reverse"):
+            cell = kind(I if k == 0 else 2 * H, H).double()
+            with torch.no_grad():
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(cell, name).copy_(getattr(module, f"{name}_l{k}{suffix}"))
+            pair.append(cell)
+        out.append(pair)
+    return out
+
+
+def unrolled_bidirectional(cells, x, lengths, initial):
+    """Each sequence on its own, each layer's forward cell stepped from its first step and
+    its reverse cell from its own last (``lengths``), from ``initial`` ([(h0, c0)] per
+    unit, [B, H] each), every state kept with retain_grad; the top layer's outputs padded
+    with zeros, and per unit the kept states ([B][t], None past a sequence's end)."""
+    units = 2 * len(cells)
+    hs = [[[None] * T for _ in range(B)] for _ in range(units)]
+    cs = [[[None] * T for _ in range(B)] for _ in range(units)]
+    tops = []
+    for b in range(B):
+        n = int(lengths[b])
+        inputs = list(x[b:b + 1, :n].unbind(1))
+        for k, pair in enumerate(cells):
+            outs = [[None] * n, [None] * n]
+            for d, cell in enumerate(pair):
+                u = 2 * k + d
+                state = tuple(s[b:b + 1] for s in initial[u])
+                for t in (reversed(range(n)) if d else range(n)):
+                    if isinstance(cell, nn.LSTMCell):
+                        h, c = cell(inputs[t], state)
+                        c.retain_grad()
+                        cs[u][b][t] = c
+                        state = (h, c)
+                    else:
+                        h = cell(inputs[t], state[0])
+                        state = (h,)
+                    h.retain_grad()
+                    hs[u][b][t] = h
+                    outs[d][t] = h
+            inputs = [torch.cat([f, r], dim=-1) for f, r in zip(*outs, strict=True)]
+        top = torch.stack(inputs, dim=1)
+        tops.append(torch.cat([top, top.new_zeros(1, T - n, 2 * H)], dim=1))
+    return torch.cat(tops), hs, cs
+
+
+def record_units(out, name, hs, cs):
+    """Per unit, dL/dh_t (and dL/dc_t) [batch, length, hidden], zero past each end."""
+    for key, states in (("dh", hs), ("dc", cs)):
+        for u, unit in enumerate(states):
+            if unit[0][0] is None:
+                continue
+            out[f"{name}/{key}/{u}"] = np.stack([
+                np.stack([s.grad.numpy()[0] if s is not None else np.zeros(H)
+                          for s in seq]) for seq in unit])
+
+
+def bigru_case(out):
+    model = nn.Module()
+    model.rnn = nn.GRU(I, H, num_layers=2, batch_first=True, bidirectional=True)
+    model.head = nn.Linear(2 * H, O)
+    model.double()
+    x = torch.randn(B, T, I, dtype=torch.float64)
+    targets = torch.randint(0, O, (B, T))
+    zeros = torch.zeros(B, H, dtype=torch.float64)
+    top, hs, cs = unrolled_bidirectional(bidirectional_cells(model.rnn, 2), x, [T] * B,
+                                         [(zeros,)] * 4)
+    fused = model.rnn(x)[0]
+    assert torch.allclose(fused, top, rtol=1e-12, atol=1e-14)
+    nn.functional.cross_entropy(model.head(top[:, -1]), targets[:, -1]).backward()
+    model.zero_grad()
+    loss = nn.functional.cross_entropy(model.head(fused[:, -1]), targets[:, -1])
+    loss.backward()
+    record(out, "bigru", model, loss, [], [], x=x, targets=targets)
+    record_units(out, "bigru", hs, cs)
+
+
+def bilstm_case(out):
+    model = nn.Module()
+    model.rnn = nn.LSTM(I, H, num_layers=2, batch_first=True, bidirectional=True)
+    model.head = nn.Linear(2 * H, O)
+    model.double()
+    x = torch.randn(B, T, I, dtype=torch.float64)
+    targets = torch.randn(B, T, O, dtype=torch.float64)
+    lengths = torch.tensor([T, T - 2, 2])
+    h0 = torch.randn(4, B, H, dtype=torch.float64)
+    c0 = torch.randn(4, B, H, dtype=torch.float64)
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).double()[..., None]
+
+    def loss_of(y):                               # mse over the valid steps' outputs
+        return ((y - targets) ** 2 * mask).sum() / (mask.sum() * O)
+    top, hs, cs = unrolled_bidirectional(bidirectional_cells(model.rnn, 2), x, lengths,
+                                         [(h0[u], c0[u]) for u in range(4)])
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                               enforce_sorted=False)
+    fused = nn.utils.rnn.pad_packed_sequence(model.rnn(packed, (h0, c0))[0],
+                                             batch_first=True, total_length=T)[0]
+    assert torch.allclose(fused, top, rtol=1e-12, atol=1e-14)
+    loss_of(model.head(top)).backward()
+    model.zero_grad()
+    loss = loss_of(model.head(fused))
+    loss.backward()
+    record(out, "bilstm", model, loss, [], [], x=x, targets=targets, h0=h0, c0=c0,
+           lengths=lengths.numpy())
+    record_units(out, "bilstm", hs, cs)
+
+
 def main():
     torch.manual_seed(0)
     out: dict[str, np.ndarray] = {}
@@ -162,6 +281,8 @@ def main():
     initial_case(out, "initial", nn.LSTM, "all")
     initial_case(out, "initial_gru", nn.GRU, "last")
     nested_case(out)
+    bigru_case(out)
+    bilstm_case(out)
     np.savez_compressed(HERE / "torch_models.npz", **out)
     print(f"torch {torch.__version__}: wrote torch_models.npz, cell.pt, nested.pt")
 
