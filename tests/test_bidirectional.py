@@ -264,3 +264,19 @@ def test_a_synthetic_bidirectional_spec_runs_every_command(tmp_path):
         " ".join(report["notes"])
     assert_exit(run("verify", spec), 0)
     assert_exit(run("simulate", spec), 0)
+
+
+def test_compare_tells_the_directions_apart(tmp_path):
+    reports = []
+    for name, gain in (("before", 1.0), ("after", 1.3)):
+        folder = tmp_path / name
+        folder.mkdir()
+        result = run("analyze", _relu_checkpoint(folder, 0.95, gain), "-f", "json",
+                     "--trials", "0")
+        (folder / "report.json").write_text(result.stdout)
+        reports.append(folder / "report.json")
+    result = run("compare", *reports, "-f", "json")
+    changes = {c["what"]: c for c in json.loads(result.stdout)["changes"]}
+    assert changes["layer 0 reverse horizon"]["verdict"] == "worse"
+    assert changes["layer 0 forward horizon"]["verdict"] == "same"
+    assert "finding exploding (layer 0 reverse)" in changes

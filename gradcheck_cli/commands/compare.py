@@ -104,12 +104,19 @@ def read_report(path: Path) -> dict[str, Any]:
 
 
 def _finding_key(f: dict[str, Any]) -> tuple:
-    return (f.get("code"), f.get("layer"), f.get("parameter"))
+    return (f.get("code"), f.get("layer"), f.get("direction"), f.get("parameter"))
+
+
+def _layer_name(layer: Any, direction: Any) -> str:
+    """"layer 1", or "layer 1 reverse" in a bidirectional stack (older reports have no
+    direction)."""
+    return f"layer {layer}" + (f" {direction}" if direction else "")
 
 
 def _where(key: tuple) -> str:
-    code, layer, parameter = key
-    place = f" (layer {layer})" if layer is not None else f" ({parameter})" if parameter else ""
+    code, layer, direction, parameter = key
+    place = f" ({_layer_name(layer, direction)})" if layer is not None else \
+        f" ({parameter})" if parameter else ""
     return f"{code}{place}"
 
 
@@ -147,9 +154,11 @@ def _compare(baseline: dict[str, Any], new: dict[str, Any], baseline_name: str,
             changes.append(Change(f"finding {_where(key)}", f["severity"], None, "better",
                                   f"gone: {f['message']}"))
 
-    old_layers = {layer["index"]: layer for layer in baseline["layers"]}
+    def layer_key(layer: dict[str, Any]) -> tuple:
+        return layer["index"], layer.get("direction")
+    old_layers = {layer_key(layer): layer for layer in baseline["layers"]}
     for layer in new["layers"]:
-        before = old_layers.get(layer["index"])
+        before = old_layers.get(layer_key(layer))
         if before is None:
             continue
         g0, g1 = before.get("growth_factor"), layer.get("growth_factor")
@@ -159,7 +168,8 @@ def _compare(baseline: dict[str, Any], new: dict[str, Any], baseline_name: str,
         verdict = "worse" if h1 < h0 / (1 + tolerance) else \
             "better" if h1 > h0 * (1 + tolerance) else "same"
         changes.append(Change(
-            f"layer {layer['index']} horizon", before.get("horizon"), layer.get("horizon"),
+            f"{_layer_name(*layer_key(layer))} horizon", before.get("horizon"),
+            layer.get("horizon"),
             verdict, f"{_steps(h0)} → {_steps(h1)} (growth ×{g0:.4g} → ×{g1:.4g} per step; "
                      f"ratio at step 0 {_num(before.get('ratio'))} → "
                      f"{_num(layer.get('ratio'))})"))
