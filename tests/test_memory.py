@@ -82,6 +82,10 @@ WIDE_OUTPUT = ["model.hidden_size=8", "model.output_size=256", "sequence.length=
     # a LayerNorm before the head: its x̂, rstd and output, and its backward's arrays
     ("gru_healthy", ["model.norm=true", "model.hidden_size=128", "sequence.length=300",
                      "sequence.batch_size=32"], 3, None),
+    # a large embedding: each trial side by side holds its own dense gradient of it
+    ("lstm_healthy", ["model.embedding={num_embeddings: 500000, embedding_dim: 8}",
+                      "model.hidden_size=4", "sequence.length=20", "sequence.batch_size=4"],
+     20, None),
     # both directions: the reversed inputs, [forward, reverse], the first step's pass
     ("lstm_healthy", ["model.bidirectional=true", "model.num_layers=3", "model.dropout=0.2",
                       "model.hidden_size=64", "sequence.length=300",
@@ -230,3 +234,16 @@ def test_sweep_runs_each_point_with_the_streams_its_memory_allows(tmp_path, monk
     with pytest.raises(_Planned):
         run_sweep(path, axes, max_memory=(apart + together) // 2)
     assert seen == [((apart + together) // 2, 1)]
+
+
+def test_trials_side_by_side_hold_their_gradients_within_the_cap():
+    """A large embedding's gradient is most of what a trial holds: fewer trials side by
+    side, not one pass of twenty dense copies."""
+    from gradcheck_cli.analysis.memory import STACKED_BYTES, trial_chunk
+    arch = Architecture(cell="lstm", input_size=4, hidden_size=4, output_size=3,
+                        embedding=2_000_000)
+    chunk = trial_chunk(arch, 20, 4, "float64", 20)
+    assert 1 < chunk < 20
+    assert chunk * arch.parameter_count() * 8 <= STACKED_BYTES
+    small = Architecture(cell="lstm", input_size=4, hidden_size=4, output_size=3)
+    assert trial_chunk(small, 20, 4, "float64", 20) == 20

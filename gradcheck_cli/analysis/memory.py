@@ -41,7 +41,8 @@ class Estimate:
 STACKED_ROWS = 256
 """Clip trials run side by side in one pass, up to this many sequences at a time ..."""
 STACKED_BYTES = 512 * 2 ** 20
-"""... and as long as their activations stay under this (or one trial's, if larger)."""
+"""... and as long as their activations and gradients stay under this (or one trial's, if
+larger)."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,10 @@ def trial_chunks(arch: Architecture, steps: int, batch: int, dtype: str,
     spread evenly over the passes that takes (20 trials at up to 16 a pass: 10 and 10, not
     16 and 4; 7 at up to 3: 3, 2 and 2). Fewer sequences a pass hold less memory, and
     passes of about one size run in one set of arrays: fresh memory costs about as much as
-    the arithmetic done in it."""
-    one = activation_bytes(arch, steps, batch, dtype)
+    the arithmetic done in it. Each trial side by side holds its own parameter gradients
+    too (a large embedding's is most of it), which count against the cap."""
+    one = activation_bytes(arch, steps, batch, dtype) + \
+        arch.parameter_count() * np.dtype(dtype).itemsize
     by_memory = max(1, STACKED_BYTES // max(one, 1))
     most = max(1, min(trials, STACKED_ROWS // batch, by_memory))
     return Chunks(trials=trials, passes=-(-trials // most) if trials > 0 else 0)
