@@ -258,10 +258,8 @@ def test_a_synthetic_bidirectional_spec_runs_every_command(tmp_path):
     assert [f["code"] for f in report["findings"]] == ["reverse_sees_one_step"]
     assert report["truncation"] == [] and report["clip"] is not None
     reverse = [layer for layer in report["layers"] if layer["direction"] == "reverse"]
-    assert all(layer["growth_factor"] is None and layer["ratio"] is None
-               for layer in reverse)                      # nothing travels: not measured
-    assert "reverse directions' change through time is not measured" in \
-        " ".join(report["notes"])
+    assert all(layer["growth_factor"] is not None for layer in reverse)   # by the probe
+    assert "that first step's loss is a probe" in " ".join(report["notes"])
     assert_exit(run("verify", spec), 0)
     assert_exit(run("simulate", spec), 0)
 
@@ -280,3 +278,32 @@ def test_compare_tells_the_directions_apart(tmp_path):
     assert changes["layer 0 reverse horizon"]["verdict"] == "worse"
     assert changes["layer 0 forward horizon"]["verdict"] == "same"
     assert "finding exploding (layer 0 reverse)" in changes
+
+
+def test_a_last_step_loss_still_diagnoses_the_reverse_directions_below_the_top(tmp_path):
+    """With the loss on the last step only, it reaches layer 0's reverse direction at every
+    step through layer 1's forward one: an exploding W_hh there is found (by the first
+    step's probe), and a sweep does not count the structural warning as ill health."""
+    n, rng = 4, np.random.default_rng(0)
+    tensors = {}
+    for k, width in ((0, 2), (1, 2 * n)):
+        for suffix, gain in (("", 0.9), ("_reverse", 1.3 if k == 0 else 0.9)):
+            tensors[f"rnn.weight_ih_l{k}{suffix}"] = rng.uniform(0.1, 0.2, (n, width))
+            tensors[f"rnn.weight_hh_l{k}{suffix}"] = gain * np.eye(n)
+    tensors["head.weight"] = rng.normal(0, 0.5, (1, 2 * n))
+    np.savez(tmp_path / "bi.npz", **tensors)
+    np.save(tmp_path / "x.npy", rng.uniform(0.5, 1.0, (3, 30, 2)))
+    spec = tmp_path / "bi.yaml"
+    spec.write_text(yaml.safe_dump({
+        "model": {"weights": "bi.npz", "nonlinearity": "relu", "bias": False,
+                  "head_bias": False},
+        "sequence": {"inputs": "x.npy"}, "loss": {"kind": "mse", "timesteps": "last"}}))
+    result = run("analyze", spec, "-f", "json", "--trials", "0")
+    assert_exit(result, 1)
+    findings = json.loads(result.stdout)["findings"]
+    assert [(f["code"], f["layer"], f["direction"]) for f in findings] == [
+        ("reverse_sees_one_step", 1, "reverse"), ("exploding", 0, "reverse")]
+    from gradcheck_cli.commands.sweep import Point
+    point = Point(values={}, codes=["reverse_sees_one_step"], growth_factor=[1.0],
+                  ratio=[1.0], horizon=[None])
+    assert point.healthy and not dataclasses.replace(point, codes=["exploding"]).healthy

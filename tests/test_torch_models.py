@@ -147,6 +147,9 @@ def test_a_bidirectional_gru_classifier_matches_pytorch(tmp_path):
     assert_clean_error(run("analyze", spec.source, "--set", "model.bidirectional=false"),
                        "model.bidirectional", "is false but the weights say true",
                        "weight_hh_l0_reverse")
+    assert_clean_error(run("analyze", spec.source, "--set", "model.num_layers=3"),
+                       "is 3 but the weights say 2 (2 layers: rnn.weight_hh_l0, "
+                       "rnn.weight_hh_l1)")
 
 
 def test_a_padded_bidirectional_lstm_from_given_states_matches_pytorch(tmp_path):

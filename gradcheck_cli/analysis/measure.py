@@ -43,7 +43,8 @@ def measure(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
     own loss, the signal that reaches back only in time: in one pass as two lanes
     (``streams`` 2) or one after the other (1, when two do not fit in memory). A reverse
     direction's signal is the first step's own loss, which reaches later steps only in
-    time: one more pass. The state gradients are measured step by step, per sequence, and
+    time: one more pass (with a loss on the last step only, a probe: the loss the first
+    step's output would have). The state gradients are measured step by step, per sequence, and
     not kept."""
     T, B = d_out.shape[:2]
     every_step = spec.loss.timesteps == "all"
@@ -66,17 +67,13 @@ def measure(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
     if d_last is not None and streams != STREAMS:
         last = _alone(arch, params, fwd, d_last, False)[1]
     first = last
-    if arch.bidirectional and every_step:
+    if arch.bidirectional:     # (a probe when the loss is on the last step only)
         first = _alone(arch, params, fwd, first_step_loss_grad(
             fwd.outputs, batch.targets, spec.loss.kind), False)[1]
     lengths = batch.lengths
     decays = []
     for u in range(arch.units):
         reverse = arch.unit(u)[1] == 1
-        if reverse and not every_step:   # the loss meets it where its recurrence starts:
-            decays.append(Decay(series=[None] * T, relative=np.empty(0), growth=None,
-                                sequences=0))            # nothing travels in time to measure
-            continue
         norms = (first if reverse else last).hidden[u]       # in the unit's own order
         decay = whole_batch_decay(norms) if lengths is None else padded_decay(norms, lengths)
         if reverse:                                          # ... back in the inputs' order

@@ -105,12 +105,14 @@ def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
                      "loss forward in time, the mirror of the forward direction's last "
                      "step's; no truncation table (truncated BPTT does not apply: the "
                      "reverse direction reads the whole sequence)"
-                     + ("; with the loss on the last step only, the reverse directions' "
-                        "change through time is not measured: the loss meets them where "
-                        "their recurrence starts" if spec.loss.timesteps == "last" else ""))
+                     + ("; with the loss on the last step only, that first step's loss "
+                        "is a probe the run's loss does not have" if spec.loss.timesteps ==
+                        "last" else ""))
     if arch.residual_layers and not arch.residual_layer(0):
+        width = f"2 × hidden_size {arch.output_width}" if arch.bidirectional else \
+            f"hidden_size {arch.hidden_size}"
         notes.append(f"residual across layers: none at layer 0, whose input_size "
-                     f"{arch.input_size} differs from hidden_size {arch.hidden_size} "
+                     f"{arch.input_size} differs from {width} "
                      "(no projection is added)")
     if arch.residual_time:
         notes.append("residual through time: h_t = h_{t-1} + cell(x_t, h_{t-1})")

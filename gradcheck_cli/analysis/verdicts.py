@@ -36,12 +36,21 @@ def unit_name(arch: Architecture, u: int) -> tuple[str, dict]:
 
 
 def in_inputs_order(arch: Architecture, u: int, t: int, order: np.ndarray | None,
-                    T: int) -> int:
-    """Step t of unit u's own order as a step of the inputs (a reverse direction counts
-    from the end; padded, the first sequence's order is taken)."""
+                    T: int, b: int = 0) -> int:
+    """Step t of unit u's own order, for sequence b, as a step of the inputs (a reverse
+    direction counts from each sequence's end)."""
     if arch.unit(u)[1] == 0:
         return t
-    return int(order[t, 0]) if order is not None else T - 1 - t
+    return int(order[t, b]) if order is not None else T - 1 - t
+
+
+def _first_bad_row(arrays: list[np.ndarray], t: int) -> int:
+    """The first sequence whose state at step t of ``arrays`` ``(T, B, ...)`` is not
+    finite."""
+    bad = np.zeros(arrays[0].shape[1], dtype=bool)
+    for a in arrays:
+        bad |= ~np.isfinite(a[t]).reshape(a.shape[1], -1).all(axis=1)
+    return int(np.flatnonzero(bad)[0])
 
 
 def non_finite_finding(arch: Architecture, params: Params, fwd: Forward, loss: float,
@@ -64,7 +73,7 @@ def non_finite_finding(arch: Architecture, params: Params, fwd: Forward, loss: f
         t = _first_non_finite(states)
         if t is not None:
             who, where = unit_name(arch, u)
-            t = in_inputs_order(arch, u, t, fwd.order, T)
+            t = in_inputs_order(arch, u, t, fwd.order, T, _first_bad_row(states, t))
             return finding(f"the forward pass: {who}'s hidden state at step {t}",
                            timestep=t, **where)
     if not math.isfinite(loss) or not np.isfinite(fwd.outputs).all():
@@ -73,7 +82,8 @@ def non_finite_finding(arch: Architecture, params: Params, fwd: Forward, loss: f
         steps = np.flatnonzero(bad[u].any(axis=1))
         if steps.size:
             who, where = unit_name(arch, u)
-            t = in_inputs_order(arch, u, int(steps[-1]), fwd.order, T)
+            t = int(steps[-1])
+            t = in_inputs_order(arch, u, t, fwd.order, T, int(np.flatnonzero(bad[u][t])[0]))
             return finding(f"the backward pass: dL/dh at {who}, step {t}", timestep=t,
                            **where)
     for name, g in grads.items():

@@ -37,6 +37,9 @@ class Axis:
     values: list[Any]
 
 
+STRUCTURAL = ("reverse_sees_one_step",)
+
+
 @dataclass(frozen=True)
 class Point:
     values: dict[str, Any]
@@ -44,12 +47,17 @@ class Point:
     growth_factor: list[float | None]
     ratio: list[float | None]
     horizon: list[float | None]
+    top: int = -1
+    """The entry of the lists that is the top layer (its forward direction, in a
+    bidirectional stack)."""
 
     JSON_DERIVED = ("healthy", "verdict")
 
     @property
     def healthy(self) -> bool:
-        return not self.codes
+        """No finding the swept values could change (a loss reading the reverse direction
+        after one step is the model's shape, not its health)."""
+        return not [code for code in self.codes if code not in STRUCTURAL]
 
     @property
     def verdict(self) -> str:
@@ -190,7 +198,8 @@ def _analyse_point(task: tuple[str, tuple[str, ...], dict[str, Any], int, int | 
     from ..io.resolve import load_spec
     spec = load_spec(config, [*overrides, *(_override(k, v) for k, v in values.items())])
     report = analyze_spec(spec, trials=trials, windows=[], max_memory=max_memory)
-    return Point(values=values, codes=[f.code for f in report.findings],
+    top = max(i for i, layer in enumerate(report.layers) if layer.direction != "reverse")
+    return Point(values=values, codes=[f.code for f in report.findings], top=top,
                  growth_factor=[layer.growth_factor for layer in report.layers],
                  ratio=[layer.ratio for layer in report.layers],
                  horizon=[layer.horizon for layer in report.layers])

@@ -199,6 +199,7 @@ def init_params(arch: Architecture, init, rng: np.random.Generator,
     """
     h = arch.hidden_size
     bound = 1.0 / np.sqrt(h)
+    head_bound = 1.0 / np.sqrt(arch.output_width)   # nn.Linear's: 1/sqrt(fan_in)
     params: Params = {}
     for name, shape in arch.parameter_shapes().items():
         if name.startswith("rnn.weight_"):
@@ -217,8 +218,8 @@ def init_params(arch: Architecture, init, rng: np.random.Generator,
             if init.forget_bias is not None:
                 value[h:2 * h] = init.forget_bias if "_ih_" in name else 0.0
         else:  # nn.Linear's default: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), ...)
-            fan_in = 1.0 / np.sqrt(shape[-1]) if name == "head.weight" else bound
-            value = rng.uniform(-fan_in, fan_in, size=shape)
+            limit = head_bound if name.startswith("head.") else bound
+            value = rng.uniform(-limit, limit, size=shape)
         with np.errstate(over="ignore"):  # a silly gain overflows float32: a finding later
             params[name] = value.astype(dtype)
     return params

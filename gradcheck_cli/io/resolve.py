@@ -283,7 +283,8 @@ def _evidence(field_name: str, names: Mapping[str, str], index: Mapping[str, Any
         tensor = index[names[canonical]]
         return f"{tensor.name} has shape {list(tensor.shape)}"
     if field_name == "num_layers":
-        layers = sorted({c for c in names if c.startswith("rnn.weight_hh_l")})
+        layers = sorted({c for c in names if c.startswith("rnn.weight_hh_l")
+                         and not c.endswith("_reverse")})
         return f"{len(layers)} layers: " + ", ".join(names[c] for c in layers)
     if field_name == "bidirectional":
         return "with weight_hh_l0_reverse" if "rnn.weight_hh_l0_reverse" in names else \

@@ -59,7 +59,8 @@ def report_figure(report: Report) -> Any:
         ax.plot(steps, _positive(layer.hidden_grad_norm), label=f"‖dL/dh_t‖ layer {layer.label}")
         ax.plot(steps, _positive(layer.last_step_grad_norm), linestyle="--",
                 label=f"{last_step_label(layer)} layer {layer.label}")
-    top = report.layers[-1].last_step_grad_norm[-1]
+    top_forward = [layer for layer in report.layers if layer.direction != "reverse"][-1]
+    top = top_forward.last_step_grad_norm[-1]
     if top and math.isfinite(top) and top > 0:
         for name, ratio, style in (("vanishing", report.thresholds["vanishing"], ":"),
                                    ("exploding", report.thresholds["exploding"], "-.")):
@@ -88,7 +89,7 @@ def report_figure(report: Report) -> Any:
 def sweep_figure(sweep: Any) -> Any:
     plt = _pyplot()
     axes_spec = sweep.axes
-    growth = {tuple(p.values[a.key] for a in axes_spec): p.growth_factor[-1]
+    growth = {tuple(p.values[a.key] for a in axes_spec): p.growth_factor[p.top]
               for p in sweep.points}
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     if len(axes_spec) >= 2:
