@@ -88,10 +88,10 @@ WIDE_OUTPUT = ["model.hidden_size=8", "model.output_size=256", "sequence.length=
      20, None),
     # both directions: the reversed inputs, [forward, reverse], the first step's pass
     ("lstm_healthy", ["model.bidirectional=true", "model.num_layers=3", "model.dropout=0.2",
-                      "model.hidden_size=64", "sequence.length=300",
-                      "sequence.batch_size=32"], 3, None),
-    ("gru_healthy", ["model.bidirectional=true", "model.norm=true", "model.hidden_size=128",
-                     "sequence.length=300", "sequence.batch_size=32"], 3, None),
+                      "model.hidden_size=32", "sequence.length=150",
+                      "sequence.batch_size=16"], 3, None),
+    ("gru_healthy", ["model.bidirectional=true", "model.norm=true", "model.hidden_size=64",
+                     "sequence.length=150", "sequence.batch_size=16"], 3, None),
 ])
 def test_memory_estimate_bounds_the_measured_peak(name, overrides, trials, windows):
     spec = load_spec(SAMPLE[name], overrides)
