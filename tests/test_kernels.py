@@ -45,7 +45,7 @@ def test_a_kernel_steps_as_the_reference_cell(rng, cell, nonlinearity, prehalved
     b_hh = rng.normal(size=G) if cell == "gru" else None
     kernel = KERNELS[cell](arch, cache, prehalved=prehalved, b_hh=b_hh)
     halves = np.where(np.arange(G) // H == 2, 1.0, 0.5) if prehalved else np.ones(G)
-    state = reference.zero_state(arch, (B, H), np.float64)
+    state = reference.zero_state(arch, (B,), np.float64)
     for t in range(T):
         gx, gh = rng.normal(size=(B, G)), rng.normal(size=(B, G))
         want, step = reference.cell_pointwise(arch, gx, gh + (b_hh if b_hh is not None

@@ -1,7 +1,8 @@
 """Models as people save them, against PyTorch's own numbers (tests/data/make_torch_models.py):
 a cell module looped over the sequence, runs from given initial states, and .pt
 checkpoints (read with torch when it is installed; otherwise the command converting them),
-and a LayerNorm between the stack and the head.
+a LayerNorm between the stack and the head, bidirectional stacks and LSTM projections
+(proj_size).
 
 Each case: the loss, every parameter's gradient and every layer's per-step ‖dL/dh_t‖
 (and dL/dh_t itself) as autograd gives them on the same weights and data, in float64,
@@ -187,6 +188,83 @@ def test_a_padded_bidirectional_lstm_from_given_states_matches_pytorch(tmp_path)
                        "--deep does not cover bidirectional layers yet")
 
 
+def test_a_projected_lstm_from_given_states_matches_pytorch(tmp_path):
+    """nn.LSTM(proj_size=3): read off weight_hr_l*, run from h0 [layers, batch, proj_size]
+    and c0 [layers, batch, hidden]; ‖dL/dh_t‖ of the projected state, ‖dL/dc_t‖ of the
+    cell's, as autograd gives them; --deep's joint (h, c) Jacobians on the projected
+    state."""
+    states = {"initial_state": {"file": "batch.npz", "key": "h0"},
+              "initial_cell_state": {"file": "batch.npz", "key": "c0"}}
+    spec = load_spec(_files(tmp_path, "proj", **states))
+    assert spec.model.proj_size == 3 and spec.model.hidden_size == 5
+    report = analyze_spec(spec, trials=2, windows=[2])
+    _matches_pytorch(report, "proj")
+    assert report.model.proj_size == 3
+    for u, layer in enumerate(report.layers):
+        dc = TORCH[f"proj/dc/{u}"]
+        np.testing.assert_allclose(layer.cell_grad_norm, np.sqrt((dc ** 2).sum(axis=(0, 2))),
+                                   rtol=1e-10, atol=1e-300)
+    assert "proj 3" in run("analyze", spec.source, "--trials", "0").output
+    assert verify_spec(spec, directions=2, entries=2).passed
+    deep = run("analyze", spec.source, "--deep", "--format", "json", "--trials", "0")
+    assert deep.exit_code in (0, 1), deep.output
+    dynamics = json.loads(deep.output)["dynamics"]
+    assert len(dynamics) == 2 and all(len(d["jacobian_norm"]) == 6 for d in dynamics)
+    np.save(tmp_path / "h0.npy", np.zeros((2, 3, 5)))
+    assert_clean_error(run("analyze", spec.source, "--set", "sequence.initial_state=h0.npy"),
+                       "sequence.initial_state", "expected [2, 3, 3] ([num_layers, batch, "
+                       "proj_size]")
+    assert_clean_error(run("analyze", spec.source, "--set", "model.proj_size=2"),
+                       "model.proj_size", "is 2 but the weights say 3",
+                       "rnn.weight_hr_l0 has shape [3, 5]")
+
+
+def test_a_padded_bidirectional_projected_lstm_matches_pytorch(tmp_path):
+    spec = load_spec(_files(tmp_path, "biproj",
+                            lengths={"file": "batch.npz", "key": "lengths"}))
+    assert spec.model.proj_size == 3 and spec.model.bidirectional
+    report = analyze_spec(spec, trials=2, windows=[])
+    _matches_pytorch(report, "biproj")
+    assert {p.name for p in report.parameters} >= {"rnn.weight_hr_l1_reverse"}
+    assert verify_spec(spec, directions=2, entries=2).passed
+
+
+def _tied_spec(tmp_path, weights) -> Path:
+    np.savez(tmp_path / "tokens.npz", x=TORCH["tied/x"], targets=TORCH["tied/targets"])
+    path = tmp_path / "tied.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"weights": str(weights), "embedding": {"padding_idx": 0},
+                  "rnn_prefix": "rnn", "head_prefix": "decoder"},
+        "sequence": {"inputs": {"file": "tokens.npz", "key": "x"},
+                     "targets": {"file": "tokens.npz", "key": "targets"}},
+        "loss": {"kind": "cross_entropy"}}))
+    return path
+
+
+def test_a_language_model_with_tied_weights_matches_pytorch(tmp_path):
+    """Embedding -> 2-layer LSTM -> Linear with decoder.weight = encoder.weight, saved by
+    safetensors' save_model (which keeps one name, the other in its metadata): the shared
+    matrix's gradient is the sum of both uses, reported once under the embedding's name,
+    as autograd gives the one parameter; verify checks every row but padding_idx's."""
+    spec = load_spec(_tied_spec(tmp_path, DATA / "tied.safetensors"))
+    assert spec.model.tie_weights and spec.model.output_size == 11
+    report = analyze_spec(spec, trials=2, windows=[2])
+    _matches_pytorch(report, "tied")
+    assert report.model.tie_weights
+    assert [p.name for p in report.parameters].count("encoder.weight") == 1
+    assert "decoder.weight" not in {p.name for p in report.parameters}
+    assert "tied weights: decoder.weight is encoder.weight" in " ".join(report.notes)
+    assert not [f for f in report.findings if f.code == "unmodelled"]
+    assert verify_spec(spec, directions=2, entries=2).passed
+    result = run("verify", spec.source, "-f", "json")
+    assert_exit(result, 0)
+    scope = json.loads(result.stdout)["parameters"]["encoder.weight"]["scope"]
+    assert scope.startswith("the 10 of 11 rows the head reads (tied)"), scope
+    assert_clean_error(run("analyze", spec.source, "--set", "model.tie_weights=false"),
+                       "model.tie_weights", "is false but the weights say true",
+                       "its head and its embedding are one tensor")
+
+
 def test_initial_state_mistakes_are_clean_errors(tmp_path):
     path = _files(tmp_path, "initial", initial_state={"file": "batch.npz", "key": "h0"})
     assert_clean_error(run("analyze", path), "sequence.initial_state",
@@ -270,16 +348,12 @@ def test_pt_checkpoints_read_with_torch_give_the_safetensors_numbers(tmp_path):
     assert "its state_dict under 'model_state_dict'" in " ".join(data["notes"])
     (unmodelled,) = [f for f in data["findings"] if f["code"] == "unmodelled"]
     assert "norm.weight" in unmodelled["message"]
+    # tied weights: one storage, two names (the word LM's decoder.weight = encoder.weight)
+    tied = analyze_spec(load_spec(_tied_spec(tmp_path, DATA / "tied.pt")), trials=0,
+                        windows=[])
+    _matches_pytorch(tied, "tied")
+    assert "tied weights: decoder.weight is encoder.weight" in " ".join(tied.notes)
     import torch
-    from torch import nn
-    embedding, head = nn.Embedding(10, 5), nn.Linear(5, 10)
-    head.weight = embedding.weight                          # tied: one tensor, two names
-    torch.save({"encoder.weight": embedding.weight, "decoder.weight": head.weight},
-               tmp_path / "tied.pt")
-    tied = tmp_path / "tied.yaml"
-    tied.write_text(yaml.safe_dump({"model": {"weights": "tied.pt"}, "sequence": {"length": 3}}))
-    assert_clean_error(run("analyze", tied), "encoder.weight and decoder.weight are one tensor "
-                       "(tied weights), which gradcheck does not model yet")
     (tmp_path / "damaged.pt").write_bytes(b"garbage\x00\x01")
     damaged = tmp_path / "damaged.yaml"
     damaged.write_text(yaml.safe_dump({"model": {"weights": "damaged.pt"},

@@ -199,6 +199,7 @@ def assemble(spec: Spec, arch: Architecture, params: Params, names: dict[str, st
                                                       arch.padding_idx)
                            if arch.embedding else None,
                            dropout=arch.dropout, bidirectional=arch.bidirectional,
+                           proj_size=arch.proj_size, tie_weights=arch.tie_weights,
                            norm=NormSummary(arch.norm_eps, arch.norm_affine)
                            if arch.norm else None),
         length=spec.length, batch_size=spec.batch_size,

@@ -36,13 +36,15 @@ class Cost:
 
 def _layer_forward(arch: Architecture, k: int, steps: int, batch: int) -> int:
     gh = arch.gates * arch.hidden_size
-    return steps * batch * (arch.layer_input_size(k) + arch.hidden_size) * gh
+    proj = arch.proj_size * arch.hidden_size        # h_t = W_hr m_t
+    return steps * batch * ((arch.layer_input_size(k) + arch.state_size) * gh + proj)
 
 
 def _layer_backward(arch: Architecture, k: int, steps: int, batch: int) -> int:
     gh = arch.gates * arch.hidden_size
-    n_in, h = arch.layer_input_size(k), arch.hidden_size
+    n_in, h = arch.layer_input_size(k), arch.state_size
     macs = steps * batch * (n_in + 2 * h) * gh      # dW_ih, dW_hh, and dh_{t-1} = dG W_hh
+    macs += 2 * steps * batch * arch.proj_size * arch.hidden_size   # dW_hr, and W_hr^T dh
     if k > 0:
         macs += steps * batch * n_in * gh           # dL/dx for the layer below
     return macs

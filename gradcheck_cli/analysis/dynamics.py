@@ -6,8 +6,11 @@ For each layer, along the trajectory the forward pass took:
   gate's block), with Pascanu, Mikolov & Bengio's (2013) conditions for an Elman RNN whose
   nonlinearity's derivative is bounded by γ (1 for tanh and relu): σ_max(W_hh) < 1/γ is
   sufficient for the gradient to vanish; σ_max(W_hh) > 1/γ is necessary for it to explode;
+  With an LSTM's projection (h_t = W_hr (o_t ⊙ tanh(c_t))), the gate blocks are not
+  square: each gate's matrix is its block of W_hh times W_hr, the recurrent map from one
+  step's o ⊙ tanh(c) into the next step's gate;
 * the largest singular value of the step Jacobian ∂s_t/∂s_{t-1}, s the layer's state (h, or
-  (h, c) for an LSTM), at every step;
+  (h, c) for an LSTM, h the projected state with a projection), at every step;
 * the Lyapunov spectrum of the Jacobian product (the QR method: Q ← J_t Q, re-orthonormalised
   at every step, log |diag R| averaged after a transient). exp(λ₁) is the asymptotic
   growth per step of the fastest-growing direction: over a long run no gradient grows
@@ -45,14 +48,15 @@ GATE_NAMES = {"rnn": ("h",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"
 SIGMOID_GATES = {"i", "f", "o", "r", "z"}
 
 
-def step_jacobian(arch: Architecture, cache, w_hh: np.ndarray, t: int, b: int) -> np.ndarray:
+def step_jacobian(arch: Architecture, cache, w_hh: np.ndarray, t: int, b: int,
+                  w_hr: np.ndarray | None = None) -> np.ndarray:
     """∂s_t/∂s_{t-1} for sequence ``b`` at step ``t``: (H, H), or (2H, 2H) for an LSTM's
-    joint state (h, c)."""
-    H = w_hh.shape[1]
+    joint state (h, c); (P + H, P + H) with its projection ``w_hr`` (P, H)."""
+    H, P = w_hh.shape[0] // arch.gates, w_hh.shape[1]
     blocks = [w_hh[k * H:(k + 1) * H] for k in range(arch.gates)]
-    eye = np.eye(H)
+    eye = np.eye(P)
     h = cache.h
-    h_prev = h[t - 1, b] if t > 0 else (np.zeros(H) if cache.h0 is None else cache.h0[b])
+    h_prev = h[t - 1, b] if t > 0 else (np.zeros(P) if cache.h0 is None else cache.h0[b])
     if arch.cell == "rnn":
         act = cache.gates[t, b]
         slope = 1.0 - act * act if arch.nonlinearity == "tanh" else (act > 0).astype(float)
@@ -69,9 +73,11 @@ def step_jacobian(arch: Architecture, cache, w_hh: np.ndarray, t: int, b: int) -
                  + (i * (1 - g * g))[:, None] * w_g)
         through_c = o * (1 - tc * tc)
         dh_dh = (tc * o * (1 - o))[:, None] * w_o + through_c[:, None] * dc_dh
+        dh_dc = np.diag(through_c * f)
+        if w_hr is not None:                    # h_t = W_hr (o ⊙ tanh(c_t))
+            dh_dh, dh_dc = w_hr @ dh_dh, w_hr * (through_c * f)[None, :]
         if arch.residual_time:
             dh_dh = dh_dh + eye
-        dh_dc = np.diag(through_c * f)
         return np.block([[dh_dh, dh_dc], [dc_dh, np.diag(f)]])
     r, z, n = (gate[k * H:(k + 1) * H] for k in range(3))
     w_r, w_z, w_n = blocks
@@ -121,7 +127,7 @@ def lyapunov_spectrum(jacobians: list[np.ndarray], count: int,
 def gate_saturation(arch: Architecture, cache) -> list[GateSaturation]:
     if arch.cell == "rnn":
         return []
-    H = cache.h.shape[2]
+    H = arch.hidden_size
     out = []
     for k, name in enumerate(GATE_NAMES[arch.cell]):
         values = cache.gates[..., k * H:(k + 1) * H]
@@ -242,20 +248,27 @@ def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
             log_space_signal_padded(arch, params, fwd, d_last, lengths)
     for k, cache in enumerate(fwd.layers):
         w_hh = np.asarray(params[f"rnn.weight_hh_l{k}"], dtype=np.float64)
-        H = w_hh.shape[1]
-        gate_sigma = {name: largest_singular_value(w_hh[j * H:(j + 1) * H])
+        w_hr = params.get(f"rnn.weight_hr_l{k}")
+        if w_hr is not None:
+            w_hr = np.asarray(w_hr, dtype=np.float64)
+        H = arch.hidden_size
+        with np.errstate(all="ignore"):           # each gate's square recurrent matrix
+            gates = [w_hh[j * H:(j + 1) * H] if w_hr is None else w_hh[j * H:(j + 1) * H] @ w_hr
+                     for j in range(arch.gates)]
+        gate_sigma = {name: largest_singular_value(gates[j])
                       for j, name in enumerate(GATE_NAMES[arch.cell])}
-        sigma = largest_singular_value(w_hh[:H]) if arch.cell == "rnn" else \
+        sigma = largest_singular_value(gates[0]) if arch.cell == "rnn" else \
             max(gate_sigma.values())
-        radius = max(spectral_radius(w_hh[j * H:(j + 1) * H]) for j in range(arch.gates))
+        radius = max(spectral_radius(g) for g in gates)
         squares, counts = np.zeros(T), np.zeros(T)
         exponents, weights = [], []
         with np.errstate(all="ignore"):
             for b in range(min(SEQUENCES, B)):
                 steps = int(lengths[b]) if lengths is not None else T  # no padded steps
-                if not np.isfinite(w_hh).all() or not _finite_trajectory(cache, b, steps):
+                if not np.isfinite(w_hh).all() or not _finite_trajectory(cache, b, steps) \
+                        or (w_hr is not None and not np.isfinite(w_hr).all()):
                     continue
-                jacobians = [step_jacobian(arch, cache, w_hh, t, b).astype(np.float64)
+                jacobians = [step_jacobian(arch, cache, w_hh, t, b, w_hr).astype(np.float64)
                              for t in range(steps)]
                 squares[:steps] += [largest_singular_value(j) ** 2 for j in jacobians]
                 counts[:steps] += 1
@@ -273,7 +286,7 @@ def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
         gap = None
         if lam is not None and growth is not None and 0 < growth < math.inf:
             gap = math.log(growth) - lam
-        state = H * (2 if arch.cell == "lstm" else 1)
+        state = arch.state_size + (H if arch.cell == "lstm" else 0)
         out.append(LayerDynamics(
             index=k, sigma_max=sigma, spectral_radius=radius,
             gate_sigma_max=gate_sigma if arch.cell != "rnn" else {},

@@ -160,7 +160,8 @@ def estimate(arch: Architecture, steps: int, batch: int, dtype: str, *,
         if trials:   # trials side by side: each its own parameter gradients, and one
             #          layer's more for the block being added in
             layer = max(arch.gates * arch.hidden_size
-                        * (arch.layer_input_size(k) + arch.hidden_size + 2)
+                        * (arch.layer_input_size(k) + arch.state_size + 2)
+                        + arch.proj_size * arch.hidden_size
                         for k in range(arch.num_layers))
             parts["trial gradients"] = trials * (arch.parameter_count() + layer) * item
         return parts

@@ -81,6 +81,16 @@ def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
             pad = "no padding_idx"
         notes.append(f"inputs: token ids, each step's input the embedding's row for its "
                      f"token; {pad}{drawn}")
+    if spec.model.tie_weights:
+        shared, which = "embedding.weight", "the head's weight is the embedding's matrix"
+        if checkpoint is not None and checkpoint.tied:
+            shared = checkpoint.names["embedding.weight"]
+            which = f"{checkpoint.tied} is {shared}" + (
+                " (two equal tensors in the file, one matrix in the model)"
+                if checkpoint.tied_copy else "") + ": the head reads the embedding's matrix"
+        notes.append(f"tied weights: {which}, and its gradient, reported once under "
+                     f"{shared}, is the sum of both uses, as PyTorch gives the shared "
+                     "parameter (padding_idx's row gets the head's part only)")
     model = spec.model
     if model.dropout > 0 and model.num_layers > 1:
         notes.append(f"dropout {model.dropout:g} between layers, in training mode: its masks "
@@ -109,8 +119,9 @@ def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
                         "is a probe the run's loss does not have" if spec.loss.timesteps ==
                         "last" else ""))
     if arch.residual_layers and not arch.residual_layer(0):
-        width = f"2 × hidden_size {arch.output_width}" if arch.bidirectional else \
-            f"hidden_size {arch.hidden_size}"
+        size = "proj_size" if arch.proj_size else "hidden_size"
+        width = f"2 × {size} {arch.output_width}" if arch.bidirectional else \
+            f"{size} {arch.output_width}"
         notes.append(f"residual across layers: none at layer 0, whose input_size "
                      f"{arch.input_size} differs from {width} "
                      "(no projection is added)")

@@ -271,10 +271,13 @@ def checked_part(arch: Architecture, name: str, value: np.ndarray,
                  tokens: np.ndarray | None) -> np.ndarray | None:
     """Where a tensor's gradient is its derivative (None: everywhere). An embedding's rows
     are checked where a token of the batch reads them, but for padding_idx's: PyTorch gives
-    that row no gradient by convention (its derivative is not zero), and so does BPTT."""
+    that row no gradient by convention (its derivative is not zero), and so does BPTT. Tied
+    to the head, every row is read (by the head), padding_idx's still but in part."""
     if name != "embedding.weight" or tokens is None:
         return None
     rows = np.zeros(value.shape[0], dtype=bool)
+    if arch.tie_weights:
+        rows[:] = True
     rows[np.unique(tokens)] = True
     if arch.padding_idx is not None:
         rows[arch.padding_idx] = False
@@ -286,9 +289,11 @@ def part_scope(arch: Architecture, part: np.ndarray | None) -> str | None:
     if part is None:
         return None
     rows = int(part[:, 0].sum())
+    given = "the head's part only" if arch.tie_weights else "no gradient"
     pad = "" if arch.padding_idx is None else (
-        f", padding_idx {arch.padding_idx}'s excluded (PyTorch gives it no gradient)")
-    return f"the {rows:,} of {part.shape[0]:,} rows the batch's tokens read{pad}"
+        f", padding_idx {arch.padding_idx}'s excluded (PyTorch gives it {given})")
+    read = "the head reads (tied)" if arch.tie_weights else "the batch's tokens read"
+    return f"the {rows:,} of {part.shape[0]:,} rows {read}{pad}"
 
 
 def _discrepancy(new: np.ndarray, cached: np.ndarray, scale: float) -> float:
@@ -318,7 +323,7 @@ def shadowed_loss_sum(arch: Architecture, params: Params, fwd: Forward,
     initial = None if not given else tuple(
         np.stack([getattr(layer, name) for layer in fwd.layers])
         for name in (("h0", "c0") if arch.cell == "lstm" else ("h0",)))
-    states = reference.initial_states(arch, initial, (*lead, B, arch.hidden_size),
+    states = reference.initial_states(arch, initial, (*lead, B),
                                       np.complex128)
     total = np.zeros(lead, dtype=np.complex128)
     worst, kinks = 0.0, 0
@@ -377,7 +382,7 @@ def shadowed_by_layer(arch: Architecture, params: Params, fwd: Forward,
     initial = None if not given else tuple(
         np.stack([getattr(unit, name) for unit in fwd.layers])
         for name in (("h0", "c0") if arch.cell == "lstm" else ("h0",)))
-    starts = reference.initial_states(arch, initial, (*lead, B, arch.hidden_size),
+    starts = reference.initial_states(arch, initial, (*lead, B),
                                       np.complex128)
     relu = arch.cell == "rnn" and arch.nonlinearity == "relu"
     if first < 0:                                    # the embedding's own check

@@ -10,17 +10,29 @@ The model is what ``nn.Module`` with an ``rnn`` (``nn.RNN``/``nn.LSTM``/``nn.GRU
     head.weight         (output_size, H)   when there is a head
     head.bias           (output_size,)      when head_bias
 
-with G = 1 (rnn), 4 (lstm: gates i, f, g, o) or 3 (gru: gates r, z, n). A bidirectional
+with G = 1 (rnn), 4 (lstm: gates i, f, g, o) or 3 (gru: gates r, z, n). An LSTM with
+projections (``nn.LSTM(proj_size=P)``) has a state h of P values, h_t = W_hr (o_t ⊙
+tanh(c_t)), its cell state c keeping H:
+
+    rnn.weight_hh_l{k}  (4*H, P)      in_k = P for k > 0
+    rnn.weight_hr_l{k}  (P, H)        after the biases, as PyTorch orders them
+
+A bidirectional
 stack has each layer's reverse direction beside it, under the same names with ``_reverse``
 (``rnn.weight_ih_l{k}_reverse``, ...), and every layer above the first, and the head, reads
-the two directions' states side by side, [forward, reverse]: in_k = 2 H. Without a head,
+the two directions' states side by side, [forward, reverse]: in_k = 2 H (2 P). Without a head,
 the outputs are the top layer's hidden states themselves. With an ``nn.Embedding`` in front
 (the inputs are then integer token ids, each step's x_t the row of its token), and an
 ``nn.LayerNorm`` between the stack and the head (elementwise affine):
 
     embedding.weight    (num_embeddings, input_size)
-    norm.weight         (D*H,)        D = 2 when bidirectional, else 1
+    norm.weight         (D*H,)        D = 2 when bidirectional, else 1 (D*P with P)
     norm.bias           (D*H,)
+
+With tied weights (a language model's decoder sharing its encoder's matrix, ``decoder.weight
+= encoder.weight``), there is no ``head.weight``: the head reads ``embedding.weight``
+(output_size = num_embeddings, D*H = input_size), whose gradient is then the sum of its two
+uses, as PyTorch gives the one shared parameter.
 
 A *unit* is one direction of one layer: unit u = D k + d is layer k's direction d (0
 forward, 1 reverse), the order of PyTorch's state_dict and of its h0's first axis.
@@ -68,6 +80,11 @@ class Architecture:
     bidirectional: bool = False
     """Each layer runs both ways in time (``nn.LSTM(bidirectional=True)``): its reverse
     direction from the end of each sequence to its start."""
+    tie_weights: bool = False
+    """The head's weight is the embedding's (``decoder.weight = encoder.weight``)."""
+    proj_size: int = 0
+    """An LSTM's projection (``nn.LSTM(proj_size=P)``): h_t = W_hr (o_t ⊙ tanh(c_t)), P
+    values (0: none, h_t = o_t ⊙ tanh(c_t))."""
 
     @classmethod
     def from_spec(cls, model) -> Architecture:  # model: a resolved spec.ModelSpec
@@ -83,7 +100,8 @@ class Architecture:
                    dropout=model.dropout, norm=model.norm is not None,
                    norm_eps=model.norm.eps if model.norm is not None else 1e-5,
                    norm_affine=model.norm.elementwise_affine if model.norm is not None
-                   else True, bidirectional=model.bidirectional)
+                   else True, bidirectional=model.bidirectional,
+                   proj_size=model.proj_size or 0, tie_weights=bool(model.tie_weights))
 
     @property
     def gates(self) -> int:
@@ -105,9 +123,21 @@ class Architecture:
         return self.num_layers * self.directions
 
     @property
+    def head_weight(self) -> str:
+        """The parameter the head's weight is: ``head.weight``, or tied,
+        ``embedding.weight``."""
+        return "embedding.weight" if self.tie_weights else "head.weight"
+
+    @property
+    def state_size(self) -> int:
+        """The width of h, what the next step, the layer above and the head read: P with
+        a projection, else H."""
+        return self.proj_size or self.hidden_size
+
+    @property
     def output_width(self) -> int:
-        """A layer's output: its directions' states side by side (D*H)."""
-        return self.directions * self.hidden_size
+        """A layer's output: its directions' states side by side (D*H, or D*P)."""
+        return self.directions * self.state_size
 
     def unit(self, u: int) -> tuple[int, int]:
         """Unit u's layer and direction (0 forward, 1 reverse)."""
@@ -136,16 +166,19 @@ class Architecture:
         for u in range(self.units):
             suffix, k = self.unit_suffix(u), self.unit(u)[0]
             shapes[f"rnn.weight_ih{suffix}"] = (g, self.layer_input_size(k))
-            shapes[f"rnn.weight_hh{suffix}"] = (g, h)
+            shapes[f"rnn.weight_hh{suffix}"] = (g, self.state_size)
             if self.bias:
                 shapes[f"rnn.bias_ih{suffix}"] = (g,)
                 shapes[f"rnn.bias_hh{suffix}"] = (g,)
+            if self.proj_size:
+                shapes[f"rnn.weight_hr{suffix}"] = (self.proj_size, h)
         width = self.output_width
         if self.norm and self.norm_affine:
             shapes["norm.weight"] = (width,)
             shapes["norm.bias"] = (width,)
         if self.head:
-            shapes["head.weight"] = (self.output_size, width)
+            if not self.tie_weights:
+                shapes["head.weight"] = (self.output_size, width)
             if self.head_bias:
                 shapes["head.bias"] = (self.output_size,)
         return shapes
@@ -159,7 +192,8 @@ class Architecture:
         if self.bidirectional:
             layers = f"bidirectional, {layers}"
         front = f"embedding {self.embedding}×{self.input_size} → " if self.embedding else ""
-        return f"{front}{cell}, {layers}, hidden {self.hidden_size}"
+        proj = f", proj {self.proj_size}" if self.proj_size else ""
+        return f"{front}{cell}, {layers}, hidden {self.hidden_size}{proj}"
 
 
 # ----------------------------------------------------------------------------- initialisation
@@ -195,14 +229,22 @@ def init_params(arch: Architecture, init, rng: np.random.Generator,
 
     Every scheme is applied to each gate's block separately, so an orthogonal or identity
     ``W_hh`` is orthogonal (identity) for every gate. The head is ``nn.Linear``'s default,
-    the embedding ``nn.Embedding``'s (N(0, 1), the padding_idx row zero).
+    the embedding ``nn.Embedding``'s (N(0, 1), the padding_idx row zero). An LSTM's
+    projection W_hr (P, H) is ``nn.LSTM``'s default, U(-1/sqrt(H), 1/sqrt(H)), under the
+    pytorch and uniform schemes, and under the others that scheme's matrix at gain 1 (an
+    orthogonal W_hh stays norm-preserving through an orthogonal projection): the recurrent
+    gain is W_hh's alone.
     """
     h = arch.hidden_size
     bound = 1.0 / np.sqrt(h)
     head_bound = 1.0 / np.sqrt(arch.output_width)   # nn.Linear's: 1/sqrt(fan_in)
     params: Params = {}
     for name, shape in arch.parameter_shapes().items():
-        if name.startswith("rnn.weight_"):
+        if name.startswith("rnn.weight_hr"):      # the projection: see below
+            scheme, gain = init.for_recurrent()
+            value = (rng.uniform(-bound, bound, size=shape) if scheme in ("pytorch", "uniform")
+                     else _block(scheme, 1.0, shape[0], shape[1], rng))
+        elif name.startswith("rnn.weight_"):
             scheme, gain = init.for_input() if "_ih_" in name else init.for_recurrent()
             blocks = [_block(scheme, gain, h, shape[1], rng) for _ in range(arch.gates)]
             value = np.concatenate(blocks, axis=0)

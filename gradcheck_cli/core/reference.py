@@ -68,17 +68,20 @@ def rnn_cell(x_t: np.ndarray, h: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
 
 
 def lstm_cell(x_t: np.ndarray, state: State, w_ih: np.ndarray, w_hh: np.ndarray,
-              b_ih: np.ndarray | None, b_hh: np.ndarray | None) -> State:
-    """(h_t, c_t) from the gates i, f, g, o of W_ih x_t + b_ih + W_hh h_{t-1} + b_hh."""
+              b_ih: np.ndarray | None, b_hh: np.ndarray | None,
+              w_hr: np.ndarray | None = None) -> State:
+    """(h_t, c_t) from the gates i, f, g, o of W_ih x_t + b_ih + W_hh h_{t-1} + b_hh;
+    with a projection ``w_hr`` (P, H), h_t = W_hr (o ⊙ tanh(c_t))."""
     h, c = state
-    H = h.shape[-1]
+    H = c.shape[-1]
     a = linear(x_t, w_ih, b_ih) + linear(h, w_hh, b_hh)
     i = sigmoid(a[..., :H])                    # input gate
     f = sigmoid(a[..., H:2 * H])               # forget gate
     g = np.tanh(a[..., 2 * H:3 * H])           # candidate cell
     o = sigmoid(a[..., 3 * H:])                # output gate
     c_t = f * c + i * g
-    return o * np.tanh(c_t), c_t
+    h_t = o * np.tanh(c_t)
+    return (h_t if w_hr is None else linear(h_t, w_hr)), c_t
 
 
 def gru_cell(x_t: np.ndarray, h: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
@@ -102,6 +105,11 @@ def layer_weights(params: Params, k: int, direction: int = 0
             params.get(f"rnn.bias_ih{suffix}"), params.get(f"rnn.bias_hh{suffix}"))
 
 
+def layer_projection(params: Params, k: int, direction: int = 0) -> np.ndarray | None:
+    """Layer k's W_hr (of its reverse direction with ``direction`` 1), None without one."""
+    return params.get(f"rnn.weight_hr_l{k}_reverse" if direction else f"rnn.weight_hr_l{k}")
+
+
 def step(arch: Architecture, params: Params, k: int, x_t: np.ndarray,
          state: State, active: np.ndarray | None = None, direction: int = 0) -> State:
     """One step of layer k (its reverse direction with ``direction`` 1): its new state
@@ -112,7 +120,7 @@ def step(arch: Architecture, params: Params, k: int, x_t: np.ndarray,
     """
     weights = layer_weights(params, k, direction)
     if arch.cell == "lstm":
-        h, c = lstm_cell(x_t, state, *weights)
+        h, c = lstm_cell(x_t, state, *weights, layer_projection(params, k, direction))
         new: State = (h, c)
     elif arch.cell == "gru":
         new = (gru_cell(x_t, state[0], *weights),)
@@ -136,21 +144,24 @@ def restarts(lengths: np.ndarray | None, T: int, B: int) -> np.ndarray:
     return (np.arange(T)[:, None] == last[None, :])[..., None]
 
 
-def zero_state(arch: Architecture, shape: tuple[int, ...], dtype) -> State:
-    """The state before the first step: zeros, ``shape`` ``(..., B, H)``."""
-    count = 2 if arch.cell == "lstm" else 1
-    return tuple(np.zeros(shape, dtype=dtype) for _ in range(count))
+def zero_state(arch: Architecture, lead: tuple[int, ...], dtype) -> State:
+    """The state before the first step: zeros, h ``(*lead, P or H)`` and, for lstm,
+    c ``(*lead, H)``."""
+    if arch.cell != "lstm":
+        return (np.zeros((*lead, arch.hidden_size), dtype=dtype),)
+    return (np.zeros((*lead, arch.state_size), dtype=dtype),
+            np.zeros((*lead, arch.hidden_size), dtype=dtype))
 
 
 def initial_states(arch: Architecture, initial: tuple[np.ndarray, ...] | None,
-                   shape: tuple[int, ...], dtype) -> list[State]:
+                   lead: tuple[int, ...], dtype) -> list[State]:
     """Every unit's state before its first step: PyTorch's h0 (and c0), each
-    ``(num_layers * directions, B, H)``, broadcast to ``shape`` ``(..., B, H)``; zeros
-    without them."""
+    ``(num_layers * directions, B, width)`` (h0's width P with a projection), broadcast
+    to ``(*lead, width)``, ``lead`` ``(..., B)``; zeros without them."""
     if initial is None:
-        return [zero_state(arch, shape, dtype) for _ in range(arch.units)]
-    return [tuple(np.broadcast_to(s[u], shape).astype(dtype) for s in initial)
-            for u in range(arch.units)]
+        return [zero_state(arch, lead, dtype) for _ in range(arch.units)]
+    return [tuple(np.broadcast_to(s[u], (*lead, s.shape[-1])).astype(dtype)
+                  for s in initial) for u in range(arch.units)]
 
 
 def embed(arch: Architecture, params: Params, inputs: np.ndarray) -> np.ndarray:
@@ -212,7 +223,7 @@ def head(arch: Architecture, params: Params, top: np.ndarray) -> np.ndarray:
     without a head."""
     if arch.norm:
         top = layer_norm(arch, params, top)[0]
-    return linear(top, params["head.weight"], params.get("head.bias")) if arch.head else top
+    return linear(top, params[arch.head_weight], params.get("head.bias")) if arch.head else top
 
 
 def step_loss_sum(y: np.ndarray, target: np.ndarray, covered: np.ndarray,
@@ -284,7 +295,7 @@ def forward_loss(arch: Architecture, params: Params, x: np.ndarray, targets: np.
     x = embed(arch, params, x)
     dtype = np.result_type(x, *params.values())
     lead = variants(arch, params)
-    states = initial_states(arch, initial, (*lead, B, arch.hidden_size), dtype)
+    states = initial_states(arch, initial, (*lead, B), dtype)
     restart = restarts(lengths, T, B)
     inputs = [x[..., t, :, :] for t in range(T)]
     for k in range(arch.num_layers):
@@ -303,11 +314,16 @@ def cell_forward(arch: Architecture, params: Params, k: int, x_t: np.ndarray,
                  state: State, direction: int = 0) -> tuple[State, dict[str, np.ndarray]]:
     """One step of layer k (of its reverse direction with ``direction`` 1) and what its
     backward step needs (real arrays, ``(B, ...)``):
-    the two products, then the cell's elementwise work, then the residual."""
+    the two products, then the cell's elementwise work, then the projection (kept: its
+    input m, under ``"m"``), then the residual."""
     w_ih, w_hh, b_ih, b_hh = layer_weights(params, k, direction)
     gx, gh = linear(x_t, w_ih, b_ih), linear(state[0], w_hh, b_hh)
     new, cache = cell_pointwise(arch, gx, gh, state)
     cache["x"] = x_t
+    w_hr = layer_projection(params, k, direction)
+    if w_hr is not None:                        # h_t = W_hr m_t, m_t = o ⊙ tanh(c_t)
+        cache["m"] = new[0]
+        new = (linear(new[0], w_hr), *new[1:])
     if arch.residual_time:
         new = (state[0] + new[0], *new[1:])
     return new, cache
@@ -356,12 +372,14 @@ class StepGrads:
 
 def cell_backward(arch: Architecture, dh: np.ndarray, dc_next: np.ndarray | None,
                   cache: dict[str, np.ndarray]) -> StepGrads:
-    """From dL/dh_t (and what c_{t+1} sends back into c_t) to :class:`StepGrads`."""
+    """From dL/dh_t (and what c_{t+1} sends back into c_t) to :class:`StepGrads`; with a
+    projection, ``dh`` is dL/dm_t, the gradient of the cell's own output m_t = o ⊙
+    tanh(c_t) (W_hr^T dL/dh_t)."""
     if arch.cell == "rnn":
         act = cache["act"]
         slope = 1.0 - act * act if arch.nonlinearity == "tanh" else (act > 0).astype(dh.dtype)
         da = dh * slope                                 # through tanh (or relu)
-        return StepGrads(da, da, np.zeros_like(dh))
+        return StepGrads(da, da, np.zeros_like(cache["h_prev"]))
     if arch.cell == "lstm":
         i, f, g, o, tanh_c = (cache[n] for n in ("i", "f", "g", "o", "tanh_c"))
         dc = dh * o * (1.0 - tanh_c * tanh_c)           # h = o tanh(c), and from c_{t+1}
@@ -371,7 +389,7 @@ def cell_backward(arch: Architecture, dh: np.ndarray, dc_next: np.ndarray | None
                              dc * cache["c_prev"] * f * (1.0 - f),              # f,
                              dc * i * (1.0 - g * g),                            # g,
                              dh * tanh_c * o * (1.0 - o)], axis=1)              # and o
-        return StepGrads(da, da, np.zeros_like(dh), dc, dc * f)   # c_prev: through f
+        return StepGrads(da, da, np.zeros_like(cache["h_prev"]), dc, dc * f)  # c_prev: via f
     r, z, n, hn = (cache[k] for k in ("r", "z", "n", "hn"))
     dn = dh * (1.0 - z)                                 # h = (1 - z) n + z h_prev
     dz = dh * (cache["h_prev"] - n)
@@ -396,7 +414,7 @@ def forward(arch: Architecture, params: Params, x: np.ndarray,
     tokens = x if arch.embedding else None
     x = embed(arch, params, x)
     T, B, _ = x.shape
-    states = initial_states(arch, initial, (B, arch.hidden_size), x.dtype)
+    states = initial_states(arch, initial, (B,), x.dtype)
     restart = restarts(lengths, T, B)
     caches: list[list[dict[str, np.ndarray]]] = [[{}] * T for _ in range(arch.units)]
     inputs = list(x)
@@ -459,7 +477,7 @@ def backward(arch: Architecture, params: Params, caches: list[list[dict[str, np.
     start, stop = window if window is not None else (0, T)
     if arch.bidirectional and (start, stop) != (0, T):
         raise ValueError("a bidirectional stack is backpropagated whole")
-    H, D = arch.hidden_size, arch.directions
+    H, D, S = arch.hidden_size, arch.directions, arch.state_size
     grads = {name: np.zeros_like(value) for name, value in params.items()}
     top = caches[(arch.num_layers - 1) * D]
     d_out = np.zeros((T, B, arch.output_width if arch.head else d_outputs.shape[-1]))
@@ -468,10 +486,10 @@ def backward(arch: Architecture, params: Params, caches: list[list[dict[str, np.
         if arch.norm:                                   # ... of LayerNorm(top)
             read, x_hat, rstd = layer_norm(arch, params, read)
         if arch.head:
-            grads["head.weight"] += d_outputs[t].T @ read
+            grads[arch.head_weight] += d_outputs[t].T @ read    # (tied: the embedding's)
             if "head.bias" in grads:
                 grads["head.bias"] += d_outputs[t].sum(axis=0)
-            d_read = d_outputs[t] @ params["head.weight"]
+            d_read = d_outputs[t] @ params[arch.head_weight]
         else:
             d_read = d_outputs[t]
         if arch.norm:
@@ -488,17 +506,22 @@ def backward(arch: Architecture, params: Params, caches: list[list[dict[str, np.
         layer_hidden, layer_cell = [], []
         for d in range(D):
             w_ih, w_hh, _, _ = layer_weights(params, k, d)
+            w_hr = layer_projection(params, k, d)
             suffix = arch.unit_suffix(k * D + d)
             names = [f"rnn.{n}{suffix}" for n in ("weight_ih", "weight_hh", "bias_ih",
-                                                   "bias_hh")]
-            mine = d_out[..., d * H:(d + 1) * H]        # its half of the layer's output
-            dh_k, dc_k = np.zeros((T, B, H)), np.zeros((T, B, H))
-            dh_next, dc_next = np.zeros((B, H)), np.zeros((B, H))
+                                                   "bias_hh", "weight_hr")]
+            mine = d_out[..., d * S:(d + 1) * S]        # its half of the layer's output
+            dh_k, dc_k = np.zeros((T, B, S)), np.zeros((T, B, H))
+            dh_next, dc_next = np.zeros((B, S)), np.zeros((B, H))
             for t in (reversed(range(start, stop)) if not d else range(T)):  # back in time
                 cache = caches[k * D + d][t]
                 dh = mine[t] + dh_next                  # from above, and from the next step
                 dh_k[t] = dh
-                step = cell_backward(arch, dh, dc_next, cache)
+                dm = dh
+                if w_hr is not None:                    # h_t = W_hr m_t
+                    grads[names[4]] += dh.T @ cache["m"]
+                    dm = dh @ w_hr
+                step = cell_backward(arch, dm, dc_next, cache)
                 if step.c is not None and step.c_prev is not None:
                     dc_k[t], dc_next = step.c, step.c_prev
                 grads[names[0]] += step.gx.T @ cache["x"]   # W_ih x_t
@@ -525,5 +548,5 @@ def backward(arch: Architecture, params: Params, caches: list[list[dict[str, np.
             d_out = d_in * np.stack([cache["mask"] for cache in first])
     if arch.embedding:                                  # x_t = E[token_t]
         tokens = np.stack([cache["tokens"] for cache in caches[0]])
-        grads["embedding.weight"] = embedding_grad(arch, tokens[start:stop], d_out[start:stop])
+        grads["embedding.weight"] += embedding_grad(arch, tokens[start:stop], d_out[start:stop])
     return grads, hidden, cell if arch.cell == "lstm" else None

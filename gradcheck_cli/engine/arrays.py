@@ -46,7 +46,8 @@ def forward_arrays(arch: Architecture, k: int, steps: int, rows: int,
     step, which lstm and gru activate in place (i, f, g, o; r, z, n); rnn's is
     ``projection``, dropped after the layer. act: rnn's nonlinearity output, apart from h
     only with residual connections through time. c: lstm's cell states. hn: gru's
-    W_hn h_{t-1} + b_hn. reversed: the reverse direction's input, each sequence reversed
+    W_hn h_{t-1} + b_hn. With a projection, h is W_hr (o ⊙ tanh(c)), P wide (the gates
+    and c keep H). reversed: the reverse direction's input, each sequence reversed
     in time. The layer's: both, its directions' states side by side (bidirectional); out:
     its output h + x, with a residual connection across it; embedded: layer 0's input
     looked up from an embedding (the rows of the token ids); with dropout, below the top
@@ -56,7 +57,7 @@ def forward_arrays(arch: Architecture, k: int, steps: int, rows: int,
     dtype = np.dtype(dtype)
     H, G = arch.hidden_size, arch.gates * arch.hidden_size
     seq = (steps, rows, H)
-    table = {"h": Array("h", seq, dtype)}
+    table = {"h": Array("h", (steps, rows, arch.state_size), dtype)}
     if arch.cell == "rnn":
         table["projection"] = Array("projection", (steps, rows, G), dtype, "layer")
         if arch.residual_time:
@@ -109,23 +110,28 @@ def backward_arrays(arch: Architecture, k: int, window: int, rows: int, dtype, *
     dL/d(W_hh h_{t-1} + b_hh), which differs from it in n (rnn and lstm use d_gates).
     dx: dL/d(the layer's input), what the layer below receives (for layer 0, only with
     an embedding: what its rows receive). A reverse direction's: reversed_d, the gradient
-    reaching its states from above, reversed in time as its steps are.
+    reaching its states from above, reversed in time as its steps are. With a
+    projection (dh is P wide): d_proj, a block's dL/dh_t, and m_block, its
+    o ⊙ tanh(c_t), for dW_hr.
     """
     dtype = np.dtype(dtype)
-    H, G = arch.hidden_size, arch.gates * arch.hidden_size
-    kept = (window if states else 1, rows, H)
+    H, G, S = arch.hidden_size, arch.gates * arch.hidden_size, arch.state_size
+    kept = (window if states else 1, rows, S)
     lifetime = "pass" if states else "layer"
     block = (min(window, STEP_BLOCK), rows, G)
     table = {"dh": Array("dh", kept, dtype, lifetime)}
     if arch.cell == "lstm":
-        table["dc"] = Array("dc", kept, dtype, lifetime)
+        table["dc"] = Array("dc", (kept[0], rows, H), dtype, lifetime)
+    if arch.proj_size:
+        table["d_proj"] = Array("d_proj", (block[0], rows, S), dtype, "layer")
+        table["m_block"] = Array("m_block", (block[0], rows, H), dtype, "layer")
     table["d_gates"] = Array("d_gates", block, dtype, "layer")
     if arch.cell == "gru":
         table["d_hp"] = Array("d_hp", block, dtype, "layer")
     if k > 0 or arch.embedding:
         table["dx"] = Array("dx", (window, rows, arch.layer_input_size(k)), dtype, "layer")
     if direction:
-        table["reversed_d"] = Array("reversed_d", (window, rows, H), dtype, "layer")
+        table["reversed_d"] = Array("reversed_d", (window, rows, S), dtype, "layer")
     return table
 
 

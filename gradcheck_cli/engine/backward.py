@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..core.model import Architecture, Params
-from ..core.reference import embedding_grad, layer_weights
+from ..core.reference import embedding_grad, layer_projection, layer_weights
 from .arrays import backward_arrays, top_arrays
 from .buffers import FRESH, Buffers
 from .forward import project, reverse_time
@@ -25,8 +25,8 @@ from .kernels import KERNELS, Kernel
 from .lanes import Lanes
 from .state import Backward, Forward, LayerCache
 
-WeightGrads = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-"""dW_ih, dW_hh, db_ih, db_hh of one layer."""
+WeightGrads = tuple[np.ndarray, ...]
+"""dW_ih, dW_hh, db_ih, db_hh of one layer (and dW_hr, with a projection)."""
 
 
 def backward(arch: Architecture, params: Params, fwd: Forward, d_outputs: np.ndarray, *,
@@ -80,7 +80,7 @@ def backward_lanes(arch: Architecture, params: Params, fwd: Forward,
         if top is None:
             top = fwd.layers[-1].h
         head_grads(arch, d_in, top[start:stop], lanes, grads)
-        dh_direct = project(d_in, params["head.weight"].T, None,          # into the top
+        dh_direct = project(d_in, params[arch.head_weight].T, None,       # into the top
                             out=buffers.take(tops["d_top"]))
     if arch.norm:                                      # ... through its LayerNorm
         d_read = dh_direct
@@ -95,14 +95,15 @@ def backward_lanes(arch: Architecture, params: Params, fwd: Forward,
     hidden: list = [None] * arch.units
     cell: list = [None] * arch.units
     carries: list = [None] * arch.units
-    H, D = arch.hidden_size, arch.directions
+    H, D = arch.state_size, arch.directions
     for k in reversed(range(arch.num_layers)):
         dx = None
         for d in range(D):
             u = k * D + d
             w_ih, w_hh, _, _ = layer_weights(params, k, d)
             layer = LayerPass(arch, k, fwd.layers[u], w_ih, w_hh, lanes, start=start,
-                              rows=rows, window=W, states=states, buffers=buffers, unit=u)
+                              rows=rows, window=W, states=states, buffers=buffers, unit=u,
+                              w_hr=layer_projection(params, k, d))
             direct = dh_direct
             if D == 2:                                 # its half of the layer's output
                 direct = dh_direct[..., d * H:(d + 1) * H]
@@ -138,6 +139,11 @@ def backward_lanes(arch: Architecture, params: Params, fwd: Forward,
         if fwd.masks is not None:                      # x_k = out_{k-1} ⊙ mask: through it
             drop_through(dx, fwd.masks[k - 1, start:start + W], lanes)
         dh_direct = dx
+    if arch.tie_weights:                               # one matrix: the sum of its two uses
+        for lane_grads in grads:
+            if "head.weight" in lane_grads:
+                lane_grads["embedding.weight"] = lane_grads["embedding.weight"] + \
+                    lane_grads.pop("head.weight")
     lstm = arch.cell == "lstm"
     return [Backward(params={n: grads[lane][n] for n in params if n in grads[lane]},
                      hidden=[lanes.view(a, lane) for a in hidden] if states else [],
@@ -213,27 +219,31 @@ def embedding_grads(arch: Architecture, fwd: Forward, d_x: np.ndarray, start: in
 
 def layer_grad_names(arch: Architecture, u: int, part: WeightGrads) -> dict[str, np.ndarray]:
     """Unit u's weight gradients under their names."""
-    d_w_ih, d_w_hh, d_b_ih, d_b_hh = part
+    d_w_ih, d_w_hh, d_b_ih, d_b_hh = part[:4]
     suffix = arch.unit_suffix(u)
     named = {f"rnn.weight_ih{suffix}": d_w_ih, f"rnn.weight_hh{suffix}": d_w_hh}
     if arch.bias:
         named |= {f"rnn.bias_ih{suffix}": d_b_ih, f"rnn.bias_hh{suffix}": d_b_hh}
+    if arch.proj_size:
+        named[f"rnn.weight_hr{suffix}"] = part[4]
     return named
 
 
 class LayerPass:
     """One layer's backward pass over a window, every lane at once.
 
-    After :meth:`run`: ``grads`` per lane (dW_ih, dW_hh, db_ih, db_hh) or None; ``dh``,
-    ``dc`` the total dL/dh_t and (lstm) dL/dc_t, ``(W, rows, H)`` (None without
-    ``states``); ``carry``, what leaves the window backwards, into h_{start-1} (and
-    c_{start-1}).
+    After :meth:`run`: ``grads`` per lane (dW_ih, dW_hh, db_ih, db_hh, and dW_hr with a
+    projection ``w_hr``) or None; ``dh``, ``dc`` the total dL/dh_t (P wide with a
+    projection) and (lstm) dL/dc_t, ``(W, rows, H)`` (None without ``states``);
+    ``carry``, what leaves the window backwards, into h_{start-1} (and c_{start-1}).
     """
 
     def __init__(self, arch: Architecture, k: int, cache: LayerCache, w_ih: np.ndarray,
                  w_hh: np.ndarray, lanes: Lanes, *, start: int, rows: int, window: int,
-                 states: bool, buffers: Buffers, unit: int | None = None) -> None:
+                 states: bool, buffers: Buffers, unit: int | None = None,
+                 w_hr: np.ndarray | None = None) -> None:
         self.arch, self.k, self.cache, self.lanes = arch, k, cache, lanes
+        self.w_hr = w_hr
         self.unit = k if unit is None else unit
         self.w_ih, self.w_hh, self.start, self.buffers = w_ih, w_hh, start, buffers
         self.table = backward_arrays(arch, k, window, rows, cache.h.dtype, states=states,
@@ -250,10 +260,13 @@ class LayerPass:
         from outside the recurrence (the head, or the layer above); returns dL/dx, what
         the layer below receives (None for layer 0)."""
         arch, take, cache = self.arch, self.buffers.take, self.cache
-        W, rows, H = dh_direct.shape
+        W, rows, S = dh_direct.shape
+        H = arch.hidden_size
         lstm = arch.cell == "lstm"
         dh = take(self.table["dh"])
         dc = take(self.table["dc"]) if lstm else None
+        d_proj = take(self.table["d_proj"]) if self.w_hr is not None else None
+        dm = np.empty((rows, H), dtype=dh.dtype) if d_proj is not None else None
         d_gates = take(self.table["d_gates"])
         d_hp = take(self.table["d_hp"]) if arch.cell == "gru" else d_gates
         dx = take(self.table["dx"]) if "dx" in self.table else None
@@ -263,17 +276,18 @@ class LayerPass:
         # forward row (the forward's arrays, seen as (B, 1, ...), broadcast over them)
         B = cache.h.shape[1]
         seq = (B, rows // B)
-        dh_s = dh.reshape(kept, *seq, H)
+        dh_s = dh.reshape(kept, *seq, S)
+        dm_s = dm.reshape(*seq, H) if dm is not None else None
         dc_s = dc.reshape(kept, *seq, H) if dc is not None else None
         da_s = d_gates.reshape(block, *seq, -1)
         dhp_s = d_hp.reshape(block, *seq, -1)
-        dh_next = np.zeros((rows, H), dtype=dh.dtype)     # into h_t from step t+1
+        dh_next = np.zeros((rows, S), dtype=dh.dtype)     # into h_t from step t+1
         dc_next = np.zeros((rows, H), dtype=dh.dtype) if lstm else None
         if carry is not None:                             # ... from a later window
             dh_next[...] = carry[0]
             if dc_next is not None:
                 dc_next[...] = carry[1]
-        dh_next_s = dh_next.reshape(*seq, H)
+        dh_next_s = dh_next.reshape(*seq, S)
         dc_next_s = dc_next.reshape(*seq, H) if dc_next is not None else None
         cut_at = self.lanes.cuts_between(self.start, self.start + W)
         for w1 in range(W, 0, -block):
@@ -281,7 +295,13 @@ class LayerPass:
             for w in reversed(range(w0, w1)):
                 t, slot, j = self.start + w, w % kept, w - w0
                 np.add(dh_direct[w], dh_next, out=dh[slot])    # from above, and from t+1
-                own = kernel.backward(t, dh_s[slot], da_s[j], dhp_s[j],
+                into = dh_s[slot]
+                if self.w_hr is not None and d_proj is not None and dm is not None \
+                        and dm_s is not None:                  # h_t = W_hr m_t
+                    d_proj[j] = dh[slot]
+                    np.matmul(dh[slot], self.w_hr, out=dm)
+                    into = dm_s
+                own = kernel.backward(t, into, da_s[j], dhp_s[j],
                                       dc_s[slot] if dc_s is not None else None, dc_next_s)
                 np.matmul(d_hp[j], self.w_hh, out=dh_next)     # into h_{t-1} through W_hh
                 if own is not None:
@@ -294,9 +314,11 @@ class LayerPass:
                         self.lanes.view(dc_next, lane)[...] = 0.0
                 if hook is not None:
                     hook.on_step(self.unit, w, dh[slot], dc[slot] if dc is not None else None)
-            self.flush(d_gates, d_hp, w0, w1, dx)
+            self.flush(d_gates, d_hp, w0, w1, dx, d_proj)
             if hook is not None:
                 hook.on_block(self.unit, w0, w1)
+        if d_proj is not None:
+            self.buffers.give_back(d_proj)
         self.buffers.give_back(d_gates)                   # the layer below takes them up
         if d_hp is not d_gates:
             self.buffers.give_back(d_hp)
@@ -306,12 +328,21 @@ class LayerPass:
         return dx
 
     def flush(self, d_gates: np.ndarray, d_hp: np.ndarray, w0: int, w1: int,
-              dx: np.ndarray | None) -> None:
+              dx: np.ndarray | None, d_proj: np.ndarray | None = None) -> None:
         """Window steps w0 … w1-1: each lane's weight gradients and every lane's dL/dx,
-        from the block's gate gradients, one product each."""
+        from the block's gate gradients (and with a projection, dW_hr from its dL/dh_t,
+        ``d_proj``), one product each."""
         n, first = w1 - w0, self.start + w0
         cache, lanes = self.cache, self.lanes
         h = cache.h
+        m = lent = None
+        if d_proj is not None and any(lanes.param_grads):    # m_t = o ⊙ tanh(c_t), again
+            assert cache.c is not None and cache.gates is not None
+            _, B, H = cache.c.shape
+            lent = self.buffers.take(self.table["m_block"])  # (block, rows >= B, H)
+            m = lent.reshape(-1)[:n * B * H].reshape(n, B, H)
+            np.tanh(cache.c[first:first + n], out=m)
+            m *= cache.gates[first:first + n, :, 3 * H:]
         for lane, want in enumerate(lanes.param_grads):
             if not want:
                 continue
@@ -321,12 +352,18 @@ class LayerPass:
                                 lanes.of_forward(h[first:first + n - 1], lane),
                                 lanes.of_forward(h[first - 1], lane) if first > 0 else
                                 None if cache.h0 is None else lanes.of_forward(cache.h0, lane))
+            if m is not None and d_proj is not None:
+                dp = lanes.view(d_proj[:n], lane)
+                seen = lanes.of_forward(m, lane)
+                part = (*part, dp.reshape(-1, dp.shape[-1]).T @ seen.reshape(-1, m.shape[-1]))
             total = self.grads[lane]
             if total is None:
                 self.grads[lane] = part
             else:
                 for into, more in zip(total, part, strict=True):
                     into += more
+        if lent is not None:
+            self.buffers.give_back(lent)
         if dx is not None:
             rows, G = d_gates.shape[1:]
             np.matmul(d_gates[:n].reshape(n * rows, G), self.w_ih,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.model import Architecture, Params
-from ..core.reference import layer_weights
+from ..core.reference import layer_projection, layer_weights
 from .arrays import forward_arrays, head_arrays
 from .buffers import FRESH, Buffers
 from .kernels import KERNELS, Kernel, sigmoid_halves
@@ -41,12 +41,13 @@ def forward(arch: Architecture, params: Params, x: np.ndarray, *,
                                                        out=buffers.take(table["reversed"]))
             layers.append(forward_layer(
                 arch, k, unit_x, *layer_weights(params, k, d), buffers=buffers,
-                initial=None if initial is None else tuple(s[u] for s in initial)))
+                initial=None if initial is None else tuple(s[u] for s in initial),
+                w_hr=layer_projection(params, k, d)))
         table = forward_arrays(arch, k, T, B, x.dtype)
         h = layers[-1].h
         if arch.bidirectional:                                  # [forward, reverse]
             h = buffers.take(table["both"])
-            H = arch.hidden_size
+            H = arch.state_size
             h[..., :H] = layers[-2].h
             reverse_time(layers[-1].h, order, out=h[..., H:])   # back in the inputs' order
         if arch.residual_layer(k):                              # out = h + x
@@ -66,7 +67,7 @@ def forward(arch: Architecture, params: Params, x: np.ndarray, *,
         fwd.outputs = read
     if arch.head:
         fwd.outputs = buffers.take(table["outputs"])
-        project(read, params["head.weight"], params.get("head.bias"), out=fwd.outputs)
+        project(read, params[arch.head_weight], params.get("head.bias"), out=fwd.outputs)
     return fwd
 
 
@@ -117,16 +118,18 @@ def layer_norm(arch: Architecture, params: Params, fwd: Forward, top: np.ndarray
 def forward_layer(arch: Architecture, k: int, x: np.ndarray, w_ih: np.ndarray,
                   w_hh: np.ndarray, b_ih: np.ndarray | None, b_hh: np.ndarray | None, *,
                   buffers: Buffers = FRESH,
-                  initial: tuple[np.ndarray, ...] | None = None) -> LayerCache:
+                  initial: tuple[np.ndarray, ...] | None = None,
+                  w_hr: np.ndarray | None = None) -> LayerCache:
     """Unroll layer k over the sequence ``x`` ``(T, B, in)`` from its ``initial`` state
     (h0, and c0 for lstm, ``(B, H)``; None: zero): all input projections as one product,
-    then per step h_{t-1} W_hh^T and the cell's kernel. With ``arch.residual_time`` the
+    then per step h_{t-1} W_hh^T and the cell's kernel, and with an lstm's projection
+    ``w_hr`` ``(P, H)``, h_t = W_hr (o ⊙ tanh(c_t)). With ``arch.residual_time`` the
     state is h_t = h_{t-1} + cell(x_t, h_{t-1})."""
     T, B, _ = x.shape
     dtype = x.dtype
     table = forward_arrays(arch, k, T, B, dtype)
     prehalved = arch.cell != "rnn" and halving_is_exact(
-        arch, x, w_ih, w_hh, b_ih, b_hh, None if initial is None else initial[0])
+        arch, x, w_ih, w_hh, b_ih, b_hh, None if initial is None else initial[0], w_hr)
     if prehalved:
         w_ih, w_hh, b_ih, b_hh = prehalve(arch, w_ih, w_hh, b_ih, b_hh)
     projection = buffers.take(table["gates" if "gates" in table else "projection"])
@@ -149,12 +152,15 @@ def forward_layer(arch: Architecture, k: int, x: np.ndarray, w_ih: np.ndarray,
             cache.hn = buffers.take(table["hn"])
     kernel: Kernel = KERNELS[arch.cell](arch, cache, prehalved=prehalved, b_hh=b_hh)
     w_hh_t = np.ascontiguousarray(w_hh.T)            # (H, G*H): each step is h_prev @ w_hh_t
+    w_hr_t = None if w_hr is None else np.ascontiguousarray(w_hr.T)
     gh = np.empty((B, w_hh.shape[0]), dtype=dtype)
     h_prev = cache.h0 if cache.h0 is not None else np.zeros((B, w_hh.shape[1]), dtype=dtype)
     h = cache.h
     for t in range(T):
         np.matmul(h_prev, w_hh_t, out=gh)            # W_hh h_{t-1}
         out = kernel.forward(t, projection[t], gh, h_prev)
+        if w_hr_t is not None:                       # h_t = W_hr (o ⊙ tanh(c_t))
+            out = np.matmul(out, w_hr_t, out=h[t])
         if arch.residual_time:
             np.add(h_prev, out, out=h[t])            # h_t = h_{t-1} + cell(...)
         h_prev = h[t]
@@ -184,22 +190,23 @@ def prehalve(arch: Architecture, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.nd
     rounds alike, 2 being the base, outside the subnormal range): see
     :func:`halving_is_exact` for where it is not.
     """
-    halves = sigmoid_halves(arch, w_hh.shape[1], w_hh.dtype)
+    halves = sigmoid_halves(arch, w_hh.shape[0] // arch.gates, w_hh.dtype)
     return (w_ih * halves[:, None], w_hh * halves[:, None],
             None if b_ih is None else b_ih * halves, None if b_hh is None else b_hh * halves)
 
 
 def halving_is_exact(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
                      b_ih: np.ndarray | None, b_hh: np.ndarray | None,
-                     h0: np.ndarray | None = None) -> bool:
+                     h0: np.ndarray | None = None, w_hr: np.ndarray | None = None) -> bool:
     """Whether sums from halved rows are the unhalved sums halved, bit for bit.
 
     They are, unless a sum comes near the dtype's largest value: there the unhalved one
     overflows (to Inf, or to NaN from Inf - Inf, as PyTorch's does) where the halved one
     may not. Bounded by the largest input and state (|h| <= 1 without residual connections
     through time, or the largest of a given initial state ``h0``, which a gru's convex
-    update keeps) times each row's absolute sum, plus the biases; NaN or Inf anywhere in
-    them says no, and the pass halves after summing instead.
+    update keeps; with a projection ``w_hr``, |h| <= its largest row's absolute sum) times
+    each row's absolute sum, plus the biases; NaN or Inf anywhere in them says no, and the
+    pass halves after summing instead.
     """
     if arch.residual_time:
         return False
@@ -208,6 +215,8 @@ def halving_is_exact(arch: Architecture, x: np.ndarray, w_ih: np.ndarray, w_hh: 
     with np.errstate(all="ignore"):
         largest = max(float(x.max()), -float(x.min()))          # no copy of x
         state = 1.0 if h0 is None or h0.size == 0 else max(1.0, float(np.abs(h0).max()))
+        if w_hr is not None and w_hr.size:
+            state = max(state, float(np.abs(w_hr).sum(axis=1).max()))
         bound = largest * float(np.abs(w_ih).sum(axis=1).max()) \
             + state * float(np.abs(w_hh).sum(axis=1).max())
         for b in (b_ih, b_hh):

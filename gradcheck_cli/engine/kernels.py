@@ -9,13 +9,15 @@ engine's arrays (``out=``, no temporaries per step):
         folded in); for lstm and gru it is the cache's ``gates[t]``, activated in place;
         gh ``(B, G*H)``: h_{t-1} W_hh^T (gru adds b_hh itself). Writes step t of the
         layer's cache and returns the cell's output h_t, before any residual connection
-        (the engine adds h_{t-1}).
+        (the engine adds h_{t-1}); for an lstm with a projection (the cache's h narrower
+        than H), o ⊙ tanh(c_t) in a scratch array, which the engine projects into h_t.
 
     backward(t, dh, da, dhp, dc, dc_next) -> own
         dh ``(B, S, H)``: the total dL/dh_t of S lanes sharing this forward pass (S = 1
-        when each row has its own). Writes da, dL/d(gx) ``(B, S, G*H)``; dhp, dL/d(gh),
-        for gru (for rnn and lstm it is da itself); for lstm dc, the total dL/dc_t, from
-        dc_next, what c_{t+1} sent back, which it then overwrites with dL/dc_{t-1}.
+        when each row has its own); with a projection, dL/d(o ⊙ tanh(c_t)), W_hr^T dL/dh_t.
+        Writes da, dL/d(gx) ``(B, S, G*H)``; dhp, dL/d(gh), for gru (for rnn and lstm it
+        is da itself); for lstm dc, the total dL/dc_t, from dc_next, what c_{t+1} sent
+        back, which it then overwrites with dL/dc_{t-1}.
         Returns the share of dL/dh_{t-1} that bypasses W_hh (gru's z ⊙ h_{t-1}), or None.
 
 ``tests/test_kernels.py`` holds each kernel to the reference cell on random steps: another
@@ -92,6 +94,8 @@ class LSTM:
         self.c0 = cache.c0 if cache.c0 is not None else np.zeros((B, H), dtype=dtype)
         self.ig = np.empty((B, H), dtype=dtype)
         self.tanh_c = np.empty((B, H), dtype=dtype)
+        projected = self.h.shape[-1] != H               # h_t = W_hr m_t: m_t apart
+        self.m = np.empty((B, H), dtype=dtype) if projected else None
         self.slope = np.empty((B, 1, G), dtype=dtype)          # the gates' derivatives
         self.tmp = np.empty((B, 1, H), dtype=dtype)
         self.tc = np.empty((B, 1, H), dtype=dtype)
@@ -109,7 +113,8 @@ class LSTM:
         np.multiply(f, c_prev, out=self.c[t])      # c_t = f ⊙ c_{t-1} + i ⊙ g
         self.c[t] += np.multiply(i, g, out=self.ig)
         np.tanh(self.c[t], out=self.tanh_c)
-        return np.multiply(o, self.tanh_c, out=self.h[t])   # h_t = o ⊙ tanh(c_t)
+        return np.multiply(o, self.tanh_c,                  # h_t = o ⊙ tanh(c_t)
+                           out=self.h[t] if self.m is None else self.m)
 
     def backward(self, t: int, dh: np.ndarray, da: np.ndarray, dhp: np.ndarray,
                  dc: np.ndarray | None, dc_next: np.ndarray | None) -> None:

@@ -326,7 +326,7 @@ def resolve_sequence(ctx, seq, model, loss):
 
 def _initial_states(ctx, seq, model, batch: int):
     """h0 and c0 checked against the model: [num_layers * directions, batch, hidden]
-    floats, c0 for an lstm only and with h0."""
+    floats (h0's hidden the projection's, with one), c0 for an lstm only and with h0."""
     h0, c0 = seq.initial_state, seq.initial_cell_state
     lstm = model.cell == "lstm"
     if c0 is not None and not lstm:
@@ -338,11 +338,14 @@ def _initial_states(ctx, seq, model, batch: int):
         ctx.fail(("sequence", "initial_state"), "an lstm starts from (h0, c0): give "
                                                 "sequence.initial_cell_state too")
     directions = 2 if model.bidirectional else 1
-    expected = [model.num_layers * directions, batch, model.hidden_size]
-    layout = "[num_layers * 2, batch, hidden]" if directions == 2 else \
-        "[num_layers, batch, hidden]"
     found: list = []
     for key, source in (("initial_state", h0), ("initial_cell_state", c0)):
+        width = model.proj_size if model.proj_size and key == "initial_state" else \
+            model.hidden_size
+        expected = [model.num_layers * directions, batch, width]
+        name = "proj_size" if width != model.hidden_size else "hidden"
+        layout = f"[num_layers * 2, batch, {name}]" if directions == 2 else \
+            f"[num_layers, batch, {name}]"
         if source is None:
             found.append(None)
             continue
@@ -409,6 +412,7 @@ def held_bytes(spec) -> int:
         if source is not None:
             directions = 2 if spec.model.bidirectional else 1
             total += spec.model.num_layers * directions * B * spec.model.hidden_size * item
+            # (h0 of a projected lstm is narrower: hidden_size bounds it)
     return total
 
 
@@ -661,8 +665,7 @@ class Batches:
         p = model.dropout
         if p <= 0 or model.num_layers < 2:
             return None
-        width = model.hidden_size * (2 if model.bidirectional else 1)
-        shape = (model.num_layers - 1, spec.length, spec.batch_size, width)
+        shape = (model.num_layers - 1, spec.length, spec.batch_size, model.output_width)
         keep = np.random.default_rng([spec.seed, 2, index]).random(shape) >= p
         return keep.astype(self.dtype) / self.dtype.type(1.0 - p)
 

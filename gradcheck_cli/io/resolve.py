@@ -86,8 +86,27 @@ def _resolve_training(ctx: Context, training: Training) -> Training:
     return training
 
 
-_INFERRED = ("cell", "input_size", "hidden_size", "num_layers", "bidirectional", "bias", "head",
-             "output_size", "head_bias")
+_INFERRED = ("cell", "input_size", "hidden_size", "num_layers", "bidirectional", "proj_size",
+             "bias", "head", "output_size", "head_bias", "tie_weights")
+
+
+def _check_tied(ctx: Context, model: ModelSpec) -> None:
+    """Tied weights need an embedding and a head of its shape: num_embeddings outputs,
+    reading embedding_dim values."""
+    key = ("model", "tie_weights")
+    embedding = model.embedding
+    if not isinstance(embedding, Embedding):
+        ctx.fail(key, "needs model.embedding (the head's weight is the embedding's matrix)")
+    if not model.head:
+        ctx.fail(key, "needs a head (model.head: false has none to tie)")
+    if model.output_size != embedding.num_embeddings:
+        ctx.fail(key, f"needs output_size = num_embeddings ({embedding.num_embeddings}), got "
+                      f"{model.output_size}")
+    if model.output_width != embedding.embedding_dim:
+        size = "proj_size" if model.proj_size else "hidden_size"
+        ctx.fail(key, f"needs the head to read embedding_dim ({embedding.embedding_dim}) "
+                      f"values, but the stack puts out {model.output_width} ({size}"
+                      f"{' × 2, bidirectional' if model.bidirectional else ''})")
 
 
 def _resolve_model(ctx: Context, spec: Spec, data: Mapping[str, Any]) -> ModelSpec:
@@ -107,23 +126,33 @@ def _resolve_model(ctx: Context, spec: Spec, data: Mapping[str, Any]) -> ModelSp
         if model.unused:
             ctx.fail(("model", "unused"), "applies only with model.weights")
         head = True if model.head is None else model.head
+        if head and model.tie_weights and model.output_size is None \
+                and isinstance(model.embedding, Embedding):    # the embedding's rows
+            model = dataclasses.replace(model, output_size=model.embedding.num_embeddings)
         if head and model.output_size is None:
             ctx.fail(("model", "output_size"), "missing required key (outputs of the linear "
                                                "head), or set model.head: false")
         model = dataclasses.replace(model, head=head, bidirectional=bool(model.bidirectional))
     if not model.head:
-        if given(data, ("model", "output_size")) and model.output_size != \
-                typing.cast(int, model.hidden_size) * (2 if model.bidirectional else 1):
+        if given(data, ("model", "output_size")) and model.output_size != model.output_width:
             ctx.fail(("model", "output_size"), "applies with a head only (model.head: false "
                                                "takes the loss on the hidden state)")
-        width = typing.cast(int, model.hidden_size) * (2 if model.bidirectional else 1)
-        model = dataclasses.replace(model, output_size=width, head_bias=False)
+        model = dataclasses.replace(model, output_size=model.output_width, head_bias=False)
     embedding = model.embedding
     if isinstance(embedding, Embedding) and embedding.padding_idx is not None \
             and embedding.padding_idx >= typing.cast(int, embedding.num_embeddings):
         ctx.fail(("model", "embedding", "padding_idx"),
                  f"must be below num_embeddings ({embedding.num_embeddings}), got "
                  f"{embedding.padding_idx}")
+    if model.tie_weights:
+        _check_tied(ctx, model)
+    if model.proj_size:
+        if model.cell != "lstm":
+            ctx.fail(("model", "proj_size"), f"applies to cell: lstm only, not {model.cell} "
+                                             "(as nn.LSTM's proj_size)")
+        if model.proj_size >= typing.cast(int, model.hidden_size):
+            ctx.fail(("model", "proj_size"), f"must be below hidden_size "
+                                             f"({model.hidden_size}), got {model.proj_size}")
     if model.cell != "rnn" and given(data, ("model", "nonlinearity")):
         ctx.fail(("model", "nonlinearity"), f"applies to cell: rnn only, not {model.cell}")
     init = model.init
@@ -212,6 +241,16 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
         inferred, names = weights.infer(index, path, rnn_prefix, head_prefix, embedding_prefix)
     except InputFileError as exc:
         ctx.fail(key, str(exc))
+    tied = tied_copy = None
+    if embedding_prefix is not None and "head.weight" in names:
+        shared = weights.stored_name(index, names["embedding.weight"]) == \
+            weights.stored_name(index, names["head.weight"])
+        if shared or model.tie_weights:          # (stated, two tensors: they must be equal)
+            tied, tied_copy = names.pop("head.weight"), not shared
+        if shared or model.tie_weights is None:
+            inferred["tie_weights"] = shared
+    elif model.tie_weights and model.embedding:
+        ctx.fail(("model", "tie_weights"), f"{path.name} has no head to tie to the embedding")
     norm, norm_prefix = _norm(model), None
     if norm is None and model.norm_prefix is not None:
         ctx.fail(("model", "norm_prefix"), "applies with model.norm only")
@@ -244,7 +283,8 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
     except InputFileError as exc:
         ctx.fail(key, str(exc))
     half = tuple(sorted(names[c] for c in names if index[names[c]].dtype in weights.HALF_DTYPES))
-    used = set(names.values())
+    used = set(names.values()) | ({tied} if tied else set())
+    used |= {weights.stored_name(index, n) for n in list(used)}
     ignored = tuple(name for name in index if name not in used)
     for prefix in model.unused:
         if not any(weights.declared_unused(name, (prefix,)) for name in ignored):
@@ -253,7 +293,7 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
                                           f"({covered[0]})" if covered else
                      f"{prefix!r} matches no tensor of {path.name} (names or prefixes of "
                      "tensors the model does not use)")
-    width = None if not model.bidirectional else 2 * typing.cast(int, model.hidden_size)
+    width = None if model.output_width == model.hidden_size else model.output_width
     sizes = tuple(int(n) for n in (model.input_size, model.hidden_size, width,
                                    model.output_size if model.head else None) if n is not None)
     on_path = tuple(index[name] for name in ignored
@@ -266,7 +306,10 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
         embedding_prefix=embedding_prefix, norm_prefix=norm_prefix,
         state_dict_key=weights.torch_key(path),
         cell_module=weights.is_cell(index, rnn_prefix),
-        dropout_stated=given(data, ("model", "dropout")))
+        dropout_stated=given(data, ("model", "dropout")),
+        stored={n: weights.stored_name(index, n) for n in names.values()
+                if weights.stored_name(index, n) != n},
+        tied=tied, tied_copy=bool(tied_copy))
     return dataclasses.replace(model, checkpoint=checkpoint)
 
 
@@ -286,6 +329,13 @@ def _evidence(field_name: str, names: Mapping[str, str], index: Mapping[str, Any
         layers = sorted({c for c in names if c.startswith("rnn.weight_hh_l")
                          and not c.endswith("_reverse")})
         return f"{len(layers)} layers: " + ", ".join(names[c] for c in layers)
+    if field_name == "tie_weights":
+        return "its head and its embedding are one tensor" if "head.weight" not in names \
+            else f"{names['head.weight']} and {names['embedding.weight']} are two tensors"
+    if field_name == "proj_size":
+        return f"{names['rnn.weight_hr_l0']} has shape " \
+            f"{list(index[names['rnn.weight_hr_l0']].shape)}" if "rnn.weight_hr_l0" in names \
+            else "no weight_hr_l0 tensor"
     if field_name == "bidirectional":
         return "with weight_hh_l0_reverse" if "rnn.weight_hh_l0_reverse" in names else \
             "no weight_hh_l0_reverse tensor"

@@ -29,7 +29,7 @@ large checkpoint a few thousand; beyond this, reading every header would take mi
 LISTED = 8
 """How many names an error lists (of the arrays a file holds, say)."""
 _GATES_TO_CELL = {1: "rnn", 3: "gru", 4: "lstm"}
-_LAYER_TENSOR = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
+_LAYER_TENSOR = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,10 @@ class Tensor:
     name: str
     shape: tuple[int, ...]
     dtype: str
+    same_as: str | None = None
+    """Another name of the file's for this very tensor (tied weights): a .pt state_dict's
+    first name for a shared storage, or the name a safetensors file kept for the ones
+    ``save_model`` dropped (its metadata maps each dropped name to the kept one)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,12 @@ class Checkpoint:
     """The recurrence is a cell module (nn.LSTMCell, ...): one layer, looped."""
     dropout_stated: bool = False
     """The spec states the dropout (a state_dict cannot)."""
+    stored: dict[str, str] = field(default_factory=dict)
+    """Names of ``names`` the file holds under another (tied weights): name -> stored name."""
+    tied: str | None = None
+    """With tied weights, the head's weight's name (the embedding's is in ``names``)."""
+    tied_copy: bool = False
+    """The spec ties them but the file holds the head's weight apart: it must be equal."""
 
 
 def read_npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:
@@ -176,6 +186,10 @@ def _safetensors_index(path: Path) -> dict[str, Tensor]:
             dtype = view.get_dtype()
             index[name] = Tensor(name, tuple(view.get_shape()),
                                  _SAFETENSORS_DTYPES.get(dtype, dtype.lower()))
+        metadata = f.metadata() or {}
+    for dropped, kept in list(metadata.items())[:MAX_MEMBERS]:   # save_model's shared tensors
+        if dropped not in index and kept in index:
+            index[dropped] = Tensor(dropped, index[kept].shape, index[kept].dtype, same_as=kept)
     return index
 
 
@@ -266,15 +280,6 @@ def load_torch(path: Path) -> tuple[dict, str | None]:
                                  "gradcheck unpickles nothing else: save the model's "
                                  "state_dict (torch.save(model.state_dict(), ...))") from None
         state, used = state_dict_of(loaded, path)
-        shared: dict[tuple, str] = {}
-        for name, tensor in state.items():          # tied weights: one storage, two names
-            where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
-                     tuple(tensor.shape))
-            if where in shared and tensor.numel():
-                raise InputFileError(f"{path.name}: {shared[where]} and {name} are one tensor "
-                                     "(tied weights), which gradcheck does not model yet: "
-                                     "their gradients would be counted apart")
-            shared[where] = name
         _TORCH_CACHE.clear()
         _TORCH_CACHE[key] = (state, used)
     return _TORCH_CACHE[key]
@@ -289,8 +294,20 @@ def _torch_index(path: Path) -> dict[str, Tensor]:
     if len(state) > MAX_MEMBERS:
         raise InputFileError(f"{path.name} holds {len(state):,} tensors, more than the "
                              f"{MAX_MEMBERS:,} a weights file may hold")
-    return {name: Tensor(name, tuple(int(n) for n in t.shape), _torch_dtype(t))
-            for name, t in state.items()}
+    first: dict[tuple, str] = {}
+    index = {}
+    for name, t in state.items():                   # tied weights: one storage, two names
+        where = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+                 tuple(t.stride()))
+        same = first.setdefault(where, name) if t.numel() else name
+        index[name] = Tensor(name, tuple(int(n) for n in t.shape), _torch_dtype(t),
+                             same_as=same if same != name else None)
+    return index
+
+
+def stored_name(index: dict[str, Tensor], name: str) -> str:
+    """The name the file holds a tensor under (itself, unless it is another's, tied)."""
+    return index[name].same_as or name
 
 
 def torch_key(path: Path) -> str | None:
@@ -494,20 +511,34 @@ def locate(index: dict[str, Tensor], path: Path, rnn_prefix: str | None,
     return rnn_prefix, heads[0] if heads else None
 
 
-def _hidden_size(index: dict[str, Tensor], path: Path, rnn_prefix: str) -> int:
-    """The hidden size, from weight_hh_l0's shape [gates * hidden, hidden]."""
-    w_hh = _layer_tensors(index, rnn_prefix)["weight_hh_l0"]
+def _sizes(index: dict[str, Tensor], path: Path, rnn_prefix: str) -> tuple[int, int]:
+    """The hidden size and the projection's (0: none), from weight_hh_l0's shape
+    [gates * hidden, hidden], or with a projection, weight_hr_l0's [proj, hidden] and
+    weight_hh_l0's [4 * hidden, proj]."""
+    tensors = _layer_tensors(index, rnn_prefix)
+    w_hh, w_hr = tensors["weight_hh_l0"], tensors.get("weight_hr_l0")
+    if w_hr is not None:
+        if len(w_hr.shape) != 2 or 0 in w_hr.shape or w_hr.shape[0] >= w_hr.shape[1]:
+            raise InputFileError(f"{path.name}: {w_hr.name} has shape {list(w_hr.shape)}, "
+                                 "expected [proj_size, hidden] with proj_size < hidden")
+        proj, hidden = w_hr.shape
+        if tuple(w_hh.shape) != (4 * hidden, proj):
+            raise InputFileError(f"{path.name}: {w_hh.name} has shape {list(w_hh.shape)}, "
+                                 f"expected [{4 * hidden}, {proj}] for an lstm with "
+                                 f"{w_hr.name} of shape {list(w_hr.shape)}")
+        return hidden, proj
     if len(w_hh.shape) != 2 or 0 in w_hh.shape or w_hh.shape[0] % w_hh.shape[1]:
         raise InputFileError(f"{path.name}: {w_hh.name} has shape {list(w_hh.shape)}, "
                              "expected [gates * hidden, hidden]")
-    return w_hh.shape[1]
+    return w_hh.shape[1], 0
 
 
 def output_width(index: dict[str, Tensor], path: Path, rnn_prefix: str) -> int:
-    """What the recurrent module's layers put out: the hidden size, twice it when
-    bidirectional (the two directions side by side)."""
+    """What the recurrent module's layers put out: the hidden size (the projection's, with
+    one), twice it when bidirectional (the two directions side by side)."""
     reverse = "weight_hh_l0_reverse" in _layer_tensors(index, rnn_prefix)
-    return _hidden_size(index, path, rnn_prefix) * (2 if reverse else 1)
+    hidden, proj = _sizes(index, path, rnn_prefix)
+    return (proj or hidden) * (2 if reverse else 1)
 
 
 def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
@@ -516,11 +547,6 @@ def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
     """Architecture values read off the tensors, and canonical -> file names."""
     tensors = _layer_tensors(index, rnn_prefix)
     where = _describe_prefix(rnn_prefix)
-    unsupported = [n for n in index if n.startswith(_join(rnn_prefix, "")) and
-                   "weight_hr_l" in n]
-    if unsupported:
-        raise InputFileError(f"{path.name}: {unsupported[0]}: projected (proj_size) "
-                             "recurrent modules are not supported")
     matches = [_LAYER_TENSOR.match(n) for n in tensors]
     layers = sorted({int(m.group(2)) for m in matches if m})
     if layers != list(range(len(layers))):
@@ -532,8 +558,14 @@ def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
         raise InputFileError(f"{path.name} has no {_join(rnn_prefix, f'weight_hh_l{missing}')}"
                              f"_reverse, yet other layers under {where} are bidirectional")
     w_hh = tensors["weight_hh_l0"]
-    hidden = _hidden_size(index, path, rnn_prefix)
+    hidden, proj = _sizes(index, path, rnn_prefix)
     gates = w_hh.shape[0] // hidden
+    projected = sorted({int(m.group(2)) for m in matches if m and m.group(1) == "weight_hr"
+                        and not m.group(3)})
+    if proj and projected != layers:
+        missing = min(set(layers) - set(projected))
+        raise InputFileError(f"{path.name} has no {_join(rnn_prefix, f'weight_hr_l{missing}')}"
+                             f", yet other layers under {where} are projected (proj_size)")
     if gates not in _GATES_TO_CELL:
         raise InputFileError(f"{path.name}: {w_hh.name} has shape "
                              f"{list(w_hh.shape)}: {gates} gate blocks is neither rnn (1), "
@@ -551,6 +583,7 @@ def infer(index: dict[str, Tensor], path: Path, rnn_prefix: str,
         "input_size": tensors["weight_ih_l0"].shape[1],
         "num_layers": len(layers),
         "bidirectional": bool(reverse),
+        "proj_size": proj,
         "bias": "bias_ih_l0" in tensors,
         "head": head_prefix is not None,
     }
@@ -619,7 +652,9 @@ def check_shapes(index: dict[str, Tensor], path: Path, names: dict[str, str],
 
 def load(checkpoint: Checkpoint, dtype: np.dtype) -> dict[str, np.ndarray]:
     """The model's parameters, under canonical names, in ``dtype``."""
-    wanted = sorted(set(checkpoint.names.values()))
+    stored = checkpoint.stored
+    copy = [checkpoint.tied] if checkpoint.tied_copy and checkpoint.tied else []
+    wanted = sorted({stored.get(n, n) for n in [*checkpoint.names.values(), *copy]})
     path = checkpoint.path
     raw = {}
     name = None
@@ -645,5 +680,10 @@ def load(checkpoint: Checkpoint, dtype: np.dtype) -> dict[str, np.ndarray]:
         which = f"tensor {name}" if name is not None else "a tensor"
         raise InputFileError(f"{path.name}: {which} cannot be read "
                              f"({type(exc).__name__}: {exc})") from None
-    return {canonical: np.asarray(raw[name], dtype=np.float64).astype(dtype)
+    if copy:                             # tied in the spec, two tensors in the file
+        embedding = checkpoint.names["embedding.weight"]
+        if not np.array_equal(raw[stored.get(embedding, embedding)], raw[copy[0]]):
+            raise InputFileError(f"{path.name}: {copy[0]} differs from {embedding}, which "
+                                 "model.tie_weights says are one matrix")
+    return {canonical: np.asarray(raw[stored.get(name, name)], dtype=np.float64).astype(dtype)
             for canonical, name in checkpoint.names.items()}

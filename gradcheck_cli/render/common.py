@@ -77,7 +77,11 @@ def title(report: Report) -> str:
     front = "" if e is None else f"embedding {e.num_embeddings:,}×{e.embedding_dim}" + (
         "" if e.padding_idx is None else f" (padding_idx {e.padding_idx})") + " → "
     norm = " → LayerNorm" if m.norm is not None else ""
-    return (f"{front}{cell}, {layers}, hidden {m.hidden_size}{norm} · {report.length} steps × "
+    proj = f", proj {m.proj_size}" if m.proj_size else ""
+    if m.tie_weights:
+        norm += " (head tied to the embedding)"
+    return (f"{front}{cell}, {layers}, hidden {m.hidden_size}{proj}{norm} · "
+            f"{report.length} steps × "
             f"batch "
             f"{report.batch_size} · {report.loss_kind} at {where} · {report.dtype}{weights}")
 

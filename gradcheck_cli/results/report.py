@@ -276,6 +276,12 @@ class ModelSummary:
     """The LayerNorm between the stack and the head, or null."""
     bidirectional: bool = False
     """Each layer runs both ways in time; ``layers`` then has an entry per direction."""
+    tie_weights: bool = False
+    """The head's weight is the embedding's matrix (tied); its gradient is under the
+    embedding's name, the sum of both uses."""
+    proj_size: int = 0
+    """An lstm's projection (nn.LSTM's ``proj_size``): each layer's state h_t = W_hr (o_t ⊙
+    tanh(c_t)) has this many values, and ``hidden_grad_norm`` is of it; 0: none."""
 
 
 @dataclass(frozen=True)

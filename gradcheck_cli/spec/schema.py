@@ -129,6 +129,10 @@ class ModelSpec:
               "nn.LSTM(bidirectional=True); the layer above and the head read both "
               "directions' states side by side (default: no, or as the weights' *_reverse "
               "tensors say)")
+    proj_size: int | None = _opt(
+        None, "lstm only: a projection of each layer's state, as nn.LSTM(proj_size=P): "
+              "h_t = W_hr (o_t * tanh(c_t)), P values, below hidden_size (default: none, or "
+              "as the weights' weight_hr_l* tensors say)", minimum=0)
     output_size: int | None = _opt(
         None, "outputs of the linear head (classes for cross_entropy)", minimum=1)
     bias: bool = _opt(True, "the recurrent layers have bias_ih and bias_hh")
@@ -161,6 +165,12 @@ class ModelSpec:
     norm_prefix: str | None = _opt(
         None, "the LayerNorm's prefix in the weights file (e.g. encoder.norm); found when "
               "only one fits")
+    tie_weights: bool | None = _opt(
+        None, "the head's weight is the embedding's matrix (a language model's decoder.weight "
+              "= encoder.weight, num_embeddings outputs): its gradient is the sum of both "
+              "uses, as PyTorch gives the shared parameter (default: no, or as the "
+              "checkpoint shares them: one storage in a .pt, safetensors' save_model "
+              "metadata)")
     embedding_prefix: str | None = _opt(
         None, "the embedding's prefix in the weights file (e.g. encoder); found when only one "
               "fits")
@@ -169,6 +179,13 @@ class ModelSpec:
             "and the loss (an embedding whose output the inputs are, an auxiliary head, an EMA "
             "copy): no warning for them")
     checkpoint: Any = field(default=None, compare=False, metadata={"internal": True})
+
+    @property
+    def output_width(self) -> int:
+        """What a layer puts out, once the sizes are known: its state (proj_size wide with a
+        projection, else hidden_size), twice it when bidirectional."""
+        state = self.proj_size or typing.cast(int, self.hidden_size)
+        return state * (2 if self.bidirectional else 1)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,17 @@ every parameter's gradient and every layer's per-step total dL/dh_t (dL/dc_t) fr
   ``output[:, -1]``, cross-entropy at the last step;
 * ``bilstm``: a 2-layer bidirectional ``nn.LSTM`` over padded sequences
   (``pack_padded_sequence``, ``lengths``) from given (h0, c0), a linear head, mse at every
-  valid step; its per-step states unrolled sequence by sequence.
+  valid step; its per-step states unrolled sequence by sequence;
+* ``proj``: a 2-layer ``nn.LSTM(proj_size=P)`` from given (h0 [layers, batch, P], c0
+  [layers, batch, H]), cross-entropy at every step; and ``biproj``: a 2-layer bidirectional
+  one over padded sequences, mse at every valid step. ``nn.LSTMCell`` has no projection,
+  so their states are unrolled with PyTorch's documented step on the module's own tensors
+  (h_t = W_hr (o_t * tanh(c_t))), checked against the fused module's output;
+* ``tied``: a word language model, ``encoder`` (``nn.Embedding``, padding_idx 0) -> a
+  2-layer ``nn.LSTM`` -> ``decoder`` (``nn.Linear``) with ``decoder.weight =
+  encoder.weight``, cross-entropy at every step on token ids; also saved as
+  ``tied.safetensors`` by ``safetensors.torch.save_model`` (one of the two names kept, the
+  other in its metadata) and as ``tied.pt`` (one storage, two names).
 
 A bidirectional case's ``CASE/dh/U`` is unit U's: layer U // 2, direction U % 2 (1 reverse).
 
@@ -66,12 +76,14 @@ def unrolled(cells, x, initial):
     return torch.stack(inputs, dim=1), hs, cs
 
 
-def cells_of(module: nn.Module, layers: int) -> list[nn.Module]:
-    """nn.LSTM's / nn.GRU's layers as cells with the same weights."""
+def cells_of(module: nn.Module, layers: int, size: int | None = None) -> list[nn.Module]:
+    """nn.LSTM's / nn.GRU's layers as cells with the same weights (``size``: its input
+    and hidden size, when not I and H)."""
     kind = nn.LSTMCell if isinstance(module, nn.LSTM) else nn.GRUCell
+    n_in, hidden = (I, H) if size is None else (size, size)
     out = []
     for k in range(layers):
-        cell = kind(I if k == 0 else H, H).double()
+        cell = kind(n_in if k == 0 else hidden, hidden).double()
         with torch.no_grad():
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 getattr(cell, name).copy_(getattr(module, f"{name}_l{k}"))
@@ -274,6 +286,129 @@ def bilstm_case(out):
     record_units(out, "bilstm", hs, cs)
 
 
+P = 3
+
+
+def projected_step(module, suffix, x_t, state):
+    """One step of nn.LSTM(proj_size=P)'s layer ``suffix`` (``_l0``, ``_l1_reverse``) as
+    PyTorch documents it, on the module's own tensors."""
+    h, c = state
+    w = {n: getattr(module, f"{n}{suffix}") for n in
+         ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
+    gates = x_t @ w["weight_ih"].T + w["bias_ih"] + h @ w["weight_hh"].T + w["bias_hh"]
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return (torch.sigmoid(o) * torch.tanh(c)) @ w["weight_hr"].T, c
+
+
+def unrolled_projected(module, directions, x, lengths, initial):
+    """:func:`unrolled_bidirectional` for a projected nn.LSTM (``directions`` 1 or 2)."""
+    units = 2 * directions
+    hs = [[[None] * T for _ in range(B)] for _ in range(units)]
+    cs = [[[None] * T for _ in range(B)] for _ in range(units)]
+    tops = []
+    for b in range(B):
+        n = int(lengths[b])
+        inputs = list(x[b:b + 1, :n].unbind(1))
+        for k in range(2):
+            outs = [[None] * n for _ in range(directions)]
+            for d in range(directions):
+                u = directions * k + d
+                state = tuple(s[b:b + 1] for s in initial[u])
+                for t in (reversed(range(n)) if d else range(n)):
+                    state = projected_step(module, f"_l{k}" + ("_reverse" if d else ""),
+                                           inputs[t], state)
+                    for kept, s in ((hs, state[0]), (cs, state[1])):
+                        s.retain_grad()
+                        kept[u][b][t] = s
+                    outs[d][t] = state[0]
+            inputs = [torch.cat(pair, dim=-1) for pair in zip(*outs, strict=True)]
+        top = torch.stack(inputs, dim=1)
+        tops.append(torch.cat([top, top.new_zeros(1, T - n, directions * P)], dim=1))
+    return torch.cat(tops), hs, cs
+
+
+def record_projected(out, name, hs, cs):
+    """:func:`record_units`, dL/dh_t P wide and dL/dc_t H wide."""
+    for key, states, width in (("dh", hs, P), ("dc", cs, H)):
+        for u, unit in enumerate(states):
+            if unit[0][0] is None:
+                continue
+            out[f"{name}/{key}/{u}"] = np.stack([
+                np.stack([s.grad.numpy()[0] if s is not None else np.zeros(width)
+                          for s in seq]) for seq in unit])
+
+
+def proj_case(out, name, bidirectional):
+    directions = 2 if bidirectional else 1
+    model = nn.Module()
+    model.rnn = nn.LSTM(I, H, num_layers=2, batch_first=True, proj_size=P,
+                        bidirectional=bidirectional)
+    model.head = nn.Linear(directions * P, O)
+    model.double()
+    x = torch.randn(B, T, I, dtype=torch.float64)
+    units = 2 * directions
+    if bidirectional:
+        lengths = torch.tensor([T, T - 2, 2])
+        h0 = torch.zeros(units, B, P, dtype=torch.float64)
+        c0 = torch.zeros(units, B, H, dtype=torch.float64)
+        targets = torch.randn(B, T, O, dtype=torch.float64)
+        mask = (torch.arange(T)[None, :] < lengths[:, None]).double()[..., None]
+
+        def loss_of(y):                           # mse over the valid steps' outputs
+            return ((y - targets) ** 2 * mask).sum() / (mask.sum() * O)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                                   enforce_sorted=False)
+        fused = nn.utils.rnn.pad_packed_sequence(model.rnn(packed)[0], batch_first=True,
+                                                 total_length=T)[0]
+    else:
+        lengths = torch.tensor([T] * B)
+        h0 = torch.randn(units, B, P, dtype=torch.float64)
+        c0 = torch.randn(units, B, H, dtype=torch.float64)
+        targets = torch.randint(0, O, (B, T))
+
+        def loss_of(y):
+            return nn.functional.cross_entropy(y.reshape(-1, O), targets.reshape(-1))
+        fused = model.rnn(x, (h0, c0))[0]
+    top, hs, cs = unrolled_projected(model.rnn, directions, x, lengths,
+                                     [(h0[u], c0[u]) for u in range(units)])
+    assert torch.allclose(fused, top, rtol=1e-12, atol=1e-14)
+    loss_of(model.head(top)).backward()
+    model.zero_grad()
+    loss = loss_of(model.head(fused))
+    loss.backward()
+    arrays = {"lengths": lengths.numpy()} if bidirectional else {"h0": h0, "c0": c0}
+    record(out, name, model, loss, [], [], x=x, targets=targets, **arrays)
+    record_projected(out, name, hs, cs)
+
+
+def tied_case(out):
+    from safetensors.torch import save_model
+    V, D = 11, 4
+    model = nn.Module()
+    model.encoder = nn.Embedding(V, D, padding_idx=0)
+    model.rnn = nn.LSTM(D, D, num_layers=2, batch_first=True)
+    model.decoder = nn.Linear(D, V)
+    model.decoder.weight = model.encoder.weight          # tied, as the word LM example does
+    model.double()
+    tokens = torch.randint(0, V, (B, T))
+    tokens[0, :2] = 0                                    # padding_idx read too
+    targets = torch.randint(0, V, (B, T))
+    zeros = torch.zeros(B, D, dtype=torch.float64)
+    top, hs, cs = unrolled(cells_of(model.rnn, 2, D), model.encoder(tokens),
+                           [(zeros, zeros)] * 2)
+
+    def loss_of(y):
+        return nn.functional.cross_entropy(y.reshape(-1, V), targets.reshape(-1))
+    loss_of(model.decoder(top)).backward()
+    model.zero_grad()
+    loss = loss_of(model.decoder(model.rnn(model.encoder(tokens))[0]))
+    loss.backward()
+    record(out, "tied", model, loss, hs, cs, x=tokens, targets=targets)
+    save_model(model, str(HERE / "tied.safetensors"))
+    torch.save(model.state_dict(), HERE / "tied.pt")
+
+
 def main():
     torch.manual_seed(0)
     out: dict[str, np.ndarray] = {}
@@ -283,8 +418,12 @@ def main():
     nested_case(out)
     bigru_case(out)
     bilstm_case(out)
+    proj_case(out, "proj", bidirectional=False)
+    proj_case(out, "biproj", bidirectional=True)
+    tied_case(out)
     np.savez_compressed(HERE / "torch_models.npz", **out)
-    print(f"torch {torch.__version__}: wrote torch_models.npz, cell.pt, nested.pt")
+    print(f"torch {torch.__version__}: wrote torch_models.npz, cell.pt, nested.pt, tied.pt, "
+          "tied.safetensors")
 
 
 if __name__ == "__main__":
