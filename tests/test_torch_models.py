@@ -265,6 +265,32 @@ def test_a_language_model_with_tied_weights_matches_pytorch(tmp_path):
                        "its head and its embedding are one tensor")
 
 
+def test_an_mlp_head_matches_pytorch(tmp_path):
+    """nn.Sequential(nn.Linear(H, 6), nn.GELU(), nn.Linear(6, O)) on a 2-layer GRU: the
+    first Linear found by its shape, the last by reading it, the activation as the spec
+    states it (a state_dict cannot); nn.GELU()'s exact erf form."""
+    path = _files(tmp_path, "mlp")
+    spec = yaml.safe_load(path.read_text())
+    spec["model"]["mlp"] = {"activation": "gelu"}
+    path.write_text(yaml.safe_dump(spec))
+    spec = load_spec(path)
+    assert spec.model.mlp.size == 6
+    report = analyze_spec(spec, trials=2, windows=[2])
+    _matches_pytorch(report, "mlp")
+    assert report.model.mlp.activation == "gelu"
+    assert "MLP head head.0 → head.2" in " ".join(report.notes)
+    assert verify_spec(spec, directions=2, entries=2).passed
+    approximate = analyze_spec(load_spec(path, ["model.mlp.approximate=tanh"]), trials=0,
+                               windows=[])
+    assert approximate.loss != pytest.approx(report.loss, rel=1e-9)   # another function
+    assert approximate.loss == pytest.approx(report.loss, rel=1e-3)   # ... close to it
+    # without model.mlp the first Linear is the head, whose 6 outputs the targets are not
+    assert_clean_error(run("analyze", path, "--set", "model.mlp=null"), "sequence.targets",
+                       "expected [3, 6, 6]")
+    assert_clean_error(run("analyze", path, "--set", "model.mlp.size=5"), "model.mlp.size",
+                       "is 5 but the weights say 6 (head.0.weight has shape [6, 5])")
+
+
 def test_initial_state_mistakes_are_clean_errors(tmp_path):
     path = _files(tmp_path, "initial", initial_state={"file": "batch.npz", "key": "h0"})
     assert_clean_error(run("analyze", path), "sequence.initial_state",

@@ -26,6 +26,7 @@ from ..results.report import (
     EmbeddingSummary,
     Finding,
     MitigationEffect,
+    MLPSummary,
     ModelSummary,
     NormSummary,
     Padding,
@@ -200,6 +201,8 @@ def assemble(spec: Spec, arch: Architecture, params: Params, names: dict[str, st
                            if arch.embedding else None,
                            dropout=arch.dropout, bidirectional=arch.bidirectional,
                            proj_size=arch.proj_size, tie_weights=arch.tie_weights,
+                           mlp=MLPSummary(arch.mlp, arch.mlp_activation) if arch.mlp
+                           else None,
                            norm=NormSummary(arch.norm_eps, arch.norm_affine)
                            if arch.norm else None),
         length=spec.length, batch_size=spec.batch_size,

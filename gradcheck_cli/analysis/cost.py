@@ -63,8 +63,9 @@ def bptt_cost(arch: Architecture, steps: int, batch: int, dtype: str | np.dtype)
     fwd = D * sum(_layer_forward(arch, k, steps, batch) for k in range(arch.num_layers))
     bwd = D * sum(_layer_backward(arch, k, steps, batch) for k in range(arch.num_layers))
     if arch.head:
-        fwd += steps * batch * arch.output_width * arch.output_size
-        bwd += 2 * steps * batch * arch.output_width * arch.output_size
+        head = arch.head_input * arch.output_size + arch.mlp * arch.output_width
+        fwd += steps * batch * head
+        bwd += 2 * steps * batch * head
     return Cost(forward_macs=fwd, backward_macs=bwd,
                 activation_bytes=activation_bytes(arch, steps, batch, dtype),
                 parameter_count=arch.parameter_count())

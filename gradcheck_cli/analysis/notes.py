@@ -58,6 +58,9 @@ def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
             found += f", LayerNorm {checkpoint.norm_prefix or '(no prefix)'}"
         found += f", head {checkpoint.head_prefix or '(no prefix)'}" \
             if checkpoint.head_prefix is not None else ", no head"
+        if checkpoint.mlp_prefix is not None:
+            found = found.replace(", head ", f", MLP head {checkpoint.mlp_prefix or '(no prefix)'}"
+                                  " → ", 1)
         under = "" if checkpoint.state_dict_key is None else \
             f" (its state_dict under {checkpoint.state_dict_key!r})"
         notes.append(f"weights from {checkpoint.path.name}{under}: {found}; "
@@ -105,6 +108,13 @@ def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
                      "trains with for the training-mode ones")
     if not spec.model.head:
         notes.append("no head: the loss is taken on the top layer's hidden state")
+    elif spec.model.mlp is not None:
+        mlp = spec.model.mlp
+        kind = {"tanh": "nn.Tanh", "relu": "nn.ReLU", "gelu": "nn.GELU"}[mlp.activation] + (
+            "(approximate='tanh')" if mlp.approximate == "tanh" else "")
+        stated = " (as the spec states: a state_dict does not record it)" \
+            if checkpoint is not None else ""
+        notes.append(f"MLP head: Linear to {mlp.size}, {kind}{stated}, Linear to the outputs")
     arch = Architecture.from_spec(spec.model)
     if arch.bidirectional:
         start = "its own last valid step" if lengths is not None else "the last step"

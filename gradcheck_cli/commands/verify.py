@@ -260,7 +260,7 @@ class VerifySummary:
 def tensor_layer(arch: Architecture, name: str) -> int:
     """The layer a parameter belongs to; the head counts as the layer above the top, the
     embedding as the one below the first (-1)."""
-    if name.startswith(("head.", "norm.")):
+    if name.startswith(("head.", "norm.", "mlp.")):
         return arch.num_layers
     if name == "embedding.weight":
         return -1

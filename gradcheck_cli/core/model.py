@@ -29,6 +29,13 @@ the outputs are the top layer's hidden states themselves. With an ``nn.Embedding
     norm.weight         (D*H,)        D = 2 when bidirectional, else 1 (D*P with P)
     norm.bias           (D*H,)
 
+A two-layer MLP head (``nn.Sequential(nn.Linear(D*H, M), activation, nn.Linear(M, O))``,
+the activation tanh, relu or gelu) has its first Linear before the head:
+
+    mlp.weight          (M, D*H)
+    mlp.bias            (M,)          when mlp_bias
+    head.weight         (output_size, M)
+
 With tied weights (a language model's decoder sharing its encoder's matrix, ``decoder.weight
 = encoder.weight``), there is no ``head.weight``: the head reads ``embedding.weight``
 (output_size = num_embeddings, D*H = input_size), whose gradient is then the sum of its two
@@ -82,6 +89,11 @@ class Architecture:
     direction from the end of each sequence to its start."""
     tie_weights: bool = False
     """The head's weight is the embedding's (``decoder.weight = encoder.weight``)."""
+    mlp: int = 0
+    """The width M of a two-layer MLP head's hidden layer (0: the head is one Linear)."""
+    mlp_activation: str = "tanh"
+    """Its activation: tanh, relu, gelu (nn.GELU(), erf) or gelu_tanh (approximate="tanh")."""
+    mlp_bias: bool = True
     proj_size: int = 0
     """An LSTM's projection (``nn.LSTM(proj_size=P)``): h_t = W_hr (o_t ⊙ tanh(c_t)), P
     values (0: none, h_t = o_t ⊙ tanh(c_t))."""
@@ -101,7 +113,11 @@ class Architecture:
                    norm_eps=model.norm.eps if model.norm is not None else 1e-5,
                    norm_affine=model.norm.elementwise_affine if model.norm is not None
                    else True, bidirectional=model.bidirectional,
-                   proj_size=model.proj_size or 0, tie_weights=bool(model.tie_weights))
+                   proj_size=model.proj_size or 0, tie_weights=bool(model.tie_weights),
+                   mlp=model.mlp.size if head and model.mlp is not None else 0,
+                   mlp_activation=model.mlp.activation_name if model.mlp is not None
+                   else "tanh",
+                   mlp_bias=model.mlp.bias if model.mlp is not None else True)
 
     @property
     def gates(self) -> int:
@@ -121,6 +137,11 @@ class Architecture:
     def units(self) -> int:
         """The recurrences: one per layer and direction."""
         return self.num_layers * self.directions
+
+    @property
+    def head_input(self) -> int:
+        """What the head's (last) Linear reads: the MLP's hidden layer, or the top's output."""
+        return self.mlp or self.output_width
 
     @property
     def head_weight(self) -> str:
@@ -176,9 +197,13 @@ class Architecture:
         if self.norm and self.norm_affine:
             shapes["norm.weight"] = (width,)
             shapes["norm.bias"] = (width,)
+        if self.head and self.mlp:
+            shapes["mlp.weight"] = (self.mlp, width)
+            if self.mlp_bias:
+                shapes["mlp.bias"] = (self.mlp,)
         if self.head:
             if not self.tie_weights:
-                shapes["head.weight"] = (self.output_size, width)
+                shapes["head.weight"] = (self.output_size, self.head_input)
             if self.head_bias:
                 shapes["head.bias"] = (self.output_size,)
         return shapes
@@ -237,7 +262,8 @@ def init_params(arch: Architecture, init, rng: np.random.Generator,
     """
     h = arch.hidden_size
     bound = 1.0 / np.sqrt(h)
-    head_bound = 1.0 / np.sqrt(arch.output_width)   # nn.Linear's: 1/sqrt(fan_in)
+    head_bound = 1.0 / np.sqrt(arch.head_input)     # nn.Linear's: 1/sqrt(fan_in)
+    mlp_bound = 1.0 / np.sqrt(arch.output_width)
     params: Params = {}
     for name, shape in arch.parameter_shapes().items():
         if name.startswith("rnn.weight_hr"):      # the projection: see below
@@ -260,7 +286,8 @@ def init_params(arch: Architecture, init, rng: np.random.Generator,
             if init.forget_bias is not None:
                 value[h:2 * h] = init.forget_bias if "_ih_" in name else 0.0
         else:  # nn.Linear's default: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), ...)
-            limit = head_bound if name.startswith("head.") else bound
+            limit = head_bound if name.startswith("head.") else \
+                mlp_bound if name.startswith("mlp.") else bound
             value = rng.uniform(-limit, limit, size=shape)
         with np.errstate(over="ignore"):  # a silly gain overflows float32: a finding later
             params[name] = value.astype(dtype)

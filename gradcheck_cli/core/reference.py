@@ -20,6 +20,7 @@ the gate blocks in PyTorch's order, biases ``(..., G*H)``. Sequences are time-ma
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -218,12 +219,64 @@ def layer_norm_backward(arch: Architecture, params: Params, d_y: np.ndarray,
                    - x_hat * (g * x_hat).mean(axis=-1, keepdims=True))
 
 
+def erf(z: np.ndarray) -> np.ndarray:
+    """The error function, elementwise (``math.erf``: NumPy has none). For a complex
+    argument, its first-order extension erf(x) + i y (2/√π) e^{-x²}: exact for the complex
+    step's increments (y tiny, its square below the dtype's resolution), which is all the
+    reference is run on with an imaginary part."""
+    x = np.real(z)
+    real = np.empty(x.shape, dtype=np.float64)
+    flat, into = x.reshape(-1), real.reshape(-1)
+    for start in range(0, flat.size, ERF_CHUNK):      # a chunk's Python floats at a time
+        stop = start + ERF_CHUNK
+        into[start:stop] = _ERF(flat[start:stop])
+    if not np.iscomplexobj(z):
+        return real.astype(z.dtype, copy=False)
+    x = z.real
+    return real + 1j * z.imag * (2.0 / math.sqrt(math.pi)) * np.exp(-x * x)
+
+
+_ERF = np.vectorize(math.erf, otypes=[np.float64])
+ERF_CHUNK = 1 << 14
+GELU_TANH = math.sqrt(2.0 / math.pi)
+
+
+def activate(kind: str, z: np.ndarray) -> np.ndarray:
+    """An MLP head's activation: tanh, relu, gelu (nn.GELU(): z Φ(z), Φ the normal CDF by
+    erf) or gelu_tanh (nn.GELU(approximate="tanh"))."""
+    if kind == "tanh":
+        return np.tanh(z)
+    if kind == "relu":
+        return relu(z)
+    if kind == "gelu":
+        return 0.5 * z * (1.0 + erf(z / math.sqrt(2.0)))
+    return 0.5 * z * (1.0 + np.tanh(GELU_TANH * (z + 0.044715 * z * z * z)))
+
+
+def activation_slope(kind: str, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """d activate(z) / dz, from z and a = activate(z)."""
+    if kind == "tanh":
+        return 1.0 - a * a
+    if kind == "relu":
+        return (z > 0).astype(z.dtype)
+    if kind == "gelu":                           # Φ(z) + z φ(z)
+        return 0.5 * (1.0 + erf(z / math.sqrt(2.0))) + \
+            z * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    t = np.tanh(GELU_TANH * (z + 0.044715 * z * z * z))
+    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * GELU_TANH * (1.0 + 3 * 0.044715 * z * z)
+
+
 def head(arch: Architecture, params: Params, top: np.ndarray) -> np.ndarray:
-    """y_t = W top_t + b (of the top's LayerNorm, with one), or what the head would read
-    without a head."""
+    """y_t = W top_t + b (of the top's LayerNorm, with one; of act(W_1 top_t + b_1) with an
+    MLP head), or what the head would read without a head."""
     if arch.norm:
         top = layer_norm(arch, params, top)[0]
-    return linear(top, params[arch.head_weight], params.get("head.bias")) if arch.head else top
+    if not arch.head:
+        return top
+    if arch.mlp:
+        top = activate(arch.mlp_activation, linear(top, params["mlp.weight"],
+                                                   params.get("mlp.bias")))
+    return linear(top, params[arch.head_weight], params.get("head.bias"))
 
 
 def step_loss_sum(y: np.ndarray, target: np.ndarray, covered: np.ndarray,
@@ -486,10 +539,20 @@ def backward(arch: Architecture, params: Params, caches: list[list[dict[str, np.
         if arch.norm:                                   # ... of LayerNorm(top)
             read, x_hat, rstd = layer_norm(arch, params, read)
         if arch.head:
+            normed = read
+            if arch.mlp:                                # ... of act(W_1 read + b_1)
+                z = linear(read, params["mlp.weight"], params.get("mlp.bias"))
+                read = activate(arch.mlp_activation, z)
             grads[arch.head_weight] += d_outputs[t].T @ read    # (tied: the embedding's)
             if "head.bias" in grads:
                 grads["head.bias"] += d_outputs[t].sum(axis=0)
             d_read = d_outputs[t] @ params[arch.head_weight]
+            if arch.mlp:
+                d_z = d_read * activation_slope(arch.mlp_activation, z, read)
+                grads["mlp.weight"] += d_z.T @ normed
+                if "mlp.bias" in grads:
+                    grads["mlp.bias"] += d_z.sum(axis=0)
+                d_read = d_z @ params["mlp.weight"]
         else:
             d_read = d_outputs[t]
         if arch.norm:

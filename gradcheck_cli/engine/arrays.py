@@ -86,7 +86,8 @@ def forward_arrays(arch: Architecture, k: int, steps: int, rows: int,
 def head_arrays(arch: Architecture, steps: int, rows: int, dtype) -> dict[str, Array]:
     """The head's outputs ``(steps, rows, O)`` (none without a head: y is what it would
     read); with a LayerNorm before it, x̂ (``norm_hat``), 1/sqrt(var + eps) per row
-    (``rstd``) and, elementwise affine, its output (``normed``)."""
+    (``rstd``) and, elementwise affine, its output (``normed``); with an MLP head, its
+    hidden layer before and after the activation (``mlp_pre``, ``mlp_act``)."""
     dtype = np.dtype(dtype)
     table = {}
     if arch.norm:
@@ -95,6 +96,9 @@ def head_arrays(arch: Architecture, steps: int, rows: int, dtype) -> dict[str, A
         table["rstd"] = Array("rstd", (steps, rows, 1), dtype)
         if arch.norm_affine:
             table["normed"] = Array("normed", seq, dtype)
+    if arch.head and arch.mlp:
+        table["mlp_pre"] = Array("mlp_pre", (steps, rows, arch.mlp), dtype)
+        table["mlp_act"] = Array("mlp_act", (steps, rows, arch.mlp), dtype)
     if arch.head:
         table["outputs"] = Array("outputs", (steps, rows, arch.output_size), dtype)
     return table
@@ -138,11 +142,14 @@ def backward_arrays(arch: Architecture, k: int, window: int, rows: int, dtype, *
 def top_arrays(arch: Architecture, window: int, rows: int, dtype, *,
                lanes: int) -> dict[str, Array]:
     """What enters the top layer: the lanes' output gradients side by side (``lanes`` > 1
-    lanes sharing a forward pass), and through the head, dL/d(top) ``(window, rows, D*H)``."""
+    lanes sharing a forward pass), and through the head, dL/d(top) ``(window, rows, D*H)``
+    (through an MLP head's hidden layer, dL/d(its pre-activation), ``d_mlp``)."""
     dtype = np.dtype(dtype)
     table = {}
     if lanes > 1:
         table["d_lanes"] = Array("d_lanes", (window, rows, arch.output_size), dtype)
+    if arch.head and arch.mlp:
+        table["d_mlp"] = Array("d_mlp", (window, rows, arch.mlp), dtype, "layer")
     if arch.head:
         table["d_top"] = Array("d_top", (window, rows, arch.output_width), dtype, "layer")
     if arch.norm:                       # dL/d(top) through the norm, from dL/d(its output)
@@ -179,6 +186,8 @@ def backward_bytes(arch: Architecture, window: int, rows: int, dtype, *, lanes: 
             top.get("d_norm", top.get("d_top"))
         held = [a for t in layer for a in t.values() if a.lifetime == "layer"]
         working.append(sum(a.nbytes for a in held) + (arriving.nbytes if arriving else 0))
+    if "d_mlp" in top:      # through the MLP: dL/d(its hidden layer), its slope, dL/d(top)
+        working.append(2 * top["d_mlp"].nbytes + top["d_top"].nbytes)
     if "d_norm" in top:     # through the norm: dL/d(its output), dL/d(top), two scratch
         working.append(2 * top["d_norm"].nbytes + top["d_norm"].nbytes
                        + (top["d_top"].nbytes if "d_top" in top else top["d_norm"].nbytes))

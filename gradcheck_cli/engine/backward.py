@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..core.model import Architecture, Params
-from ..core.reference import embedding_grad, layer_projection, layer_weights
-from .arrays import backward_arrays, top_arrays
+from ..core.reference import activation_slope, embedding_grad, layer_projection, layer_weights
+from .arrays import STEP_BLOCK, backward_arrays, top_arrays
 from .buffers import FRESH, Buffers
 from .forward import project, reverse_time
 from .hooks import Hook
@@ -79,9 +79,27 @@ def backward_lanes(arch: Architecture, params: Params, fwd: Forward,
         top = fwd.normed if arch.norm else fwd.top
         if top is None:
             top = fwd.layers[-1].h
-        head_grads(arch, d_in, top[start:stop], lanes, grads)
-        dh_direct = project(d_in, params[arch.head_weight].T, None,       # into the top
-                            out=buffers.take(tops["d_top"]))
+        if arch.mlp:                                   # y = W act(W_1 top + b_1) + b
+            assert fwd.mlp_pre is not None and fwd.mlp_act is not None
+            head_grads(arch, d_in, fwd.mlp_act[start:stop], lanes, grads)
+            d_z = project(d_in, params[arch.head_weight].T, None,
+                          out=buffers.take(tops["d_mlp"]))
+            share = d_z.shape[1] // fwd.mlp_pre.shape[1]   # lanes per forward row
+            seen = d_z.reshape(W, fwd.mlp_pre.shape[1], share, -1)
+            for w in range(0, W, STEP_BLOCK):          # through the activation, by blocks
+                block = slice(start + w, min(start + w + STEP_BLOCK, stop))
+                slope = activation_slope(arch.mlp_activation, fwd.mlp_pre[block],
+                                         fwd.mlp_act[block])
+                seen[w:w + STEP_BLOCK] *= slope[:, :, None, :]
+            head_grads(arch, d_z, top[start:stop], lanes, grads, weight="mlp.weight",
+                       bias="mlp.bias" if arch.mlp_bias else None)
+            dh_direct = project(d_z, params["mlp.weight"].T, None,       # into the top
+                                out=buffers.take(tops["d_top"]))
+            buffers.give_back(d_z)
+        else:
+            head_grads(arch, d_in, top[start:stop], lanes, grads)
+            dh_direct = project(d_in, params[arch.head_weight].T, None,   # into the top
+                                out=buffers.take(tops["d_top"]))
     if arch.norm:                                      # ... through its LayerNorm
         d_read = dh_direct
         dh_direct = norm_backward(arch, params, fwd, d_read, start, lanes, grads,
@@ -154,8 +172,10 @@ def backward_lanes(arch: Architecture, params: Params, fwd: Forward,
 
 
 def head_grads(arch: Architecture, d_in: np.ndarray, top: np.ndarray, lanes: Lanes,
-               grads: list[dict[str, np.ndarray]]) -> None:
-    """y = W top + b: each lane's dW and db, one product on its rows."""
+               grads: list[dict[str, np.ndarray]], *, weight: str = "head.weight",
+               bias: str | None = "head.bias") -> None:
+    """y = W top + b: each lane's dW and db, one product on its rows (``weight`` and
+    ``bias``: another Linear's, an MLP head's first)."""
     W = d_in.shape[0]
     for lane, want in enumerate(lanes.param_grads):
         if not want:
@@ -163,9 +183,9 @@ def head_grads(arch: Architecture, d_in: np.ndarray, top: np.ndarray, lanes: Lan
         d = lanes.view(d_in, lane)
         flat = d.reshape(W * d.shape[1], d.shape[2])
         x = lanes.of_forward(top, lane)
-        grads[lane]["head.weight"] = flat.T @ x.reshape(flat.shape[0], x.shape[-1])
-        if arch.head_bias:
-            grads[lane]["head.bias"] = flat.sum(axis=0)
+        grads[lane][weight] = flat.T @ x.reshape(flat.shape[0], x.shape[-1])
+        if bias is not None and (arch.head_bias or bias != "head.bias"):
+            grads[lane][bias] = flat.sum(axis=0)
 
 
 def norm_backward(arch: Architecture, params: Params, fwd: Forward, d_y: np.ndarray,

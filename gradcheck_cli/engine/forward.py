@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.model import Architecture, Params
-from ..core.reference import layer_projection, layer_weights
-from .arrays import forward_arrays, head_arrays
+from ..core.reference import activate, layer_projection, layer_weights
+from .arrays import STEP_BLOCK, forward_arrays, head_arrays
 from .buffers import FRESH, Buffers
 from .kernels import KERNELS, Kernel, sigmoid_halves
 from .state import Forward, LayerCache
@@ -65,6 +65,14 @@ def forward(arch: Architecture, params: Params, x: np.ndarray, *,
     if arch.norm:
         read = layer_norm(arch, params, fwd, inputs, table, buffers)
         fwd.outputs = read
+    if arch.head and arch.mlp:                                  # act(W_1 read + b_1)
+        fwd.mlp_pre = project(read, params["mlp.weight"], params.get("mlp.bias"),
+                              out=buffers.take(table["mlp_pre"]))
+        fwd.mlp_act = buffers.take(table["mlp_act"])
+        for t in range(0, T, STEP_BLOCK):                      # a block's temporaries at once
+            fwd.mlp_act[t:t + STEP_BLOCK] = activate(arch.mlp_activation,
+                                                     fwd.mlp_pre[t:t + STEP_BLOCK])
+        read = fwd.mlp_act
     if arch.head:
         fwd.outputs = buffers.take(table["outputs"])
         project(read, params[arch.head_weight], params.get("head.bias"), out=fwd.outputs)

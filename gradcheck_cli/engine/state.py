@@ -50,6 +50,10 @@ class Forward:
     and 1/sqrt(var + eps) (``rstd``, ``(T, B, 1)``)."""
     norm_hat: np.ndarray | None = None
     rstd: np.ndarray | None = None
+    mlp_pre: np.ndarray | None = None
+    """With an MLP head: its hidden layer ``(T, B, M)`` before the activation, and after
+    (``mlp_act``, what the last Linear reads)."""
+    mlp_act: np.ndarray | None = None
     order: np.ndarray | None = None
     """Bidirectional, with padded sequences: the reverse direction's time order ``(T, B)``
     (see :func:`.forward.time_reversal`; None: plainly reversed)."""

@@ -14,7 +14,16 @@ from ..core.mitigations import parse_mitigations
 from ..core.model import Architecture
 from ..errors import InputFileError
 from ..spec.parse import Context, build, describe, field_doc, given
-from ..spec.schema import Embedding, Key, LayerNorm, ModelSpec, Spec, Training, Truncation
+from ..spec.schema import (
+    Embedding,
+    Key,
+    LayerNorm,
+    MLPHead,
+    ModelSpec,
+    Spec,
+    Training,
+    Truncation,
+)
 from ..spec.yaml import Override, apply_overrides, read_yaml
 from . import data as data_files
 from . import weights
@@ -102,7 +111,10 @@ def _check_tied(ctx: Context, model: ModelSpec) -> None:
     if model.output_size != embedding.num_embeddings:
         ctx.fail(key, f"needs output_size = num_embeddings ({embedding.num_embeddings}), got "
                       f"{model.output_size}")
-    if model.output_width != embedding.embedding_dim:
+    if model.mlp is not None and model.mlp.size != embedding.embedding_dim:
+        ctx.fail(key, f"needs the head to read embedding_dim ({embedding.embedding_dim}) "
+                      f"values, but the MLP head's hidden layer has {model.mlp.size}")
+    if model.mlp is None and model.output_width != embedding.embedding_dim:
         size = "proj_size" if model.proj_size else "hidden_size"
         ctx.fail(key, f"needs the head to read embedding_dim ({embedding.embedding_dim}) "
                       f"values, but the stack puts out {model.output_width} ({size}"
@@ -120,7 +132,8 @@ def _resolve_model(ctx: Context, spec: Spec, data: Mapping[str, Any]) -> ModelSp
                 ctx.fail(("model", key), f"missing required key "
                                          f"({field_doc(ModelSpec, key)}), needed without "
                                          "model.weights")
-        for key in ("rnn_prefix", "head_prefix", "embedding_prefix", "norm_prefix"):
+        for key in ("rnn_prefix", "head_prefix", "embedding_prefix", "norm_prefix",
+                    "mlp_prefix"):
             if getattr(model, key) is not None:
                 ctx.fail(("model", key), "applies only with model.weights")
         if model.unused:
@@ -144,6 +157,14 @@ def _resolve_model(ctx: Context, spec: Spec, data: Mapping[str, Any]) -> ModelSp
         ctx.fail(("model", "embedding", "padding_idx"),
                  f"must be below num_embeddings ({embedding.num_embeddings}), got "
                  f"{embedding.padding_idx}")
+    if model.mlp is not None:
+        if not model.head:
+            ctx.fail(("model", "mlp"), "needs a head (model.head: false has none)")
+        if model.mlp.size is None:
+            ctx.fail(("model", "mlp", "size"), "missing required key (the hidden layer's "
+                                               "width), needed without model.weights")
+        if model.mlp.approximate != "none" and model.mlp.activation != "gelu":
+            ctx.fail(("model", "mlp", "approximate"), "applies to activation: gelu only")
     if model.tie_weights:
         _check_tied(ctx, model)
     if model.proj_size:
@@ -214,6 +235,22 @@ def _weights_embedding(ctx: Context, model: ModelSpec, inferred: Mapping[str, An
     return Embedding(**actual, padding_idx=stated.padding_idx)
 
 
+def _weights_mlp(ctx: Context, model: ModelSpec, index: Mapping[str, Any], prefix: str,
+                 names: dict[str, str]) -> ModelSpec:
+    """The MLP head's first Linear: its size and bias read off the tensors and checked
+    against what the spec states."""
+    mlp = typing.cast(MLPHead, model.mlp)
+    weight = index[_join_name(prefix, "weight")]
+    size, bias = weight.shape[0], _join_name(prefix, "bias") in index
+    if mlp.size is not None and mlp.size != size:
+        ctx.fail(("model", "mlp", "size"), f"is {mlp.size} but the weights say {size} "
+                                           f"({weight.name} has shape {list(weight.shape)})")
+    names["mlp.weight"] = weight.name
+    if bias:
+        names["mlp.bias"] = _join_name(prefix, "bias")
+    return dataclasses.replace(model, mlp=dataclasses.replace(mlp, size=size, bias=bias))
+
+
 def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any]) -> ModelSpec:
     """Find the model in the weights file, read its sizes off the tensors, and check them
     against what the spec states."""
@@ -236,11 +273,29 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
                          ("model", "embedding"), str(exc))
         elif model.embedding_prefix is not None:
             ctx.fail(("model", "embedding_prefix"), "applies with model.embedding only")
-        rnn_prefix, head_prefix = weights.locate(index, path, rnn_prefix, model.head_prefix,
-                                                 wants_head, embedding_prefix=embedding_prefix)
+        mlp_prefix, head_prefix = None, None
+        if model.mlp is not None and wants_head is not False:    # Linear, act, Linear
+            try:
+                _, mlp_prefix = weights.locate(index, path, rnn_prefix, model.mlp_prefix, True,
+                                               embedding_prefix=embedding_prefix)
+            except InputFileError as exc:
+                ctx.fail(("model", "mlp_prefix") if model.mlp_prefix else ("model", "mlp"),
+                         str(exc))
+            assert mlp_prefix is not None
+            last: str | None = weights.locate_last(index, path, rnn_prefix, model.head_prefix,
+                                                   mlp_prefix, exclude=embedding_prefix)
+            head_prefix = last
+        else:
+            if model.mlp_prefix is not None:
+                ctx.fail(("model", "mlp_prefix"), "applies with model.mlp only")
+            rnn_prefix, head_prefix = weights.locate(index, path, rnn_prefix,
+                                                     model.head_prefix, wants_head,
+                                                     embedding_prefix=embedding_prefix)
         inferred, names = weights.infer(index, path, rnn_prefix, head_prefix, embedding_prefix)
     except InputFileError as exc:
         ctx.fail(key, str(exc))
+    if mlp_prefix is not None:
+        model = _weights_mlp(ctx, model, index, mlp_prefix, names)
     tied = tied_copy = None
     if embedding_prefix is not None and "head.weight" in names:
         shared = weights.stored_name(index, names["embedding.weight"]) == \
@@ -294,7 +349,8 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
                      f"{prefix!r} matches no tensor of {path.name} (names or prefixes of "
                      "tensors the model does not use)")
     width = None if model.output_width == model.hidden_size else model.output_width
-    sizes = tuple(int(n) for n in (model.input_size, model.hidden_size, width,
+    mlp_size = None if model.mlp is None else model.mlp.size
+    sizes = tuple(int(n) for n in (model.input_size, model.hidden_size, width, mlp_size,
                                    model.output_size if model.head else None) if n is not None)
     on_path = tuple(index[name] for name in ignored
                     if not weights.declared_unused(name, model.unused)
@@ -309,7 +365,7 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
         dropout_stated=given(data, ("model", "dropout")),
         stored={n: weights.stored_name(index, n) for n in names.values()
                 if weights.stored_name(index, n) != n},
-        tied=tied, tied_copy=bool(tied_copy))
+        tied=tied, tied_copy=bool(tied_copy), mlp_prefix=mlp_prefix)
     return dataclasses.replace(model, checkpoint=checkpoint)
 
 

@@ -79,6 +79,8 @@ class Checkpoint:
     """With tied weights, the head's weight's name (the embedding's is in ``names``)."""
     tied_copy: bool = False
     """The spec ties them but the file holds the head's weight apart: it must be equal."""
+    mlp_prefix: str | None = None
+    """An MLP head's first Linear's prefix (``head_prefix`` is its last's)."""
 
 
 def read_npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:
@@ -400,6 +402,29 @@ def _matrices(index: dict[str, Tensor], rnn_prefix: str, columns: int,
 def _head_candidates(index: dict[str, Tensor], rnn_prefix: str, hidden: int,
                      exclude: str | None = None) -> list[str]:
     return [p for p in _matrices(index, rnn_prefix, hidden) if p != exclude]
+
+
+def locate_last(index: dict[str, Tensor], path: Path, rnn_prefix: str, prefix: str | None,
+                mlp_prefix: str, exclude: str | None = None) -> str:
+    """An MLP head's last Linear: ``prefix``, or the one 2-D ``*.weight`` reading the first
+    Linear's (``mlp_prefix``'s) outputs, outside the recurrent module."""
+    size = index[_join(mlp_prefix, "weight")].shape[0]
+    if prefix is not None:
+        if _join(prefix, "weight") not in index:
+            raise InputFileError(f"{path.name} has no tensor {_join(prefix, 'weight')} for the "
+                                 "head (model.head_prefix)")
+        return prefix
+    found = [p for p in _matrices(index, rnn_prefix, size) if p not in (mlp_prefix, exclude)]
+    if not found:
+        raise InputFileError(f"{path.name} has no Linear after the MLP head's first "
+                             f"{_join(mlp_prefix, 'weight')} (a 2-D *.weight of shape "
+                             f"[outputs, {size}])")
+    if len(found) > 1:
+        raise InputFileError(f"{path.name} holds several possible last Linears of the MLP head "
+                             f"(weights of shape [*, {size}]): "
+                             f"{listing(list(map(_describe_prefix, found)))}; name one in "
+                             "model.head_prefix")
+    return found[0]
 
 
 def locate_embedding(index: dict[str, Tensor], path: Path, rnn_prefix: str,

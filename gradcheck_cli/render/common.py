@@ -78,6 +78,8 @@ def title(report: Report) -> str:
         "" if e.padding_idx is None else f" (padding_idx {e.padding_idx})") + " → "
     norm = " → LayerNorm" if m.norm is not None else ""
     proj = f", proj {m.proj_size}" if m.proj_size else ""
+    if m.mlp is not None:
+        norm += f" → MLP {m.mlp.size} ({m.mlp.activation})"
     if m.tie_weights:
         norm += " (head tied to the embedding)"
     return (f"{front}{cell}, {layers}, hidden {m.hidden_size}{proj}{norm} · "

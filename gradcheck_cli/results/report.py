@@ -255,6 +255,16 @@ class NormSummary:
 
 
 @dataclass(frozen=True)
+class MLPSummary:
+    """A two-layer MLP head: Linear, activation, Linear."""
+
+    size: int
+    """The hidden layer's width."""
+    activation: str
+    """tanh, relu, gelu (nn.GELU()) or gelu_tanh (nn.GELU(approximate="tanh"))."""
+
+
+@dataclass(frozen=True)
 class ModelSummary:
     cell: Literal["rnn", "lstm", "gru"]
     nonlinearity: str | None
@@ -276,6 +286,8 @@ class ModelSummary:
     """The LayerNorm between the stack and the head, or null."""
     bidirectional: bool = False
     """Each layer runs both ways in time; ``layers`` then has an entry per direction."""
+    mlp: MLPSummary | None = None
+    """The MLP head's hidden layer, or null (the head is one Linear)."""
     tie_weights: bool = False
     """The head's weight is the embedding's matrix (tied); its gradient is under the
     embedding's name, the sum of both uses."""

@@ -115,6 +115,27 @@ class LayerNorm:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MLPHead:
+    """A two-layer MLP head, nn.Sequential(nn.Linear(width, size), activation,
+    nn.Linear(size, output_size)), reading the top layer's output (or its LayerNorm's)."""
+
+    size: int | None = _opt(None, "the hidden layer's width (read off the weights when given)",
+                            minimum=1)
+    activation: Literal["tanh", "relu", "gelu"] = _opt(
+        "tanh", "between the two Linears: nn.Tanh, nn.ReLU or nn.GELU (a state_dict does not "
+                "record it)")
+    approximate: Literal["none", "tanh"] = _opt(
+        "none", "gelu only: nn.GELU(approximate=...), the exact erf form or the tanh one")
+    bias: bool = _opt(True, "the first Linear has a bias (read off the weights when given)")
+
+    @property
+    def activation_name(self) -> str:
+        """The activation as the core names it: tanh, relu, gelu or gelu_tanh."""
+        return "gelu_tanh" if self.activation == "gelu" and self.approximate == "tanh" \
+            else self.activation
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """The recurrent stack (PyTorch's nn.RNN/LSTM/GRU, batch_first) and its linear head."""
 
@@ -165,6 +186,12 @@ class ModelSpec:
     norm_prefix: str | None = _opt(
         None, "the LayerNorm's prefix in the weights file (e.g. encoder.norm); found when "
               "only one fits")
+    mlp: Union[MLPHead, None] = _opt(
+        None, "a two-layer MLP head (Linear, activation, Linear) instead of one Linear: a "
+              "mapping of size, activation, approximate and bias")
+    mlp_prefix: str | None = _opt(
+        None, "the MLP head's first Linear's prefix in the weights file (e.g. classifier.0); "
+              "found when only one fits (head_prefix then names its last Linear)")
     tie_weights: bool | None = _opt(
         None, "the head's weight is the embedding's matrix (a language model's decoder.weight "
               "= encoder.weight, num_embeddings outputs): its gradient is the sum of both "

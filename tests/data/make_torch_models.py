@@ -30,7 +30,9 @@ every parameter's gradient and every layer's per-step total dL/dh_t (dL/dc_t) fr
   2-layer ``nn.LSTM`` -> ``decoder`` (``nn.Linear``) with ``decoder.weight =
   encoder.weight``, cross-entropy at every step on token ids; also saved as
   ``tied.safetensors`` by ``safetensors.torch.save_model`` (one of the two names kept, the
-  other in its metadata) and as ``tied.pt`` (one storage, two names).
+  other in its metadata) and as ``tied.pt`` (one storage, two names);
+* ``mlp``: a 2-layer ``nn.GRU`` and an MLP head, ``nn.Sequential(nn.Linear(H, 6),
+  nn.GELU(), nn.Linear(6, O))`` (``head.0``, ``head.2``), mse at every step.
 
 A bidirectional case's ``CASE/dh/U`` is unit U's: layer U // 2, direction U % 2 (1 reverse).
 
@@ -409,6 +411,22 @@ def tied_case(out):
     torch.save(model.state_dict(), HERE / "tied.pt")
 
 
+def mlp_case(out):
+    model = nn.Module()
+    model.rnn = nn.GRU(I, H, num_layers=2, batch_first=True)
+    model.head = nn.Sequential(nn.Linear(H, 6), nn.GELU(), nn.Linear(6, O))
+    model.double()
+    x = torch.randn(B, T, I, dtype=torch.float64)
+    targets = torch.randn(B, T, O, dtype=torch.float64)
+    zeros = torch.zeros(B, H, dtype=torch.float64)
+    top, hs, cs = unrolled(cells_of(model.rnn, 2), x, [(zeros,), (zeros,)])
+    nn.functional.mse_loss(model.head(top), targets).backward()
+    model.zero_grad()
+    loss = nn.functional.mse_loss(model.head(model.rnn(x)[0]), targets)
+    loss.backward()
+    record(out, "mlp", model, loss, hs, cs, x=x, targets=targets)
+
+
 def main():
     torch.manual_seed(0)
     out: dict[str, np.ndarray] = {}
@@ -421,6 +439,7 @@ def main():
     proj_case(out, "proj", bidirectional=False)
     proj_case(out, "biproj", bidirectional=True)
     tied_case(out)
+    mlp_case(out)
     np.savez_compressed(HERE / "torch_models.npz", **out)
     print(f"torch {torch.__version__}: wrote torch_models.npz, cell.pt, nested.pt, tied.pt, "
           "tied.safetensors")
