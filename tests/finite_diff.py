@@ -152,3 +152,18 @@ def complex_step_along(loss_of: Callable[[dict], np.ndarray], params: dict, name
     perturbed = dict(params)
     perturbed[name] = params[name] + 1j * step * v
     return float(np.asarray(loss_of(perturbed)).imag / step)
+
+
+def assert_gradients_along(loss_of: Callable[[dict], np.ndarray], params: dict,
+                           grads: dict, padding_idx: int | None = None, seed: int = 1) -> None:
+    """v·∇L of every tensor in ``grads`` against the complex step of ``loss_of`` along a
+    random direction v (the embedding's padding_idx row left out: PyTorch gives it no
+    gradient by convention)."""
+    import pytest
+    rng = np.random.default_rng(seed)
+    for name in params:
+        v = rng.standard_normal(params[name].shape)
+        if name == "embedding.weight" and padding_idx is not None:
+            v[padding_idx] = 0.0
+        expected = complex_step_along(loss_of, params, name, v)
+        assert np.vdot(v, grads[name]) == pytest.approx(expected, rel=1e-11, abs=1e-14), name

@@ -227,14 +227,15 @@ def unrolled_bidirectional(cells, x, lengths, initial):
     return torch.cat(tops), hs, cs
 
 
-def record_units(out, name, hs, cs):
-    """Per unit, dL/dh_t (and dL/dc_t) [batch, length, hidden], zero past each end."""
-    for key, states in (("dh", hs), ("dc", cs)):
+def record_units(out, name, hs, cs, widths=(H, H)):
+    """Per unit, dL/dh_t (and dL/dc_t) [batch, length, width], zero past each end
+    (``widths``: h's and c's, P and H with a projection)."""
+    for key, states, width in (("dh", hs, widths[0]), ("dc", cs, widths[1])):
         for u, unit in enumerate(states):
             if unit[0][0] is None:
                 continue
             out[f"{name}/{key}/{u}"] = np.stack([
-                np.stack([s.grad.numpy()[0] if s is not None else np.zeros(H)
+                np.stack([s.grad.numpy()[0] if s is not None else np.zeros(width)
                           for s in seq]) for seq in unit])
 
 
@@ -330,17 +331,6 @@ def unrolled_projected(module, directions, x, lengths, initial):
     return torch.cat(tops), hs, cs
 
 
-def record_projected(out, name, hs, cs):
-    """:func:`record_units`, dL/dh_t P wide and dL/dc_t H wide."""
-    for key, states, width in (("dh", hs, P), ("dc", cs, H)):
-        for u, unit in enumerate(states):
-            if unit[0][0] is None:
-                continue
-            out[f"{name}/{key}/{u}"] = np.stack([
-                np.stack([s.grad.numpy()[0] if s is not None else np.zeros(width)
-                          for s in seq]) for seq in unit])
-
-
 def proj_case(out, name, bidirectional):
     directions = 2 if bidirectional else 1
     model = nn.Module()
@@ -381,7 +371,7 @@ def proj_case(out, name, bidirectional):
     loss.backward()
     arrays = {"lengths": lengths.numpy()} if bidirectional else {"h0": h0, "c0": c0}
     record(out, name, model, loss, [], [], x=x, targets=targets, **arrays)
-    record_projected(out, name, hs, cs)
+    record_units(out, name, hs, cs, widths=(P, H))
 
 
 def tied_case(out):
