@@ -79,6 +79,11 @@ WIDE_OUTPUT = ["model.hidden_size=8", "model.output_size=256", "sequence.length=
     ("lstm_healthy", ["model.embedding={num_embeddings: 20000, embedding_dim: 8}",
                       "model.dropout=0.3", "model.num_layers=3", "sequence.length=200",
                       "sequence.batch_size=32"], 3, None),
+    # a LayerNorm after a wide embedding: its x̂ in place of the rows, rstd, its output,
+    # and its backward's scratch
+    ("gru_healthy", ["model.embedding={num_embeddings: 50, embedding_dim: 8}",
+                     "model.embedding_norm=true", "model.hidden_size=4",
+                     "sequence.length=300", "sequence.batch_size=32"], 3, None),
     # a LayerNorm before the head: its x̂, rstd and output, and its backward's arrays
     ("gru_healthy", ["model.norm=true", "model.hidden_size=128", "sequence.length=300",
                      "sequence.batch_size=32"], 3, None),

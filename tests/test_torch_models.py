@@ -265,6 +265,42 @@ def test_a_language_model_with_tied_weights_matches_pytorch(tmp_path):
                        "its head and its embedding are one tensor")
 
 
+def test_a_layernorm_after_the_embedding_matches_pytorch(tmp_path):
+    """A tagger: nn.Embedding -> nn.LayerNorm(eps=1e-6) -> bidirectional LSTM ->
+    nn.LayerNorm -> Linear, both norms' affines away from ones and zeros: every gradient
+    (the embedding's through its norm, both norms' weights and biases) and every unit's
+    per-step dL/dh_t as autograd gives them, from the checkpoint, its norm found by its
+    width."""
+    np.savez(tmp_path / "tokens.npz", x=TORCH["embnorm/x"], targets=TORCH["embnorm/targets"])
+    path = tmp_path / "tagger.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"weights": str(DATA / "embnorm.safetensors"),
+                  "embedding": {"padding_idx": 0}, "embedding_norm": {"eps": 1e-6},
+                  "norm": True},
+        "sequence": {"inputs": {"file": "tokens.npz", "key": "x"},
+                     "targets": {"file": "tokens.npz", "key": "targets"}},
+        "loss": {"kind": "cross_entropy"}}))
+    spec = load_spec(path)
+    assert spec.model.checkpoint.embedding_norm_prefix == "embed_norm"
+    assert spec.model.checkpoint.norm_prefix == "norm"
+    report = analyze_spec(spec, trials=2, windows=None)
+    _matches_pytorch(report, "embnorm")
+    assert not [f for f in report.findings if f.code == "unmodelled"]
+    notes = " ".join(report.notes)
+    assert "embedding embed → LayerNorm embed_norm" in notes
+    assert "through a LayerNorm (eps 1e-06)" in notes
+    assert verify_spec(spec, directions=2, entries=2).passed
+    # the default eps is not the model's: the numbers move, and no longer match
+    other = analyze_spec(load_spec(path, ["model.embedding_norm.eps=1e-5"]), trials=0,
+                         windows=None)
+    assert other.loss != pytest.approx(float(TORCH["embnorm/loss"]), rel=1e-12)
+    # without model.embedding_norm its tensors are named as what the analysis leaves out
+    left_out = analyze_spec(load_spec(path, ["model.embedding_norm=null"]), trials=0,
+                            windows=None)
+    unmodelled = [f for f in left_out.findings if f.code == "unmodelled"]
+    assert unmodelled and "embed_norm.weight" in unmodelled[0].message
+
+
 def test_an_mlp_head_matches_pytorch(tmp_path):
     """nn.Sequential(nn.Linear(H, 6), nn.GELU(), nn.Linear(6, O)) on a 2-layer GRU: the
     first Linear found by its shape, the last by reading it, the activation as the spec

@@ -204,7 +204,10 @@ def assemble(spec: Spec, arch: Architecture, params: Params, names: dict[str, st
                            mlp=MLPSummary(arch.mlp, arch.mlp_activation) if arch.mlp
                            else None,
                            norm=NormSummary(arch.norm_eps, arch.norm_affine)
-                           if arch.norm else None),
+                           if arch.norm else None,
+                           embedding_norm=NormSummary(arch.embedding_norm_eps,
+                                                      arch.embedding_norm_affine)
+                           if arch.embedding_norm else None),
         length=spec.length, batch_size=spec.batch_size,
         loss_kind=spec.loss.kind, loss_timesteps=spec.loss.timesteps,
         thresholds={"vanishing": spec.thresholds.vanishing,

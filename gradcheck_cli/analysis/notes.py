@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.model import Architecture
-from ..spec.schema import Distribution, Embedding, Spec
+from ..spec.schema import Distribution, Embedding, LayerNorm, Spec
 
 
 def padding_note(lengths: np.ndarray) -> str:
@@ -53,7 +53,10 @@ def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
             found = (f"cell module {checkpoint.rnn_prefix or '(no prefix)'} (an nn.{module}: "
                      "one layer, looped over the sequence)")
         if checkpoint.embedding_prefix is not None:
-            found = f"embedding {checkpoint.embedding_prefix or '(no prefix)'}, {found}"
+            front = f"embedding {checkpoint.embedding_prefix or '(no prefix)'}"
+            if checkpoint.embedding_norm_prefix is not None:
+                front += f" → LayerNorm {checkpoint.embedding_norm_prefix or '(no prefix)'}"
+            found = f"{front}, {found}"
         if checkpoint.norm_prefix is not None:
             found += f", LayerNorm {checkpoint.norm_prefix or '(no prefix)'}"
         found += f", head {checkpoint.head_prefix or '(no prefix)'}" \
@@ -82,8 +85,12 @@ def notes_for(spec: Spec, lengths: np.ndarray | None = None) -> list[str]:
                    "{padding_idx: N} if the model has one)")
         else:
             pad = "no padding_idx"
-        notes.append(f"inputs: token ids, each step's input the embedding's row for its "
-                     f"token; {pad}{drawn}")
+        row = "the embedding's row for its token"
+        norm = spec.model.embedding_norm
+        if isinstance(norm, LayerNorm):          # (resolved: a LayerNorm or None)
+            row = (f"the embedding's row for its token through a LayerNorm (eps {norm.eps:g}"
+                   + ("" if norm.elementwise_affine else ", no affine") + ")")
+        notes.append(f"inputs: token ids, each step's input {row}; {pad}{drawn}")
     if spec.model.tie_weights:
         shared, which = "embedding.weight", "the head's weight is the embedding's matrix"
         if checkpoint is not None and checkpoint.tied:

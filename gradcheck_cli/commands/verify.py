@@ -259,10 +259,10 @@ class VerifySummary:
 
 def tensor_layer(arch: Architecture, name: str) -> int:
     """The layer a parameter belongs to; the head counts as the layer above the top, the
-    embedding as the one below the first (-1)."""
+    embedding (and its LayerNorm) as the one below the first (-1)."""
     if name.startswith(("head.", "norm.", "mlp.")):
         return arch.num_layers
-    if name == "embedding.weight":
+    if name == "embedding.weight" or name.startswith("embedding_norm."):
         return -1
     return int(name.rsplit("_l", 1)[1].removesuffix("_reverse"))
 

@@ -29,6 +29,12 @@ the outputs are the top layer's hidden states themselves. With an ``nn.Embedding
     norm.weight         (D*H,)        D = 2 when bidirectional, else 1 (D*P with P)
     norm.bias           (D*H,)
 
+and an ``nn.LayerNorm(input_size)`` after the embedding, on each looked-up row (what
+BERT-style and many tagging encoders put there):
+
+    embedding_norm.weight  (input_size,)
+    embedding_norm.bias    (input_size,)
+
 A two-layer MLP head (``nn.Sequential(nn.Linear(D*H, M), activation, nn.Linear(M, O))``,
 the activation tanh, relu or gelu) has its first Linear before the head:
 
@@ -84,6 +90,10 @@ class Architecture:
     norm_eps: float = 1e-5
     norm_affine: bool = True
     """The norm's ``eps`` and ``elementwise_affine``."""
+    embedding_norm: bool = False
+    """An ``nn.LayerNorm(input_size)`` on the embedding's rows, before the first layer."""
+    embedding_norm_eps: float = 1e-5
+    embedding_norm_affine: bool = True
     bidirectional: bool = False
     """Each layer runs both ways in time (``nn.LSTM(bidirectional=True)``): its reverse
     direction from the end of each sequence to its start."""
@@ -102,6 +112,7 @@ class Architecture:
     def from_spec(cls, model) -> Architecture:  # model: a resolved spec.ModelSpec
         head = model.head is not False
         embedding = model.embedding
+        embedding_norm = model.embedding_norm if embedding else None
         return cls(cell=model.cell, input_size=model.input_size, hidden_size=model.hidden_size,
                    output_size=model.output_size if head else model.hidden_size,
                    num_layers=model.num_layers, nonlinearity=model.nonlinearity,
@@ -117,7 +128,12 @@ class Architecture:
                    mlp=model.mlp.size if head and model.mlp is not None else 0,
                    mlp_activation=model.mlp.activation_name if model.mlp is not None
                    else "tanh",
-                   mlp_bias=model.mlp.bias if model.mlp is not None else True)
+                   mlp_bias=model.mlp.bias if model.mlp is not None else True,
+                   embedding_norm=embedding_norm is not None,
+                   embedding_norm_eps=embedding_norm.eps if embedding_norm is not None
+                   else 1e-5,
+                   embedding_norm_affine=embedding_norm.elementwise_affine
+                   if embedding_norm is not None else True)
 
     @property
     def gates(self) -> int:
@@ -184,6 +200,9 @@ class Architecture:
         shapes: dict[str, tuple[int, ...]] = {}
         if self.embedding:
             shapes["embedding.weight"] = (self.embedding, self.input_size)
+            if self.embedding_norm and self.embedding_norm_affine:
+                shapes["embedding_norm.weight"] = (self.input_size,)
+                shapes["embedding_norm.bias"] = (self.input_size,)
         for u in range(self.units):
             suffix, k = self.unit_suffix(u), self.unit(u)[0]
             shapes[f"rnn.weight_ih{suffix}"] = (g, self.layer_input_size(k))
@@ -217,6 +236,8 @@ class Architecture:
         if self.bidirectional:
             layers = f"bidirectional, {layers}"
         front = f"embedding {self.embedding}×{self.input_size} → " if self.embedding else ""
+        if self.embedding_norm:
+            front += "LayerNorm → "
         proj = f", proj {self.proj_size}" if self.proj_size else ""
         return f"{front}{cell}, {layers}, hidden {self.hidden_size}{proj}"
 
@@ -274,8 +295,8 @@ def init_params(arch: Architecture, init, rng: np.random.Generator,
             scheme, gain = init.for_input() if "_ih_" in name else init.for_recurrent()
             blocks = [_block(scheme, gain, h, shape[1], rng) for _ in range(arch.gates)]
             value = np.concatenate(blocks, axis=0)
-        elif name.startswith("norm."):             # nn.LayerNorm's: ones and zeros
-            value = np.ones(shape) if name == "norm.weight" else np.zeros(shape)
+        elif name.startswith(("norm.", "embedding_norm.")):   # nn.LayerNorm's: 1s, 0s
+            value = np.ones(shape) if name.endswith(".weight") else np.zeros(shape)
         elif name == "embedding.weight":
             value = rng.standard_normal(shape)
             if arch.padding_idx is not None:

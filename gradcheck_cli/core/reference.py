@@ -167,11 +167,13 @@ def initial_states(arch: Architecture, initial: tuple[np.ndarray, ...] | None,
 
 def embed(arch: Architecture, params: Params, inputs: np.ndarray) -> np.ndarray:
     """What the first layer reads: with an embedding, x_t = E[token_t] (``nn.Embedding``: a
-    row of its weight per token id, inputs ``(T, B)`` integers -> ``(..., T, B, D)``);
-    without one, the inputs themselves ``(T, B, in)``."""
+    row of its weight per token id, inputs ``(T, B)`` integers -> ``(..., T, B, D)``), with
+    a LayerNorm after it, LayerNorm(E[token_t]); without one, the inputs themselves
+    ``(T, B, in)``."""
     if not arch.embedding:
         return inputs
-    return params["embedding.weight"][..., inputs, :]
+    rows = params["embedding.weight"][..., inputs, :]
+    return layer_norm(arch, params, rows, "embedding_norm")[0] if arch.embedding_norm else rows
 
 
 def embedding_grad(arch: Architecture, tokens: np.ndarray, d_x: np.ndarray) -> np.ndarray:
@@ -196,25 +198,40 @@ def layer_output(arch: Architecture, k: int, h: np.ndarray, x_t: np.ndarray,
     return out
 
 
-def layer_norm(arch: Architecture, params: Params, x: np.ndarray
+def layer_norm(arch: Architecture, params: Params, x: np.ndarray, which: str = "norm"
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``nn.LayerNorm`` over the last axis: x̂ = (x - mean) / sqrt(var + eps), with the
     biased variance, then γ x̂ + β (elementwise affine). Returns the output, x̂ and
-    1 / sqrt(var + eps). Analytic (no absolute value), so the complex step runs through it."""
+    1 / sqrt(var + eps). Analytic (no absolute value), so the complex step runs through it.
+    ``which``: the norm before the head (``norm``) or the one after the embedding
+    (``embedding_norm``), whose eps, affine and parameters it takes."""
+    eps, affine = norm_settings(arch, which)
     centred = x - x.mean(axis=-1, keepdims=True)
-    rstd = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + arch.norm_eps)
+    rstd = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + eps)
     x_hat = centred * rstd
-    if not arch.norm_affine:
+    if not affine:
         return x_hat, x_hat, rstd
-    return (x_hat * params["norm.weight"][..., None, :] + params["norm.bias"][..., None, :],
-            x_hat, rstd)
+    weight, bias = params[f"{which}.weight"], params[f"{which}.bias"]
+    # variants (a leading K) go before x's own axes: (B, H) at a step before the head,
+    # (T, B, D) for the embedding's rows
+    rows = (1,) * (1 if which == "norm" else 2)
+    return (x_hat * weight.reshape(*weight.shape[:-1], *rows, weight.shape[-1])
+            + bias.reshape(*bias.shape[:-1], *rows, bias.shape[-1]), x_hat, rstd)
+
+
+def norm_settings(arch: Architecture, which: str) -> tuple[float, bool]:
+    """A LayerNorm's eps and elementwise_affine: the head's (``norm``) or the embedding's
+    (``embedding_norm``)."""
+    if which == "norm":
+        return arch.norm_eps, arch.norm_affine
+    return arch.embedding_norm_eps, arch.embedding_norm_affine
 
 
 def layer_norm_backward(arch: Architecture, params: Params, d_y: np.ndarray,
-                        x_hat: np.ndarray, rstd: np.ndarray) -> np.ndarray:
+                        x_hat: np.ndarray, rstd: np.ndarray, which: str = "norm") -> np.ndarray:
     """dL/dx of :func:`layer_norm` from dL/dy: with g = γ ⊙ dL/dy (dL/dx̂),
     dL/dx = rstd (g - mean(g) - x̂ mean(g x̂)), the means over the normalised axis."""
-    g = d_y * params["norm.weight"] if arch.norm_affine else d_y
+    g = d_y * params[f"{which}.weight"] if norm_settings(arch, which)[1] else d_y
     return rstd * (g - g.mean(axis=-1, keepdims=True)
                    - x_hat * (g * x_hat).mean(axis=-1, keepdims=True))
 
@@ -610,6 +627,14 @@ def backward(arch: Architecture, params: Params, caches: list[list[dict[str, np.
         if first is not None and "mask" in first[0]:    # out_{k-1} ⊙ mask: its gradient too
             d_out = d_in * np.stack([cache["mask"] for cache in first])
     if arch.embedding:                                  # x_t = E[token_t]
-        tokens = np.stack([cache["tokens"] for cache in caches[0]])
-        grads["embedding.weight"] += embedding_grad(arch, tokens[start:stop], d_out[start:stop])
+        tokens = np.stack([cache["tokens"] for cache in caches[0]])[start:stop]
+        d_rows = d_out[start:stop]
+        if arch.embedding_norm:                         # ... = LayerNorm(E[token_t])
+            _, x_hat, rstd = layer_norm(arch, params, params["embedding.weight"][tokens],
+                                        "embedding_norm")
+            if arch.embedding_norm_affine:
+                grads["embedding_norm.weight"] += (d_rows * x_hat).sum(axis=(0, 1))
+                grads["embedding_norm.bias"] += d_rows.sum(axis=(0, 1))
+            d_rows = layer_norm_backward(arch, params, d_rows, x_hat, rstd, "embedding_norm")
+        grads["embedding.weight"] += embedding_grad(arch, tokens, d_rows)
     return grads, hidden, cell if arch.cell == "lstm" else None

@@ -50,7 +50,9 @@ def forward_arrays(arch: Architecture, k: int, steps: int, rows: int,
     and c keep H). reversed: the reverse direction's input, each sequence reversed
     in time. The layer's: both, its directions' states side by side (bidirectional); out:
     its output h + x, with a residual connection across it; embedded: layer 0's input
-    looked up from an embedding (the rows of the token ids); with dropout, below the top
+    looked up from an embedding (the rows of the token ids), with a LayerNorm after it
+    their x̂ (in place), embedding_rstd and, elementwise affine, the norm's output
+    (embedding_normed, layer 0's input); with dropout, below the top
     layer: mask, the caller's dropout mask the pass reads, and dropped, h ⊙ mask (with a
     residual connection, ``out`` is masked in place).
     """
@@ -76,6 +78,11 @@ def forward_arrays(arch: Architecture, k: int, steps: int, rows: int,
         table["out"] = Array("out", wide, dtype)
     if k == 0 and arch.embedding:
         table["embedded"] = Array("embedded", (steps, rows, arch.input_size), dtype)
+        if arch.embedding_norm:
+            table["embedding_rstd"] = Array("embedding_rstd", (steps, rows, 1), dtype)
+            if arch.embedding_norm_affine:
+                table["embedding_normed"] = Array("embedding_normed",
+                                                  (steps, rows, arch.input_size), dtype)
     if k < arch.dropped:
         table["mask"] = Array("mask", wide, dtype)
         if not arch.residual_layer(k):
@@ -113,7 +120,8 @@ def backward_arrays(arch: Architecture, k: int, window: int, rows: int, dtype, *
     lstm's dL/dc_t, alike. d_gates: dL/d(pre-activation) of a block of steps; d_hp: gru's
     dL/d(W_hh h_{t-1} + b_hh), which differs from it in n (rnn and lstm use d_gates).
     dx: dL/d(the layer's input), what the layer below receives (for layer 0, only with
-    an embedding: what its rows receive). A reverse direction's: reversed_d, the gradient
+    an embedding: what its rows receive; d_embedded, the scratch of its LayerNorm's
+    backward pass, with one). A reverse direction's: reversed_d, the gradient
     reaching its states from above, reversed in time as its steps are. With a
     projection (dh is P wide): d_proj, a block's dL/dh_t, and m_block, its
     o ⊙ tanh(c_t), for dW_hr.
@@ -134,6 +142,9 @@ def backward_arrays(arch: Architecture, k: int, window: int, rows: int, dtype, *
         table["d_hp"] = Array("d_hp", block, dtype, "layer")
     if k > 0 or arch.embedding:
         table["dx"] = Array("dx", (window, rows, arch.layer_input_size(k)), dtype, "layer")
+    if k == 0 and arch.embedding_norm and not direction:   # through the embedding's norm
+        table["d_embedded"] = Array("d_embedded", (window, rows, arch.input_size), dtype,
+                                    "layer")
     if direction:
         table["reversed_d"] = Array("reversed_d", (window, rows, S), dtype, "layer")
     return table

@@ -16,7 +16,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..core.model import Architecture, Params
-from ..core.reference import activation_slope, embedding_grad, layer_projection, layer_weights
+from ..core.reference import (
+    activation_slope,
+    embedding_grad,
+    layer_projection,
+    layer_weights,
+    norm_settings,
+)
 from .arrays import STEP_BLOCK, backward_arrays, top_arrays
 from .buffers import FRESH, Buffers
 from .forward import project, reverse_time
@@ -102,8 +108,9 @@ def backward_lanes(arch: Architecture, params: Params, fwd: Forward,
                                 out=buffers.take(tops["d_top"]))
     if arch.norm:                                      # ... through its LayerNorm
         d_read = dh_direct
-        dh_direct = norm_backward(arch, params, fwd, d_read, start, lanes, grads,
-                                  out=buffers.take(tops["d_norm"]))
+        assert fwd.norm_hat is not None and fwd.rstd is not None
+        dh_direct = norm_backward(arch, params, "norm", fwd.norm_hat, fwd.rstd, d_read, start,
+                                  lanes, grads, out=buffers.take(tops["d_norm"]))
         if d_read is not d_in:
             buffers.give_back(d_read)
     if arch.bidirectional and (first.shape[0] != W or carry is not None
@@ -152,6 +159,14 @@ def backward_lanes(arch: Architecture, params: Params, fwd: Forward,
             buffers.give_back(dh_direct)
         if dx is None or k == 0:                       # below: the embedding, or nothing
             if dx is not None:
+                if arch.embedding_norm:                # x = LayerNorm(E[token]): through it
+                    assert fwd.embedding_hat is not None and fwd.embedding_rstd is not None
+                    scratch = buffers.take(backward_arrays(arch, 0, W, rows, dx.dtype)
+                                           ["d_embedded"])
+                    norm_backward(arch, params, "embedding_norm", fwd.embedding_hat,
+                                  fwd.embedding_rstd, dx, start, lanes, grads, out=dx,
+                                  scratch=scratch)
+                    buffers.give_back(scratch)
                 embedding_grads(arch, fwd, dx, start, lanes, grads)
             break
         if fwd.masks is not None:                      # x_k = out_{k-1} ⊙ mask: through it
@@ -188,25 +203,33 @@ def head_grads(arch: Architecture, d_in: np.ndarray, top: np.ndarray, lanes: Lan
             grads[lane][bias] = flat.sum(axis=0)
 
 
-def norm_backward(arch: Architecture, params: Params, fwd: Forward, d_y: np.ndarray,
-                  start: int, lanes: Lanes, grads: list[dict[str, np.ndarray]], *,
-                  out: np.ndarray) -> np.ndarray:
-    """The reference's ``layer_norm_backward`` for every lane's rows at once, into
-    ``out``; each lane's dγ and dβ. Lanes sharing the forward pass share its x̂ and rstd."""
-    assert fwd.norm_hat is not None and fwd.rstd is not None
+def norm_backward(arch: Architecture, params: Params, which: str, x_hat: np.ndarray,
+                  rstd: np.ndarray, d_y: np.ndarray, start: int, lanes: Lanes,
+                  grads: list[dict[str, np.ndarray]], *, out: np.ndarray,
+                  scratch: np.ndarray | None = None) -> np.ndarray:
+    """The reference's ``layer_norm_backward`` for every lane's rows at once, into ``out``
+    (which may be ``d_y``; ``scratch``, shaped as it, holds the working copy when given);
+    each lane's dγ and dβ. ``which``: the LayerNorm's name (``norm``, ``embedding_norm``),
+    ``x_hat`` and ``rstd`` its forward pass's. Lanes sharing the forward pass share
+    them."""
     W, rows, H = d_y.shape
-    x_hat = fwd.norm_hat[start:start + W]
-    rstd = fwd.rstd[start:start + W]
-    if arch.norm_affine:
+    x_hat = x_hat[start:start + W]
+    rstd = rstd[start:start + W]
+    affine = norm_settings(arch, which)[1]
+    if affine:
         for lane, want in enumerate(lanes.param_grads):
             if want:
                 d = lanes.view(d_y, lane)
                 seen = lanes.of_forward(x_hat, lane)
-                grads[lane]["norm.weight"] = np.einsum("wbh,wbh->h", d, seen)
-                grads[lane]["norm.bias"] = d.sum(axis=(0, 1))
+                grads[lane][f"{which}.weight"] = np.einsum("wbh,wbh->h", d, seen)
+                grads[lane][f"{which}.bias"] = d.sum(axis=(0, 1))
     share = rows // x_hat.shape[1]                     # lanes per forward row
-    g = (d_y * params["norm.weight"] if arch.norm_affine else d_y.copy()).reshape(
-        W, x_hat.shape[1], share, H)
+    g = np.empty_like(d_y) if scratch is None else scratch
+    if affine:
+        np.multiply(d_y, params[f"{which}.weight"], out=g)
+    else:
+        g[...] = d_y
+    g = g.reshape(W, x_hat.shape[1], share, H)
     xh, rs = x_hat[:, :, None, :], rstd[:, :, None, :]
     mixed = (g * xh).mean(axis=-1, keepdims=True)
     g -= g.mean(axis=-1, keepdims=True)

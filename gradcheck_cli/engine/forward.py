@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.model import Architecture, Params
-from ..core.reference import activate, layer_projection, layer_weights
+from ..core.reference import activate, layer_projection, layer_weights, norm_settings
 from .arrays import STEP_BLOCK, forward_arrays, head_arrays
 from .buffers import FRESH, Buffers
 from .kernels import KERNELS, Kernel, sigmoid_halves
@@ -29,6 +29,9 @@ def forward(arch: Architecture, params: Params, x: np.ndarray, *,
         steps, rows = tokens.shape
         table = forward_arrays(arch, 0, steps, rows, weight.dtype)
         x = np.take(weight, tokens, axis=0, out=buffers.take(table["embedded"]))
+        if arch.embedding_norm:                                 # LayerNorm(E[token_t])
+            fwd_norm = normalise(arch, params, "embedding_norm", x, table, buffers)
+            embedding_hat, embedding_rstd, x = fwd_norm
     T, B, _ = x.shape
     order = time_reversal(lengths, T, B) if arch.bidirectional else None
     layers = []
@@ -60,11 +63,13 @@ def forward(arch: Architecture, params: Params, x: np.ndarray, *,
             inputs = h
     fwd = Forward(layers=layers, outputs=inputs, top=inputs, tokens=tokens, masks=masks,
                   order=order)
+    if arch.embedding and arch.embedding_norm:
+        fwd.embedding_hat, fwd.embedding_rstd = embedding_hat, embedding_rstd
     table = head_arrays(arch, T, B, inputs.dtype)
     read = inputs
     if arch.norm:
-        read = layer_norm(arch, params, fwd, inputs, table, buffers)
-        fwd.outputs = read
+        fwd.norm_hat, fwd.rstd, read = normalise(arch, params, "norm", inputs, table, buffers)
+        fwd.normed = fwd.outputs = read
     if arch.head and arch.mlp:                                  # act(W_1 read + b_1)
         fwd.mlp_pre = project(read, params["mlp.weight"], params.get("mlp.bias"),
                               out=buffers.take(table["mlp_pre"]))
@@ -103,24 +108,32 @@ def reverse_time(a: np.ndarray, order: np.ndarray | None, *, out: np.ndarray) ->
     return out
 
 
-def layer_norm(arch: Architecture, params: Params, fwd: Forward, top: np.ndarray,
-               table: dict, buffers: Buffers) -> np.ndarray:
+def normalise(arch: Architecture, params: Params, which: str, x: np.ndarray, table: dict,
+              buffers: Buffers) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The reference's :func:`~gradcheck_cli.core.reference.layer_norm` of every step at
-    once, into the pass's arrays (x̂ and rstd kept for the backward pass); its output."""
-    x_hat = np.subtract(top, top.mean(axis=-1, keepdims=True),
-                        out=buffers.take(table["norm_hat"]))
-    rstd = buffers.take(table["rstd"])
+    once, into the pass's arrays: x̂, 1/sqrt(var + eps) (kept for the backward pass) and the
+    output (x̂ itself without an affine). ``which``: ``norm``, the LayerNorm before the head
+    (its arrays ``norm_hat``, ``rstd``, ``normed``), or ``embedding_norm``, the one after
+    the embedding (x̂ in place of the looked-up rows ``x``, ``embedding_rstd``,
+    ``embedding_normed``)."""
+    eps, affine = norm_settings(arch, which)
+    names = ("norm_hat", "rstd", "normed") if which == "norm" else \
+        (None, "embedding_rstd", "embedding_normed")
+    mean = x.mean(axis=-1, keepdims=True)
+    x_hat = x if names[0] is None else buffers.take(table[names[0]])
+    np.subtract(x, mean, out=x_hat)
+    rstd = buffers.take(table[names[1]])
     np.einsum("tbh,tbh->tb", x_hat, x_hat, out=rstd[..., 0])      # no (T, B, H) temporary
     rstd /= x_hat.shape[-1]                                       # the biased variance
-    rstd += arch.norm_eps
+    rstd += eps
     np.sqrt(rstd, out=rstd)
     np.divide(1.0, rstd, out=rstd)
     x_hat *= rstd
-    fwd.norm_hat, fwd.rstd, fwd.normed = x_hat, rstd, x_hat
-    if arch.norm_affine:
-        fwd.normed = np.multiply(x_hat, params["norm.weight"], out=buffers.take(table["normed"]))
-        fwd.normed += params["norm.bias"]
-    return fwd.normed
+    if not affine:
+        return x_hat, rstd, x_hat
+    out = np.multiply(x_hat, params[f"{which}.weight"], out=buffers.take(table[names[2]]))
+    out += params[f"{which}.bias"]
+    return x_hat, rstd, out
 
 
 def forward_layer(arch: Architecture, k: int, x: np.ndarray, w_ih: np.ndarray,

@@ -50,6 +50,10 @@ class Forward:
     and 1/sqrt(var + eps) (``rstd``, ``(T, B, 1)``)."""
     norm_hat: np.ndarray | None = None
     rstd: np.ndarray | None = None
+    embedding_hat: np.ndarray | None = None
+    """With a LayerNorm after the embedding: its x̂ ``(T, B, D)`` and 1/sqrt(var + eps)
+    (``embedding_rstd``, ``(T, B, 1)``)."""
+    embedding_rstd: np.ndarray | None = None
     mlp_pre: np.ndarray | None = None
     """With an MLP head: its hidden layer ``(T, B, M)`` before the activation, and after
     (``mlp_act``, what the last Linear reads)."""

@@ -133,7 +133,7 @@ def _resolve_model(ctx: Context, spec: Spec, data: Mapping[str, Any]) -> ModelSp
                                          f"({field_doc(ModelSpec, key)}), needed without "
                                          "model.weights")
         for key in ("rnn_prefix", "head_prefix", "embedding_prefix", "norm_prefix",
-                    "mlp_prefix"):
+                    "embedding_norm_prefix", "mlp_prefix"):
             if getattr(model, key) is not None:
                 ctx.fail(("model", key), "applies only with model.weights")
         if model.unused:
@@ -190,11 +190,12 @@ def _resolve_model(ctx: Context, spec: Spec, data: Mapping[str, Any]) -> ModelSp
 
 
 
-def _norm(model: ModelSpec) -> LayerNorm | None:
-    """``model.norm`` as a section: true is the default LayerNorm, false or null none."""
-    if model.norm is True:
+def _norm(value: bool | LayerNorm | None) -> LayerNorm | None:
+    """``model.norm`` (or ``model.embedding_norm``) as a section: true is the default
+    LayerNorm, false or null none."""
+    if value is True:
         return LayerNorm()
-    return model.norm if isinstance(model.norm, LayerNorm) else None
+    return value if isinstance(value, LayerNorm) else None
 
 
 def _synthetic_embedding(ctx: Context, model: ModelSpec, data: Mapping[str, Any]) -> ModelSpec:
@@ -204,8 +205,11 @@ def _synthetic_embedding(ctx: Context, model: ModelSpec, data: Mapping[str, Any]
         ctx.fail(("model", "embedding"), "true takes the embedding from model.weights; "
                                          "without weights give {num_embeddings: N, "
                                          "embedding_dim: D}")
-    model = dataclasses.replace(model, norm=_norm(model))
+    model = dataclasses.replace(model, norm=_norm(model.norm),
+                                embedding_norm=_norm(model.embedding_norm))
     if not isinstance(embedding, Embedding):
+        if model.embedding_norm is not None:
+            ctx.fail(("model", "embedding_norm"), "applies with model.embedding only")
         return dataclasses.replace(model, embedding=None)
     for key in ("num_embeddings", "embedding_dim"):
         if getattr(embedding, key) is None:
@@ -306,19 +310,34 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
             inferred["tie_weights"] = shared
     elif model.tie_weights and model.embedding:
         ctx.fail(("model", "tie_weights"), f"{path.name} has no head to tie to the embedding")
-    norm, norm_prefix = _norm(model), None
+    norm, norm_prefix = _norm(model.norm), None
+    embedding_norm, embedding_norm_prefix = _norm(model.embedding_norm), None
     if norm is None and model.norm_prefix is not None:
         ctx.fail(("model", "norm_prefix"), "applies with model.norm only")
+    if embedding_norm is None and model.embedding_norm_prefix is not None:
+        ctx.fail(("model", "embedding_norm_prefix"), "applies with model.embedding_norm only")
+    if embedding_norm is not None and embedding_prefix is None:
+        ctx.fail(("model", "embedding_norm"), "applies with model.embedding only")
     if norm is not None and norm.elementwise_affine:
         try:
-            norm_prefix = weights.locate_norm(index, path, rnn_prefix,
-                                              weights.output_width(index, path, rnn_prefix),
-                                              model.norm_prefix)
+            norm_prefix = weights.locate_norm(
+                index, path, rnn_prefix, weights.output_width(index, path, rnn_prefix),
+                model.norm_prefix, exclude=model.embedding_norm_prefix)
         except InputFileError as exc:
             ctx.fail(("model", "norm_prefix") if model.norm_prefix else ("model", "norm"),
                      str(exc))
         names["norm.weight"] = _join_name(norm_prefix, "weight")
         names["norm.bias"] = _join_name(norm_prefix, "bias")
+    if embedding_norm is not None and embedding_norm.elementwise_affine:
+        try:
+            embedding_norm_prefix = weights.locate_norm(
+                index, path, rnn_prefix, typing.cast(int, inferred["input_size"]),
+                model.embedding_norm_prefix, exclude=norm_prefix, key="embedding_norm")
+        except InputFileError as exc:
+            ctx.fail(("model", "embedding_norm_prefix") if model.embedding_norm_prefix
+                     else ("model", "embedding_norm"), str(exc))
+        names["embedding_norm.weight"] = _join_name(embedding_norm_prefix, "weight")
+        names["embedding_norm.bias"] = _join_name(embedding_norm_prefix, "bias")
     for field_name in _INFERRED:
         if field_name not in inferred:
             continue
@@ -331,7 +350,8 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
     embedding = _weights_embedding(ctx, model, inferred, data)
     inferred.pop("num_embeddings", None)
     model = dataclasses.replace(model, **typing.cast(dict[str, Any], inferred),
-                                embedding=embedding, norm=norm)
+                                embedding=embedding, norm=norm,
+                                embedding_norm=embedding_norm)
     expected = Architecture.from_spec(model).parameter_shapes()
     try:
         weights.check_shapes(index, path, names, expected)
@@ -360,6 +380,7 @@ def _model_from_weights(ctx: Context, model: ModelSpec, data: Mapping[str, Any])
         inferred=inferred, half=half, ignored=ignored, on_path=on_path,
         nonlinearity_assumed=model.cell == "rnn" and not given(data, ("model", "nonlinearity")),
         embedding_prefix=embedding_prefix, norm_prefix=norm_prefix,
+        embedding_norm_prefix=embedding_norm_prefix,
         state_dict_key=weights.torch_key(path),
         cell_module=weights.is_cell(index, rnn_prefix),
         dropout_stated=given(data, ("model", "dropout")),

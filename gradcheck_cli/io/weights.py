@@ -67,6 +67,8 @@ class Checkpoint:
     """The embedding's prefix, when the model has one."""
     norm_prefix: str | None = None
     """The LayerNorm's prefix, when the model has one with weights."""
+    embedding_norm_prefix: str | None = None
+    """The embedding's LayerNorm's prefix, alike."""
     state_dict_key: str | None = None
     """A .pt training checkpoint's key the state_dict was under (``model``, say)."""
     cell_module: bool = False
@@ -461,33 +463,39 @@ def _describe_prefix(prefix: str) -> str:
     return repr(prefix) if prefix else "'' (no prefix)"
 
 
-def locate_norm(index: dict[str, Tensor], path: Path, rnn_prefix: str, hidden: int,
-                prefix: str | None) -> str:
-    """A LayerNorm's prefix: ``prefix.weight`` and ``prefix.bias`` of shape [hidden],
-    named, or found as the one such pair outside the recurrent module."""
+def locate_norm(index: dict[str, Tensor], path: Path, rnn_prefix: str, width: int,
+                prefix: str | None, *, exclude: str | None = None, key: str = "norm") -> str:
+    """A LayerNorm's prefix: ``prefix.weight`` and ``prefix.bias`` of shape [width],
+    named, or found as the one such pair outside the recurrent module (and not
+    ``exclude``, the other LayerNorm's). ``key``: the spec's key for it, ``norm`` (before
+    the head) or ``embedding_norm`` (after the embedding), for the messages."""
+    what, whats = ("LayerNorm", "LayerNorms") if key == "norm" else \
+        ("LayerNorm after the embedding", "LayerNorms after the embedding")
+    size = "hidden size" if key == "norm" else "embedding_dim"
+
     def fits(p: str) -> bool:
-        return all(_join(p, n) in index and index[_join(p, n)].shape == (hidden,)
+        return all(_join(p, n) in index and index[_join(p, n)].shape == (width,)
                    for n in ("weight", "bias"))
     if prefix is not None:
         if not fits(prefix):
             raise InputFileError(f"{path.name} has no {_join(prefix, 'weight')} and "
-                                 f"{_join(prefix, 'bias')} of shape [{hidden}] for the "
-                                 "LayerNorm (model.norm_prefix)")
+                                 f"{_join(prefix, 'bias')} of shape [{width}] for the "
+                                 f"{what} (model.{key}_prefix)")
         return prefix
     found = sorted({name[: -len("weight")].rstrip(".") for name in index
                     if (name == "weight" or name.endswith(".weight"))})
-    found = [p for p in found if fits(p) and p != rnn_prefix
+    found = [p for p in found if fits(p) and p != rnn_prefix and p != exclude
              and not (rnn_prefix and p.startswith(rnn_prefix + "."))]
     if not found:
-        raise InputFileError(f"{path.name} has no LayerNorm for hidden size {hidden} (a 1-D "
-                             f"*.weight and *.bias of shape [{hidden}]); name it in "
-                             "model.norm_prefix, or give model.norm: {elementwise_affine: "
+        raise InputFileError(f"{path.name} has no {what} for {size} {width} (a 1-D "
+                             f"*.weight and *.bias of shape [{width}]); name it in "
+                             f"model.{key}_prefix, or give model.{key}: {{elementwise_affine: "
                              "false}")
     if len(found) > 1:
-        raise InputFileError(f"{path.name} holds several possible LayerNorms (weights and "
-                             f"biases of shape [{hidden}]): "
+        raise InputFileError(f"{path.name} holds several possible {whats} (weights and "
+                             f"biases of shape [{width}]): "
                              f"{listing(list(map(_describe_prefix, found)))}; name one in "
-                             "model.norm_prefix")
+                             f"model.{key}_prefix")
     return found[0]
 
 

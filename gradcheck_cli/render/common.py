@@ -75,7 +75,8 @@ def title(report: Report) -> str:
     where = "every step" if report.loss_timesteps == "all" else "the last step"
     e = m.embedding
     front = "" if e is None else f"embedding {e.num_embeddings:,}×{e.embedding_dim}" + (
-        "" if e.padding_idx is None else f" (padding_idx {e.padding_idx})") + " → "
+        "" if e.padding_idx is None else f" (padding_idx {e.padding_idx})") + " → " + (
+        "LayerNorm → " if m.embedding_norm is not None else "")
     norm = " → LayerNorm" if m.norm is not None else ""
     proj = f", proj {m.proj_size}" if m.proj_size else ""
     if m.mlp is not None:

@@ -246,7 +246,8 @@ class EmbeddingSummary:
 
 @dataclass(frozen=True)
 class NormSummary:
-    """An nn.LayerNorm(hidden_size) on the top layer's output, before the head."""
+    """An nn.LayerNorm's settings (``norm``: on the top layer's output, before the head;
+    ``embedding_norm``: on the embedding's rows, before the first layer)."""
 
     eps: float
     """Added to the variance."""
@@ -294,6 +295,8 @@ class ModelSummary:
     proj_size: int = 0
     """An lstm's projection (nn.LSTM's ``proj_size``): each layer's state h_t = W_hr (o_t ⊙
     tanh(c_t)) has this many values, and ``hidden_grad_norm`` is of it; 0: none."""
+    embedding_norm: NormSummary | None = None
+    """The LayerNorm on the embedding's rows, before the first layer, or null."""
 
 
 @dataclass(frozen=True)

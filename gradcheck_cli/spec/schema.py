@@ -106,7 +106,8 @@ class Embedding:
 
 @dataclass(frozen=True, kw_only=True)
 class LayerNorm:
-    """An nn.LayerNorm(hidden_size) on the top layer's output, before the head."""
+    """An nn.LayerNorm: on the top layer's output, before the head (model.norm), or on the
+    embedding's rows, before the first layer (model.embedding_norm)."""
 
     eps: float = _opt(1e-5, "added to the variance, as nn.LayerNorm(eps=...)",
                       exclusiveMinimum=0)
@@ -186,6 +187,13 @@ class ModelSpec:
     norm_prefix: str | None = _opt(
         None, "the LayerNorm's prefix in the weights file (e.g. encoder.norm); found when "
               "only one fits")
+    embedding_norm: Union[bool, LayerNorm, None] = _opt(
+        None, "an nn.LayerNorm(embedding_dim) on the embedding's rows, before the first "
+              "layer: true (the weights file's, or a fresh one), or a mapping of eps and "
+              "elementwise_affine (with model.embedding only)")
+    embedding_norm_prefix: str | None = _opt(
+        None, "the embedding's LayerNorm's prefix in the weights file (e.g. embed.norm); "
+              "found when only one fits")
     mlp: Union[MLPHead, None] = _opt(
         None, "a two-layer MLP head (Linear, activation, Linear) instead of one Linear: a "
               "mapping of size, activation, approximate and bias")

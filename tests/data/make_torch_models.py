@@ -32,7 +32,11 @@ every parameter's gradient and every layer's per-step total dL/dh_t (dL/dc_t) fr
   ``tied.safetensors`` by ``safetensors.torch.save_model`` (one of the two names kept, the
   other in its metadata) and as ``tied.pt`` (one storage, two names);
 * ``mlp``: a 2-layer ``nn.GRU`` and an MLP head, ``nn.Sequential(nn.Linear(H, 6),
-  nn.GELU(), nn.Linear(6, O))`` (``head.0``, ``head.2``), mse at every step.
+  nn.GELU(), nn.Linear(6, O))`` (``head.0``, ``head.2``), mse at every step;
+* ``embnorm``: a tagger, ``embed`` (``nn.Embedding``, padding_idx 0) -> ``embed_norm``
+  (``nn.LayerNorm``, eps 1e-6, its affine drawn away from ones and zeros) -> a
+  bidirectional ``nn.LSTM`` -> ``norm`` (``nn.LayerNorm``) -> ``head``, cross-entropy at
+  every step on token ids; also saved as ``embnorm.safetensors``.
 
 A bidirectional case's ``CASE/dh/U`` is unit U's: layer U // 2, direction U % 2 (1 reverse).
 
@@ -417,6 +421,42 @@ def mlp_case(out):
     record(out, "mlp", model, loss, hs, cs, x=x, targets=targets)
 
 
+def embnorm_case(out):
+    from safetensors.torch import save_file
+    V, D = 11, 4
+    model = nn.Module()
+    model.embed = nn.Embedding(V, D, padding_idx=0)
+    model.embed_norm = nn.LayerNorm(D, eps=1e-6)
+    model.rnn = nn.LSTM(D, H, num_layers=1, batch_first=True, bidirectional=True)
+    model.norm = nn.LayerNorm(2 * H)
+    model.head = nn.Linear(2 * H, O)
+    model.double()
+    with torch.no_grad():                                # an affine that matters
+        for norm in (model.embed_norm, model.norm):
+            norm.weight.add_(0.3 * torch.randn_like(norm.weight))
+            norm.bias.add_(0.3 * torch.randn_like(norm.bias))
+    tokens = torch.randint(0, V, (B, T))
+    tokens[0, :2] = 0                                    # padding_idx read too
+    targets = torch.randint(0, O, (B, T))
+    x = model.embed_norm(model.embed(tokens))
+    zeros = torch.zeros(B, H, dtype=torch.float64)
+    top, hs, cs = unrolled_bidirectional(bidirectional_cells(model.rnn, 1), x,
+                                         torch.full((B,), T), [(zeros, zeros)] * 2)
+    fused = model.rnn(model.embed_norm(model.embed(tokens)))[0]
+    assert torch.allclose(fused, top, rtol=1e-12, atol=1e-14)
+
+    def loss_of(y):
+        return nn.functional.cross_entropy(y.reshape(-1, O), targets.reshape(-1))
+    loss_of(model.head(model.norm(top))).backward()
+    model.zero_grad()
+    loss = loss_of(model.head(model.norm(fused)))
+    loss.backward()
+    record(out, "embnorm", model, loss, [], [], x=tokens, targets=targets)
+    record_units(out, "embnorm", hs, cs)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+              str(HERE / "embnorm.safetensors"))
+
+
 def main():
     torch.manual_seed(0)
     out: dict[str, np.ndarray] = {}
@@ -430,9 +470,10 @@ def main():
     proj_case(out, "biproj", bidirectional=True)
     tied_case(out)
     mlp_case(out)
+    embnorm_case(out)
     np.savez_compressed(HERE / "torch_models.npz", **out)
     print(f"torch {torch.__version__}: wrote torch_models.npz, cell.pt, nested.pt, tied.pt, "
-          "tied.safetensors")
+          "tied.safetensors, embnorm.safetensors")
 
 
 if __name__ == "__main__":
