@@ -25,7 +25,11 @@ if TYPE_CHECKING:
     from .spec.yaml import Override
 
 ANALYZE_TRIALS = 20
-"""Clip trials `analyze` samples by default (and `validate` estimates memory for)."""
+"""The most clip trials `analyze` samples by default (`analysis.clip.DEFAULT_TRIALS`, not
+imported here: `--help` stays fast)."""
+TRIAL_BLOCK = 5
+"""... a block of them at a time (`analysis.clip.BLOCK`): what `validate` estimates memory
+for."""
 MAX_TRIALS = 100_000
 """Each trial is a forward and backward pass: beyond this, a run would not end."""
 MAX_STEPS = 1_000_000
@@ -310,10 +314,11 @@ def cli(debug: bool) -> None:
 @click.option("--save-grads", type=OUTPUT, metavar="FILE.npz",
               help="Save every parameter's gradient under its PyTorch name, as .npz ('-': "
                    "stdout).")
-@click.option("--trials", type=click.IntRange(min=0, max=MAX_TRIALS), default=ANALYZE_TRIALS,
-              show_default=True,
-              help=f"Independent batches sampled for the clip suggestion (0: none; at most "
-                   f"{MAX_TRIALS:,}).")
+@click.option("--trials", type=click.IntRange(min=0, max=MAX_TRIALS), default=None,
+              metavar="N",
+              help=f"Independent batches sampled for the clip suggestion: exactly N (0: none; "
+                   f"at most {MAX_TRIALS:,}). Default: 5 at a time, up to {ANALYZE_TRIALS}, "
+                   "until the suggestion's 95% interval is within ±25% of it.")
 @click.option("--clip-percentile", type=click.FloatRange(0, 100, min_open=True),
               default=10.0, show_default=True,
               callback=_finite,
@@ -344,7 +349,8 @@ def cli(debug: bool) -> None:
 @_max_memory_option
 @_overrides_option
 def analyze(configs: tuple[Path, ...], fmt: str, output: str | None, save_grads: str | None,
-            trials: int, clip_percentile: float, fail_on: str, vanishing: float | None,
+            trials: int | None, clip_percentile: float, fail_on: str,
+            vanishing: float | None,
             exploding: float | None, all_steps: bool, mitigation: str | None,
             truncate: str | None, windows: str, plot: str | None, deep: bool,
             max_memory: str | None, overrides: tuple[str, ...]) -> None:
@@ -364,8 +370,8 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: str | None, save_grads:
              for item in _option_overrides(f"--{name}", value, f"thresholds.{name}={value!r}")]
     extra += [*_mitigation_overrides(mitigation), *_truncation_overrides(truncate)]
     window_list = _windows(windows)
-    loaded = [_load(config, overrides + tuple(extra), max_memory, trials=trials)
-              for config in configs]
+    loaded = [_load(config, overrides + tuple(extra), max_memory,
+                    trials=TRIAL_BLOCK if trials is None else trials) for config in configs]
     targets = _plan([path for config, (spec, _) in zip(configs, loaded, strict=True)
                      for path in _inputs(spec, config)],
                     output=output or "-", save_grads=save_grads, plot=plot)
@@ -374,7 +380,7 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: str | None, save_grads:
 
     texts, failed = [], False
     for spec, _ in loaded:
-        with _progress(trials) as progress:
+        with _progress(ANALYZE_TRIALS if trials is None else trials) as progress:
             report = analyze_spec(spec, trials=trials, clip_percentile=clip_percentile,
                                   progress=progress, windows=window_list, deep=deep,
                                   max_memory=_memory_limit(max_memory))
@@ -432,7 +438,7 @@ class _progress:
         self.bar = Progress(console=Console(stderr=True), transient=True)
         self.bar.start()
         task = self.bar.add_task("sampling gradient norms", total=self.total)
-        return lambda done, total: self.bar.update(task, completed=done)
+        return lambda done, total: self.bar.update(task, completed=done, total=total)
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
@@ -512,14 +518,14 @@ def _check_directions(spec, directions: int, run: int, limit: int | None) -> Non
 @cli.command()
 @click.argument("configs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--max-memory", metavar="SIZE",
-              help="Also refuse specs that `analyze` (with its 20 clip trials) is estimated "
+              help="Also refuse specs that `analyze` (with its default clip trials) is estimated "
                    "to need more than SIZE for (e.g. 2G, 512M); this machine's own memory "
                    "is not checked, since the run may be elsewhere.")
 @_overrides_option
 def validate(configs: tuple[Path, ...], max_memory: str | None,
              overrides: tuple[str, ...]) -> None:
     """Check spec files and the files they name, without running BPTT (fast: for
-    pre-commit), and print the memory `analyze` will need with its 20 clip trials. The
+    pre-commit), and print the memory `analyze` will need with its default clip trials. The
     values of lengths, masks and class targets are checked too, reading at most 1 GiB of
     them (--max-memory sets that limit). Exit status 0 when all are valid, 2 otherwise."""
     from .core.model import Architecture
@@ -529,7 +535,7 @@ def validate(configs: tuple[Path, ...], max_memory: str | None,
     bad = 0
     for config in configs:
         try:
-            spec, need = _load(config, overrides, max_memory, trials=ANALYZE_TRIALS,
+            spec, need = _load(config, overrides, max_memory, trials=TRIAL_BLOCK,
                                machine=False)
         except GradcheckError as exc:
             _stderr("error: " + _one_line(str(exc)))

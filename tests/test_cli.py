@@ -175,13 +175,16 @@ def test_validate_many_files(write_spec):
 
 
 def test_validate_prints_and_can_enforce_what_analyze_will_need(monkeypatch):
-    """validate's figure is the estimate analyze refuses runs by (20 clip trials);
-    --max-memory turns it into a check, without this machine's memory entering it."""
-    from gradcheck_cli.analysis import memory
+    """validate's figure is the estimate analyze refuses runs by (its default clip trials,
+    a block at a time); --max-memory turns it into a check, without this machine's memory
+    entering it."""
+    from gradcheck_cli import cli
+    from gradcheck_cli.analysis import clip, memory
     from gradcheck_cli.analysis.memory import check
     from gradcheck_cli.io.sizes import human
+    assert (cli.TRIAL_BLOCK, cli.ANALYZE_TRIALS) == (clip.BLOCK, clip.DEFAULT_TRIALS)
     spec = load_spec(SAMPLE["lstm_healthy"])
-    need = check(spec, trials=20).total
+    need = check(spec, trials=clip.BLOCK).total
     assert need > check(spec, trials=0).total       # the trials are counted
     result = run("validate", SAMPLE["lstm_healthy"])
     assert_exit(result, 0)

@@ -167,3 +167,114 @@ def test_clip_suggestion_when_no_norm_is_finite():
     assert capped.max_norm == pytest.approx(1.0) and "none of the 3 sampled norms" in \
         capped.rule
     assert capped.candidates[0].label == "update cap (suggested)"
+
+
+# ----------------------------------------------------------------------------- sequential trials
+
+def test_the_t_quantiles_table_meets_its_expansion():
+    from gradcheck_cli.analysis.clip import t975
+    assert t975(1) == 12.706 and t975(4) == 2.776
+    assert t975(31) == pytest.approx(2.0395, abs=1e-4) and t975(120) == pytest.approx(1.9799,
+                                                                                       abs=1e-4)
+    assert all(t975(df) > t975(df + 1) for df in range(1, 60))
+
+
+@pytest.mark.parametrize("n", [5, 10, 20])
+@pytest.mark.parametrize("sigma", [0.05, 0.3])
+def test_the_percentiles_interval_covers_the_true_percentile(n, sigma):
+    """On log-normal norms the 95 % interval of the 10th percentile covers its true value
+    about 95 % of the time, at every sample size (an approximation: at least 91 % here)."""
+    from statistics import NormalDist
+
+    from gradcheck_cli.analysis.clip import percentile_interval
+    rng = np.random.default_rng([n, int(sigma * 100)])
+    true = math.exp(1.0 + NormalDist().inv_cdf(0.1) * sigma)
+    runs = 800
+    covered = 0
+    for _ in range(runs):
+        low, high = percentile_interval(np.exp(rng.normal(1.0, sigma, n)), 10)
+        covered += low <= true <= high
+    assert 0.91 <= covered / runs <= 0.99
+
+
+def test_no_interval_without_enough_finite_norms():
+    from gradcheck_cli.analysis.clip import known_well_enough, percentile_interval
+    assert percentile_interval(np.array([1.0, 1.1]), 10) is None
+    assert percentile_interval(np.array([1.0, 1.1, np.inf, 1.2]), 10) is None
+    assert percentile_interval(np.array([1.0, 1.1, 0.0, 1.2]), 10) is None
+    assert percentile_interval(np.array([1.0, 1.1, 1.2]), 100) is None
+    tight = np.array([1.0, 1.01, 0.99, 1.02, 0.98])
+    assert known_well_enough(tight, 10)
+    assert not known_well_enough(np.array([1.0, 3.0, 0.3, 2.0, 0.5]), 10)
+    # wholly above SGD's update cap: the cap is the suggestion, whatever more norms say
+    spread = np.array([100.0, 300.0, 30.0, 200.0, 50.0])
+    assert not known_well_enough(spread, 10) and known_well_enough(spread, 10, cap=1.0)
+
+
+def test_sequential_trials_are_the_full_counts_first_draws():
+    spec = load_spec(SAMPLES[0])
+    arch, params = model_parameters(spec)
+    full = sample_global_norms(arch, params, Batches(spec), spec, 20)
+    seen = []
+    some = sample_global_norms(arch, params, Batches(spec), spec, 20,
+                               progress=lambda done, total: seen.append((done, total)),
+                               enough=lambda norms: norms.size >= 10)
+    assert some.size == 10
+    np.testing.assert_allclose(some, full[:10], rtol=1e-12)
+    assert seen[-1] == (10, 10) and all(total == 20 for _, total in seen[:-1])
+    never = sample_global_norms(arch, params, Batches(spec), spec, 12,
+                                enough=lambda norms: False)
+    np.testing.assert_allclose(never, full[:12], rtol=1e-12)
+
+
+def _sample_path(name):
+    return next(str(p) for p in SAMPLES if p.stem == name)
+
+
+@pytest.mark.parametrize("name", ["lstm_healthy", "rnn_exploding", "lstm_exploding"])
+def test_sequential_trials_give_the_full_counts_suggestion_where_the_interval_is_tight(name):
+    """Stopped early, the suggestion is the full count's to within the tolerance, and the
+    full count's lies in the interval it stopped on (an SGD cap is the same number)."""
+    from gradcheck_cli.analysis.analyze import analyze_spec
+    spec = load_spec(_sample_path(name))
+    early = analyze_spec(spec, windows=[]).clip
+    full = analyze_spec(spec, trials=20, windows=[]).clip
+    assert early.max_trials == 20 and full.max_trials is None
+    assert early.trials < 20 and full.trials == 20
+    if early.basis == "cap":
+        assert full.basis == "cap" and early.max_norm == full.max_norm
+        assert "lies above the SGD cap, which decides" in early.sampling
+    else:
+        low, high = early.interval
+        assert low <= full.max_norm <= high
+        assert early.max_norm == pytest.approx(full.max_norm, rel=0.25)
+        assert f"{early.trials} of at most 20 batches: sampling stopped" in early.sampling
+
+
+def test_scattered_norms_get_every_default_trial():
+    """An exploding GRU (under Adam: no SGD cap to decide): its norm scatters from batch
+    to batch, and no handful pins its 10th percentile."""
+    from gradcheck_cli.analysis.analyze import analyze_spec
+    spec = load_spec(_sample_path("gru_exploding"), ["training.optimizer=adam"])
+    clip = analyze_spec(spec, windows=[]).clip
+    assert clip.trials == 20 and clip.max_trials == 20
+    low, high = clip.interval
+    assert low < 0.75 * clip.max_norm or high > 1.25 * clip.max_norm
+    assert "the most by default" in clip.sampling and "--trials N" in clip.sampling
+
+
+def test_the_cli_samples_sequentially_unless_told_how_many(tmp_path):
+    import json
+
+    from tests.conftest import assert_exit, run
+    result = run("analyze", _sample_path("lstm_healthy"), "-f", "json")
+    assert_exit(result, 0)
+    clip = json.loads(result.stdout)["clip"]
+    assert clip["max_trials"] == 20 and clip["trials"] < 20
+    assert len(clip["interval"]) == 2 and "sampling stopped" in clip["sampling"]
+    forced = json.loads(run("analyze", _sample_path("lstm_healthy"), "--trials", "7", "-f",
+                            "json").stdout)["clip"]
+    assert forced["trials"] == 7 and forced["max_trials"] is None
+    assert forced["sampling"].startswith("7 batches (--trials); p10's 95% interval")
+    text = run("analyze", _sample_path("lstm_healthy")).stdout
+    assert f"{clip['trials']} of at most 20 batches" in text

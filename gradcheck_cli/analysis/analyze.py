@@ -5,6 +5,7 @@ The measurements are the core's raw gradients, summarised; nothing here changes 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..engine.forward import forward
 from ..engine.state import Forward
 from ..errors import GradcheckError
 from ..io.data import Batch, Batches
+from ..results.prose import MAX_RELATIVE_UPDATE
 from ..results.report import (
     ClipSuggestion,
     CostStats,
@@ -35,7 +37,7 @@ from ..results.report import (
     TruncationStats,
 )
 from ..spec.schema import Spec
-from .clip import sample_global_norms, suggest_clip
+from .clip import BLOCK, DEFAULT_TRIALS, known_well_enough, sample_global_norms, suggest_clip
 from .measure import Measurement, last_step_loss_grad, measure
 from .memory import plan
 from .notes import notes_for
@@ -73,7 +75,7 @@ def mitigation_effect(spec: Spec, grads: dict[str, np.ndarray],
                             global_grad_norm_after=norm_of_all(mitigated.values()))
 
 
-def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
+def analyze_spec(spec: Spec, *, trials: int | None = None, clip_percentile: float = 10.0,
                  progress: Progress | None = None,
                  windows: list[int] | None = None, deep: bool = False,
                  max_memory: int | None = None) -> Report:
@@ -81,7 +83,8 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
 
     The stages, each data in and data out: :func:`~.measure.measure` (the main pass),
     the studies of those gradients (mitigation, cost, truncation, and with ``deep`` the
-    dynamics), the verdicts, the clip suggestion (``trials`` more batches), and
+    dynamics), the verdicts, the clip suggestion (``trials`` more batches; None: as many
+    as pin it, see :func:`clip_suggestion`), and
     :func:`assemble`. The forward pass's arrays are dropped before the clip trials, so
     the peak is one forward and one backward pass, as the memory estimate counts on.
 
@@ -97,7 +100,7 @@ def analyze_spec(spec: Spec, *, trials: int = 20, clip_percentile: float = 10.0,
     names = dict(checkpoint.names) if checkpoint is not None else {n: n for n in params}
     batches = Batches(spec)
     batch = batches.draw(0)
-    streams = plan(spec, max_memory=max_memory, trials=trials)[0].streams
+    streams = plan(spec, max_memory=max_memory, trials=memory_trials(trials))[0].streams
     with np.errstate(all="ignore"):
         fwd = forward(arch, params, batch.x, initial=batch.initial, masks=batch.masks,
                       lengths=batch.lengths)
@@ -165,17 +168,33 @@ def judge(spec: Spec, arch: Architecture, params: Params, measured: Measurement,
 
 
 def clip_suggestion(arch: Architecture, params: Params, batches: Batches, spec: Spec,
-                    trials: int, percentile: float,
+                    trials: int | None, percentile: float,
                     progress: Progress | None) -> ClipSuggestion | None:
     """AutoClip's suggestion from ``trials`` more batches' global gradient norms (none
-    with no trials); for SGD capped by the update size."""
-    if trials <= 0:
+    with no trials; None: a few at a time, up to :data:`~.clip.DEFAULT_TRIALS`, until the
+    suggestion is known to ±25 %, see :func:`~.clip.known_well_enough`); for SGD capped
+    by the update size."""
+    if trials is not None and trials <= 0:
         return None
-    norms = sample_global_norms(arch, params, batches, spec, trials, progress)
     sgd = spec.training.optimizer == "sgd"
+    cap = MAX_RELATIVE_UPDATE * norm_of_all(params.values()) / spec.training.lr \
+        if sgd and spec.training.lr else math.inf
+    if trials is None:
+        norms = sample_global_norms(arch, params, batches, spec, DEFAULT_TRIALS, progress,
+                                    enough=lambda n: known_well_enough(n, percentile,
+                                                                       cap=cap))
+    else:
+        norms = sample_global_norms(arch, params, batches, spec, trials, progress)
     return suggest_clip(norms, percentile,
                         weight_norm=norm_of_all(params.values()) if sgd else None,
-                        lr=spec.training.lr if sgd else None)
+                        lr=spec.training.lr if sgd else None,
+                        most=DEFAULT_TRIALS if trials is None else None)
+
+
+def memory_trials(trials: int | None) -> int:
+    """The trials a pass may hold side by side, for the memory plan: by default (None)
+    one block's."""
+    return BLOCK if trials is None else trials
 
 
 def assemble(spec: Spec, arch: Architecture, params: Params, names: dict[str, str],

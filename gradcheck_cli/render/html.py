@@ -91,6 +91,7 @@ def html(report: Report, options: RenderOptions) -> str:
     if report.clip is not None:
         clip = report.clip
         parts += ["<h2>Clipping</h2>",
+                  f"<p>Sampled: {escape(clip.sampling)}.</p>",
                   _table(["max_norm", "from", "clips"],
                          [[num(c.max_norm), c.label, f"{c.fraction_clipped:.0%}"]
                           for c in clip.candidates]),

@@ -91,7 +91,7 @@ def markdown(report: Report, options: RenderOptions) -> str:
         pct = clip.norm_percentiles
         out.append(f"Global grad norm over {clip.trials} sampled batches: " + ", ".join(
             f"{k} {num(pct[k])}" for k in ("min", "p10", "p50", "p90", "max")) + ".")
-        out.append("")
+        out += ["", f"Sampled: {clip.sampling}.", ""]
         out += markdown_table(["max_norm", "from", "clips"],
                               [[num(c.max_norm), c.label, f"{c.fraction_clipped:.0%}"]
                                for c in clip.candidates], ["--:", "---", "--:"])

@@ -166,6 +166,7 @@ def _clip(report: Report) -> Group | Text:
     return Group(
         Text(f"Clipping: global grad norm over {clip.trials} sampled batches", style="bold"),
         Text(f"  {dist}"),
+        Text(f"  {clip.sampling}", style="dim"),
         table,
         Text(f"suggested max_norm {num(clip.max_norm)}: {clip.rule}"),
         Text(clip.pytorch, style="cyan"),

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 MAX_RELATIVE_UPDATE = 1e-3
 """The update-to-weight ratio the SGD cap allows (CS231n's healthy 1e-3)."""
+CLIP_TOLERANCE = 0.25
+"""By default, clip trials stop once the percentile's 95 % interval is within ±25 % of it
+(see :mod:`gradcheck_cli.analysis.clip`)."""
 
 
 def clip_rule(clip: ClipSuggestion) -> str:
@@ -40,6 +43,29 @@ def _clip_rule(clip: ClipSuggestion) -> str:
     return (f"AutoClip (Seetharaman et al., 2020): the {p:g}th percentile of {n} sampled "
             f"global gradient norms; at this max_norm {clipped:.0%} of them would be "
             "rescaled")
+
+
+def clip_sampling(clip: ClipSuggestion) -> str:
+    """How many batches were sampled and how well they pin the percentile: its 95 %
+    interval, and by default (``max_trials``) why sampling stopped where it did."""
+    p = f"p{clip.percentile:g}"
+    interval = None if clip.interval is None else \
+        f"{p}'s 95% interval {clip.interval[0]:.3g}–{clip.interval[1]:.3g}"
+    if clip.max_trials is None:
+        return f"{clip.trials} batches (--trials)" + (f"; {interval}" if interval else "")
+    if interval is None or clip.interval is None:
+        return (f"{clip.trials} batches, the most by default: {p} has no interval (a norm "
+                "is not finite)")
+    if clip.basis == "cap" and clip.weight_norm and clip.lr and \
+            clip.interval[0] > MAX_RELATIVE_UPDATE * clip.weight_norm / clip.lr:
+        return (f"{clip.trials} of at most {clip.max_trials} batches: {interval} lies above "
+                "the SGD cap, which decides")
+    if clip.trials < clip.max_trials:
+        return (f"{clip.trials} of at most {clip.max_trials} batches: sampling stopped once "
+                f"{interval} was within ±{CLIP_TOLERANCE:.0%} of it")
+    return (f"{clip.trials} batches, the most by default: {interval} (not yet within "
+            f"±{CLIP_TOLERANCE:.0%}; "
+            "--trials N samples N)")
 
 
 def clip_pytorch(clip: ClipSuggestion) -> str:

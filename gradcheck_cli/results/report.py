@@ -119,10 +119,18 @@ class ClipSuggestion:
     """
 
     trials: int = field(metadata={"schema": {"minimum": 1}})
+    """The batches sampled."""
     percentile: float
     max_norm: float
     norm_percentiles: dict[str, float]
     candidates: list[ClipCandidate]
+    interval: list[float] | None = None
+    """A 95 % interval [low, high] for the norms' ``percentile``-th percentile, taking them
+    as log-normal over batches; null when fewer than 3 norms, or one not finite."""
+    max_trials: int | None = None
+    """By default (``--trials`` unset), the most batches sampling could take: it stops once
+    ``interval`` is within ±25 % of AutoClip's percentile. Null when ``--trials`` set the
+    count."""
     basis: Literal["autoclip", "cap", "none"] = field(default="autoclip",
                                                       metadata={"json": False})
     autoclip: float = field(default=math.nan, metadata={"json": False})
@@ -133,7 +141,12 @@ class ClipSuggestion:
     run: str | None = field(default=None, metadata={"json": False})
     """simulate's: the training run whose norms were sampled."""
 
-    JSON_DERIVED = ("rule", "pytorch")
+    JSON_DERIVED = ("rule", "sampling", "pytorch")
+
+    @property
+    def sampling(self) -> str:
+        """How many batches were sampled, and how well they pin the percentile."""
+        return prose.clip_sampling(self)
 
     @property
     def rule(self) -> str:
