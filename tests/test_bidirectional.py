@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -304,3 +305,135 @@ def test_a_last_step_loss_still_diagnoses_the_reverse_directions_below_the_top(t
     point = Point(values={}, codes=["reverse_sees_one_step"], growth_factor=[1.0],
                   ratio=[1.0], horizon=[None])
     assert point.healthy and not dataclasses.replace(point, codes=["exploding"]).healthy
+
+
+# ----------------------------------------------------------------------------- --deep
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_the_scaled_backward_pass_gives_the_engines_state_gradients(cell, variant):
+    """--deep's log-space pass (a scale carried with every vector, both directions of every
+    layer) against the engine's state gradients, per unit, sequence and step."""
+    from gradcheck_cli.analysis.dynamics import _own_order, scaled_backward
+    from gradcheck_cli.engine.backward import backward
+    arch, params, x, targets, masks, initial, lengths = _case(cell, variant)
+    fwd = forward(arch, params, x, initial=initial, masks=masks, lengths=lengths)
+    _, d_out = loss_and_output_grad(fwd.outputs, targets, "mse", "all", lengths)
+    expected = backward(arch, params, fwd, d_out, param_grads=False).hidden
+    got = scaled_backward(arch, params, fwd, d_out)
+    for u in range(arch.units):
+        norms = np.linalg.norm(expected[u], axis=-1)           # the inputs' order
+        if arch.unit(u)[1]:
+            norms = _own_order(norms, fwd.order)                # the unit's own
+        with np.errstate(divide="ignore"):
+            logs = np.log(norms)
+        assert (np.isfinite(logs) == np.isfinite(got[u])).all(), f"unit {u}"
+        reached = np.isfinite(logs)
+        np.testing.assert_allclose(got[u][reached], logs[reached], atol=1e-12, rtol=0,
+                                   err_msg=f"unit {u}")
+
+
+def _deep(spec, *extra):
+    """analyze --deep's JSON, validated against the report's schema, and its exit status
+    beside analyze's without --deep."""
+    import jsonschema
+
+    from gradcheck_cli.results.report import report_json_schema
+    plain = run("analyze", spec, "-f", "json", "--trials", "0", *extra)
+    result = run("analyze", spec, "--deep", "-f", "json", "--trials", "0", *extra)
+    assert_exit(result, plain.exit_code)
+    report = json.loads(result.stdout)
+    jsonschema.validate(report, report_json_schema())
+    assert json.loads(plain.stdout)["findings"] == report["findings"]
+    return report
+
+
+@pytest.mark.parametrize("gains,exploding", [((0.9, 1.3), "reverse"), ((1.3, 0.9), "forward")])
+@pytest.mark.parametrize("padded", [False, True])
+def test_deep_shows_the_direction_that_explodes_and_not_the_other(tmp_path, gains, exploding,
+                                                                  padded):
+    """One direction's W_hh at 1.3 × identity, the other's at 0.9, in a linear relu RNN:
+    each unit's dynamics say so of it alone (σ_max, exp(λ₁) and the growth measured, each
+    direction's own, and Pascanu's necessary condition for exploding), and the log-space
+    signal is the measured one, the reverse direction's growing from step 0."""
+    spec = _relu_checkpoint(tmp_path, *gains)
+    extra = []
+    if padded:
+        np.save(tmp_path / "lengths.npy", np.array([40, 31, 17, 40]))
+        extra = ["--set", "sequence.lengths=lengths.npy"]
+    report = _deep(spec, *extra)
+    assert report["padding"] is not None if padded else report["padding"] is None
+    dynamics = {d["direction"]: d for d in report["dynamics"]}
+    layers = {layer["direction"]: layer for layer in report["layers"]}
+    assert [(d["index"], d["direction"]) for d in report["dynamics"]] == [
+        (0, "forward"), (0, "reverse")]
+    for direction, gain in zip(("forward", "reverse"), gains, strict=True):
+        deep, layer = dynamics[direction], layers[direction]
+        assert deep["sigma_max"] == pytest.approx(gain, rel=1e-12)
+        assert deep["lyapunov_growth"] == pytest.approx(gain, rel=1e-9)
+        np.testing.assert_allclose(deep["jacobian_norm"], gain, rtol=1e-9)
+        assert layer["growth_factor"] == pytest.approx(gain, rel=1e-9)
+        assert deep["growth_gap"] == pytest.approx(0.0, abs=1e-9)
+        assert ("necessary for the gradient to explode" in deep["pascanu"]) is \
+            (direction == exploding)
+        series = np.array(deep["log10_last_step_grad_norm"], dtype=float)
+        direct = np.log10(np.array([np.nan if v is None else v
+                                    for v in layer["last_step_grad_norm"]]))
+        reached = np.isfinite(direct)
+        np.testing.assert_allclose(series[reached], direct[reached], atol=1e-9)
+        assert deep["log10_ratio"] == pytest.approx(39 * math.log10(gain), rel=1e-9)
+    reverse = np.array(dynamics["reverse"]["log10_last_step_grad_norm"], dtype=float)
+    assert reverse[39] - reverse[0] == pytest.approx(39 * math.log10(gains[1]), rel=1e-9)
+    exploded = [f for f in report["findings"] if f["code"] == "exploding"]
+    assert [f["direction"] for f in exploded] == [exploding]
+
+
+def test_deep_names_each_direction_in_every_format(tmp_path):
+    import html
+
+    from gradcheck_cli.render.common import REVERSE_DYNAMICS
+    spec = _relu_checkpoint(tmp_path, 0.9, 1.3)
+    for fmt in ("table", "markdown", "html"):
+        result = run("analyze", spec, "--deep", "-f", fmt, "--trials", "0")
+        assert_exit(result, 1)
+        text = " ".join(html.unescape(result.stdout).split())
+        assert "0 forward" in text and "0 reverse" in text, fmt
+        assert "layer 0 reverse: σ_max(W_hh) = 1.3 > 1/γ = 1: necessary" in text, fmt
+        assert "layer 0 forward: σ_max(W_hh) = 0.9 < 1/γ = 1: sufficient" in text, fmt
+        assert "layer 0 reverse Lyapunov spectrum: 0.262" in text, fmt
+        assert " ".join(REVERSE_DYNAMICS.split()) in text, fmt
+    chart = tmp_path / "deep.png"
+    assert_exit(run("analyze", spec, "--deep", "--plot", chart, "--trials", "0"), 1)
+    assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_deep_covers_a_synthetic_bidirectional_stack_of_every_cell(tmp_path):
+    for cell, extra in (("rnn", {}), ("lstm", {"proj_size": 2}), ("gru", {"dropout": 0.2})):
+        spec = tmp_path / f"{cell}.yaml"
+        spec.write_text(yaml.safe_dump({
+            "model": {"cell": cell, "input_size": 3, "hidden_size": 4, "num_layers": 2,
+                      "bidirectional": True, "output_size": 2, **extra},
+            "sequence": {"length": 10, "batch_size": 3}}))
+        report = _deep(spec)
+        assert [(d["index"], d["direction"]) for d in report["dynamics"]] == [
+            (0, "forward"), (0, "reverse"), (1, "forward"), (1, "reverse")]
+        for deep, layer in zip(report["dynamics"], report["layers"], strict=True):
+            assert len(deep["jacobian_norm"]) == 10 and deep["lyapunov"]
+            direct = np.log10(layer["last_step_grad_norm"])
+            np.testing.assert_allclose(deep["log10_last_step_grad_norm"], direct, atol=1e-9)
+
+
+def test_the_log_space_signal_a_sequence_at_a_time_is_the_same(monkeypatch):
+    """Within its memory budget the log-space pass takes a few sequences at a time; one at
+    a time gives the same numbers (each sequence is on its own), to the products'
+    rounding."""
+    from gradcheck_cli.analysis import dynamics
+    arch, params, x, targets, masks, _, _ = _case("lstm", "dropout")
+    fwd = forward(arch, params, x, masks=masks, lengths=LENGTHS)
+    _, d_out = loss_and_output_grad(fwd.outputs, targets, "mse", "all", LENGTHS)
+    together = dynamics._scaled_logs(arch, params, fwd, d_out)
+    monkeypatch.setattr(dynamics, "LOG_SPACE_BYTES", 1)
+    apart = dynamics._scaled_logs(arch, params, fwd, d_out)
+    for u in range(arch.units):
+        assert np.isfinite(together[u]).any()
+        np.testing.assert_allclose(apart[u], together[u], rtol=1e-13, atol=1e-13)

@@ -19,9 +19,10 @@ from gradcheck_cli.analysis.dynamics import (
     step_jacobian,
 )
 from gradcheck_cli.cli import cli
-from gradcheck_cli.core.model import Architecture
+from gradcheck_cli.core.model import Architecture, init_params
 from gradcheck_cli.engine.forward import forward
 from gradcheck_cli.io.resolve import load_spec, spec_from_data
+from gradcheck_cli.spec.schema import InitSpec
 from tests.conftest import SAMPLE, make_problem
 
 
@@ -290,3 +291,225 @@ def test_deep_survives_non_finite_weights_and_blown_up_states(tmp_path):
     assert relu.findings[0].code == "non_finite"
     assert relu.dynamics[0].lyapunov == [] and relu.dynamics[0].lyapunov_growth is None
     assert math.isnan(relu.clip.max_norm) or relu.clip.max_norm > 0  # never a bogus label
+
+
+# ----------------------------------------------------------------------------- bidirectional
+
+BIDIRECTIONAL = [("rnn", "tanh", 0), ("rnn", "relu", 0), ("lstm", "tanh", 0),
+                 ("lstm", "tanh", 2), ("gru", "tanh", 0)]
+"""(cell, nonlinearity, proj_size): every cell, and an LSTM with a projection."""
+
+
+def _bidirectional(cell, nonlinearity, proj, seed=0, T=7, B=3, layers=2, gain=1.5):
+    """A bidirectional stack whose recurrent weights are scaled by ``gain`` (away from the
+    linear regime), and its inputs."""
+    rng = np.random.default_rng(seed)
+    arch = Architecture(cell=cell, input_size=3, hidden_size=4, output_size=2,
+                        num_layers=layers, nonlinearity=nonlinearity, bidirectional=True,
+                        proj_size=proj)
+    params = init_params(arch, InitSpec(), rng)
+    params = {n: v * gain if n.startswith("rnn.weight_hh") else v for n, v in params.items()}
+    return arch, params, rng.normal(size=(T, B, 3))
+
+
+def _state(arch, cache, t, b):
+    """Unit's state before its own step t, (h, c) joined for an lstm."""
+    h = cache.h[t - 1, b] if t > 0 else np.zeros(cache.h.shape[2])
+    if arch.cell != "lstm":
+        return h
+    return np.concatenate([h, cache.c[t - 1, b] if t > 0 else np.zeros(cache.c.shape[2])])
+
+
+def _complex_step_jacobian(arch, params, k, d, x_t, state):
+    """∂s_t/∂s_{t-1} of the reference's cell (PyTorch's equations, unit (k, d)'s weights),
+    column by column by the complex step: exact to rounding, no difference quotient."""
+    from gradcheck_cli.core.reference import cell_forward
+    S = arch.state_size
+    columns = []
+    for j in range(state.size):
+        z = state.astype(complex)
+        z[j] += 1e-30j
+        parts = (z[None, :S], z[None, S:]) if arch.cell == "lstm" else (z[None],)
+        new, _ = cell_forward(arch, params, k, x_t[None].astype(complex), parts, d)
+        columns.append(np.concatenate([p[0] for p in new]).imag / 1e-30)
+    return np.stack(columns, axis=1)
+
+
+@pytest.mark.parametrize("cell,nonlinearity,proj", BIDIRECTIONAL)
+@pytest.mark.parametrize("padded", [False, True])
+def test_every_units_step_jacobians_are_the_cell_equations_derivative(cell, nonlinearity,
+                                                                       proj, padded):
+    """Each unit's step Jacobian, in its own order of steps (a reverse unit's from each
+    sequence's end, padded sequences from their own), against the complex-step derivative
+    of PyTorch's cell equations with that unit's weights, at every step of every
+    sequence."""
+    arch, params, x = _bidirectional(cell, nonlinearity, proj)
+    lengths = np.array([7, 4, 1]) if padded else None
+    fwd = forward(arch, params, x, lengths=lengths)
+    T, B = x.shape[:2]
+    for u, cache in enumerate(fwd.layers):
+        k, d = arch.unit(u)
+        suffix = arch.unit_suffix(u)
+        w_hh, w_hr = params[f"rnn.weight_hh{suffix}"], params.get(f"rnn.weight_hr{suffix}")
+        for b in range(B):
+            for t in range(T if lengths is None else int(lengths[b])):
+                state = _state(arch, cache, t, b)
+                jac = step_jacobian(arch, cache, w_hh, t, b, w_hr)
+                expected = _complex_step_jacobian(arch, params, k, d, cache.x[t, b], state)
+                np.testing.assert_allclose(jac, expected, rtol=1e-12, atol=1e-14,
+                                           err_msg=f"unit {u}, step {t}, sequence {b}")
+
+
+def _one_way_twin(arch, params):
+    """A one-way, one-layer model with layer 0's reverse weights: its forward direction
+    is the bidirectional model's reverse one."""
+    one = dataclasses.replace(arch, num_layers=1, bidirectional=False)
+    twin = {name: params[f"{name}_reverse"] for name in one.parameter_shapes()
+            if name.startswith("rnn.")}
+    twin["head.weight"] = np.ones((one.output_size, one.state_size))
+    twin["head.bias"] = np.zeros(one.output_size)
+    return one, twin
+
+
+@pytest.mark.parametrize("cell,nonlinearity,proj", BIDIRECTIONAL)
+def test_a_reverse_unit_is_the_one_way_model_on_the_reversed_sequence(cell, nonlinearity,
+                                                                      proj):
+    """Layer 0's reverse direction on x is a one-way model with its weights on x reversed
+    in time (padded: each sequence within its own length): the same states, the same step
+    Jacobians, the same spectra and saturation; its per-step Jacobian norms are the
+    twin's, read backwards into the inputs' order of steps."""
+    from gradcheck_cli.engine.forward import time_reversal
+    arch, params, x = _bidirectional(cell, nonlinearity, proj, T=30, B=4, layers=1)
+    one, twin = _one_way_twin(arch, params)
+    for lengths in (None, np.array([30, 21, 9, 30])):
+        fwd = forward(arch, params, x, lengths=lengths)
+        order = time_reversal(lengths, *x.shape[:2])
+        flipped = x[::-1] if order is None else x[order, np.arange(x.shape[1])[None, :]]
+        alone = forward(one, twin, flipped, lengths=lengths)
+        reverse, mine = fwd.layers[1], alone.layers[0]
+        for t in range(x.shape[0]):
+            for b in range(x.shape[1]):
+                if lengths is not None and t >= lengths[b]:
+                    continue
+                np.testing.assert_allclose(reverse.h[t, b], mine.h[t, b], rtol=1e-13,
+                                           atol=1e-15)
+                np.testing.assert_allclose(
+                    step_jacobian(arch, reverse, params["rnn.weight_hh_l0_reverse"], t, b,
+                                  params.get("rnn.weight_hr_l0_reverse")),
+                    step_jacobian(one, mine, twin["rnn.weight_hh_l0"], t, b,
+                                  twin.get("rnn.weight_hr_l0")), rtol=1e-12, atol=1e-14)
+        both = layer_dynamics(arch, params, fwd, lengths=lengths)
+        (single,) = layer_dynamics(one, twin, alone, lengths=lengths)
+        assert [(d.index, d.direction) for d in both] == [(0, "forward"), (0, "reverse")]
+        got = both[1]
+        assert got.sigma_max == pytest.approx(single.sigma_max, rel=1e-12)
+        assert got.spectral_radius == pytest.approx(single.spectral_radius, rel=1e-12)
+        assert got.gate_sigma_max == pytest.approx(single.gate_sigma_max, rel=1e-12)
+        assert got.saturation == single.saturation
+        # the Lyapunov exponents of the same product, from another random start
+        np.testing.assert_allclose(got.lyapunov, single.lyapunov, atol=0.05)
+        if lengths is None:
+            np.testing.assert_allclose(got.jacobian_norm, single.jacobian_norm[::-1],
+                                       rtol=1e-12)
+        # and the forward direction is not the reverse one
+        assert both[0].sigma_max != pytest.approx(got.sigma_max, rel=1e-3)
+
+
+def test_scaled_backward_is_the_windowed_log_space_signal_of_a_one_way_stack(rng):
+    """The two log-space signals, the windowed one (one-way stacks) and the whole pass
+    with a scale per vector (bidirectional ones), agree where both apply."""
+    from gradcheck_cli.analysis.dynamics import (
+        _log10_series,
+        log_space_signal,
+        log_space_signal_padded,
+        scaled_backward,
+    )
+    from gradcheck_cli.analysis.measure import last_step_loss_grad
+    for cell in ("rnn", "lstm", "gru"):
+        arch, params, x, targets = make_problem(rng, cell, layers=3, T=20, B=3)
+        for lengths in (None, np.array([20, 13, 6])):
+            fwd = forward(arch, params, x, lengths=lengths)
+            d_last = last_step_loss_grad(fwd.outputs, targets, "mse", lengths)
+            windowed = log_space_signal(arch, params, fwd, d_last) if lengths is None else \
+                log_space_signal_padded(arch, params, fwd, d_last, lengths)
+            whole = [_log10_series(logs, lengths)
+                     for logs in scaled_backward(arch, params, fwd, d_last)]
+            for k in range(arch.num_layers):
+                assert np.isfinite(whole[k][-1])
+                np.testing.assert_allclose(whole[k], windowed[k], atol=1e-9, rtol=0,
+                                           err_msg=f"{cell} layer {k}")
+
+
+@pytest.mark.parametrize("cell,nonlinearity,proj", BIDIRECTIONAL)
+def test_bidirectional_log_space_signal_matches_the_measured_norms(tmp_path, cell,
+                                                                   nonlinearity, proj):
+    """A 2-layer bidirectional stack on padded sequences: each unit's log-space signal is
+    what its layers[] entry measures (the forward directions' last step's loss, the reverse
+    ones' first step's), to 1e-9 in log10, entry for entry; the ratio too."""
+    rng = np.random.default_rng(5)
+    np.save(tmp_path / "x.npy", rng.normal(size=(3, 12, 2)))
+    np.save(tmp_path / "lengths.npy", np.array([12, 5, 8]))
+    data = {"model": {"cell": cell, "input_size": 2, "hidden_size": 5, "num_layers": 2,
+                      "output_size": 2, "bidirectional": True,
+                      **({"nonlinearity": nonlinearity} if cell == "rnn" else {}),
+                      **({"proj_size": proj} if proj else {})},
+            "sequence": {"inputs": "x.npy", "lengths": "lengths.npy"}}
+    (tmp_path / "s.yaml").write_text(json.dumps(data))
+    report = analyze_spec(load_spec(tmp_path / "s.yaml"), trials=0, windows=[], deep=True)
+    assert [(d.index, d.direction) for d in report.dynamics] == \
+        [(layer.index, layer.direction) for layer in report.layers]
+    for layer, deep in zip(report.layers, report.dynamics, strict=True):
+        direct = np.array([np.nan if v is None else v for v in layer.last_step_grad_norm])
+        with np.errstate(divide="ignore"):
+            direct = np.log10(direct)
+        got = np.array(deep.log10_last_step_grad_norm)
+        reached = np.isfinite(direct)
+        assert reached.sum() == 12, layer.label          # the longest sequence's span
+        np.testing.assert_allclose(got[reached], direct[reached], atol=1e-9, rtol=0,
+                                   err_msg=layer.label)
+        assert deep.log10_ratio == pytest.approx(math.log10(layer.ratio), abs=1e-9)
+        assert np.isfinite(deep.jacobian_norm).all() and len(deep.jacobian_norm) == 12
+        assert deep.lyapunov_growth is not None
+        if deep.growth_gap is not None:
+            assert deep.growth_gap == pytest.approx(
+                math.log(layer.growth_factor) - deep.lyapunov[0], rel=1e-9)
+
+
+def test_bidirectional_log_space_signal_reports_what_underflows_in_both_directions():
+    """A bidirectional tanh RNN in its linear regime at gain 0.1 over 400 steps: the last
+    step's gradient reaches step 0, and the first step's reaches step 399, at about 1e-399,
+    which float64 holds as 0."""
+    data = {"model": {"cell": "rnn", "input_size": 2, "hidden_size": 6, "output_size": 1,
+                      "bidirectional": True,
+                      "init": {"bias": "zeros", "recurrent": {"scheme": "orthogonal",
+                                                              "gain": 0.1}}},
+            "sequence": {"length": 400, "batch_size": 2,
+                         "inputs": {"distribution": "normal", "scale": 1e-6}}}
+    report = analyze_spec(spec_from_data(data), trials=0, windows=[], deep=True)
+    for layer, deep in zip(report.layers, report.dynamics, strict=True):
+        assert layer.ratio == 0.0                                   # underflowed
+        assert deep.log10_ratio == pytest.approx(-399.0, abs=0.01), layer.label
+        assert deep.lyapunov_growth == pytest.approx(0.1, rel=1e-3)
+    forward_, reverse = report.dynamics
+    # the forward direction's signal falls going back, the reverse one's going on
+    assert forward_.log10_last_step_grad_norm[0] < forward_.log10_last_step_grad_norm[-1] - 398
+    assert reverse.log10_last_step_grad_norm[-1] < reverse.log10_last_step_grad_norm[0] - 398
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_log_space_signal_of_padded_sequences_through_an_mlp_head(tmp_path, rng,
+                                                                   bidirectional):
+    """Padded sequences are followed one by one (one-way) or a few at a time (both ways):
+    each sequence's own forward pass carries the MLP head's activations too."""
+    np.save(tmp_path / "x.npy", rng.normal(size=(3, 9, 2)))
+    np.save(tmp_path / "lengths.npy", np.array([9, 4, 6]))
+    data = {"model": {"cell": "gru", "input_size": 2, "hidden_size": 5, "output_size": 2,
+                      "bidirectional": bidirectional, "mlp": {"size": 4, "activation": "gelu"}},
+            "sequence": {"inputs": "x.npy", "lengths": "lengths.npy"}}
+    (tmp_path / "s.yaml").write_text(json.dumps(data))
+    report = analyze_spec(load_spec(tmp_path / "s.yaml"), trials=0, windows=[], deep=True)
+    for layer, deep in zip(report.layers, report.dynamics, strict=True):
+        reached = [t for t, v in enumerate(layer.last_step_grad_norm) if v is not None]
+        np.testing.assert_allclose(np.array(deep.log10_last_step_grad_norm)[reached],
+                                   np.log10([layer.last_step_grad_norm[t] for t in reached]),
+                                   atol=1e-9)

@@ -184,8 +184,15 @@ def test_a_padded_bidirectional_lstm_from_given_states_matches_pytorch(tmp_path)
                        "batch, hidden]")
     assert_clean_error(run("analyze", spec.source, "--truncate", "3"), "--truncate",
                        "does not apply to a bidirectional model")
-    assert_clean_error(run("analyze", spec.source, "--deep"),
-                       "--deep does not cover bidirectional layers yet")
+    deep = analyze_spec(spec, trials=0, windows=[], deep=True)   # from h0, c0, packed
+    assert [(d.index, d.direction) for d in deep.dynamics] == [
+        (layer.index, layer.direction) for layer in report.layers]
+    for layer, dynamics in zip(deep.layers, deep.dynamics, strict=True):
+        reached = [t for t, v in enumerate(layer.last_step_grad_norm) if v is not None]
+        np.testing.assert_allclose(np.array(dynamics.log10_last_step_grad_norm)[reached],
+                                   np.log10([layer.last_step_grad_norm[t] for t in reached]),
+                                   atol=1e-9, err_msg=layer.label)
+        assert np.isfinite(dynamics.jacobian_norm).all() and dynamics.lyapunov
 
 
 def test_a_projected_lstm_from_given_states_matches_pytorch(tmp_path):

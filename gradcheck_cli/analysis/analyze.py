@@ -19,7 +19,6 @@ from ..core.norms import global_norm as norm_of_all
 from ..core.norms import norm
 from ..engine.forward import forward
 from ..engine.state import Forward
-from ..errors import GradcheckError
 from ..io.data import Batch, Batches
 from ..results.prose import MAX_RELATIVE_UPDATE
 from ..results.report import (
@@ -38,7 +37,7 @@ from ..results.report import (
 )
 from ..spec.schema import Spec
 from .clip import BLOCK, DEFAULT_TRIALS, known_well_enough, sample_global_norms, suggest_clip
-from .measure import Measurement, last_step_loss_grad, measure
+from .measure import Measurement, first_step_loss_grad, last_step_loss_grad, measure
 from .memory import plan
 from .notes import notes_for
 from .truncation import truncation_stats
@@ -93,9 +92,6 @@ def analyze_spec(spec: Spec, *, trials: int | None = None, clip_percentile: floa
     and the machine's memory) says whether the loss and the last step's loss alone go
     through one backward pass or one after the other."""
     arch, params = model_parameters(spec)
-    if deep and arch.bidirectional:
-        raise GradcheckError(f"{spec.source}: --deep does not cover bidirectional layers yet "
-                             "(the rest of the analysis does: run it without --deep)")
     checkpoint = spec.model.checkpoint
     names = dict(checkpoint.names) if checkpoint is not None else {n: n for n in params}
     batches = Batches(spec)
@@ -137,13 +133,16 @@ def study(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
         arch, params, fwd, d_out, measured.param_grads, measured.layers[-1].last_step_grad_norm,
         spec, default_windows(spec.length) if windows is None else windows)
     dynamics = None
-    if deep:
+    if deep:                        # per unit, each measured as layers[] has it (measure)
         from .dynamics import layer_dynamics
         d_last = last_step_loss_grad(fwd.outputs, batch.targets, spec.loss.kind,
                                      batch.lengths)
+        d_first = first_step_loss_grad(fwd.outputs, batch.targets, spec.loss.kind) \
+            if arch.bidirectional else None
         dynamics = layer_dynamics(arch, params, fwd, spec.seed, d_last=d_last,
                                   lengths=batch.lengths,
-                                  measured=[layer.growth_factor for layer in measured.layers])
+                                  measured=[layer.growth_factor for layer in measured.layers],
+                                  d_first=d_first)
     return Studies(mitigation=mitigation_effect(spec, measured.param_grads, params),
                    cost=CostStats(forward_macs=cost.forward_macs,
                                   backward_macs=cost.backward_macs,

@@ -25,6 +25,17 @@ For each layer, along the trajectory the forward pass took:
 
 Jacobians are formed per sequence, for the first few sequences of the batch, and averaged.
 The core's BPTT is not involved: this reads the forward pass's cache only.
+
+A bidirectional stack is studied per unit (one direction of one layer), each along its own
+recurrence. A reverse direction's recurrence runs from each sequence's end to its start: its
+step Jacobian at step t is ∂s_t/∂s_(t+1) (the state at t from the one after it), its
+Lyapunov exponents are those of that product, and its temporal signal is the first step's
+own loss, ‖dL_0/dh_t‖, growing or shrinking with the distance from step 0, the mirror of
+the forward direction's last step's loss (as ``layers[]`` measures it). Per-step numbers are
+given in the inputs' order of steps. The log-space signal of a bidirectional stack cannot be
+carried window by window (a reverse direction's gradient at step t comes from the steps
+before it, a forward one's from those after): it is backpropagated whole, every vector
+carried with a logarithmic scale of its own (:func:`scaled_backward`).
 """
 
 from __future__ import annotations
@@ -34,7 +45,14 @@ import math
 import numpy as np
 
 from ..core.model import Architecture, Params
-from ..engine.state import Forward
+from ..core.reference import (
+    activation_slope,
+    cell_backward,
+    layer_norm_backward,
+    layer_projection,
+    layer_weights,
+)
+from ..engine.state import Forward, LayerCache
 from ..results.report import GateSaturation, LayerDynamics
 
 SEQUENCES = 4
@@ -124,13 +142,21 @@ def lyapunov_spectrum(jacobians: list[np.ndarray], count: int,
     return np.sort(total / max(counted, 1))[::-1]
 
 
-def gate_saturation(arch: Architecture, cache) -> list[GateSaturation]:
+def gate_saturation(arch: Architecture, cache,
+                    lengths: np.ndarray | None = None) -> list[GateSaturation]:
+    """Each gate's share of saturated activations, over every sequence's own steps
+    (``lengths``: padded sequences' first steps in the unit's own order, which are its
+    valid ones in either direction; None: all of them)."""
     if arch.cell == "rnn":
         return []
     H = arch.hidden_size
+    valid = None if lengths is None else \
+        np.arange(cache.gates.shape[0])[:, None] < np.asarray(lengths)[None, :]
     out = []
     for k, name in enumerate(GATE_NAMES[arch.cell]):
         values = cache.gates[..., k * H:(k + 1) * H]
+        if valid is not None:
+            values = values[valid]
         if name in SIGMOID_GATES:
             saturated = (values < SATURATION) | (values > 1 - SATURATION)
         else:
@@ -148,7 +174,9 @@ def log_space_signal(arch: Architecture, params: Params, fwd: Forward,
                      d_last: np.ndarray) -> list[np.ndarray]:
     """log10 ‖dL_T/dh_t‖ per layer and step, for whole sequences (the last step's loss as
     ``d_last`` gives it): backpropagated window by window, the gradient carried into each
-    earlier window divided by its norm and the logarithm of that norm kept."""
+    earlier window divided by its norm and the logarithm of that norm kept. One direction
+    only (a bidirectional stack is not backpropagated by windows: see
+    :func:`log_space_signal_both_ways`)."""
     from ..core.norms import global_norm, step_norms
     from ..engine.backward import backward
     T = d_last.shape[0]
@@ -172,22 +200,30 @@ def log_space_signal(arch: Architecture, params: Params, fwd: Forward,
     return logs
 
 
-def _one_sequence(fwd: Forward, b: int, length: int) -> Forward:
-    """Sequence ``b``'s own forward pass (its first ``length`` steps), as views."""
-    from ..engine.state import LayerCache
+def _sequences(fwd: Forward, rows: slice, length: int | None = None) -> Forward:
+    """Sequences ``rows`` of the forward pass (their first ``length`` steps; None: all of
+    them), as views."""
+    steps = slice(None, length)
 
     def part(a):
-        return None if a is None else a[:length, b:b + 1]
+        return None if a is None else a[steps, rows]
 
     def row(a):
-        return None if a is None else a[b:b + 1]
+        return None if a is None else a[rows]
 
     layers = [LayerCache(x=part(c.x), h=part(c.h), gates=part(c.gates), c=part(c.c),
                          hn=part(c.hn), h0=row(c.h0), c0=row(c.c0)) for c in fwd.layers]
     return Forward(layers=layers, outputs=part(fwd.outputs), top=part(fwd.top),
-                   tokens=None if fwd.tokens is None else fwd.tokens[:length, b:b + 1],
-                   masks=None if fwd.masks is None else fwd.masks[:, :length, b:b + 1],
-                   normed=part(fwd.normed), norm_hat=part(fwd.norm_hat), rstd=part(fwd.rstd))
+                   tokens=part(fwd.tokens),
+                   masks=None if fwd.masks is None else fwd.masks[:, steps, rows],
+                   normed=part(fwd.normed), norm_hat=part(fwd.norm_hat), rstd=part(fwd.rstd),
+                   mlp_pre=part(fwd.mlp_pre), mlp_act=part(fwd.mlp_act),
+                   order=part(fwd.order))
+
+
+def _one_sequence(fwd: Forward, b: int, length: int) -> Forward:
+    """Sequence ``b``'s own forward pass (its first ``length`` steps), as views."""
+    return _sequences(fwd, slice(b, b + 1), length)
 
 
 def log_space_signal_padded(arch: Architecture, params: Params, fwd: Forward,
@@ -215,6 +251,225 @@ def log_space_signal_padded(arch: Architecture, params: Params, fwd: Forward,
     return out
 
 
+# ----------------------------------------------------------------------------- both ways
+
+def _own_order(a: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    """``a`` ``(T, B, ...)`` in a reverse unit's own order of steps (each sequence reversed
+    within its length, :attr:`Forward.order`; None: plainly reversed); the reversal is its
+    own inverse, so this also takes a reverse unit's steps back into the inputs' order."""
+    if order is None:
+        return a[::-1]
+    return a[order, np.arange(a.shape[1])[None, :]]
+
+
+def _common_scale(scales: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """For terms v_i e^(s_i) to be added: the sum's scale m = max s_i (-inf where every
+    term is zero) and each term's factor e^(s_i - m) (0 for a zero term, whose scale is
+    -inf)."""
+    top = np.maximum.reduce(scales) if len(scales) > 1 else scales[0]
+    safe = np.where(np.isneginf(top), 0.0, top)
+    return top, [np.exp(s - safe) for s in scales]
+
+
+def _normalised(vectors: tuple[np.ndarray | None, ...], scale: np.ndarray
+                ) -> tuple[tuple[np.ndarray | None, ...], np.ndarray]:
+    """``vectors`` (one value, laid along their last axes side by side) times e^scale,
+    rescaled to a norm of 1 with the norm's logarithm moved into the scale (the largest
+    entry divided out first, so that no square overflows); a zero value's scale is -inf
+    (so that it never outweighs another term), a value that is not finite is left as it
+    is."""
+    parts = [v for v in vectors if v is not None]
+    peak = np.maximum.reduce([np.abs(v).max(axis=-1) for v in parts])
+    ok = (peak > 0) & np.isfinite(peak)
+    first = np.where(ok, peak, 1.0)[..., None]
+    rest = np.sqrt(sum(np.einsum("...i,...i->...", v / first, v / first) for v in parts))
+    divisor = np.where(ok, first[..., 0] * rest, 1.0)
+    out = tuple(None if v is None else v / divisor[..., None] for v in vectors)
+    return out, np.where(ok, scale + np.log(np.where(ok, first[..., 0], 1.0)) + np.log(rest),
+                         np.where(peak == 0, -np.inf, scale))
+
+
+def _step_cache(arch: Architecture, cache: LayerCache, t: int) -> dict[str, np.ndarray]:
+    """What :func:`~gradcheck_cli.core.reference.cell_backward` reads at step ``t`` (of the
+    unit's own order), from the engine's cache."""
+    B = cache.h.shape[1]
+    H = arch.hidden_size
+    h_prev = cache.h[t - 1] if t > 0 else (
+        np.zeros((B, cache.h.shape[2])) if cache.h0 is None else cache.h0)
+    assert cache.gates is not None
+    gates = cache.gates[t]
+    if arch.cell == "rnn":
+        return {"act": gates, "h_prev": h_prev}
+    if arch.cell == "lstm":
+        assert cache.c is not None
+        c_prev = cache.c[t - 1] if t > 0 else (np.zeros((B, H)) if cache.c0 is None
+                                                else cache.c0)
+        return {"h_prev": h_prev, "c_prev": c_prev, "i": gates[:, :H], "f": gates[:, H:2 * H],
+                "g": gates[:, 2 * H:3 * H], "o": gates[:, 3 * H:], "tanh_c": np.tanh(cache.c[t])}
+    assert cache.hn is not None
+    return {"h_prev": h_prev, "r": gates[:, :H], "z": gates[:, H:2 * H], "n": gates[:, 2 * H:],
+            "hn": cache.hn[t]}
+
+
+def _unit_backward(arch: Architecture, params: Params, cache: LayerCache, u: int,
+                   direct: np.ndarray, scale: np.ndarray, into_input: bool
+                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Unit u's backward pass in its own order of steps, every value scaled: ``direct``
+    ``(T, B, S)`` times e^``scale`` ``(T, B)`` is the gradient reaching each h_t from
+    outside the recurrence. Returns ln ‖dL/dh_t‖ of each sequence ``(T, B)`` and, with
+    ``into_input``, dL/dx_t as a value and its scale."""
+    k, d = arch.unit(u)
+    w_ih, w_hh, _, _ = (None if w is None else np.asarray(w, dtype=np.float64)
+                        for w in layer_weights(params, k, d))
+    assert w_ih is not None and w_hh is not None
+    w_hr = layer_projection(params, k, d)
+    if w_hr is not None:
+        w_hr = np.asarray(w_hr, dtype=np.float64)
+    T, B, S = direct.shape
+    lstm = arch.cell == "lstm"
+    logs = np.empty((T, B))
+    dx = np.empty((T, B, w_ih.shape[1])) if into_input else None
+    dx_scale = np.empty((T, B)) if into_input else None
+    dh_next = np.zeros((B, S))                  # into h_t from step t+1, times e^carry
+    dc_next = np.zeros((B, arch.hidden_size)) if lstm else None
+    carry = np.full(B, -np.inf)
+    for t in reversed(range(T)):
+        top, (a, b) = _common_scale([scale[t], carry])
+        dh = direct[t] * a[:, None] + dh_next * b[:, None]     # from above, and from t+1
+        dc = None if dc_next is None else dc_next * b[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs[t] = np.log(np.linalg.norm(dh, axis=-1)) + top
+        step = cell_backward(arch, dh if w_hr is None else dh @ w_hr, dc,
+                             _step_cache(arch, cache, t))
+        if dx is not None and dx_scale is not None:
+            (dx[t],), dx_scale[t] = _normalised((step.gx @ w_ih,), top)
+        dh_next = step.h_prev + step.gh @ w_hh                  # into h_{t-1}
+        if arch.residual_time:
+            dh_next = dh_next + dh
+        (dh_next, dc_next), carry = _normalised((dh_next, step.c_prev), top)  # type: ignore
+        assert dh_next is not None
+    return logs, dx, dx_scale
+
+
+def _into_top(arch: Architecture, params: Params, fwd: Forward,
+              d_out: np.ndarray) -> np.ndarray:
+    """dL/d(the top layer's output) from dL/dy: back through the head, its MLP and the
+    LayerNorm, as the engine's backward pass takes them (``(T, B, D*S)``)."""
+    d = np.asarray(d_out, dtype=np.float64)
+    if arch.head:
+        d = d @ np.asarray(params[arch.head_weight], dtype=np.float64)
+        if arch.mlp:
+            assert fwd.mlp_pre is not None and fwd.mlp_act is not None
+            d = (d * activation_slope(arch.mlp_activation, fwd.mlp_pre, fwd.mlp_act)) @ \
+                np.asarray(params["mlp.weight"], dtype=np.float64)
+    if arch.norm:
+        assert fwd.norm_hat is not None and fwd.rstd is not None
+        d = layer_norm_backward(arch, params, d, fwd.norm_hat, fwd.rstd)
+    return d
+
+
+def scaled_backward(arch: Architecture, params: Params, fwd: Forward,
+                    d_out: np.ndarray) -> list[np.ndarray]:
+    """Every unit's ln ‖dL/dh_t‖, per sequence ``(T, B)`` in the unit's own order of steps,
+    for the loss whose output gradient is ``d_out``: BPTT through the whole stack, both
+    directions, as the reference takes it (:func:`~gradcheck_cli.core.reference.backward`,
+    its cell's backward step), with every vector carried as a value of norm 1 and the
+    natural logarithm of its size, per sequence and step. So nothing underflows or
+    overflows however far the gradient shrinks or grows: sums of terms of very different
+    sizes are formed at the larger one's scale, which is exact to rounding."""
+    T, B = d_out.shape[:2]
+    S, D = arch.state_size, arch.directions
+    with np.errstate(all="ignore"):
+        (direct,), scale = _normalised((_into_top(arch, params, fwd, d_out),),
+                                       np.zeros((T, B)))
+        assert direct is not None
+        logs: list[np.ndarray] = [np.empty(0)] * arch.units
+        for k in reversed(range(arch.num_layers)):
+            parts, scales = [], []
+            for d in range(D):
+                u = k * D + d
+                mine, mine_scale = direct[..., d * S:(d + 1) * S], scale
+                if d:                                       # in its own order of steps
+                    mine, mine_scale = _own_order(mine, fwd.order), \
+                        _own_order(mine_scale, fwd.order)
+                logs[u], dx, dx_scale = _unit_backward(arch, params, fwd.layers[u], u, mine,
+                                                       mine_scale, into_input=k > 0)
+                if dx is not None and dx_scale is not None:
+                    parts.append(_own_order(dx, fwd.order) if d else dx)
+                    scales.append(_own_order(dx_scale, fwd.order) if d else dx_scale)
+            if k == 0:
+                break
+            if arch.residual_layer(k):                      # out = h + x: x gets it too
+                parts.append(direct)
+                scales.append(scale)
+            top, factors = _common_scale(scales)            # both directions read x
+            below = sum(p * f[..., None] for p, f in zip(parts, factors, strict=True))
+            if fwd.masks is not None:                       # x_k = out_{k-1} ⊙ mask
+                below = below * fwd.masks[k - 1]
+            (direct,), scale = _normalised((np.asarray(below),), top)
+            assert direct is not None
+    return logs
+
+
+def _log10_series(logs: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """The batch's log10 ‖dL/dh_t‖ from each sequence's ln ``(T, B)``: for whole sequences
+    the root of the sum of their squares at each step; padded, combined as the report's
+    norms are (:func:`~.measure.combine_sequences`), aligned at the sequences' ends."""
+    from .measure import _log_norm, combine_sequences
+    T = logs.shape[0]
+    if lengths is None:
+        return np.array([math.nan if np.isnan(row).any() else _log_norm(row)
+                         for row in logs]) / math.log(10)
+    combined = combine_sequences(logs, lengths)
+    aligned = np.full(T, -np.inf)
+    span = len(combined.relative)
+    with np.errstate(invalid="ignore"):
+        aligned[T - span:] = ((combined.scale + combined.relative) / math.log(10))[::-1]
+    return aligned
+
+
+LOG_SPACE_BYTES = 32 * 2 ** 20
+"""The size of each of :func:`scaled_backward`'s arrays (a layer's gradients over every
+step), as many sequences at a time as fit in it."""
+
+
+def _scaled_logs(arch: Architecture, params: Params, fwd: Forward,
+                 d_out: np.ndarray) -> list[np.ndarray]:
+    """:func:`scaled_backward`, a few sequences at a time (each is on its own: the same
+    numbers), so that its arrays stay within :data:`LOG_SPACE_BYTES`."""
+    T, B = d_out.shape[:2]
+    widest = max(arch.output_width, arch.layer_input_size(0), arch.mlp, d_out.shape[2])
+    rows = max(1, LOG_SPACE_BYTES // (8 * T * widest))
+    parts = [scaled_backward(arch, params, _sequences(fwd, slice(start, start + rows)),
+                             d_out[:, start:start + rows]) for start in range(0, B, rows)]
+    return [np.concatenate([part[u] for part in parts], axis=1) for u in range(arch.units)]
+
+
+def log_space_signal_both_ways(arch: Architecture, params: Params, fwd: Forward,
+                               d_last: np.ndarray, d_first: np.ndarray | None,
+                               lengths: np.ndarray | None) -> list[np.ndarray | None]:
+    """A bidirectional stack's temporal signals in log space, per unit in the inputs' order
+    of steps, each what its ``layers[]`` entry measures: a forward direction's log10
+    ‖dL_T/dh_t‖, the last step's loss (``d_last``); a reverse direction's log10 ‖dL_0/dh_t‖,
+    the first step's loss (``d_first``), whose recurrence carries it from step 0 towards the
+    end (padded: entry d is d steps after each sequence's start). None for the reverse
+    directions without ``d_first``. Each loss is backpropagated whole, both directions of
+    every layer (:func:`scaled_backward`), since a lower layer's gradient at step t gathers
+    the forward directions' from after t and the reverse ones' from before it."""
+    passes = {0: _scaled_logs(arch, params, fwd, d_last)}
+    if d_first is not None:
+        passes[1] = _scaled_logs(arch, params, fwd, d_first)
+    out: list[np.ndarray | None] = []
+    for u in range(arch.units):
+        d = arch.unit(u)[1]
+        if d not in passes:
+            out.append(None)
+            continue
+        series = _log10_series(passes[d][u], lengths)       # in the unit's own order
+        out.append(series[::-1] if d else series)            # ... the reverse's reversed
+    return out
+
+
 def allowance(state_size: int, steps: int, leading: list[float]) -> float | None:
     """How far apart, in log per step, a run of ``steps`` can put the growth measured on one
     gradient and λ₁, with nothing but its length to blame.
@@ -232,23 +487,41 @@ def allowance(state_size: int, steps: int, leading: list[float]) -> float | None
     return (0.5 * math.log(state_size) + math.log(10)) / steps + 2 * spread
 
 
+def _input_steps(arch: Architecture, u: int, fwd: Forward, b: int, steps: int) -> np.ndarray:
+    """The inputs' steps of unit u's own first ``steps`` steps, for sequence ``b``."""
+    own = np.arange(steps)
+    if arch.unit(u)[1] == 0:
+        return own
+    T = fwd.layers[u].h.shape[0]
+    return T - 1 - own if fwd.order is None else fwd.order[:steps, b]
+
+
 def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
                    seed: int = 0, d_last: np.ndarray | None = None,
                    lengths: np.ndarray | None = None,
-                   measured: list[float | None] | None = None) -> list[LayerDynamics]:
-    """Every layer's dynamics; with ``d_last``, the last step's gradient in log space; with
-    ``measured`` (each layer's growth factor), how it compares with exp(λ₁)."""
+                   measured: list[float | None] | None = None,
+                   d_first: np.ndarray | None = None) -> list[LayerDynamics]:
+    """Every unit's dynamics (one per layer, or per layer and direction), each along its
+    own recurrence; with ``d_last``, the last step's gradient in log space (a bidirectional
+    stack's reverse directions: the first step's, with ``d_first``); with ``measured``
+    (each unit's growth factor, as ``layers[]`` has it), how it compares with that unit's
+    exp(λ₁)."""
     out = []
     rng = np.random.default_rng([seed, 2])
     T, B = fwd.layers[0].h.shape[:2]
     span = int(np.max(lengths)) if lengths is not None else T   # the longest sequence
-    logs = None
+    logs: list[np.ndarray | None] | None = None
     if d_last is not None:
-        logs = log_space_signal(arch, params, fwd, d_last) if lengths is None else \
-            log_space_signal_padded(arch, params, fwd, d_last, lengths)
-    for k, cache in enumerate(fwd.layers):
-        w_hh = np.asarray(params[f"rnn.weight_hh_l{k}"], dtype=np.float64)
-        w_hr = params.get(f"rnn.weight_hr_l{k}")
+        if arch.bidirectional:
+            logs = log_space_signal_both_ways(arch, params, fwd, d_last, d_first, lengths)
+        else:
+            logs = list(log_space_signal(arch, params, fwd, d_last) if lengths is None else
+                        log_space_signal_padded(arch, params, fwd, d_last, lengths))
+    for u, cache in enumerate(fwd.layers):
+        k, direction = arch.unit(u)
+        suffix = arch.unit_suffix(u)
+        w_hh = np.asarray(params[f"rnn.weight_hh{suffix}"], dtype=np.float64)
+        w_hr = params.get(f"rnn.weight_hr{suffix}")
         if w_hr is not None:
             w_hr = np.asarray(w_hr, dtype=np.float64)
         H = arch.hidden_size
@@ -268,10 +541,12 @@ def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
                 if not np.isfinite(w_hh).all() or not _finite_trajectory(cache, b, steps) \
                         or (w_hr is not None and not np.isfinite(w_hr).all()):
                     continue
+                # in the unit's own order: a reverse direction's from its sequence's end
                 jacobians = [step_jacobian(arch, cache, w_hh, t, b, w_hr).astype(np.float64)
                              for t in range(steps)]
-                squares[:steps] += [largest_singular_value(j) ** 2 for j in jacobians]
-                counts[:steps] += 1
+                at = _input_steps(arch, u, fwd, b, steps)          # the inputs' steps
+                squares[at] += [largest_singular_value(j) ** 2 for j in jacobians]
+                counts[at] += 1
                 if np.all([np.isfinite(j).all() for j in jacobians]):
                     exponents.append(lyapunov_spectrum(jacobians, EXPONENTS, rng))
                     weights.append(steps)
@@ -282,21 +557,26 @@ def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
         spectrum = np.average(exponents, axis=0, weights=weights) if exponents else \
             np.array([])
         lam = float(spectrum[0]) if spectrum.size and math.isfinite(spectrum[0]) else None
-        growth = measured[k] if measured is not None else None
+        growth = measured[u] if measured is not None else None
         gap = None
         if lam is not None and growth is not None and 0 < growth < math.inf:
             gap = math.log(growth) - lam
         state = arch.state_size + (H if arch.cell == "lstm" else 0)
+        signal = logs[u] if logs is not None else None
+        # the ratio over the span: going back from the end, or a reverse direction's
+        # going forward from step 0
+        ends = [span - 1, 0] if direction else [T - span, T - 1]
         out.append(LayerDynamics(
-            index=k, sigma_max=sigma, spectral_radius=radius,
+            index=k, direction=("forward", "reverse")[direction] if arch.bidirectional
+            else None, sigma_max=sigma, spectral_radius=radius,
             gate_sigma_max=gate_sigma if arch.cell != "rnn" else {},
             jacobian_norm=jacobian_norm.tolist(),
             lyapunov=spectrum.tolist(),
             lyapunov_growth=math.exp(lam) if lam is not None else None,
-            saturation=gate_saturation(arch, cache),
-            log10_last_step_grad_norm=logs[k].tolist() if logs is not None else None,
-            log10_ratio=float(logs[k][T - span] - logs[k][-1])
-            if logs is not None and np.isfinite(logs[k][[T - span, -1]]).all() else None,
+            saturation=gate_saturation(arch, cache, lengths),
+            log10_last_step_grad_norm=signal.tolist() if signal is not None else None,
+            log10_ratio=float(signal[ends[0]] - signal[ends[1]])
+            if signal is not None and np.isfinite(signal[ends]).all() else None,
             growth_gap=gap,
             allowance=allowance(state, span - 1, [float(e[0]) for e in exponents])
             if gap is not None else None,

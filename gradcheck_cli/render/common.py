@@ -195,51 +195,67 @@ def from_log10(value: float | None) -> str:
     return f"{mantissa:.2g}e{exponent:+d}"
 
 
+def _measured(report: Report) -> dict[tuple[int, str | None], LayerStats]:
+    """The report's layers by layer and direction, as the dynamics' units are named."""
+    return {(layer.index, layer.direction): layer for layer in report.layers}
+
+
 def dynamics_rows(report: Report) -> list[list[str]]:
-    """Per layer: the spectra, the largest Lyapunov exponent and the growth of the fastest
-    direction beside the growth measured, the mean step-Jacobian norm, the ratio."""
+    """Per layer (and direction): the spectra, the largest Lyapunov exponent and the growth
+    of the fastest direction beside the growth measured, the mean step-Jacobian norm, the
+    ratio."""
     rows = []
-    measured = {layer.index: layer for layer in report.layers}
+    measured = _measured(report)
     for d in report.dynamics or []:
         lam = d.lyapunov[0] if d.lyapunov else None
         jac = [v for v in d.jacobian_norm if math.isfinite(v)]
-        rows.append([str(d.index), num(d.sigma_max), num(d.spectral_radius), num(lam),
+        rows.append([d.label, num(d.sigma_max), num(d.spectral_radius), num(lam),
                      "—" if d.lyapunov_growth is None else f"×{d.lyapunov_growth:.4g}",
-                     growth_text(measured[d.index]),
+                     growth_text(measured[d.index, d.direction]),
                      num(float(np.mean(jac))) if jac else "—", from_log10(d.log10_ratio)])
     return rows
 
 
+REVERSE_DYNAMICS = ("reverse directions run from each sequence's end to its start: their J_t is "
+                    "∂s_t/∂s_(t+1) and λ that recurrence's; the growth measured beside exp(λ₁), "
+                    "and the ratio, are of the first step's gradient ‖dL_0/dh_t‖ going forward")
+
+
 def dynamics_lines(report: Report) -> list[str]:
-    """Per layer, in words: where the measured growth and exp(λ₁) differ by more than the
-    run's length explains, Pascanu's conditions, the saturated gates, the spectrum."""
+    """Per layer (and direction), in words: where the measured growth and exp(λ₁) differ
+    by more than the run's length explains, Pascanu's conditions, the saturated gates, the
+    spectrum; first, in a bidirectional report, what a reverse direction's numbers are."""
     lines = []
-    measured = {layer.index: layer for layer in report.layers}
+    measured = _measured(report)
     steps = (report.padding.max_length if report.padding is not None else report.length) - 1
+    if any(d.direction == "reverse" for d in report.dynamics or []):
+        lines.append(REVERSE_DYNAMICS)
     for d in report.dynamics or []:
-        growth = measured[d.index].growth_factor
+        growth = measured[d.index, d.direction].growth_factor
+        which = "first" if d.direction == "reverse" else "last"
         if d.growth_gap is not None and d.allowance is not None and growth is not None \
                 and d.lyapunov_growth is not None and abs(d.growth_gap) > d.allowance:
             bound = f"exp(λ₁) = ×{d.lyapunov_growth:.4g}"
             if d.growth_gap < 0:
                 lines.append(
-                    f"layer {d.index}: the last step's gradient shrinks faster (×{growth:.4g} "
-                    f"per step) than the fastest direction's {bound}, by more than {steps} "
-                    f"steps explain (±{d.allowance:.2g} in log per step): it lies mostly "
-                    "along directions that shrink faster than the fastest one")
+                    f"layer {d.label}: the {which} step's gradient shrinks faster "
+                    f"(×{growth:.4g} per step) than the fastest direction's {bound}, by more "
+                    f"than {steps} steps explain (±{d.allowance:.2g} in log per step): it "
+                    "lies mostly along directions that shrink faster than the fastest one")
             else:
                 lines.append(
-                    f"layer {d.index}: the last step's gradient grows faster (×{growth:.4g} "
-                    f"per step) than {bound} allows over a long run, by more than {steps} "
-                    f"steps explain (±{d.allowance:.2g} in log per step): transient growth "
-                    "(non-normal Jacobians) that a longer run would not sustain")
+                    f"layer {d.label}: the {which} step's gradient grows faster "
+                    f"(×{growth:.4g} per step) than {bound} allows over a long run, by more "
+                    f"than {steps} steps explain (±{d.allowance:.2g} in log per step): "
+                    "transient growth (non-normal Jacobians) that a longer run would not "
+                    "sustain")
         if d.pascanu:
-            lines.append(f"layer {d.index}: {d.pascanu} (Pascanu et al. 2013)")
+            lines.append(f"layer {d.label}: {d.pascanu} (Pascanu et al. 2013)")
         if d.saturation:
             saturated = " ".join(f"{s.gate} {s.saturated:.0%}" for s in d.saturation
                                  if s.saturated >= 0.01) or "none"
-            lines.append(f"layer {d.index} saturated gates: {saturated}")
+            lines.append(f"layer {d.label} saturated gates: {saturated}")
         if d.lyapunov:
-            lines.append(f"layer {d.index} Lyapunov spectrum: "
+            lines.append(f"layer {d.label} Lyapunov spectrum: "
                          + " ".join(num(v) for v in d.lyapunov))
     return lines

@@ -76,7 +76,7 @@ def report_figure(report: Report) -> Any:
         lx = axes[0][1]
         for d in report.dynamics or []:
             lx.plot(range(1, len(d.lyapunov) + 1), d.lyapunov, marker="o",
-                    label=f"layer {d.index}")
+                    label=f"layer {d.label}")
         lx.axhline(0.0, color="grey", linewidth=1)
         lx.set_xlabel("index")
         lx.set_ylabel("Lyapunov exponent λ (per step)")

@@ -214,21 +214,32 @@ class GateSaturation:
 
 @dataclass(frozen=True)
 class LayerDynamics:
-    """One layer's dynamics, with --deep (see analysis.dynamics)."""
+    """One layer's dynamics, with --deep (see analysis.dynamics); in a bidirectional stack,
+    one direction's, along its own recurrence."""
 
     index: int
+    direction: str | None
+    """In a bidirectional stack, which direction of layer ``index``: forward or reverse
+    (null otherwise), as in ``layers[]``. A reverse direction's recurrence runs from each
+    sequence's end to its start: its step Jacobians are ∂s_t/∂s_(t+1), its Lyapunov
+    exponents those of their product, and its log-space signal the first step's own loss's
+    gradient, going forward from step 0."""
     sigma_max: float
     spectral_radius: float
     gate_sigma_max: dict[str, float]
     jacobian_norm: list[float]
-    """σ_max(∂s_t/∂s_(t-1)) per step, RMS over the first sequences."""
+    """σ_max(∂s_t/∂s_(t-1)) per step, RMS over the first sequences (a reverse direction's
+    σ_max(∂s_t/∂s_(t+1))), in the inputs' order of steps."""
     lyapunov: list[float]
     lyapunov_growth: float | None
     """exp(λ₁): the asymptotic growth per step of the fastest-growing direction."""
     saturation: list[GateSaturation]
     log10_last_step_grad_norm: list[float] | None = None
-    """log10 ||dL_T/dh_t|| per step, tracked in log space."""
+    """log10 ||dL_T/dh_t|| per step, tracked in log space: layers[].last_step_grad_norm's
+    logarithm, aligned as it is (a reverse direction's log10 ||dL_0/dh_t||)."""
     log10_ratio: float | None = None
+    """log10 of its size at the first step over its size at the last (a reverse
+    direction's: at the last step over at the first), as layers[].ratio."""
     growth_gap: float | None = None
     """ln(growth_factor) − λ₁: below 0, the gradient shrinks faster than the fastest
     direction; above, it grows faster than a long run allows."""
@@ -243,6 +254,11 @@ class LayerDynamics:
     def pascanu(self) -> str | None:
         """Pascanu, Mikolov & Bengio's (2013) condition σ_max(W_hh) meets."""
         return prose.pascanu(self.sigma_max) if self.elman else None
+
+    @property
+    def label(self) -> str:
+        """The unit as findings name it: "1", or "1 reverse" in a bidirectional stack."""
+        return str(self.index) if self.direction is None else f"{self.index} {self.direction}"
 
 
 @dataclass(frozen=True)
@@ -353,7 +369,8 @@ class Report:
     """How the run was set up: the weights found and the tensors ignored, tensors upcast,
     an assumed nonlinearity, how padded sequences were combined."""
     dynamics: list[LayerDynamics] | None = None
-    """With --deep, per layer: spectra, step Jacobians, Lyapunov exponents; else null."""
+    """With --deep, per layer (bidirectional: per layer and direction, as ``layers``):
+    spectra, step Jacobians, Lyapunov exponents; else null."""
     mitigation: MitigationEffect | None = None
     """training.mitigation applied to the measured gradients; null without one."""
     cost: CostStats | None = None
