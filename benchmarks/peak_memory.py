@@ -18,7 +18,7 @@ import tracemalloc
 
 from threadpoolctl import threadpool_limits
 
-from gradcheck_cli.analysis.analyze import analyze_spec
+from gradcheck_cli.analysis.analyze import analyze_spec, memory_trials
 from gradcheck_cli.analysis.memory import OVERHEAD, estimate, trial_chunk
 from gradcheck_cli.core.model import Architecture
 from gradcheck_cli.io.resolve import load_spec
@@ -32,12 +32,14 @@ def main() -> None:
     args = parser.parse_args()
     spec = load_spec(args.spec, args.overrides)
     arch = Architecture.from_spec(spec.model)
-    est = estimate(arch, spec.length, spec.batch_size, spec.dtype, trials=args.trials)
+    est = estimate(arch, spec.length, spec.batch_size, spec.dtype,
+                   trials=memory_trials(args.trials))
     mib = 2 ** 20
     print("estimate parts (MiB):",
           {name: round(size / mib, 1) for name, size in est.parts.items()})
     print("clip trials side by side:",
-          trial_chunk(arch, spec.length, spec.batch_size, spec.dtype, args.trials))
+          trial_chunk(arch, spec.length, spec.batch_size, spec.dtype,
+                      memory_trials(args.trials)))
     with threadpool_limits(1):
         tracemalloc.start()
         analyze_spec(spec, trials=args.trials)

@@ -33,9 +33,10 @@ def analyze(config: str | os.PathLike[str] | Mapping[str, Any] | Spec, *,
         config: a spec file's path, a mapping shaped like the YAML file, or a loaded
             :class:`~gradcheck_cli.spec.Spec`.
         overrides: ``"key.path=value"`` strings, as ``--set`` takes them.
-        trials: independent batches sampled for the clip suggestion (0: none; None, the
-            default: 5 at a time, up to 20, until the suggestion's 95 % interval is within
-            ±25 % of it, as ``gradcheck analyze`` does without ``--trials``).
+        trials: batches whose global gradient norms make the clip suggestion, the spec's
+            own and ``trials - 1`` drawn independently (0: none; None, the default: 5 at a
+            time, up to 20, until the suggestion's 95 % interval is within ±25 % of it, as
+            ``gradcheck analyze`` does without ``--trials``).
         clip_percentile: the percentile of the sampled norms suggested as ``max_norm``.
         base_dir: where relative file paths in a mapping are resolved (default: the
             current directory; a file's paths are relative to its own folder).

@@ -27,9 +27,6 @@ if TYPE_CHECKING:
 ANALYZE_TRIALS = 20
 """The most clip trials `analyze` samples by default (`analysis.clip.DEFAULT_TRIALS`, not
 imported here: `--help` stays fast)."""
-TRIAL_BLOCK = 5
-"""... a block of them at a time (`analysis.clip.BLOCK`): what `validate` estimates memory
-for."""
 MAX_TRIALS = 100_000
 """Each trial is a forward and backward pass: beyond this, a run would not end."""
 MAX_STEPS = 1_000_000
@@ -177,6 +174,30 @@ def _mitigation_overrides(mitigation: str | None) -> tuple[tuple[str, str], ...]
         "--mitigation", mitigation, f"training.mitigation={mitigation}")
 
 
+def _threads(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--threads sets GRADCHECK_THREADS for the run (and a sweep's workers); without it, a
+    GRADCHECK_THREADS in the environment is checked here, before any work."""
+    from .io.threads import VARIABLE, ThreadsError, requested
+    if value is not None:
+        try:
+            requested({VARIABLE: value})
+        except ThreadsError:
+            from .spec.yaml import shorten
+            raise click.BadParameter(f"{shorten(value)!r}: expected a whole number of "
+                                     "threads (1 or more) or auto") from None
+        os.environ[VARIABLE] = value
+    requested()
+    return value
+
+
+def _threads_option(f):
+    return click.option(
+        "--threads", metavar="N|auto", callback=_threads, expose_value=False,
+        help="BLAS threads for the run (as GRADCHECK_THREADS). Default auto: one for a "
+             "small model or when the machine's cores are busy, else one per free core; "
+             "a BLAS variable you set (OPENBLAS_NUM_THREADS, ...) is left alone.")(f)
+
+
 def _truncate_option(f):
     return click.option(
         "--truncate", metavar="K[:K2]",
@@ -193,7 +214,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
 
 
 def _load(config: Path, overrides: tuple[Override, ...], max_memory: str | None = None, *,
-          training: bool = False, optimizer: str | None = None, trials: int = 0,
+          training: bool = False, optimizer: str | None = None, trials: int | None = 0,
           dtype: str | None = None, machine: bool = True):
     """The spec, refused before any data value is read when the run it describes would
     not fit (see :func:`memory.check`; ``training``: simulate's, with Adam's state when
@@ -201,6 +222,7 @@ def _load(config: Path, overrides: tuple[Override, ...], max_memory: str | None 
     float64); and the estimate it fits by."""
     import dataclasses
 
+    from .analysis.analyze import memory_trials
     from .analysis.memory import check
     from .io.resolve import load_spec
     limit = _memory_limit(max_memory)
@@ -209,7 +231,8 @@ def _load(config: Path, overrides: tuple[Override, ...], max_memory: str | None 
     def guard(spec) -> None:
         run = dataclasses.replace(spec, dtype=dtype) if dtype else spec
         adam = training and (optimizer or spec.training.optimizer) == "adam"
-        estimates.append(check(run, max_memory=limit, optimizer_state=adam, trials=trials,
+        estimates.append(check(run, max_memory=limit, optimizer_state=adam,
+                               trials=memory_trials(trials),
                                machine=machine))
 
     budget = None                              # analyze and the rest: the machine's memory
@@ -316,9 +339,10 @@ def cli(debug: bool) -> None:
                    "stdout).")
 @click.option("--trials", type=click.IntRange(min=0, max=MAX_TRIALS), default=None,
               metavar="N",
-              help=f"Independent batches sampled for the clip suggestion: exactly N (0: none; "
-                   f"at most {MAX_TRIALS:,}). Default: 5 at a time, up to {ANALYZE_TRIALS}, "
-                   "until the suggestion's 95% interval is within ±25% of it.")
+              help=f"Batches whose global gradient norms make the clip suggestion: exactly N, "
+                   f"the spec's own and N-1 drawn independently (0: none; at most "
+                   f"{MAX_TRIALS:,}). Default: 5 at a time, up to {ANALYZE_TRIALS}, until the "
+                   "suggestion's 95% interval is within ±25% of it.")
 @click.option("--clip-percentile", type=click.FloatRange(0, 100, min_open=True),
               default=10.0, show_default=True,
               callback=_finite,
@@ -346,6 +370,7 @@ def cli(debug: bool) -> None:
               help="Also the dynamics: σ_max and spectral radius of W_hh with Pascanu's "
                    "conditions, per-step Jacobian norms, Lyapunov exponents (exp(λ₁), the "
                    "fastest direction's growth, beside the growth measured), gate saturation.")
+@_threads_option
 @_max_memory_option
 @_overrides_option
 def analyze(configs: tuple[Path, ...], fmt: str, output: str | None, save_grads: str | None,
@@ -371,7 +396,7 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: str | None, save_grads:
     extra += [*_mitigation_overrides(mitigation), *_truncation_overrides(truncate)]
     window_list = _windows(windows)
     loaded = [_load(config, overrides + tuple(extra), max_memory,
-                    trials=TRIAL_BLOCK if trials is None else trials) for config in configs]
+                    trials=trials) for config in configs]
     targets = _plan([path for config, (spec, _) in zip(configs, loaded, strict=True)
                      for path in _inputs(spec, config)],
                     output=output or "-", save_grads=save_grads, plot=plot)
@@ -465,6 +490,7 @@ class _progress:
 @click.option("-f", "--format", "fmt", type=click.Choice(formats("Verification")),
               default="table",
               show_default=True, help="Output format.")
+@_threads_option
 @_max_memory_option
 @_overrides_option
 def verify(config: Path, directions: int, entries: int, all_entries: bool, tolerance: float,
@@ -535,7 +561,7 @@ def validate(configs: tuple[Path, ...], max_memory: str | None,
     bad = 0
     for config in configs:
         try:
-            spec, need = _load(config, overrides, max_memory, trials=TRIAL_BLOCK,
+            spec, need = _load(config, overrides, max_memory, trials=None,
                                machine=False)
         except GradcheckError as exc:
             _stderr("error: " + _one_line(str(exc)))
@@ -596,6 +622,7 @@ def init(path: str, cell: str, force: bool) -> None:
 @click.option("--mitigation", metavar="M",
               help="The mitigation of the first run (training.mitigation; default none).")
 @_truncate_option
+@_threads_option
 @_max_memory_option
 @_overrides_option
 def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float | None,
@@ -657,6 +684,7 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
 @click.option("--plot", type=OUTPUT, metavar="FILE.png|.svg",
               help="Also draw the growth factor over the grid (a heat map for two keys); "
                    "needs the plot extra.")
+@_threads_option
 @_max_memory_option
 @_overrides_option
 def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: str,

@@ -182,7 +182,7 @@ def test_validate_prints_and_can_enforce_what_analyze_will_need(monkeypatch):
     from gradcheck_cli.analysis import clip, memory
     from gradcheck_cli.analysis.memory import check
     from gradcheck_cli.io.sizes import human
-    assert (cli.TRIAL_BLOCK, cli.ANALYZE_TRIALS) == (clip.BLOCK, clip.DEFAULT_TRIALS)
+    assert cli.ANALYZE_TRIALS == clip.DEFAULT_TRIALS
     spec = load_spec(SAMPLE["lstm_healthy"])
     need = check(spec, trials=clip.BLOCK).total
     assert need > check(spec, trials=0).total       # the trials are counted

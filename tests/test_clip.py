@@ -85,7 +85,7 @@ def test_stacked_trials_give_each_trials_own_norm(name, overrides, rows_per_pass
     stacked = sample_global_norms(arch, params, batches, spec, 7)
     one_by_one = []
     for k in range(7):
-        batch = batches.draw(k + 1)
+        batch = batches.draw(k)
         grads = bptt(arch, params, batch.x, batch.targets, spec.loss.kind,
                      spec.loss.timesteps, batch.lengths).grads.params
         one_by_one.append(global_norm(grads))
@@ -278,3 +278,33 @@ def test_the_cli_samples_sequentially_unless_told_how_many(tmp_path):
     assert forced["sampling"].startswith("7 batches (--trials); p10's 95% interval")
     text = run("analyze", _sample_path("lstm_healthy")).stdout
     assert f"{clip['trials']} of at most 20 batches" in text
+
+
+@pytest.mark.parametrize("trials", [1, 5, None])
+def test_the_specs_batch_is_the_first_norm_and_is_not_drawn_again(trials, monkeypatch):
+    """The clip statistics take the spec's own batch's norm from the main pass (the
+    report's global grad norm) and draw only the rest: the same norms as sampling every
+    draw afresh, one pass of sequences fewer."""
+    from gradcheck_cli.analysis import clip as clip_module
+    from gradcheck_cli.analysis.analyze import analyze_spec
+    spec = load_spec(_sample_path("lstm_healthy"))
+    drawn: list[int] = []
+    sample = clip_module._sample
+
+    def counted(arch, params, batches, spec, chunks, first, total, progress):
+        drawn.extend(range(first, first + sum(chunks)))
+        return sample(arch, params, batches, spec, chunks, first, total, progress)
+
+    monkeypatch.setattr(clip_module, "_sample", counted)
+    report = analyze_spec(spec, trials=trials, windows=[])
+    n = report.clip.trials
+    assert drawn == list(range(1, n))
+    arch, params = model_parameters(spec)
+    afresh = sample_global_norms(arch, params, Batches(spec), spec, n)
+    assert afresh[0] == pytest.approx(report.global_grad_norm, rel=1e-12)
+    stats = report.clip.norm_percentiles
+    for name, value in {"min": afresh.min(), "max": afresh.max(),
+                        "p50": np.percentile(afresh, 50)}.items():
+        assert stats[name] == pytest.approx(value, rel=1e-12), name
+    expected = "the spec's batch alone" if n == 1 else f"{n} batches (the spec's and {n - 1} drawn)"
+    assert report.clip.batches == expected

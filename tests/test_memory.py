@@ -10,7 +10,7 @@ import tracemalloc
 import pytest
 
 from gradcheck_cli import analyze
-from gradcheck_cli.analysis.analyze import analyze_spec
+from gradcheck_cli.analysis.analyze import analyze_spec, memory_trials
 from gradcheck_cli.analysis.memory import OVERHEAD, estimate
 from gradcheck_cli.core.model import Architecture
 from gradcheck_cli.errors import GradcheckError
@@ -108,7 +108,7 @@ def test_memory_estimate_bounds_the_measured_peak(name, overrides, trials, windo
     spec = load_spec(SAMPLE[name], overrides)
     arch = Architecture.from_spec(spec.model)
     predicted = estimate(arch, spec.length, spec.batch_size, spec.dtype,
-                         trials=trials).total - OVERHEAD
+                         trials=memory_trials(trials)).total - OVERHEAD
     tracemalloc.start()
     analyze_spec(spec, trials=trials, windows=windows)
     _, peak = tracemalloc.get_traced_memory()

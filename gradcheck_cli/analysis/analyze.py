@@ -19,6 +19,7 @@ from ..core.norms import global_norm as norm_of_all
 from ..core.norms import norm
 from ..engine.forward import forward
 from ..engine.state import Forward
+from ..io import threads
 from ..io.data import Batch, Batches
 from ..results.prose import MAX_RELATIVE_UPDATE
 from ..results.report import (
@@ -90,8 +91,19 @@ def analyze_spec(spec: Spec, *, trials: int | None = None, clip_percentile: floa
     The memory check (:func:`memory.check`, run when the spec was loaded) refuses a run
     that does not fit; here the plan it made (:func:`memory.plan`, within ``max_memory``
     and the machine's memory) says whether the loss and the last step's loss alone go
-    through one backward pass or one after the other."""
+    through one backward pass or one after the other.
+
+    The BLAS runs on the threads :mod:`~gradcheck_cli.io.threads` decides for the
+    model and the machine's load, for the whole run."""
     arch, params = model_parameters(spec)
+    with threads.for_run(arch, spec.batch_size, spec.dtype):
+        return _analyze(spec, arch, params, trials, clip_percentile, progress, windows,
+                        deep, max_memory)
+
+
+def _analyze(spec: Spec, arch: Architecture, params: Params, trials: int | None,
+             clip_percentile: float, progress: Progress | None, windows: list[int] | None,
+             deep: bool, max_memory: int | None) -> Report:
     checkpoint = spec.model.checkpoint
     names = dict(checkpoint.names) if checkpoint is not None else {n: n for n in params}
     batches = Batches(spec)
@@ -107,7 +119,8 @@ def analyze_spec(spec: Spec, *, trials: int | None = None, clip_percentile: floa
         findings = judge(spec, arch, params, measured, batch,
                          loss_grad_is_zero=not d_out.any())
         del fwd, d_out
-    clip = clip_suggestion(arch, params, batches, spec, trials, clip_percentile, progress)
+    clip = clip_suggestion(arch, params, batches, spec, trials, clip_percentile, progress,
+                           spec_norm=norm_of_all(measured.param_grads.values()))
     return assemble(spec, arch, params, names, batch, loss, measured, studies, findings,
                     clip)
 
@@ -168,22 +181,27 @@ def judge(spec: Spec, arch: Architecture, params: Params, measured: Measurement,
 
 def clip_suggestion(arch: Architecture, params: Params, batches: Batches, spec: Spec,
                     trials: int | None, percentile: float,
-                    progress: Progress | None) -> ClipSuggestion | None:
-    """AutoClip's suggestion from ``trials`` more batches' global gradient norms (none
-    with no trials; None: a few at a time, up to :data:`~.clip.DEFAULT_TRIALS`, until the
+                    progress: Progress | None, *,
+                    spec_norm: float | None = None) -> ClipSuggestion | None:
+    """AutoClip's suggestion from ``trials`` batches' global gradient norms (none with no
+    trials; None: a few at a time, up to :data:`~.clip.DEFAULT_TRIALS`, until the
     suggestion is known to ±25 %, see :func:`~.clip.known_well_enough`); for SGD capped
-    by the update size."""
+    by the update size. The first is the spec's own batch, whose norm the main pass
+    measured (``spec_norm``): it is not sampled again."""
     if trials is not None and trials <= 0:
         return None
     sgd = spec.training.optimizer == "sgd"
     cap = MAX_RELATIVE_UPDATE * norm_of_all(params.values()) / spec.training.lr \
         if sgd and spec.training.lr else math.inf
+    measured = [spec_norm] if spec_norm is not None else []
     if trials is None:
         norms = sample_global_norms(arch, params, batches, spec, DEFAULT_TRIALS, progress,
                                     enough=lambda n: known_well_enough(n, percentile,
-                                                                       cap=cap))
+                                                                       cap=cap),
+                                    measured=measured)
     else:
-        norms = sample_global_norms(arch, params, batches, spec, trials, progress)
+        norms = sample_global_norms(arch, params, batches, spec, trials, progress,
+                                    measured=measured)
     return suggest_clip(norms, percentile,
                         weight_norm=norm_of_all(params.values()) if sgd else None,
                         lr=spec.training.lr if sgd else None,
@@ -191,9 +209,10 @@ def clip_suggestion(arch: Architecture, params: Params, batches: Batches, spec: 
 
 
 def memory_trials(trials: int | None) -> int:
-    """The trials a pass may hold side by side, for the memory plan: by default (None)
-    one block's."""
-    return BLOCK if trials is None else trials
+    """The batches a clip-trial pass may draw side by side, for the memory plan: by
+    default (None) one block's (the first block draws one fewer); with ``trials`` set,
+    all but the spec's own, which the main pass measures."""
+    return BLOCK if trials is None else max(0, trials - 1)
 
 
 def assemble(spec: Spec, arch: Architecture, params: Params, names: dict[str, str],

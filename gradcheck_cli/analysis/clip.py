@@ -22,7 +22,7 @@ interval all the same.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from statistics import NormalDist
 from typing import Literal
 
@@ -101,10 +101,13 @@ def known_well_enough(norms: np.ndarray, percentile: float,
 
 def sample_global_norms(arch: Architecture, params: Params, batches, spec, trials: int,
                         progress: Callable[[int, int], None] | None = None, *,
-                        enough: Callable[[np.ndarray], bool] | None = None) -> np.ndarray:
-    """Global gradient norms over ``trials`` independent batches (draws 1..trials); with
-    ``enough``, a :data:`BLOCK` at a time until ``enough(the norms so far)`` (draws
-    1..n: the first n of the full count's).
+                        enough: Callable[[np.ndarray], bool] | None = None,
+                        measured: Sequence[float] = ()) -> np.ndarray:
+    """Global gradient norms over ``trials`` independent batches, draws 0 … trials-1 (draw
+    0 is the spec's own batch); ``measured``: the norms of the first draws, known already
+    (analyze's main pass gives draw 0's), which are not sampled again. With ``enough``,
+    up to a multiple of :data:`BLOCK` at a time until ``enough(the norms so far)`` (draws
+    0 … n-1: the first n of the full count's).
 
     Several trials' batches go through one forward and one backward pass side by side (the
     recurrence treats every sequence on its own), each with its own loss normalisation, and
@@ -113,13 +116,15 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
     runs in the arrays of the first (a smaller one in their leading parts).
     """
     from .memory import trial_chunks
+    norms = np.asarray(measured[:trials], dtype=np.float64)
     if enough is None:
-        return _sample(arch, params, batches, spec, list(trial_chunks(
-            arch, spec.length, spec.batch_size, spec.dtype, trials)), 0, trials, progress)
+        more = list(trial_chunks(arch, spec.length, spec.batch_size, spec.dtype,
+                                 trials - norms.size))
+        return np.concatenate([norms, _sample(arch, params, batches, spec, more, norms.size,
+                                              trials, progress)])
     most = trial_chunks(arch, spec.length, spec.batch_size, spec.dtype, BLOCK).largest
-    norms = np.empty(0)
     while norms.size < trials:
-        block = min(BLOCK, trials - norms.size)
+        block = min(BLOCK - norms.size % BLOCK, trials - norms.size)
         chunks = [most] * (block // most) + ([block % most] if block % most else [])
         norms = np.concatenate([norms, _sample(arch, params, batches, spec, chunks,
                                                norms.size, trials, progress)])
@@ -133,7 +138,7 @@ def sample_global_norms(arch: Architecture, params: Params, batches, spec, trial
 def _sample(arch: Architecture, params: Params, batches, spec, chunks: list[int],
             first: int, total: int, progress: Callable[[int, int], None] | None
             ) -> np.ndarray:
-    """The global norms of draws first + 1 ... first + sum(chunks), ``chunks`` of them a
+    """The global norms of draws first ... first + sum(chunks) - 1, ``chunks`` of them a
     pass side by side."""
     from ..core.norms import global_norm
     from ..engine.lanes import Lanes
@@ -143,7 +148,7 @@ def _sample(arch: Architecture, params: Params, batches, spec, chunks: list[int]
     buffers = Buffers()
     for k in chunks:
         buffers.reclaim()
-        draws = [batches.draw(first + done + j + 1) for j in range(k)]
+        draws = [batches.draw(first + done + j) for j in range(k)]
         # interleaved: sequence b of trial j is row b * k + j, lane j (see engine.lanes)
         stacked = np.stack([d.x for d in draws], axis=2)          # (T, B, k, features)
         x = stacked.reshape(stacked.shape[0], B * k, *stacked.shape[3:])  # (or token ids)

@@ -19,12 +19,14 @@ from ..analysis.analyze import model_parameters
 from ..analysis.clip import suggest_clip
 from ..core.losses import loss_and_output_grad
 from ..core.mitigations import Mitigator, parse_mitigations
+from ..core.model import Architecture
 from ..core.norms import global_norm
 from ..core.optim import make_optimizer
 from ..engine.backward import backward
 from ..engine.bptt import truncated_bptt
 from ..engine.buffers import Buffers
 from ..engine.forward import forward
+from ..io import threads
 from ..io.data import Batches
 from ..results.json import to_data, to_json
 from ..results.report import ClipSuggestion, Finding
@@ -220,12 +222,13 @@ def simulate(spec: Spec, *, compare: list[str] | None = None, steps: int | None 
             progress(done[0], total)
 
     runs, norms = [], {}
-    for label in labels:
-        trace = _train(spec, label, steps, optimizer, lr, data, truncation, tick)
-        done[0] = labels.index(label) * steps + steps
-        norms[label] = trace.raw_norms
-        runs.append(judge(label, trace))
-    calibrated = _calibrate(spec, runs, norms, clip_percentile, optimizer, lr)
+    with threads.for_run(Architecture.from_spec(spec.model), spec.batch_size, spec.dtype):
+        for label in labels:
+            trace = _train(spec, label, steps, optimizer, lr, data, truncation, tick)
+            done[0] = labels.index(label) * steps + steps
+            norms[label] = trace.raw_norms
+            runs.append(judge(label, trace))
+        calibrated = _calibrate(spec, runs, norms, clip_percentile, optimizer, lr)
     return Simulation(config=spec.source, optimizer=optimizer, lr=lr, steps=steps, data=data,
                       truncation=list(truncation) if truncation else None, runs=runs,
                       calibrated_clip=calibrated)

@@ -45,6 +45,7 @@ from ..core.losses import covered_steps
 from ..core.model import Architecture, Params
 from ..engine.bptt import bptt, loss_value
 from ..engine.state import Forward
+from ..io import threads
 from ..results.json import to_data
 
 STEP = 1e-30
@@ -653,7 +654,7 @@ def verify_spec(spec, *, directions: int = DIRECTIONS, entries: int | None = ENT
     checkpoint = spec.model.checkpoint
     names = dict(checkpoint.names) if checkpoint is not None else None
     batch = Batches(spec).draw(0)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), threads.for_run(arch, spec.batch_size, "float64"):
         return check_gradients(arch, params, batch.x, batch.targets, spec.loss.kind,
                                spec.loss.timesteps, batch.lengths, initial=batch.initial,
                                masks=batch.masks,

@@ -89,7 +89,7 @@ def markdown(report: Report, options: RenderOptions) -> str:
         out.append("No trials sampled (`--trials 0`).")
     else:
         pct = clip.norm_percentiles
-        out.append(f"Global grad norm over {clip.trials} sampled batches: " + ", ".join(
+        out.append(f"Global grad norm over {clip.batches}: " + ", ".join(
             f"{k} {num(pct[k])}" for k in ("min", "p10", "p50", "p90", "max")) + ".")
         out += ["", f"Sampled: {clip.sampling}.", ""]
         out += markdown_table(["max_norm", "from", "clips"],

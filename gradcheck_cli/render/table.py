@@ -164,7 +164,7 @@ def _clip(report: Report) -> Group | Text:
     for c in clip.candidates:
         table.add_row(num(c.max_norm), c.label, f"{c.fraction_clipped:.0%}")
     return Group(
-        Text(f"Clipping: global grad norm over {clip.trials} sampled batches", style="bold"),
+        Text(f"Clipping: global grad norm over {clip.batches}", style="bold"),
         Text(f"  {dist}"),
         Text(f"  {clip.sampling}", style="dim"),
         table,

@@ -68,6 +68,13 @@ def clip_sampling(clip: ClipSuggestion) -> str:
             "--trials N samples N)")
 
 
+def clip_batches(clip: ClipSuggestion) -> str:
+    """Which batches the norms are of: the spec's own, and the ones drawn after it."""
+    if clip.trials == 1:
+        return "the spec's batch alone"
+    return f"{clip.trials} batches (the spec's and {clip.trials - 1} drawn)"
+
+
 def clip_pytorch(clip: ClipSuggestion) -> str:
     """The suggestion as the line a PyTorch training loop takes."""
     if not math.isfinite(clip.max_norm):

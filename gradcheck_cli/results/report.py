@@ -119,7 +119,8 @@ class ClipSuggestion:
     """
 
     trials: int = field(metadata={"schema": {"minimum": 1}})
-    """The batches sampled."""
+    """The batches whose global gradient norms were taken: the spec's own (its norm is
+    ``global_grad_norm``) and ``trials - 1`` more, drawn independently."""
     percentile: float
     max_norm: float
     norm_percentiles: dict[str, float]
@@ -147,6 +148,11 @@ class ClipSuggestion:
     def sampling(self) -> str:
         """How many batches were sampled, and how well they pin the percentile."""
         return prose.clip_sampling(self)
+
+    @property
+    def batches(self) -> str:
+        """Which batches the norms are of, in a few words."""
+        return prose.clip_batches(self)
 
     @property
     def rule(self) -> str:
