@@ -99,7 +99,7 @@ WIDE_OUTPUT = ["model.hidden_size=8", "model.output_size=256", "sequence.length=
                      "sequence.length=150", "sequence.batch_size=16"], 3, None),
     # an MLP head: its hidden layer before and after the activation, and its gradient
     ("gru_healthy", ["model.mlp={size: 256, activation: gelu}", "model.hidden_size=32",
-                     "sequence.length=150", "sequence.batch_size=16"], 3, None),
+                     "sequence.length=40", "sequence.batch_size=16"], 3, None),
     # projections: h P wide, c and the gates H; a block's dL/dh_t and o ⊙ tanh(c) for dW_hr
     ("lstm_healthy", ["model.proj_size=16", "model.hidden_size=96", "model.num_layers=2",
                       "sequence.length=150", "sequence.batch_size=16"], 3, [10]),
