@@ -5,7 +5,9 @@ The measurements are the core's raw gradients, summarised; nothing here changes 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +94,7 @@ def analyze_spec(spec: Spec, *, trials: int | None = None, clip_percentile: floa
     that does not fit; here the plan it made (:func:`memory.plan`, within ``max_memory``
     and the machine's memory) says whether the loss and the last step's loss alone go
     through one backward pass or one after the other."""
+    start = time.perf_counter()
     arch, params = model_parameters(spec)
     checkpoint = spec.model.checkpoint
     names = dict(checkpoint.names) if checkpoint is not None else {n: n for n in params}
@@ -109,8 +112,9 @@ def analyze_spec(spec: Spec, *, trials: int | None = None, clip_percentile: floa
                          loss_grad_is_zero=not d_out.any())
         del fwd, d_out
     clip = clip_suggestion(arch, params, batches, spec, trials, clip_percentile, progress)
-    return assemble(spec, arch, params, names, batch, loss, measured, studies, findings,
-                    clip)
+    report = assemble(spec, arch, params, names, batch, loss, measured, studies, findings,
+                      clip)
+    return dataclasses.replace(report, seconds=time.perf_counter() - start)
 
 
 @dataclass(frozen=True)

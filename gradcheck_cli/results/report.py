@@ -395,6 +395,9 @@ class Report:
     """Changes only when a field changes meaning or goes away."""
     gradients: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False,
                                              metadata={"json": False})
+    seconds: float | None = field(default=None, compare=False, metadata={"json": False})
+    """How long the analysis took (wall clock), for a test report's times; not published:
+    it is the machine's, not the model's."""
 
     JSON_FIRST = ("schema_version",)
 
