@@ -90,6 +90,20 @@ def cut(stop: str, resume: str, end: str) -> Callable[[list[str]], list[str]]:
     return pick
 
 
+def elide(first: str, last: str) -> Callable[[list[str]], list[str]]:
+    """The lines, those from the first one that reads ``first`` (indentation aside) to the
+    next that reads ``last`` made one ``...`` (as indented)."""
+    def pick(out: list[str]) -> list[str]:
+        i = next(k for k, line in enumerate(out) if line.strip() == first)
+        j = next(k for k in range(i, len(out)) if out[k].strip() == last)
+        return [*out[:i], out[i][:len(out[i]) - len(out[i].lstrip())] + "...", *out[j + 1:]]
+    return pick
+
+
+SECONDS = re.compile(r'time="\d+\.\d+"')
+"""A JUnit document's times: the machine's, not the model's."""
+
+
 LSTM_HEALTHY = "sample_configs/lstm_healthy.yaml"
 BLOCKS: dict[str, Block] = {
     "gru-exploding": Block(["gradcheck analyze sample_configs/gru_exploding.yaml"]),
@@ -121,6 +135,11 @@ BLOCKS: dict[str, Block] = {
     "sweep": Block(["gradcheck sweep sample_configs/lstm_healthy.yaml --vary "
                     "model.init.forget_bias=-1,0,1,2 --vary sequence.length=20,100 -j 2"],
                    prompt=True),
+    "ci-github": Block(["gradcheck analyze sample_configs/gru_exploding.yaml "
+                        f"{LSTM_HEALTHY} --trials 0 --format github"], prompt=True),
+    "ci-junit": Block(["gradcheck analyze sample_configs/gru_exploding.yaml --trials 0 "
+                       "--format junit"], elide("<properties>", "</properties>"),
+                      prompt=True, volatile=SECONDS),
     "memory": Block([f"gradcheck analyze {LSTM_HEALTHY} --set sequence.length=100000000 "
                      "--max-memory 8G"], prompt=True),
 }

@@ -44,13 +44,19 @@ old one); a symlink is followed; a device, a FIFO or /dev/stdout is written into
 read-only file is refused.
 """
 
-EXIT_STATUS_HELP = OUTPUTS_HELP + """\b
+EXIT_HELP = """\b
 Exit status:
   0  healthy: no finding at or above --fail-on
   1  findings at or above --fail-on (verify: a gradient disagrees)
   2  bad usage, a bad spec or input file, or an internal error
   130  interrupted (Ctrl-C); 143 terminated (SIGTERM); 129 hung up (SIGHUP)
 """
+EXIT_STATUS_HELP = OUTPUTS_HELP + EXIT_HELP
+
+ANALYZE_HELP = OUTPUTS_HELP + """\b
+--summary adds to the file $GITHUB_STEP_SUMMARY names, after what it holds, never
+replacing it; that file is checked before any work too.
+""" + EXIT_HELP
 
 VERIFY_EXIT_HELP = """\b
 Exit status:
@@ -258,11 +264,13 @@ def _inputs(spec, config: Path) -> list[Path]:
     return paths
 
 
-def _plan(inputs, **outputs):
+def _plan(inputs, named=None, **outputs):
     """Every output checked (and ``-`` taken as stdout) before any work: see
-    :func:`files.plan_all`. Keys are option names with ``_`` for ``-``."""
+    :func:`files.plan_all`. Keys are option names with ``_`` for ``-``; ``named``: outputs
+    under the name errors give them (an environment variable's)."""
     from .io.files import plan_all
-    return plan_all({"--" + k.replace("_", "-"): v for k, v in outputs.items()}, inputs)
+    return plan_all({**{"--" + k.replace("_", "-"): v for k, v in outputs.items()},
+                     **(named or {})}, inputs)
 
 
 def _max_memory_option(f):
@@ -295,17 +303,20 @@ def _width() -> int:
     return shutil.get_terminal_size((100, 24)).columns if _on_terminal() else 100
 
 
-def _render(result, fmt: str, target, *, all_steps: bool = False,
-            compact: bool = False) -> str:
-    """``result`` in ``fmt`` (see render.formats), coloured and as wide as the terminal
-    when it goes there."""
-    from .render.formats import render
+def _options(fmt: str, target, *, all_steps: bool = False, fail_on: str = "error"):
+    """How to render for ``target``: coloured and as wide as the terminal when it goes
+    there."""
     from .render.options import RenderOptions
     to_terminal = target.kind == "stdout"
-    options = RenderOptions(color=to_terminal and fmt == "table" and _use_color(),
-                            width=_width() if to_terminal else 100, all_steps=all_steps,
-                            compact=compact)
-    return render(result, fmt, options)
+    return RenderOptions(color=to_terminal and fmt == "table" and _use_color(),
+                         width=_width() if to_terminal else 100, all_steps=all_steps,
+                         fail_on=fail_on)
+
+
+def _render(result, fmt: str, target) -> str:
+    """``result`` in ``fmt`` (see render.formats), for ``target``."""
+    from .render.formats import render
+    return render(result, fmt, _options(fmt, target))
 
 
 def _emit(text: str, target) -> None:
@@ -324,13 +335,17 @@ def cli(debug: bool) -> None:
     before you train them: BPTT in NumPy on a YAML spec of your model and task."""
 
 
-@cli.command(epilog=EXIT_STATUS_HELP)
+@cli.command(epilog=ANALYZE_HELP)
 @click.argument("configs", nargs=-1, required=True, type=click.Path(path_type=Path),
                 metavar="CONFIG...")
 @click.option("-f", "--format", "fmt",
               type=click.Choice(formats("Report")), default="table",
               show_default=True,
-              help="Report format (html: one self-contained page, its chart inline).")
+              help="Report format. json: one object per line for several configs; html: one "
+                   "self-contained page, its chart inline; junit: JUnit XML for CI test "
+                   "reporters, a <testsuite> per config and a <testcase> per layer and check, "
+                   "failing those at or above --fail-on; github: GitHub Actions annotations "
+                   "(::error, ::warning, ::notice) on the spec lines the findings are about.")
 @click.option("-o", "--output", type=OUTPUT, metavar="FILE",
               help="Write the report to FILE instead of stdout ('-': stdout); see Outputs "
                    "below.")
@@ -348,7 +363,13 @@ def cli(debug: bool) -> None:
               callback=_finite,
               help="Percentile of the sampled norms suggested as max_norm (AutoClip's rule).")
 @click.option("--fail-on", type=click.Choice(["warning", "error", "never"]), default="error",
-              show_default=True, help="Lowest finding severity that makes the exit status 1.")
+              show_default=True,
+              help="Lowest finding severity that makes the exit status 1 (and, in junit, a "
+                   "<failure>).")
+@click.option("--summary", is_flag=True,
+              help="Also append the Markdown report to the file $GITHUB_STEP_SUMMARY names "
+                   "(the job summary on GitHub Actions), whatever --format; where it is not "
+                   "set, a note on stderr.")
 @click.option("--vanishing", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               metavar="RATIO", callback=_finite,
               help="Vanishing threshold (overrides thresholds.vanishing).")
@@ -374,7 +395,7 @@ def cli(debug: bool) -> None:
 @_max_memory_option
 @_overrides_option
 def analyze(configs: tuple[Path, ...], fmt: str, output: str | None, save_grads: str | None,
-            trials: int | None, clip_percentile: float, fail_on: str,
+            trials: int | None, clip_percentile: float, fail_on: str, summary: bool,
             vanishing: float | None,
             exploding: float | None, all_steps: bool, mitigation: str | None,
             truncate: str | None, windows: str, plot: str | None, deep: bool,
@@ -383,7 +404,8 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: str | None, save_grads:
     grow or shrink through time, exploding/vanishing findings and a clip value.
 
     With several configs (as a pre-commit hook passes them) the reports follow one another;
-    --format json then writes one JSON object per line."""
+    --format json then writes one JSON object per line, --format junit one document with a
+    <testsuite> per config."""
     if (save_grads is not None or plot is not None) and len(configs) > 1:
         raise click.UsageError("--save-grads and --plot take one CONFIG")
     if fmt == "html" and len(configs) > 1:
@@ -397,21 +419,27 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: str | None, save_grads:
     window_list = _windows(windows)
     loaded = [_load(config, overrides + tuple(extra), max_memory,
                     trials=trials) for config in configs]
+    step_summary = _step_summary(summary)
     targets = _plan([path for config, (spec, _) in zip(configs, loaded, strict=True)
                      for path in _inputs(spec, config)],
+                    {STEP_SUMMARY: step_summary} if step_summary else None,
                     output=output or "-", save_grads=save_grads, plot=plot)
 
-    from .analysis.analyze import analyze_spec
+    import dataclasses
 
-    texts, failed = [], False
+    from .analysis.analyze import analyze_spec
+    from .render.formats import render_all
+
+    reports, failed = [], False
     for spec, _ in loaded:
         with _progress(ANALYZE_TRIALS if trials is None else trials) as progress:
             report = analyze_spec(spec, trials=trials, clip_percentile=clip_percentile,
                                   progress=progress, windows=window_list, deep=deep,
                                   max_memory=_memory_limit(max_memory))
         failed = failed or report.fails(fail_on)
-        texts.append(_render(report, fmt, targets["--output"], all_steps=all_steps,
-                             compact=fmt == "json" and len(loaded) > 1))
+        # rendered together at the end; only a single config's gradients are saved
+        reports.append(report if len(loaded) == 1 else
+                       dataclasses.replace(report, gradients={}))
     if save_grads is not None:
         from .io.files import write_npz
         write_npz(targets["--save-grads"], report.gradients)
@@ -420,9 +448,37 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: str | None, save_grads:
         from .render.plot import report_figure, save
         save(report_figure(report), targets["--plot"])
         _report_written(targets["--plot"])
-    separator = "" if fmt == "json" else "\n"
-    _emit(separator.join(texts), targets["--output"])
+    _emit(render_all(reports, fmt, _options(fmt, targets["--output"], all_steps=all_steps,
+                                             fail_on=fail_on)), targets["--output"])
+    if step_summary:
+        _append_summary(reports, targets[STEP_SUMMARY], all_steps)
     sys.exit(1 if failed else 0)
+
+
+STEP_SUMMARY = "$GITHUB_STEP_SUMMARY"
+"""Where GitHub Actions reads a step's Markdown summary from: the file this variable names."""
+
+
+def _append_summary(reports, target, all_steps: bool) -> None:
+    """The reports in Markdown, added to the job summary's file (planned as ``target``)."""
+    from .io.files import append_text
+    from .render.formats import render_all
+    from .render.options import RenderOptions
+    append_text(target, render_all(reports, "markdown", RenderOptions(all_steps=all_steps)))
+    _stderr(f"appended the Markdown report to {target.describe()} ({STEP_SUMMARY})")
+
+
+def _step_summary(summary: bool) -> str | None:
+    """The job summary's file, with --summary where the variable is set; else None (and a
+    note on stderr when --summary was given: off GitHub Actions it has nowhere to go)."""
+    if not summary:
+        return None
+    path = os.environ.get(STEP_SUMMARY[1:], "")
+    if not path:
+        _stderr(f"note: --summary: {STEP_SUMMARY} is not set (GitHub Actions sets it); no "
+                "summary written")
+        return None
+    return path
 
 
 def _report_written(target) -> None:

@@ -45,6 +45,31 @@ def test_exit_status_follows_fail_on():
                     "--fail-on", "warning"), 0)
 
 
+def test_findings_name_the_spec_key_and_line_they_are_about(write_spec):
+    def about(*args):
+        data = json.loads(run("analyze", *args, "-f", "json", "--trials", "0", "--windows",
+                              "none").stdout)
+        return [(f["code"], f["spec_key"], f["spec_line"]) for f in data["findings"]]
+
+    assert about(SAMPLE["gru_exploding"]) == [("exploding", "model.init.gain", 11)]
+    assert about(SAMPLE["rnn_exploding"]) == [("exploding", "model.init.recurrent.gain", 11)]
+    assert about(SAMPLE["lstm_vanishing"]) == [("vanishing", "sequence.length", 10)]
+    # a key set on the command line only is not in the file: the next one that is
+    assert about(SAMPLE["lstm_vanishing"], "--set", "model.init.forget_bias=-3") == \
+        [("vanishing", "sequence.length", 10)]
+    spec = write_spec("""\
+        model: {cell: lstm, input_size: 2, hidden_size: 8, output_size: 2,
+                init: {forget_bias: -3.0}}
+        sequence: {length: 60, batch_size: 2}
+    """)
+    assert about(spec) == [("vanishing", "model.init.forget_bias", 2)]
+    from gradcheck_cli import analyze
+    report = analyze({"model": {"cell": "rnn", "input_size": 2, "hidden_size": 4,
+                                "output_size": 2, "init": {"gain": 5.0}},
+                      "sequence": {"length": 40, "batch_size": 2}}, trials=0)
+    assert [(f.spec_key, f.spec_line) for f in report.findings] == [(None, None)]
+
+
 def test_threshold_options_override_the_spec():
     # rnn_healthy's gradient falls to ~1e-3 over its 50 steps.
     result = run("analyze", SAMPLE["rnn_healthy"], "--trials", "0", "--vanishing", "0.01",

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from gradcheck_cli.render.common import bar, num, steps_to_show
-from gradcheck_cli.render.formats import FORMATS, formats, render
+from gradcheck_cli.render.formats import DOCUMENTS, FORMATS, formats, render
 from gradcheck_cli.render.options import RenderOptions
 from gradcheck_cli.results.report import SCHEMA_VERSION, report_json_schema
 from tests.reports import EXPLODING, VANISHING, make_report
@@ -18,16 +18,16 @@ WIDE = RenderOptions(width=160)
 
 
 def test_every_format_is_reachable_and_renders():
-    assert formats("Report") == ("table", "json", "markdown", "html")
-    for fmt in formats("Report"):
-        assert "0.75" in render(make_report(), fmt, WIDE)
+    assert formats("Report") == ("table", "json", "markdown", "html", "junit", "github")
+    for fmt in formats("Report"):                   # github: annotations, not numbers
+        assert ("0.75" if fmt != "github" else "::notice") in render(make_report(), fmt, WIDE)
     assert set(FORMATS) == {"Report", "Verification", "Simulation", "Sweep", "Comparison"}
     assert all("json" in by_format for by_format in FORMATS.values())
 
 
 def test_every_renderer_named_in_the_registry_exists():
     import importlib
-    for kind, by_format in FORMATS.items():
+    for kind, by_format in [*FORMATS.items(), *DOCUMENTS.items()]:
         for fmt, where in by_format.items():
             if where:
                 module, name = where.split(":")

@@ -5,7 +5,9 @@ The measurements are the core's raw gradients, summarised; nothing here changes 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ from .memory import plan
 from .notes import notes_for
 from .truncation import truncation_stats
 from .verdicts import (
+    located,
     no_gradient_findings,
     one_step_reverse_finding,
     temporal_findings,
@@ -95,10 +98,12 @@ def analyze_spec(spec: Spec, *, trials: int | None = None, clip_percentile: floa
 
     The BLAS runs on the threads :mod:`~gradcheck_cli.io.threads` decides for the
     model and the machine's load, for the whole run."""
+    start = time.perf_counter()
     arch, params = model_parameters(spec)
     with threads.for_run(arch, spec.batch_size, spec.dtype):
-        return _analyze(spec, arch, params, trials, clip_percentile, progress, windows,
-                        deep, max_memory)
+        report = _analyze(spec, arch, params, trials, clip_percentile, progress, windows,
+                          deep, max_memory)
+    return dataclasses.replace(report, seconds=time.perf_counter() - start)
 
 
 def _analyze(spec: Spec, arch: Architecture, params: Params, trials: int | None,
@@ -168,15 +173,17 @@ def judge(spec: Spec, arch: Architecture, params: Params, measured: Measurement,
           batch: Batch, *, loss_grad_is_zero: bool) -> list[Finding]:
     """Every finding, the most fundamental first: non-finite values, a model gradcheck
     does not model, layers no gradient reaches, a reverse direction the loss reads after
-    one step, then the temporal verdicts."""
+    one step, then the temporal verdicts; each with the spec key it is about
+    (:func:`~.verdicts.located`)."""
     span = int(np.max(batch.lengths)) if batch.lengths is not None else spec.length
     unmodelled = unmodelled_finding(spec)
     one_step = one_step_reverse_finding(arch, spec)
-    return [*([measured.non_finite] if measured.non_finite is not None else []),
-            *([unmodelled] if unmodelled is not None else []),
-            *no_gradient_findings(arch, measured.hidden, params, loss_grad_is_zero),
-            *([one_step] if one_step is not None else []),
-            *temporal_findings(measured.layers, spec, span)]
+    findings = [*([measured.non_finite] if measured.non_finite is not None else []),
+                *([unmodelled] if unmodelled is not None else []),
+                *no_gradient_findings(arch, measured.hidden, params, loss_grad_is_zero),
+                *([one_step] if one_step is not None else []),
+                *temporal_findings(measured.layers, spec, span)]
+    return [located(f, spec) for f in findings]
 
 
 def clip_suggestion(arch: Architecture, params: Params, batches: Batches, spec: Spec,

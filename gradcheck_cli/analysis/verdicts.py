@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -193,3 +194,32 @@ def unmodelled_finding(spec: Spec) -> Finding | None:
                  "and its numbers are for that network. If those tensors are not between "
                  "the inputs given and the loss (an embedding whose output the inputs are, "
                  "an auxiliary head), list them in model.unused"))
+
+
+_RECURRENT_INIT = ("model.init.recurrent.gain", "model.init.gain", "model.init.recurrent.scheme",
+                   "model.init.scheme", "model.init.recurrent", "model.init")
+"""What sets the recurrent weights of a spec without a weights file, most specific first."""
+
+KEYS_BEHIND: dict[str, tuple[str, ...]] = {
+    "exploding": ("model.weights", *_RECURRENT_INIT, "sequence.length", "sequence.inputs"),
+    "vanishing": ("model.weights", "model.init.forget_bias", *_RECURRENT_INIT,
+                  "sequence.length", "sequence.inputs"),
+    "non_finite": ("model.weights", "sequence.inputs", *_RECURRENT_INIT, "sequence.length"),
+    "no_gradient": ("model.weights", "sequence.targets", "model.init"),
+    "unmodelled": ("model.weights",),
+    "reverse_sees_one_step": ("loss.timesteps",),
+}
+"""Per finding code, the spec keys that make it, the one to change first first: a weights
+file decides every weight (the initialisation is then not used); without one, the recurrent
+gain and scheme decide how the gradient grows per step (for vanishing in an LSTM, the forget
+gate's bias before them), and the sequence's length how far it compounds."""
+
+
+def located(finding: Finding, spec: Spec) -> Finding:
+    """``finding`` with the spec key it is about (the first of :data:`KEYS_BEHIND` that the
+    spec file sets) and that key's line, for CI annotations on the spec's diff; as it is
+    when the file sets none of them (or the spec is not a file)."""
+    for key in KEYS_BEHIND.get(finding.code, ()):
+        if key in spec.lines:
+            return dataclasses.replace(finding, spec_key=key, spec_line=spec.lines[key])
+    return finding

@@ -351,6 +351,44 @@ def write_text(target: Target | Path, text: str) -> None:
     write(_target(target), text.encode("utf-8", "backslashreplace"))
 
 
+def append_text(target: Target, text: str) -> None:
+    """Add ``text`` (UTF-8, as :func:`write_text` encodes it) at the end of what ``target``
+    holds, as a log or a CI job summary takes it: a regular file keeps what it had, and a
+    blank line comes between; a new name is created; stdout, a device or a FIFO is written
+    as :func:`write` does."""
+    data = text.encode("utf-8", "backslashreplace")
+    if target.kind != "atomic":
+        write(target, data)
+        return
+    assert target.path is not None
+    data = _blank_line_after(target.path) + data
+    try:
+        fd = os.open(target.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise GradcheckError(f"{shown(target.given)}: cannot write: {exc.strerror}") from None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as exc:
+        raise GradcheckError(f"{shown(target.given)}: cannot write: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _blank_line_after(path: Path) -> bytes:
+    """What ends a file's last line and leaves a blank one after it (nothing for an empty or
+    new file, or one that cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.seek(0, os.SEEK_END) == 0:
+                return b""
+            fh.seek(-1, os.SEEK_END)
+            return b"\n" if fh.read(1) == b"\n" else b"\n\n"
+    except OSError:
+        return b""
+
+
 def write_npz(target: Target | Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Save ``arrays`` as an uncompressed .npz under their names (PyTorch's, for gradients)."""
     target = _target(target)

@@ -77,7 +77,8 @@ def _resolve(ctx: Context, spec: Spec, data: Mapping[str, Any], name: str) -> Sp
                ("sequence", "lengths"), ("sequence", "mask"), ("sequence", "initial_state"),
                ("sequence", "initial_cell_state"), ("training", "steps"))}
     return dataclasses.replace(spec, model=model, sequence=sequence, training=training,
-                               source=name, places=places)
+                               source=name, places=places,
+                               lines={".".join(key): line for key, line in ctx.lines.items()})
 
 
 def _resolve_training(ctx: Context, training: Training) -> Training:

@@ -62,6 +62,13 @@ def verdict(report: Report, layer: LayerStats) -> str:
     return ", ".join(codes) if codes else "healthy"
 
 
+def healthy_text(report: Report) -> str:
+    """What a report without findings says."""
+    return (f"over {report.length} steps the gradient neither explodes nor vanishes "
+            f"(thresholds {report.thresholds['vanishing']:g} and "
+            f"{report.thresholds['exploding']:g}×)")
+
+
 def title(report: Report) -> str:
     m = report.model
     assumed = ", assumed" if m.nonlinearity_assumed else ""

@@ -13,3 +13,6 @@ class RenderOptions:
     """The report's tables: every step, not a summary of a long sequence."""
     compact: bool = False
     """JSON on one line (one report per line, for several configs)."""
+    fail_on: str = "error"
+    """The lowest severity that fails the run (``--fail-on``: warning, error or never):
+    JUnit makes failures of the findings at or above it only."""

@@ -22,6 +22,7 @@ from .common import (
     dynamics_lines,
     dynamics_rows,
     growth_text,
+    healthy_text,
     horizon_text,
     last_step_header,
     last_step_label,
@@ -42,9 +43,7 @@ SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
 
 def _findings(report: Report) -> Table | Text:
     if not report.findings:
-        return Text(f"✓ healthy: over {report.length} steps the gradient neither explodes nor "
-                    f"vanishes (thresholds {report.thresholds['vanishing']:g} and "
-                    f"{report.thresholds['exploding']:g}×)", style="bold green")
+        return Text(f"✓ healthy: {healthy_text(report)}", style="bold green")
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title_justify="left")
     table.add_column("severity")
     table.add_column("code")

@@ -39,6 +39,14 @@ class Finding:
     parameter: str | None = None
     values: dict[str, float | None] = field(default_factory=dict)
     """The numbers behind the verdict (growth, ratio, horizon, threshold)."""
+    spec_key: str | None = None
+    """The spec key the finding is about: the first of the keys behind it that the spec
+    file sets (exploding and vanishing: model.weights, else the recurrent initialisation's
+    gain or scheme, else sequence.length; non_finite: model.weights or sequence.inputs;
+    unmodelled: model.weights; see analysis.verdicts.KEYS_BEHIND); null when it sets none
+    of them."""
+    spec_line: int | None = field(default=None, metadata={"schema": {"minimum": 1}})
+    """The line of the spec file (``config``) that sets ``spec_key``."""
 
 
 @dataclass(frozen=True)
@@ -393,6 +401,9 @@ class Report:
     """Changes only when a field changes meaning or goes away."""
     gradients: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False,
                                              metadata={"json": False})
+    seconds: float | None = field(default=None, compare=False, metadata={"json": False})
+    """How long the analysis took (wall clock), for a test report's times; not published:
+    it is the machine's, not the model's."""
 
     JSON_FIRST = ("schema_version",)
 

@@ -338,6 +338,10 @@ class Spec:
                                    metadata={"internal": True})
     """Where each file key was given (``config.yaml:7``, ``--set ...``), for errors found
     when the file is read."""
+    lines: dict[str, int] = field(default_factory=dict, compare=False,
+                                  metadata={"internal": True})
+    """The line of the spec file each key it sets is on (``model.init.gain`` -> 11), for
+    pointing a finding at the key it is about; empty for a spec that is not a file."""
 
     @property
     def length(self) -> int:
