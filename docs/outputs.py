@@ -126,6 +126,8 @@ BLOCKS: dict[str, Block] = {
                              "model.residual.time=true"], between("Through time", "", extra=4)),
     "truncate": Block([f"gradcheck analyze {LSTM_HEALTHY} --truncate 10 --trials 0"],
                       between("Clipping")),
+    "truncation-search": Block(["gradcheck analyze sample_configs/lstm_vanishing.yaml "
+                                "--windows search --trials 0"], between("Truncated BPTT")),
     "simulate": Block(["gradcheck simulate sample_configs/rnn_exploding.yaml --compare "
                        "none,clip-norm:0.906,autoclip:10,agc:0.01"], prompt=True),
     "deep-vanishing": Block(["gradcheck analyze sample_configs/lstm_vanishing.yaml --deep"],

@@ -382,8 +382,16 @@ def cli(debug: bool) -> None:
                    "norm after it: clip-value:V, clip-norm:N, normalize:N, normalize-param:N, "
                    "autoclip:P, agc:L, combined with + (training.mitigation).")
 @_truncate_option
-@click.option("--windows", default="auto", show_default=True, metavar="K,K,...|auto|none",
-              help="Truncation windows to compare with full BPTT.")
+@click.option("--windows", default="auto", show_default=True,
+              metavar="K,K,...|auto|search|none",
+              help="Truncation windows to compare with full BPTT (auto: T/16, T/8, T/4, T/2), "
+                   "from which the smallest within --truncation-tolerance is recommended; "
+                   "search: also more windows, a pass of several at a time, until it is the "
+                   "smallest to the step.")
+@click.option("--truncation-tolerance", type=click.FloatRange(0, min_open=True), default=0.1,
+              show_default=True, callback=_finite, metavar="FRACTION",
+              help="The gradient error (‖g_k − g‖ / ‖g‖, 0.1 = 10%) a recommended "
+                   "truncation window may have.")
 @click.option("--plot", type=OUTPUT, metavar="FILE.png|.svg",
               help="Also draw the per-step norms (and with --deep the Lyapunov spectrum); "
                    "needs the plot extra (pip install 'gradcheck[plot]').")
@@ -398,8 +406,9 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: str | None, save_grads:
             trials: int | None, clip_percentile: float, fail_on: str, summary: bool,
             vanishing: float | None,
             exploding: float | None, all_steps: bool, mitigation: str | None,
-            truncate: str | None, windows: str, plot: str | None, deep: bool,
-            max_memory: str | None, overrides: tuple[str, ...]) -> None:
+            truncate: str | None, windows: str, truncation_tolerance: float,
+            plot: str | None, deep: bool, max_memory: str | None,
+            overrides: tuple[str, ...]) -> None:
     """Run BPTT on each CONFIG and report gradient health: per-step gradient norms, how they
     grow or shrink through time, exploding/vanishing findings and a clip value.
 
@@ -416,7 +425,7 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: str | None, save_grads:
              if value is not None
              for item in _option_overrides(f"--{name}", value, f"thresholds.{name}={value!r}")]
     extra += [*_mitigation_overrides(mitigation), *_truncation_overrides(truncate)]
-    window_list = _windows(windows)
+    window_list = _windows("auto" if windows == "search" else windows)
     loaded = [_load(config, overrides + tuple(extra), max_memory,
                     trials=trials) for config in configs]
     step_summary = _step_summary(summary)
@@ -435,7 +444,9 @@ def analyze(configs: tuple[Path, ...], fmt: str, output: str | None, save_grads:
         with _progress(ANALYZE_TRIALS if trials is None else trials) as progress:
             report = analyze_spec(spec, trials=trials, clip_percentile=clip_percentile,
                                   progress=progress, windows=window_list, deep=deep,
-                                  max_memory=_memory_limit(max_memory))
+                                  max_memory=_memory_limit(max_memory),
+                                  search_windows=windows == "search",
+                                  truncation_tolerance=truncation_tolerance)
         failed = failed or report.fails(fail_on)
         # rendered together at the end; only a single config's gradients are saved
         reports.append(report if len(loaded) == 1 else
@@ -487,7 +498,8 @@ def _report_written(target) -> None:
 
 
 def _windows(text: str) -> list[int] | None:
-    """``auto`` → None (the default windows), ``none`` → [], ``10,25`` → [10, 25]."""
+    """``auto`` → None (the default windows), ``none`` → [], ``10,25`` → [10, 25] (``search``
+    measures the default windows and more: see the caller)."""
     if text == "auto":
         return None
     if text == "none":
@@ -497,7 +509,7 @@ def _windows(text: str) -> list[int] | None:
     except ValueError:
         from .spec.yaml import shorten
         raise click.BadParameter(f"{shorten(text)!r}: expected whole numbers like 10,25, or "
-                                 "auto or none", param_hint="--windows") from None
+                                 "auto, search or none", param_hint="--windows") from None
     if any(v < 1 for v in values):
         raise click.BadParameter("windows are at least 1 step", param_hint="--windows")
     return values

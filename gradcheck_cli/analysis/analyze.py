@@ -36,6 +36,7 @@ from ..results.report import (
     Padding,
     ParameterStats,
     Report,
+    TruncationAdvice,
     TruncationStats,
 )
 from ..spec.schema import Spec
@@ -43,7 +44,7 @@ from .clip import BLOCK, DEFAULT_TRIALS, known_well_enough, sample_global_norms,
 from .measure import Measurement, first_step_loss_grad, last_step_loss_grad, measure
 from .memory import plan
 from .notes import notes_for
-from .truncation import truncation_stats
+from .truncation import TOLERANCE, truncation_stats
 from .verdicts import (
     located,
     no_gradient_findings,
@@ -81,13 +82,14 @@ def mitigation_effect(spec: Spec, grads: dict[str, np.ndarray],
 def analyze_spec(spec: Spec, *, trials: int | None = None, clip_percentile: float = 10.0,
                  progress: Progress | None = None,
                  windows: list[int] | None = None, deep: bool = False,
-                 max_memory: int | None = None) -> Report:
+                 max_memory: int | None = None, search_windows: bool = False,
+                 truncation_tolerance: float = TOLERANCE) -> Report:
     """Run BPTT on the spec's batch, measure, judge, and sample norms for clipping.
 
     The stages, each data in and data out: :func:`~.measure.measure` (the main pass),
     the studies of those gradients (mitigation, cost, truncation, and with ``deep`` the
-    dynamics), the verdicts, the clip suggestion (``trials`` more batches; None: as many
-    as pin it, see :func:`clip_suggestion`), and
+    dynamics), the verdicts, the clip suggestion (``trials`` batches; None: as many as
+    pin it, see :func:`clip_suggestion`), and
     :func:`assemble`. The forward pass's arrays are dropped before the clip trials, so
     the peak is one forward and one backward pass, as the memory estimate counts on.
 
@@ -96,18 +98,34 @@ def analyze_spec(spec: Spec, *, trials: int | None = None, clip_percentile: floa
     and the machine's memory) says whether the loss and the last step's loss alone go
     through one backward pass or one after the other.
 
+    ``windows``: the truncation windows compared with full BPTT (None: the defaults,
+    :func:`~.cost.default_windows`; []: none), from which a window within
+    ``truncation_tolerance`` is recommended; with ``search_windows``, more are measured
+    until it is the smallest (:func:`~.truncation.search`).
+
     The BLAS runs on the threads :mod:`~gradcheck_cli.io.threads` decides for the
     model and the machine's load, for the whole run."""
     start = time.perf_counter()
     arch, params = model_parameters(spec)
     with threads.for_run(arch, spec.batch_size, spec.dtype):
-        report = _analyze(spec, arch, params, trials, clip_percentile, progress, windows,
-                          deep, max_memory)
+        report = _analyze(spec, arch, params, trials, clip_percentile, progress,
+                          Truncation(windows, search_windows, truncation_tolerance), deep,
+                          max_memory)
     return dataclasses.replace(report, seconds=time.perf_counter() - start)
 
 
+@dataclass(frozen=True)
+class Truncation:
+    """Which truncation windows to measure, and the error a recommended one may have."""
+
+    windows: list[int] | None = None
+    """None: the defaults; []: none."""
+    search: bool = False
+    tolerance: float = TOLERANCE
+
+
 def _analyze(spec: Spec, arch: Architecture, params: Params, trials: int | None,
-             clip_percentile: float, progress: Progress | None, windows: list[int] | None,
+             clip_percentile: float, progress: Progress | None, truncation: Truncation,
              deep: bool, max_memory: int | None) -> Report:
     checkpoint = spec.model.checkpoint
     names = dict(checkpoint.names) if checkpoint is not None else {n: n for n in params}
@@ -120,7 +138,7 @@ def _analyze(spec: Spec, arch: Architecture, params: Params, trials: int | None,
         loss, d_out = loss_and_output_grad(fwd.outputs, batch.targets, spec.loss.kind,
                                            spec.loss.timesteps, batch.lengths)
         measured = measure(arch, params, fwd, d_out, batch, spec, loss, names, streams)
-        studies = study(arch, params, fwd, d_out, batch, measured, spec, windows, deep)
+        studies = study(arch, params, fwd, d_out, batch, measured, spec, truncation, deep)
         findings = judge(spec, arch, params, measured, batch,
                          loss_grad_is_zero=not d_out.any())
         del fwd, d_out
@@ -137,19 +155,23 @@ class Studies:
     mitigation: MitigationEffect | None
     cost: CostStats
     truncation: list[TruncationStats]
+    truncation_advice: TruncationAdvice | None
     dynamics: list | None
 
 
 def study(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
-          batch: Batch, measured: Measurement, spec: Spec, windows: list[int] | None,
+          batch: Batch, measured: Measurement, spec: Spec, truncation: Truncation,
           deep: bool) -> Studies:
-    """The spec's mitigation on the gradients, BPTT's cost, truncated BPTT against full,
-    and with ``deep`` the dynamics of the recurrence (Jacobians, Lyapunov exponents)."""
+    """The spec's mitigation on the gradients, BPTT's cost, truncated BPTT against full
+    and the window recommended, and with ``deep`` the dynamics of the recurrence
+    (Jacobians, Lyapunov exponents)."""
     from .cost import bptt_cost, default_windows
     cost = bptt_cost(arch, spec.length, spec.batch_size, spec.dtype)
-    truncation = [] if arch.bidirectional else truncation_stats(   # (see notes_for)
+    windows = default_windows(spec.length) if truncation.windows is None else \
+        truncation.windows
+    table, advice = ([], None) if arch.bidirectional else truncation_stats(  # see notes_for
         arch, params, fwd, d_out, measured.param_grads, measured.layers[-1].last_step_grad_norm,
-        spec, default_windows(spec.length) if windows is None else windows)
+        spec, windows, search_windows=truncation.search, tolerance=truncation.tolerance)
     dynamics = None
     if deep:                        # per unit, each measured as layers[] has it (measure)
         from .dynamics import layer_dynamics
@@ -166,7 +188,7 @@ def study(arch: Architecture, params: Params, fwd: Forward, d_out: np.ndarray,
                                   backward_macs=cost.backward_macs,
                                   activation_bytes=cost.activation_bytes,
                                   parameter_count=cost.parameter_count),
-                   truncation=truncation, dynamics=dynamics)
+                   truncation=table, truncation_advice=advice, dynamics=dynamics)
 
 
 def judge(spec: Spec, arch: Architecture, params: Params, measured: Measurement,
@@ -267,6 +289,7 @@ def assemble(spec: Spec, arch: Architecture, params: Params, names: dict[str, st
         dynamics=studies.dynamics,
         cost=studies.cost,
         truncation=studies.truncation,
+        truncation_advice=studies.truncation_advice,
         padding=None if lengths is None else Padding(
             min_length=int(lengths.min()), max_length=int(lengths.max()),
             longest=int((lengths == lengths.max()).sum())),

@@ -172,6 +172,8 @@ def truncation_rows(report: Report) -> list[list[str]]:
         window = f"{t.k1}" if t.k1 == t.k2 else f"{t.k1}:{t.k2}"
         if t.configured:
             window += " (spec)"
+        if t.recommended:
+            window += " (recommended)"
         work = f"{t.backward_macs / cost.backward_macs:.0%}" if cost else "—"
         memory = size_bytes(t.activation_bytes)
         rows.append([window, work, memory, f"{t.gradient_error:.1%}", f"{t.cut_signal:.2%}"])

@@ -100,6 +100,11 @@ def html(report: Report, options: RenderOptions) -> str:
     if report.truncation:
         parts += ["<h2>Truncated BPTT</h2>",
                   _table(TRUNCATION_HEADER, truncation_rows(report))]
+    advice = report.truncation_advice
+    if advice is not None:
+        parts.append(f"<p>Truncation: {escape(advice.advice)}.</p>")
+        if advice.pytorch:
+            parts.append(f"<pre><code>{escape(advice.pytorch)}</code></pre>")
     if report.dynamics is not None:
         parts += ["<h2>Dynamics</h2>", f"<p>{escape(DYNAMICS_TITLE.split(': ', 1)[1])}.</p>",
                   _table(DYNAMICS_HEADER, dynamics_rows(report))]

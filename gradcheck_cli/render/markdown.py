@@ -107,6 +107,11 @@ def markdown(report: Report, options: RenderOptions) -> str:
             out.append("")
             out += markdown_table(TRUNCATION_HEADER, truncation_rows(report),
                                   ["---", "--:", "--:", "--:", "--:"])
+        advice = report.truncation_advice
+        if advice is not None:
+            out += ["", f"**Truncation**: {advice.advice}."]
+            if advice.pytorch:
+                out += ["", "```python", advice.pytorch, "```"]
     if report.dynamics is not None:
         out += ["", "### Dynamics", "", DYNAMICS_TITLE.split(": ", 1)[1] + ".", ""]
         out += markdown_table(DYNAMICS_HEADER, dynamics_rows(report),

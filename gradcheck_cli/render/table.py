@@ -84,6 +84,11 @@ def _cost(report: Report) -> Group | Text:
             table.add_row(*row)
         parts += [Text("Truncated BPTT: work and memory against full BPTT, and what the cut "
                        "loses"), table]
+    advice = report.truncation_advice
+    if advice is not None:
+        parts.append(Text(f"Truncation: {advice.advice}"))
+        if advice.pytorch:
+            parts.append(Text(advice.pytorch, style="cyan"))
     return Group(*parts)
 
 

@@ -10,7 +10,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .report import ClipSuggestion
+    from .report import ClipSuggestion, TruncationAdvice
 
 MAX_RELATIVE_UPDATE = 1e-3
 """The update-to-weight ratio the SGD cap allows (CS231n's healthy 1e-3)."""
@@ -93,3 +93,59 @@ def pascanu(sigma_max: float, gamma: float = 1.0) -> str | None:
                 "gradient to vanish")
     return (f"σ_max(W_hh) = {sigma_max:.3g} > 1/γ = {1 / gamma:g}: necessary for the "
             "gradient to explode (not sufficient)")
+
+
+def truncation_advice(advice: TruncationAdvice) -> str:
+    """The window recommended, what it loses and keeps, and how sure the measurements are
+    of it (all windows between measured, errors monotone in k)."""
+    tol, T, k = advice.tolerance, advice.steps, advice.k
+    shorter = (f"k = {advice.shorter} loses {advice.shorter_error:.1%}"
+               if advice.shorter is not None and advice.shorter_error is not None else None)
+    if k is None or advice.error is None:
+        if advice.exact:
+            text = (f"no truncation keeps the gradient error within {tol:.0%}: even "
+                    f"{shorter}; train with full BPTT")
+        else:
+            text = (f"no window measured keeps the gradient error within {tol:.0%} ({shorter}, "
+                    "the longest measured); --windows search tries the longer ones")
+    else:
+        keeps = (f"training with --truncate {k} keeps the activations of {k} of {T} steps, "
+                 "for the same backward work")
+        loses = f"k = {k} loses {advice.error:.1%}"
+        if advice.shorter is None and k == 1:
+            text = f"any window keeps the gradient error within {tol:.0%} ({loses}); {keeps}"
+        elif advice.shorter is None:
+            text = (f"every window measured keeps the gradient error within {tol:.0%}, the "
+                    f"shortest, k = {k}, losing {advice.error:.1%} (shorter ones were not "
+                    f"measured: --windows search); {keeps}")
+        else:
+            gap = "" if advice.exact else (
+                f"; windows between {advice.shorter} and {k} were not measured (--windows "
+                "search finds the smallest)")
+            if advice.rise is None:
+                text = (f"any k ≥ {k} keeps the gradient error within {tol:.0%} ({loses}; "
+                        f"{shorter}){gap}; {keeps}")
+            else:
+                text = (f"k = {k} is the shortest window that keeps the gradient error "
+                        f"within {tol:.0%} with every longer window measured ({loses}; "
+                        f"{shorter}){gap}; {keeps}")
+    if advice.rise is not None:
+        a, b = advice.rise
+        text += (f". The errors measured are not monotone in k (k = {b} loses more than "
+                 f"k = {a}): each k cuts at other steps and leaves a last chunk of its own "
+                 "length, so a window not measured may lose more than those around it")
+    return text
+
+
+def truncation_pytorch(advice: TruncationAdvice) -> str:
+    """A PyTorch training loop that backpropagates k steps at a time (batch-first inputs),
+    detaching the state between them; empty without a window."""
+    k = advice.k
+    if k is None:
+        return ""
+    return (f"h = None\n"
+            f"for t in range(0, x.size(1), {k}):          # truncated BPTT, {k} steps\n"
+            f"    out, h = model(x[:, t:t + {k}], h)\n"
+            f"    loss = criterion(out, y[:, t:t + {k}])\n"
+            "    optimizer.zero_grad(); loss.backward(); optimizer.step()\n"
+            "    h = h.detach()   # an LSTM's (h, c): h = tuple(s.detach() for s in h)")

@@ -208,6 +208,60 @@ class TruncationStats:
     gradient_error: float
     cut_signal: float
     configured: bool
+    recommended: bool = False
+    """The window recommended (``truncation_advice.k``)."""
+
+
+@dataclass(frozen=True)
+class TruncationAdvice:
+    """The truncation window recommended: the smallest k whose TBPTT(k, k) gradient error
+    against full BPTT, measured, is within ``tolerance``, as is every longer window
+    measured (see analysis.truncation.recommend)."""
+
+    tolerance: float = field(metadata={"schema": {"exclusiveMinimum": 0}})
+    """The largest gradient error accepted (--truncation-tolerance)."""
+    steps: int
+    """The sequence's length T: a window of T steps is full BPTT."""
+    k: int | None
+    """The window recommended; null when no window measured is within the tolerance."""
+    error: float | None
+    """k's gradient error."""
+    activation_bytes: int | None
+    """What training with k keeps of the activations (full BPTT: ``cost.activation_bytes``);
+    the backward work is full BPTT's, each step backpropagated once."""
+    shorter: int | None
+    """The longest window measured below k (below T when k is null) that loses more than
+    the tolerance; null when none was measured (k is then the shortest measured)."""
+    shorter_error: float | None
+    """Its gradient error."""
+    exact: bool
+    """Whether every window between ``shorter`` and k was measured: k is then the smallest
+    window within the tolerance (given monotone errors); else --windows search finds it."""
+    rise: list[int] | None
+    """Two windows measured, the shorter first, where the longer loses more (the largest
+    such rise); null when the errors never rise with a longer window. Where they do (an
+    exploding gradient's errors jump about as the cuts move), a window between two
+    measured ones may lose more than both."""
+    searched: bool = False
+    """Whether the windows were searched for k (--windows search) rather than only the
+    table's."""
+
+    JSON_DERIVED = ("monotone", "advice", "pytorch")
+
+    @property
+    def monotone(self) -> bool:
+        """Whether the errors measured never rise with a longer window."""
+        return self.rise is None
+
+    @property
+    def advice(self) -> str:
+        """The recommendation in a sentence."""
+        return prose.truncation_advice(self)
+
+    @property
+    def pytorch(self) -> str:
+        """A PyTorch training loop that truncates at k (empty without k)."""
+        return prose.truncation_pytorch(self)
 
 
 @dataclass(frozen=True)
@@ -391,6 +445,9 @@ class Report:
     """Full BPTT's multiply-adds and activation memory."""
     truncation: list[TruncationStats] = field(default_factory=list)
     """Truncated BPTT against full, per window."""
+    truncation_advice: TruncationAdvice | None = None
+    """The truncation window recommended from the windows measured; null without them (a
+    bidirectional stack, --windows none)."""
     padding: Padding | None = None
     """Padded sequences (not all of the full length): each is measured over its own length
     and the per-step ‖dL_T/dh_t‖ is aligned at their ends; null for whole sequences."""
