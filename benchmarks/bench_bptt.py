@@ -81,7 +81,16 @@ busy
     (:data:`PER_STEP_WORKER`; it imports ``gradcheck_cli.api`` first, so whatever thread
     policy gradcheck applies on start is in force; the time is the median of the calls
     after a warm-up call in it), in rounds that alternate quiet and busy; the ratio of the
-    medians over the rounds, at the batch-32 shapes. Target ≤ 1.5.
+    medians over the rounds, at the batch-32 shapes. Target ≤ 1.5. Beside it, the same with
+    the BLAS forced (``GRADCHECK_THREADS``) onto all cores, as it ran before gradcheck had a
+    thread policy, and onto one thread, whose busy/quiet ratio is the share of a core the
+    busy machine leaves a process: the bound on any thread policy's ratio.
+threads
+    The per-step analysis (2 layers, 50 steps; RNN, LSTM and GRU at batch 8 to 64, hidden
+    64 to 512, both dtypes) on one thread and on all cores (forced with
+    ``GRADCHECK_THREADS``, interleaved, the faster of two medians each), and the threads
+    gradcheck's policy picks on a quiet machine: the measurements its size threshold
+    (``gradcheck_cli.io.threads.SMALL_PRODUCT``) rests on. No target.
 commands
     ``gradcheck analyze CONFIG`` (its defaults: clip trials, truncation table) on every
     sample config, start to finish in a fresh process, quiet and with the two busy
@@ -115,6 +124,7 @@ minute: it shows the script works, its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -189,8 +199,8 @@ CHAR_ARGS = ["--steps", "30", "--optimizer", "adam", "--lr", "0.002", "--data", 
 SMOKE_CHAR_ARGS = ["--steps", "2", "--optimizer", "adam", "--lr", "0.002", "--data",
                    "fresh", "--compare", "clip-norm:1.0"]
 
-SECTIONS = ("torch", "pass", "memory", "defaults", "deep", "simulate", "busy", "commands",
-            "verify", "scale")
+SECTIONS = ("torch", "pass", "memory", "defaults", "deep", "simulate", "busy", "threads",
+            "commands", "verify", "scale")
 
 
 # --------------------------------------------------------------------------- output
@@ -762,11 +772,16 @@ print(json.dumps({"time": statistics.median(times), "file": gradcheck_cli.__file
 """
 
 
-def fresh_per_step(shape, dtype, repeats: int) -> float:
-    """The per-step analysis's median time in a fresh process."""
+def fresh_per_step(shape, dtype, repeats: int, threads: int | None = None) -> float:
+    """The per-step analysis's median time in a fresh process (``threads``: forced with
+    GRADCHECK_THREADS, else gradcheck's policy decides)."""
+    env = dict(os.environ)
+    env.pop("GRADCHECK_THREADS", None)
+    if threads is not None:
+        env["GRADCHECK_THREADS"] = str(threads)
     done = subprocess.run([sys.executable, "-c", PER_STEP_WORKER,
                            json.dumps(spec_data(*shape, dtype)), str(repeats)],
-                          cwd=ROOT, capture_output=True, text=True, check=False)
+                          cwd=ROOT, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise SystemExit(f"per-step worker: {done.stderr.strip()[-2000:]}")
     result = json.loads(done.stdout)
@@ -778,24 +793,90 @@ def fresh_per_step(shape, dtype, repeats: int) -> float:
 def section_busy(b: Bench) -> None:
     rounds, inner = b.repeats, 1 if b.smoke else 3
     items = [(shape, dtype) for dtype in DTYPES for shape in b.small]
-    quiet: dict = {item: [] for item in items}
-    loaded: dict = {item: [] for item in items}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        os.cpu_count() or 1
+    kinds = {"policy": None, "all cores": cores, "one thread": 1}
+    times_: dict = {(item, kind, load): [] for item in items for kind in kinds
+                    for load in ("quiet", "busy")}
     for _ in range(rounds):                  # quiet and busy in turns, round by round
-        for item in items:
-            quiet[item].append(fresh_per_step(*item, inner))
-        with busy():
-            for item in items:
-                loaded[item].append(fresh_per_step(*item, inner))
+        for load in ("quiet", "busy"):
+            with busy() if load == "busy" else contextlib.nullcontext():
+                for item in items:
+                    for kind, threads in kinds.items():
+                        times_[item, kind, load].append(fresh_per_step(*item, inner, threads))
     table = Table(f"busy: the per-step analysis with {BUSY} busy processes against without, "
-                  "a fresh process each", ["shape", "dtype", "quiet", "busy", "busy/quiet",
-                                           "target", ""])
-    for shape, dtype in items:
-        q, l_ = statistics.median(quiet[shape, dtype]), statistics.median(loaded[shape, dtype])
-        table.add(shape_name(*shape), dtype, seconds(q), seconds(l_), times(l_ / q), "≤ 1.5×",
-                  verdict(l_ / q, "≤", 1.5))
+                  "a fresh process each: with gradcheck's thread policy; beside it, the BLAS "
+                  f"forced onto all {cores} cores (as before the policy) and onto one thread",
+                  ["shape", "dtype", "quiet", "busy", "busy/quiet", "target", "",
+                   "all cores: quiet", "busy", "one thread: quiet", "busy", "busy/quiet"])
+    for item in items:
+        med = {(kind, load): statistics.median(times_[item, kind, load]) for kind in kinds
+               for load in ("quiet", "busy")}
+        ratio = med["policy", "busy"] / med["policy", "quiet"]
+        table.add(shape_name(*item[0]), item[1], seconds(med["policy", "quiet"]),
+                  seconds(med["policy", "busy"]), times(ratio), "≤ 1.5×",
+                  verdict(ratio, "≤", 1.5), seconds(med["all cores", "quiet"]),
+                  seconds(med["all cores", "busy"]), seconds(med["one thread", "quiet"]),
+                  seconds(med["one thread", "busy"]),
+                  times(med["one thread", "busy"] / med["one thread", "quiet"]))
     table.notes.append(f"medians of {rounds} rounds, each the median of {inner} calls after "
-                       "a warm-up call")
+                       "a warm-up call; forced with GRADCHECK_THREADS")
+    table.notes.append("one thread's busy/quiet is the share of a core the busy machine "
+                       "leaves one process: no thread count does better than it against "
+                       "its own quiet time")
     b.show(table)
+
+
+THREAD_GRID = [(cell, batch, hidden) for cell in ("rnn", "lstm", "gru")
+               for batch, hidden in ((8, 64), (16, 64), (32, 64), (16, 128), (32, 128),
+                                     (64, 128), (8, 256), (32, 256), (8, 512))]
+"""The shapes the threads section times (2 layers, 50 steps)."""
+
+
+def section_threads(b: Bench) -> None:
+    from gradcheck_cli.io import threads
+    cores = threads.usable_cores()
+    grid = [("lstm", 4, 16), ("rnn", 4, 32)] if b.smoke else THREAD_GRID
+    table = Table(f"threads: the per-step analysis on all {cores} cores against one thread, "
+                  "quiet, and what the policy picks", ["shape", "dtype", "product",
+                                                        "one thread", "all cores",
+                                                        "all/one", "policy"])
+    for dtype in DTYPES:
+        for cell, batch, hidden in grid:
+            shape = (cell, batch, hidden, 2, 10 if b.smoke else 50)
+            spec = make_spec(*shape, dtype)
+            taken = {}
+            for count in (1, cores, 1, cores):            # interleaved, the faster of two
+                with forced_threads(count):
+                    t = median_time(lambda spec=spec: analyze_spec(spec, trials=0,
+                                                                   windows=[]), b.repeats)
+                taken[count] = min(t, taken.get(count, math.inf))
+            arch = Architecture.from_spec(spec.model)
+            product = batch * arch.state_size * arch.gates * arch.hidden_size
+            picked = threads.decide(batch, arch.state_size, arch.gates * arch.hidden_size,
+                                    dtype, environ={}, running=0)
+            table.add(shape_name(*shape), dtype, f"{product:,}", seconds(taken[1]),
+                      seconds(taken[cores]), times(taken[cores] / taken[1]),
+                      f"{picked.threads} ({picked.reason})")
+    table.notes.append("product: multiply-adds of one step's recurrent product (batch × "
+                       "state × gates·hidden), the size the policy goes by (one thread below "
+                       f"{threads.SMALL_PRODUCT['float64']:,} in float64, "
+                       f"{threads.SMALL_PRODUCT['float32']:,} in float32)")
+    b.show(table)
+
+
+@contextmanager
+def forced_threads(count: int) -> Iterator[None]:
+    """GRADCHECK_THREADS set to ``count`` for the block, as a user would set it."""
+    before = os.environ.get("GRADCHECK_THREADS")
+    os.environ["GRADCHECK_THREADS"] = str(count)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["GRADCHECK_THREADS"]
+        else:
+            os.environ["GRADCHECK_THREADS"] = before
 
 
 def section_commands(b: Bench) -> None:
@@ -995,7 +1076,8 @@ def main():
     print(flush=True)
     run = {"torch": section_torch, "pass": section_pass, "memory": section_memory,
            "defaults": section_defaults, "deep": section_deep, "simulate": section_simulate,
-           "busy": section_busy, "commands": section_commands, "verify": section_verify,
+           "busy": section_busy, "threads": section_threads, "commands": section_commands,
+           "verify": section_verify,
            "scale": section_scale}
     for name in SECTIONS:
         if name in chosen:

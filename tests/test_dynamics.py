@@ -513,3 +513,89 @@ def test_log_space_signal_of_padded_sequences_through_an_mlp_head(tmp_path, rng,
         np.testing.assert_allclose(np.array(deep.log10_last_step_grad_norm)[reached],
                                    np.log10([layer.last_step_grad_norm[t] for t in reached]),
                                    atol=1e-9)
+
+
+# ----------------------------------------------------------------- Jacobians as operators
+
+@pytest.mark.parametrize("cell,nonlinearity,proj", BIDIRECTIONAL)
+@pytest.mark.parametrize("residual", [False, True])
+def test_the_jacobian_operators_are_the_formed_jacobians(cell, nonlinearity, proj, residual):
+    """J v and Jᵀ u through W_hh (never forming J), for every step and sequence at once and
+    at one step, against :func:`step_jacobian`'s formed matrices, on every cell, with a
+    projection and with a residual connection through time, on both directions' caches."""
+    from gradcheck_cli.analysis.dynamics import StepJacobians
+    arch, params, x = _bidirectional(cell, nonlinearity, proj)
+    if residual:
+        arch = dataclasses.replace(arch, residual_time=True)
+    fwd = forward(arch, params, x)
+    rng = np.random.default_rng(1)
+    T, B = x.shape[:2]
+    for u, cache in enumerate(fwd.layers):
+        suffix = arch.unit_suffix(u)
+        w_hh, w_hr = params[f"rnn.weight_hh{suffix}"], params.get(f"rnn.weight_hr{suffix}")
+        rows = [2, 0]
+        ops = StepJacobians(arch, cache, w_hh, rows, T, w_hr)
+        formed = np.array([[step_jacobian(arch, cache, w_hh, t, b, w_hr) for b in rows]
+                           for t in range(T)])                      # (T, R, n, n)
+        v = rng.standard_normal((T, len(rows), 3, ops.n))
+        np.testing.assert_allclose(ops.apply(v), np.einsum("trij,trkj->trki", formed, v),
+                                   rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(ops.apply_transposed(v),
+                                   np.einsum("trji,trkj->trki", formed, v),
+                                   rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(ops.at(4, 1).formed(), formed[4, 1], rtol=1e-12,
+                                   atol=1e-14)
+        q = rng.standard_normal((ops.n, 2))
+        np.testing.assert_allclose(ops.at(3, 0) @ q, formed[3, 0] @ q, rtol=1e-12, atol=1e-14)
+        sigmas = ops.largest_singular_values()
+        expected = np.array([[np.linalg.norm(j, 2) for j in row] for row in formed])
+        np.testing.assert_allclose(sigmas, expected, rtol=1e-12)
+
+
+def _operators(matrices):
+    return (lambda v: np.einsum("...ij,...j->...i", matrices, v),
+            lambda u: np.einsum("...ji,...j->...i", matrices, u))
+
+
+def test_lanczos_gives_lapacks_largest_singular_value_on_hard_spectra():
+    """Clustered top singular values (the recurrent Jacobians' are within 0.5 % of each
+    other), a repeated one, rank one, zero and the identity (whose Krylov space is one
+    vector), all in one batch: each σ_max to LAPACK's to 1e-12."""
+    from gradcheck_cli.analysis.dynamics import top_singular_values
+    rng = np.random.default_rng(7)
+    n = 60
+
+    def with_singular_values(values):
+        u, _ = np.linalg.qr(rng.standard_normal((n, n)))
+        v, _ = np.linalg.qr(rng.standard_normal((n, n)))
+        return (u * values) @ v.T
+
+    clustered = np.concatenate([[0.712, 0.7092, 0.7042, 0.7008], rng.uniform(0, 0.7, n - 4)])
+    repeated = np.concatenate([[1.3, 1.3, 1.3], rng.uniform(0, 1, n - 3)])
+    rank_one = np.outer(rng.standard_normal(n), rng.standard_normal(n))
+    matrices = np.stack([with_singular_values(clustered), with_singular_values(repeated),
+                         rank_one, np.zeros((n, n)), np.eye(n) * 0.95,
+                         rng.standard_normal((n, n))]).reshape(2, 3, n, n)
+    got = top_singular_values(*_operators(matrices), (2, 3), n,
+                              exact=lambda index: matrices[index])
+    np.testing.assert_allclose(got, np.linalg.norm(matrices, 2, axis=(-2, -1)), rtol=1e-12,
+                               atol=1e-300)
+
+
+def test_lanczos_falls_back_to_the_formed_matrix_where_it_does_not_settle(monkeypatch):
+    from gradcheck_cli.analysis import dynamics
+    rng = np.random.default_rng(8)
+    matrices = rng.standard_normal((4, 30, 30))
+    matrices[2, 0, 0] = np.nan
+    formed = []
+
+    def exact(index):
+        formed.append(index)
+        return matrices[index]
+
+    monkeypatch.setattr(dynamics, "LANCZOS_MOST", 3)      # too few steps to settle
+    got = dynamics.top_singular_values(*_operators(matrices), (4,), 30, exact=exact)
+    assert sorted(formed) == [(0,), (1,), (2,), (3,)]
+    expected = [np.linalg.norm(m, 2) for m in matrices[[0, 1, 3]]]
+    np.testing.assert_allclose(got[[0, 1, 3]], expected, rtol=1e-14)
+    assert math.isnan(got[2])

@@ -23,8 +23,13 @@ For each layer, along the trajectory the forward pass took:
   carried gradient renormalised between windows, so that a gradient of 1e-400, which is 0.0
   in float64, is still reported as its true size.
 
-Jacobians are formed per sequence, for the first few sequences of the batch, and averaged.
-The core's BPTT is not involved: this reads the forward pass's cache only.
+The Jacobians are those of the first few sequences of the batch, averaged. They are never
+formed: each is an operator (:class:`StepJacobians`: J v and Jᵀ u through one product with
+W_hh, every step and sequence at once), σ_max comes from Golub-Kahan-Lanczos on it
+(:func:`top_singular_values`, to LAPACK's SVD of the formed matrix within about 1e-13, which
+it falls back to where Lanczos does not settle) and the Lyapunov QR step multiplies it
+into Q. :func:`step_jacobian` forms one, the definition they are tested against. The core's
+BPTT is not involved: this reads the forward pass's cache only.
 
 A bidirectional stack is studied per unit (one direction of one layer), each along its own
 recurrence. A reverse direction's recurrence runs from each sequence's end to its start: its
@@ -107,6 +112,245 @@ def step_jacobian(arch: Architecture, cache, w_hh: np.ndarray, t: int, b: int,
     return jac + eye if arch.residual_time else jac
 
 
+def _times(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``a @ w`` over a's last axis, every leading axis at once: one product."""
+    return (a.reshape(-1, a.shape[-1]) @ w).reshape(*a.shape[:-1], w.shape[1])
+
+
+class StepJacobians:
+    """The step Jacobians ∂s_t/∂s_{t-1} (:func:`step_jacobian`) of some sequences of one
+    unit, as operators, never formed: J v and Jᵀ u for every step and sequence at once
+    (or for one step), each through one product with W_hh (and W_hr), the cell's
+    derivatives kept as vectors. A vector is laid along the last axis of an array whose
+    leading axes are ``(steps, sequences)`` (or ``(sequences,)`` at one step) and any
+    number of vectors per Jacobian before the last axis: ``(T, R, k, n)``.
+
+    With s = h (rnn, gru) or (h, c) (lstm; h projected with ``w_hr``), and g = W_hh v_h:
+
+    * rnn: J v = act' ⊙ g (+ v with a residual connection through time);
+    * gru: J v = c_r ⊙ g_r + c_z ⊙ g_z + c_n ⊙ g_n + z ⊙ v, c_z = (h_(t-1) - n) z(1 - z),
+      c_n = (1 - z)(1 - n²) r, c_r = c_n ⊙ hn (1 - r) (the r in c_n times hn r(1 - r)
+      over r);
+    * lstm: J [v_h; v_c] = [W_hr (k_o ⊙ g_o + τ ⊙ dc); dc], dc = k_i ⊙ g_i + k_f ⊙ g_f +
+      k_g ⊙ g_g + f ⊙ v_c, with k_i = g i(1 - i), k_f = c_(t-1) f(1 - f), k_g = i(1 - g²),
+      k_o = tanh(c_t) o(1 - o), τ = o (1 - tanh²(c_t)) (W_hr: none without a projection).
+
+    Jᵀ is the same chain read backwards (a backward step's). ``tests/test_dynamics.py``
+    holds both to the formed Jacobians on every cell.
+    """
+
+    def __init__(self, arch: Architecture, cache: LayerCache, w_hh: np.ndarray,
+                 rows: list[int], steps: int, w_hr: np.ndarray | None = None) -> None:
+        self.arch, self.steps = arch, steps
+        H = arch.hidden_size
+        self.w_hh, self.w_hh_t = w_hh, np.ascontiguousarray(w_hh.T)
+        self.w_hr = w_hr
+        P = w_hh.shape[1]
+        self.n = P + (H if arch.cell == "lstm" else 0)
+        index = np.asarray(rows)
+        assert cache.gates is not None
+        gates = cache.gates[:steps, index].astype(np.float64)
+        h = cache.h[:steps, index].astype(np.float64)
+        first = np.zeros((1, len(rows), P)) if cache.h0 is None else \
+            cache.h0[index][None].astype(np.float64)
+        h_prev = np.concatenate([first, h[:-1]])
+        with np.errstate(all="ignore"):
+            if arch.cell == "rnn":
+                act = gates
+                self.coef = {"a": 1.0 - act * act if arch.nonlinearity == "tanh"
+                             else (act > 0).astype(np.float64)}
+            elif arch.cell == "gru":
+                r, z, n = (gates[..., k * H:(k + 1) * H] for k in range(3))
+                assert cache.hn is not None
+                hn = cache.hn[:steps, index].astype(np.float64)
+                c_n = (1 - z) * (1 - n * n) * r
+                self.coef = {"r": (1 - z) * (1 - n * n) * hn * r * (1 - r),
+                             "z": (h_prev - n) * z * (1 - z), "n": c_n, "keep": z}
+            else:
+                i, f, g, o = (gates[..., k * H:(k + 1) * H] for k in range(4))
+                assert cache.c is not None
+                c = cache.c[:steps, index].astype(np.float64)
+                c_first = np.zeros((1, len(rows), H)) if cache.c0 is None else \
+                    cache.c0[index][None].astype(np.float64)
+                c_prev = np.concatenate([c_first, c[:-1]])
+                tc = np.tanh(c)
+                self.coef = {"i": g * i * (1 - i), "f": c_prev * f * (1 - f),
+                             "g": i * (1 - g * g), "o": tc * o * (1 - o),
+                             "tau": o * (1 - tc * tc), "keep": f}
+        self.finite = all(bool(np.isfinite(v).all()) for v in self.coef.values())
+
+    def _coef(self, name: str, at: tuple, like: np.ndarray) -> np.ndarray:
+        """A coefficient at the steps and sequences ``at`` picks (an index of the
+        ``(steps, sequences)`` axes), broadcast over the vectors' axis of ``like``."""
+        c = self.coef[name][at]
+        return c.reshape(*c.shape[:-1], *([1] * (like.ndim - c.ndim)), c.shape[-1])
+
+    def apply(self, v: np.ndarray, at: tuple = ()) -> np.ndarray:
+        """J v at the steps and sequences ``at`` picks (all of them by default)."""
+        arch, H = self.arch, self.arch.hidden_size
+        P = self.w_hh.shape[1]
+        v_h = v[..., :P]
+        g = _times(v_h, self.w_hh_t)
+
+        def coef(name: str) -> np.ndarray:
+            return self._coef(name, at, v)
+
+        if arch.cell == "rnn":
+            out = coef("a") * g
+        elif arch.cell == "gru":
+            out = (coef("r") * g[..., :H] + coef("z") * g[..., H:2 * H]
+                   + coef("n") * g[..., 2 * H:] + coef("keep") * v)
+        else:
+            dc = (coef("i") * g[..., :H] + coef("f") * g[..., H:2 * H]
+                  + coef("g") * g[..., 2 * H:3 * H] + coef("keep") * v[..., P:])
+            dm = coef("o") * g[..., 3 * H:] + coef("tau") * dc
+            dh = dm if self.w_hr is None else _times(dm, self.w_hr.T)
+            out = np.concatenate([dh, dc], axis=-1)
+        if arch.residual_time:
+            out[..., :P] += v_h
+        return out
+
+    def apply_transposed(self, u: np.ndarray, at: tuple = ()) -> np.ndarray:
+        """Jᵀ u at the steps and sequences ``at`` picks (all of them by default)."""
+        arch = self.arch
+        P = self.w_hh.shape[1]
+        u_h = u[..., :P]
+
+        def coef(name: str) -> np.ndarray:
+            return self._coef(name, at, u)
+
+        if arch.cell == "rnn":
+            out = _times(coef("a") * u_h, self.w_hh)
+        elif arch.cell == "gru":
+            into = np.concatenate([coef("r") * u, coef("z") * u, coef("n") * u], axis=-1)
+            out = _times(into, self.w_hh) + coef("keep") * u
+        else:
+            m = u_h if self.w_hr is None else _times(u_h, self.w_hr)
+            e = coef("tau") * m + u[..., P:]                       # all that reaches c_t
+            into = np.concatenate([coef("i") * e, coef("f") * e, coef("g") * e,
+                                   coef("o") * m], axis=-1)
+            out = np.concatenate([_times(into, self.w_hh), coef("keep") * e], axis=-1)
+        if arch.residual_time:
+            out[..., :P] += u_h
+        return out
+
+    def at(self, t: int, row: int) -> StepOperator:
+        """Sequence ``row``'s (of ``rows``) Jacobian at step t, as an operator that takes
+        ``@``."""
+        return StepOperator(self, t, row)
+
+    def largest_singular_values(self) -> np.ndarray:
+        """σ_max(J) of every step and sequence ``(steps, R)``: :func:`top_singular_values`
+        on the operators, :data:`LANCZOS_STEPS` steps at a time."""
+        T, R = self.coef[next(iter(self.coef))].shape[:2]
+        out = np.empty((T, R))
+        for start in range(0, T, LANCZOS_STEPS):
+            at = (slice(start, min(T, start + LANCZOS_STEPS)),)
+            out[at] = top_singular_values(
+                lambda v, at=at: self.apply(v, at),
+                lambda u, at=at: self.apply_transposed(u, at),
+                out[at].shape, self.n,
+                exact=lambda index, start=start: self.at(start + index[0], index[1]).formed())
+        return out
+
+
+class StepOperator:
+    """One step's Jacobian of one sequence, as ``J @ Q`` (``Q`` ``(n, k)``)."""
+
+    def __init__(self, jacobians: StepJacobians, t: int, row: int) -> None:
+        self.jacobians, self.index = jacobians, (t, slice(row, row + 1))
+        self.shape = (jacobians.n, jacobians.n)
+
+    def __matmul__(self, q: np.ndarray) -> np.ndarray:
+        return self.jacobians.apply(q.T[None], self.index)[0].T
+
+    def formed(self) -> np.ndarray:
+        """The Jacobian as a matrix."""
+        return self @ np.eye(self.shape[1])
+
+
+LANCZOS_STEPS = 32
+"""Steps whose Jacobians' σ_max are found together (their Lanczos vectors held at once)."""
+LANCZOS_MOST = 120
+"""Lanczos steps before a Jacobian's σ_max is taken from its formed matrix instead."""
+LANCZOS_TOLERANCE = 1e-13
+"""A top Ritz value that moves by less than this (relative) over :data:`LANCZOS_CHECK`
+steps, with a residual under :data:`LANCZOS_RESIDUAL` of it, has settled."""
+LANCZOS_CHECK = 4
+LANCZOS_RESIDUAL = 1e-8
+
+
+def top_singular_values(apply, apply_transposed, batch: tuple[int, ...], n: int, *,
+                        exact=None, rng: np.random.Generator | None = None) -> np.ndarray:
+    """σ_max of a batch of n×n operators by Golub-Kahan-Lanczos bidiagonalisation with full
+    reorthogonalisation (Golub & Van Loan, 4th ed., §10.4), every operator at once:
+    ``apply(v)``/``apply_transposed(u)`` take vectors ``batch + (n,)``. The top singular
+    value of the bidiagonal grows to σ_max from below; it is taken when it has moved by
+    under :data:`LANCZOS_TOLERANCE` over the last :data:`LANCZOS_CHECK` steps and its
+    residual (β_k times the last entry of its right singular vector) is under
+    :data:`LANCZOS_RESIDUAL` of it, or when the Krylov space is exhausted (β_k = 0). One
+    that has not settled after :data:`LANCZOS_MOST` steps (or n), or whose numbers are not
+    finite, is taken from the formed matrix (``exact(index)`` gives it) through LAPACK's
+    SVD. Agrees with LAPACK to about 1e-13 where both hold (``tests/test_dynamics.py``)."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    most = min(LANCZOS_MOST, n)
+    us = np.zeros((*batch, most, n))
+    vs = np.zeros((*batch, most + 1, n))
+    v = rng.standard_normal((*batch, n))
+    vs[..., 0, :] = v / np.linalg.norm(v, axis=-1, keepdims=True)
+    alphas = np.zeros((*batch, most))
+    betas = np.zeros((*batch, most))
+    settled = np.full(batch, np.nan)
+    last = np.full(batch, np.nan)
+
+    def orthogonal(w: np.ndarray, basis: np.ndarray) -> np.ndarray:
+        """``w`` less its part in ``basis``'s span, twice (classical Gram-Schmidt twice)."""
+        for _ in range(2):
+            w = w - np.einsum("...k,...kn->...n", np.einsum("...kn,...n->...k", basis, w),
+                              basis)
+        return w
+
+    with np.errstate(all="ignore"):
+        for k in range(most):
+            u = apply(vs[..., k, :])
+            if k:
+                u -= betas[..., k - 1, None] * us[..., k - 1, :]
+            u = orthogonal(u, us[..., :k, :])
+            alpha = np.linalg.norm(u, axis=-1)
+            us[..., k, :] = u / np.where(alpha > 0, alpha, 1.0)[..., None]
+            w = apply_transposed(us[..., k, :]) - alpha[..., None] * vs[..., k, :]
+            w = orthogonal(w, vs[..., :k + 1, :])
+            beta = np.linalg.norm(w, axis=-1)
+            vs[..., k + 1, :] = w / np.where(beta > 0, beta, 1.0)[..., None]
+            alphas[..., k], betas[..., k] = alpha, beta
+            if (k + 1) % LANCZOS_CHECK and k + 1 < most:
+                continue
+            open_ = np.isnan(settled)
+            B = np.zeros((*batch, k + 1, k + 1))
+            idx = np.arange(k + 1)
+            B[..., idx, idx] = alphas[..., :k + 1]
+            B[..., idx[:-1], idx[1:]] = betas[..., :k]
+            ok = np.isfinite(B).all(axis=(-2, -1)) & open_
+            top = np.full(batch, np.nan)
+            top[ok] = np.linalg.svd(B[ok], compute_uv=False)[:, 0]
+            exhausted = ok & (beta <= 1e-300 + 1e-15 * top)     # the Krylov space is whole
+            settled[exhausted] = top[exhausted]
+            moved = ok & ~exhausted & (np.abs(top - last) <= LANCZOS_TOLERANCE * top)
+            if moved.any():
+                _, s, vt = np.linalg.svd(B[moved])
+                residual = np.abs(beta[moved] * vt[:, 0, -1])
+                good = residual <= LANCZOS_RESIDUAL * s[:, 0]
+                where = tuple(i[good] for i in np.nonzero(moved))
+                settled[where] = s[good, 0]
+            last = top
+            if not np.isnan(settled).any():
+                break
+    for index in zip(*np.nonzero(np.isnan(settled)), strict=True):
+        settled[index] = largest_singular_value(exact(index)) if exact is not None else \
+            math.nan
+    return settled
+
+
 def largest_singular_value(m: np.ndarray) -> float:
     """σ_max, or NaN for a matrix that is not finite (where an SVD cannot converge)."""
     return float(np.linalg.norm(m, 2)) if np.isfinite(m).all() else math.nan
@@ -123,10 +367,10 @@ def _finite_trajectory(cache, b: int, steps: int) -> bool:
     return all(np.isfinite(a[:steps, b]).all() for a in arrays if a is not None)
 
 
-def lyapunov_spectrum(jacobians: list[np.ndarray], count: int,
-                      rng: np.random.Generator) -> np.ndarray:
+def lyapunov_spectrum(jacobians: list, count: int, rng: np.random.Generator) -> np.ndarray:
     """The ``count`` largest Lyapunov exponents of the product J_T … J_1 (QR method,
-    re-orthonormalised at every step, the first tenth of the steps dropped as transient)."""
+    re-orthonormalised at every step, the first tenth of the steps dropped as transient).
+    ``jacobians``: matrices, or operators that take ``J @ Q`` (:class:`StepOperator`)."""
     n = jacobians[0].shape[0]
     k = min(count, n)
     q, _ = np.linalg.qr(rng.standard_normal((n, k)))
@@ -535,20 +779,25 @@ def layer_dynamics(arch: Architecture, params: Params, fwd: Forward,
         radius = max(spectral_radius(g) for g in gates)
         squares, counts = np.zeros(T), np.zeros(T)
         exponents, weights = [], []
+        steps_of = [int(lengths[b]) if lengths is not None else T   # no padded steps
+                    for b in range(min(SEQUENCES, B))]
+        weights_finite = np.isfinite(w_hh).all() and (w_hr is None or np.isfinite(w_hr).all())
+        rows = [b for b, steps in enumerate(steps_of)
+                if weights_finite and _finite_trajectory(cache, b, steps)]
         with np.errstate(all="ignore"):
-            for b in range(min(SEQUENCES, B)):
-                steps = int(lengths[b]) if lengths is not None else T  # no padded steps
-                if not np.isfinite(w_hh).all() or not _finite_trajectory(cache, b, steps) \
-                        or (w_hr is not None and not np.isfinite(w_hr).all()):
-                    continue
+            if rows:
                 # in the unit's own order: a reverse direction's from its sequence's end
-                jacobians = [step_jacobian(arch, cache, w_hh, t, b, w_hr).astype(np.float64)
-                             for t in range(steps)]
+                jacobians = StepJacobians(arch, cache, w_hh, rows,
+                                          max(steps_of[b] for b in rows), w_hr)
+                sigmas = jacobians.largest_singular_values()
+            for r, b in enumerate(rows):
+                steps = steps_of[b]
                 at = _input_steps(arch, u, fwd, b, steps)          # the inputs' steps
-                squares[at] += [largest_singular_value(j) ** 2 for j in jacobians]
+                squares[at] += sigmas[:steps, r] ** 2
                 counts[at] += 1
-                if np.all([np.isfinite(j).all() for j in jacobians]):
-                    exponents.append(lyapunov_spectrum(jacobians, EXPONENTS, rng))
+                if all(np.isfinite(c[:steps, r]).all() for c in jacobians.coef.values()):
+                    exponents.append(lyapunov_spectrum(
+                        [jacobians.at(t, r) for t in range(steps)], EXPONENTS, rng))
                     weights.append(steps)
             jacobian_norm = np.where(counts > 0, np.sqrt(squares / np.maximum(counts, 1)),
                                      np.nan)

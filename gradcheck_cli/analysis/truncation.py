@@ -129,7 +129,7 @@ def search(measure: Errors, errors: dict[int, float], steps: int, tolerance: flo
     by default) spread evenly between, in one pass. Each pass divides the gap by lanes + 1:
     from the table's windows, two or three passes. With no window within the tolerance the
     gap reaches up to T - 1; with every one, down to 1."""
-    side_by_side = int(lanes or getattr(measure, "side_by_side", WINDOWS))
+    side_by_side: int = lanes or getattr(measure, "side_by_side", None) or WINDOWS
     errors = dict(errors)
     while True:
         shorter, k = bracket(errors, steps, tolerance)
