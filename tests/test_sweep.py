@@ -95,3 +95,20 @@ def test_sweep_can_vary_to_null(tmp_path):
     assert result.exit_code == 0, result.output
     assert [p["values"]["model.init.forget_bias"] for p in
             json.loads(result.stdout)["points"]] == [None, 1]
+
+
+def test_local_workers_run_their_points_on_one_blas_thread():
+    """Several processes on one machine, each with a BLAS thread per core, would only wait
+    for each other: a local worker runs on one BLAS thread."""
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy; from threadpoolctl import threadpool_info\n"
+            "from gradcheck_cli.commands.executors import worker_start\n"
+            "before = {p['num_threads'] for p in threadpool_info()}\n"
+            "worker_start()\n"
+            "print(sorted(before), sorted({p['num_threads'] for p in threadpool_info()}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "OPENBLAS_NUM_THREADS": "2",
+                               "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}, timeout=60)
+    assert done.stdout.strip() == "[2] [1]", done.stderr

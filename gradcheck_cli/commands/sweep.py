@@ -4,10 +4,11 @@
     --vary model.init.gain=0.01:100:9:log      9 values, evenly spaced in log
     --vary sequence.length=10,100,1000         a list
 
-Every point is a full ``analyze`` (without clip trials by default), run in parallel across
-local processes. The healthy region is reported per varied key: for each combination of the
-other keys, the ranges of its grid values where no exploding, vanishing or non-finite finding
-was made, and what lies on either side.
+Every point is a full ``analyze`` (without clip trials by default), run here or in
+parallel across local processes (see :mod:`.executors`). The healthy region is
+reported per varied key: for each combination of the other keys, the ranges of its grid
+values where no exploding, vanishing or non-finite finding was made, and what lies on
+either side.
 """
 
 from __future__ import annotations
@@ -15,20 +16,20 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..spec.yaml import Override
 
 MAX_POINTS = 10_000
 """Points a sweep may have: each is a full analysis."""
 MAX_VALUES = 1_000
 """Values one --vary may give."""
-WORKERS_PER_CORE = 4
-"""--jobs beyond this many per core only adds processes that wait."""
 
 
 @dataclass(frozen=True)
@@ -157,12 +158,6 @@ def check_grid(axes: list[Axis]) -> int:
     return size
 
 
-def workers(jobs: int, points: int) -> int:
-    """Processes to start for ``jobs`` and ``points``: no more than there are points, nor
-    than :data:`WORKERS_PER_CORE` per core."""
-    return max(1, min(jobs, points, WORKERS_PER_CORE * (os.cpu_count() or 1)))
-
-
 def grid(axes: list[Axis]) -> list[dict[str, Any]]:
     return [dict(zip([a.key for a in axes], combo, strict=True))
             for combo in itertools.product(*[a.values for a in axes])]
@@ -175,31 +170,24 @@ def _override(key: str, value: Any) -> tuple[str, str]:
     return f"--vary {shorten(item)}", item
 
 
-def _worker_start() -> None:
-    """Workers leave Ctrl-C to the parent, which ends them and the sweep with one line; they
-    die of SIGTERM at once, and (on Linux) when the parent dies, however it dies."""
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:   # under nohup: ignored still
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    try:
-        import ctypes
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):     # not Linux: the parent's own clean-up remains
-        pass
+class PointTask(NamedTuple):
+    """What a point's run needs besides the spec file."""
+
+    values: dict[str, Any]
+    overrides: tuple[Override, ...]
+    trials: int
+    max_memory: int | None
 
 
-def _analyse_point(task: tuple[str, tuple[str, ...], dict[str, Any], int, int | None]
-                   ) -> Point:
-    config, overrides, values, trials, max_memory = task
+def _analyse_point(config: str, task: PointTask) -> Point:
+    """One point, where it runs: here, or in a local process."""
     from ..analysis.analyze import analyze_spec
     from ..io.resolve import load_spec
-    spec = load_spec(config, [*overrides, *(_override(k, v) for k, v in values.items())])
-    report = analyze_spec(spec, trials=trials, windows=[], max_memory=max_memory)
+    spec = load_spec(config, [*task.overrides, *(_override(k, v)
+                                                 for k, v in task.values.items())])
+    report = analyze_spec(spec, trials=task.trials, windows=[], max_memory=task.max_memory)
     top = max(i for i, layer in enumerate(report.layers) if layer.direction != "reverse")
-    return Point(values=values, codes=[f.code for f in report.findings], top=top,
+    return Point(values=task.values, codes=[f.code for f in report.findings], top=top,
                  growth_factor=[layer.growth_factor for layer in report.layers],
                  ratio=[layer.ratio for layer in report.layers],
                  horizon=[layer.horizon for layer in report.layers])
@@ -215,7 +203,7 @@ def probes(axes: list[Axis]) -> list[dict[str, Any]]:
     return out
 
 
-def check_points(config: str | Path, overrides: tuple[str, ...], axes: list[Axis],
+def check_points(config: str | Path, overrides: tuple[Override, ...], axes: list[Axis],
                  max_memory: int | None = None, *,
                  seen: Callable[[Any], object] | None = None) -> int:
     """Validate every point's spec (and its memory, before its files' values are read:
@@ -240,37 +228,19 @@ def check_points(config: str | Path, overrides: tuple[str, ...], axes: list[Axis
     return len(points)
 
 
-def run_sweep(config: str | Path, axes: list[Axis], *, overrides: tuple[str, ...] = (),
+def run_sweep(config: str | Path, axes: list[Axis], *, overrides: tuple[Override, ...] = (),
               jobs: int = 1, trials: int = 0, max_memory: int | None = None,
               progress: Callable[[int, int], None] | None = None) -> Sweep:
-    """Analyse every point of the grid (each within ``max_memory``, as analyze is)."""
-    tasks = [(str(config), tuple(overrides), values, trials, max_memory)
-             for values in grid(axes)]
-    points: list[Point] = []
-    processes = workers(jobs, len(tasks))
-    if processes <= 1:
-        for task in tasks:
-            points.append(_analyse_point(task))
-            if progress:
-                progress(len(points), len(tasks))
-    else:
-        import multiprocessing
-        pool = multiprocessing.Pool(processes, initializer=_worker_start)
-        try:
-            for point in pool.imap(_analyse_point, tasks):
-                points.append(point)
-                if progress:
-                    progress(len(points), len(tasks))
-        except BaseException:        # an error, Ctrl-C, SIGTERM: no worker is left running
-            pool.terminate()
-            raise
-        else:
-            pool.close()
-        finally:
-            pool.join()
+    """Analyse every point of the grid (each within ``max_memory``, as analyze is), ``jobs``
+    points at a time."""
     from ..io.files import shown
-    return Sweep(config=shown(config), axes=axes, points=points,
-                 boundaries=boundaries(axes, points))
+    from .executors import collect, open_runner
+    points = grid(axes)
+    tasks = [PointTask(values, tuple(overrides), trials, max_memory) for values in points]
+    with open_runner(jobs, len(points)) as runner:
+        done = collect(runner, _analyse_point, str(config), tasks, progress)
+    return Sweep(config=shown(config), axes=axes, points=done,
+                 boundaries=boundaries(axes, done))
 
 
 def boundaries(axes: list[Axis], points: list[Point]) -> list[Boundary]:
