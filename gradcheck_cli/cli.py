@@ -678,15 +678,17 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
     if plot is not None:
         _check_plot(plot)
     from .io.files import check_regular
+    from .io.resolve import SpecFile
     check_regular(config)
     _plan([config], output=output or "-", plot=plot)      # a bad output: before the points
+    source = SpecFile.read(config)                        # what every point runs
     inputs: list[Path] = []
-    check_points(config, overrides, axes, limit,
+    check_points(source, overrides, axes, limit, trials=trials,
                  seen=lambda spec: inputs.extend(_inputs(spec, config)))
     # the weights and data every point reads (a --vary may name others): none is written
     targets = _plan(list(dict.fromkeys(inputs)) or [config], output=output or "-", plot=plot)
     with _progress(total) as progress:
-        result = run_sweep(config, axes, overrides=overrides, jobs=jobs, trials=trials,
+        result = run_sweep(source, axes, overrides=overrides, jobs=jobs, trials=trials,
                            max_memory=limit, progress=progress)
     if plot is not None:
         from .render.plot import save, sweep_figure

@@ -112,3 +112,32 @@ def test_local_workers_run_their_points_on_one_blas_thread():
                           env={**os.environ, "OPENBLAS_NUM_THREADS": "2",
                                "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}, timeout=60)
     assert done.stdout.strip() == "[2] [1]", done.stderr
+
+
+def test_every_point_runs_the_spec_as_it_was_checked(write_spec):
+    """The spec is read once: what the file says after the points were checked does not
+    reach them (before, each worker read it again)."""
+    from gradcheck_cli.commands.sweep import check_points
+    from gradcheck_cli.io.resolve import SpecFile
+    path = write_spec(LINEAR)
+    source, axes = SpecFile.read(path), [parse_axis("seed=1,2")]
+    assert check_points(source, (), axes) == 2
+    path.write_text(LINEAR.replace("hidden_size: 16", "hidden_size: 0"))
+    for jobs in (1, 2):
+        sweep = run_sweep(source, axes, jobs=jobs)
+        assert sweep.config == source.name and len(sweep.points[0].growth_factor) == 1
+        assert [p.verdict for p in sweep.points] == ["healthy", "healthy"]
+
+
+def test_a_sweeps_memory_check_counts_its_clip_trials(write_spec):
+    from gradcheck_cli.analysis.memory import estimate
+    from gradcheck_cli.core.model import Architecture
+    path = write_spec(LINEAR)
+    arch = Architecture(cell="rnn", input_size=3, hidden_size=16, output_size=2)
+    alone, trials = (estimate(arch, 20, 4, "float64", trials=t).total for t in (0, 1000))
+    assert alone < trials
+    limit = f"{(alone + trials) // 2}"
+    assert run("sweep", path, "--vary", "seed=1,2", "--max-memory", limit).exit_code == 0
+    result = run("sweep", path, "--vary", "seed=1,2", "--max-memory", limit,
+                 "--trials", "1000")
+    assert result.exit_code == 2 and "--max-memory" in result.stderr, result.output

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 if TYPE_CHECKING:
+    from ..io.resolve import SpecFile
     from ..spec.yaml import Override
 
 MAX_POINTS = 10_000
@@ -171,7 +172,7 @@ def _override(key: str, value: Any) -> tuple[str, str]:
 
 
 class PointTask(NamedTuple):
-    """What a point's run needs besides the spec file."""
+    """What a point's run needs besides the spec file (sent once, see :func:`run_sweep`)."""
 
     values: dict[str, Any]
     overrides: tuple[Override, ...]
@@ -179,12 +180,10 @@ class PointTask(NamedTuple):
     max_memory: int | None
 
 
-def _analyse_point(config: str, task: PointTask) -> Point:
+def _analyse_point(source: SpecFile, task: PointTask) -> Point:
     """One point, where it runs: here, or in a local process."""
     from ..analysis.analyze import analyze_spec
-    from ..io.resolve import load_spec
-    spec = load_spec(config, [*task.overrides, *(_override(k, v)
-                                                 for k, v in task.values.items())])
+    spec = source.load([*task.overrides, *(_override(k, v) for k, v in task.values.items())])
     report = analyze_spec(spec, trials=task.trials, windows=[], max_memory=task.max_memory)
     top = max(i for i, layer in enumerate(report.layers) if layer.direction != "reverse")
     return Point(values=task.values, codes=[f.code for f in report.findings], top=top,
@@ -203,8 +202,13 @@ def probes(axes: list[Axis]) -> list[dict[str, Any]]:
     return out
 
 
-def check_points(config: str | Path, overrides: tuple[Override, ...], axes: list[Axis],
-                 max_memory: int | None = None, *,
+def _source(config: str | Path | SpecFile) -> SpecFile:
+    from ..io.resolve import SpecFile
+    return config if isinstance(config, SpecFile) else SpecFile.read(config)
+
+
+def check_points(config: str | Path | SpecFile, overrides: tuple[Override, ...],
+                 axes: list[Axis], max_memory: int | None = None, *, trials: int = 0,
                  seen: Callable[[Any], object] | None = None) -> int:
     """Validate every point's spec (and its memory, before its files' values are read:
     see :func:`~gradcheck_cli.analysis.memory.check`) before anything runs, and return how
@@ -213,33 +217,37 @@ def check_points(config: str | Path, overrides: tuple[Override, ...], axes: list
     ``seen``: called with every point's spec, resolved from its files' headers (the
     caller collects the files a point reads)."""
     from ..analysis.memory import check
-    from ..io.resolve import spec_loader
     check_grid(axes)
-    load = spec_loader(config)
+    source = _source(config)
 
     def guard(spec: Any) -> None:
         if seen is not None:
             seen(spec)
-        check(spec, max_memory=max_memory)
+        check(spec, max_memory=max_memory, trials=trials)
 
     points = grid(axes)
     for values in [*(probes(axes) if len(axes) > 1 else []), *points]:
-        load([*overrides, *(_override(k, v) for k, v in values.items())], guard=guard)
+        source.load([*overrides, *(_override(k, v) for k, v in values.items())],
+                    guard=guard)
     return len(points)
 
 
-def run_sweep(config: str | Path, axes: list[Axis], *, overrides: tuple[Override, ...] = (),
-              jobs: int = 1, trials: int = 0, max_memory: int | None = None,
+def run_sweep(config: str | Path | SpecFile, axes: list[Axis], *,
+              overrides: tuple[Override, ...] = (), jobs: int = 1, trials: int = 0,
+              max_memory: int | None = None,
               progress: Callable[[int, int], None] | None = None) -> Sweep:
     """Analyse every point of the grid (each within ``max_memory``, as analyze is), ``jobs``
-    points at a time."""
-    from ..io.files import shown
+    points at a time.
+
+    ``config`` read once (a path) or as :func:`check_points` read it: the spec itself is
+    what each point receives, so that it runs as it was checked."""
     from .executors import collect, open_runner
+    source = _source(config)
     points = grid(axes)
     tasks = [PointTask(values, tuple(overrides), trials, max_memory) for values in points]
     with open_runner(jobs, len(points)) as runner:
-        done = collect(runner, _analyse_point, str(config), tasks, progress)
-    return Sweep(config=shown(config), axes=axes, points=done,
+        done = collect(runner, _analyse_point, source, tasks, progress)
+    return Sweep(config=source.name, axes=axes, points=done,
                  boundaries=boundaries(axes, done))
 
 
