@@ -97,9 +97,63 @@ def test_sweep_can_vary_to_null(tmp_path):
             json.loads(result.stdout)["points"]] == [None, 1]
 
 
+def test_a_bad_executor_is_one_line_naming_it(write_spec):
+    from tests.conftest import assert_clean_error
+    path = write_spec(LINEAR)
+    for bad, needle in (("dask", "expected local, dask-local or dask://HOST:PORT"),
+                        ("http://host:8786", "expected local, dask-local or dask://HOST:PORT"),
+                        ("dask://host", "a scheduler's address is dask://HOST:PORT"),
+                        ("dask://:8786", "a scheduler's address is dask://HOST:PORT"),
+                        ("tcp://host:port", "a scheduler's address is dask://HOST:PORT"),
+                        ("dask://host:99999", "a scheduler's address is dask://HOST:PORT"),
+                        ("dask://host:8786/path", "a scheduler's address is dask://HOST:PORT")):
+        result = run("sweep", path, "--vary", "seed=1,2", "--executor", bad)
+        assert_clean_error(result, "--executor", repr(bad), needle)
+
+
+def test_an_executor_is_read_as_an_address():
+    from gradcheck_cli.commands.executors import parse_executor
+    assert parse_executor("local") == "local"
+    assert parse_executor(" dask-local ") == "dask-local"
+    assert parse_executor("dask://10.0.0.5:8786") == "tcp://10.0.0.5:8786"
+    assert parse_executor("TCP://scheduler.example:8786/") == "tcp://scheduler.example:8786"
+    assert parse_executor("dask://[::1]:8786") == "tcp://[::1]:8786"
+
+
+def test_without_the_extra_a_dask_executor_is_refused_before_any_work(write_spec, tmp_path,
+                                                                      monkeypatch):
+    import sys
+
+    from tests.conftest import assert_clean_error
+    monkeypatch.setitem(sys.modules, "distributed", None)          # import distributed fails
+    path, out = write_spec(LINEAR), tmp_path / "out.json"
+    for executor in ("dask-local", "dask://127.0.0.1:8786"):
+        result = run("sweep", path, "--vary", "seed=1,2", "--executor", executor, "-o", out)
+        assert_clean_error(result, f"--executor {executor} needs Dask's distributed",
+                           "pip install 'gradcheck[distributed]'")
+        assert not out.exists()
+    assert run("sweep", path, "--vary", "seed=1,2", "-o", out).exit_code == 0
+
+
+def test_help_and_local_sweeps_do_not_import_dask(write_spec):
+    """Dask is imported only for a Dask executor: `--help` and local sweeps start as fast
+    as before, with or without the extra."""
+    import subprocess
+    import sys
+    path = write_spec(LINEAR)
+    code = ("import sys; from gradcheck_cli.cli import cli\n"
+            "try:\n    cli(sys.argv[1:], prog_name='gradcheck')\n"
+            "except SystemExit:\n    pass\n"
+            "print('imported' if 'distributed' in sys.modules else 'not imported')")
+    for args in (["sweep", "--help"], ["sweep", str(path), "--vary", "seed=1,2", "-j", "2"]):
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                              text=True, timeout=60)
+        assert done.stdout.splitlines()[-1] == "not imported", (args, done.stderr)
+
+
 def test_local_workers_run_their_points_on_one_blas_thread():
     """Several processes on one machine, each with a BLAS thread per core, would only wait
-    for each other: a local worker runs on one BLAS thread."""
+    for each other: a local worker runs on one BLAS thread, as Dask's workers do."""
     import os
     import subprocess
     import sys

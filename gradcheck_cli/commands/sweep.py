@@ -4,8 +4,8 @@
     --vary model.init.gain=0.01:100:9:log      9 values, evenly spaced in log
     --vary sequence.length=10,100,1000         a list
 
-Every point is a full ``analyze`` (without clip trials by default), run here or in
-parallel across local processes (see :mod:`.executors`). The healthy region is
+Every point is a full ``analyze`` (without clip trials by default), run here, in parallel
+across local processes, or on a Dask cluster (see :mod:`.executors`). The healthy region is
 reported per varied key: for each combination of the other keys, the ranges of its grid
 values where no exploding, vanishing or non-finite finding was made, and what lies on
 either side.
@@ -178,13 +178,37 @@ class PointTask(NamedTuple):
     overrides: tuple[Override, ...]
     trials: int
     max_memory: int | None
+    on_dask: bool
+    version: str
+    """gradcheck's version where the sweep was started: a Dask worker with another one
+    refuses the point, which it might measure otherwise."""
 
 
 def _analyse_point(source: SpecFile, task: PointTask) -> Point:
-    """One point, where it runs: here, or in a local process."""
+    """One point, where it runs: here, in a local process, or on a Dask worker, whose
+    memory it is checked against there (see :func:`~.executors.on_worker`) as this
+    machine's was for every point before any ran."""
     from ..analysis.analyze import analyze_spec
-    spec = source.load([*task.overrides, *(_override(k, v) for k, v in task.values.items())])
-    report = analyze_spec(spec, trials=task.trials, windows=[], max_memory=task.max_memory)
+    from ..analysis.memory import check
+    overrides = [*task.overrides, *(_override(k, v) for k, v in task.values.items())]
+    limit = task.max_memory
+    if task.on_dask:
+        from ..errors import GradcheckError
+        from .executors import on_worker
+        worker, host = on_worker(task.version)
+        try:
+            spec = source.load(overrides, budget=host[0] if host else None,
+                               guard=lambda spec: check(spec, max_memory=task.max_memory,
+                                                        trials=task.trials, host=host))
+        except GradcheckError as exc:          # a file missing there, say: which worker's
+            if worker in str(exc):
+                raise
+            raise GradcheckError(f"{exc} (on Dask worker {worker})") from None
+        if host is not None:     # the streams analyze plans for: within the worker's memory
+            limit = host[0] if limit is None else min(limit, host[0])
+    else:
+        spec = source.load(overrides)
+    report = analyze_spec(spec, trials=task.trials, windows=[], max_memory=limit)
     top = max(i for i, layer in enumerate(report.layers) if layer.direction != "reverse")
     return Point(values=task.values, codes=[f.code for f in report.findings], top=top,
                  growth_factor=[layer.growth_factor for layer in report.layers],
@@ -209,13 +233,14 @@ def _source(config: str | Path | SpecFile) -> SpecFile:
 
 def check_points(config: str | Path | SpecFile, overrides: tuple[Override, ...],
                  axes: list[Axis], max_memory: int | None = None, *, trials: int = 0,
-                 seen: Callable[[Any], object] | None = None) -> int:
+                 machine: bool = True, seen: Callable[[Any], object] | None = None) -> int:
     """Validate every point's spec (and its memory, before its files' values are read:
-    see :func:`~gradcheck_cli.analysis.memory.check`) before anything runs, and return how
-    many points there are. Each value is tried on its own first (see :func:`probes`), so
-    that a bad one is refused at once wherever it is in the grid; the file is parsed once.
-    ``seen``: called with every point's spec, resolved from its files' headers (the
-    caller collects the files a point reads)."""
+    see :func:`~gradcheck_cli.analysis.memory.check`; ``machine``: against this machine's
+    too, where the points will run) before anything runs, and return how many points there
+    are. Each value is tried on its own first (see :func:`probes`), so that a bad one is
+    refused at once wherever it is in the grid; the file is parsed once. ``seen``: called
+    with every point's spec, resolved from its files' headers (the caller collects the
+    files a point reads)."""
     from ..analysis.memory import check
     check_grid(axes)
     source = _source(config)
@@ -223,7 +248,7 @@ def check_points(config: str | Path | SpecFile, overrides: tuple[Override, ...],
     def guard(spec: Any) -> None:
         if seen is not None:
             seen(spec)
-        check(spec, max_memory=max_memory, trials=trials)
+        check(spec, max_memory=max_memory, trials=trials, machine=machine)
 
     points = grid(axes)
     for values in [*(probes(axes) if len(axes) > 1 else []), *points]:
@@ -233,20 +258,25 @@ def check_points(config: str | Path | SpecFile, overrides: tuple[Override, ...],
 
 
 def run_sweep(config: str | Path | SpecFile, axes: list[Axis], *,
-              overrides: tuple[Override, ...] = (), jobs: int = 1, trials: int = 0,
-              max_memory: int | None = None,
-              progress: Callable[[int, int], None] | None = None) -> Sweep:
-    """Analyse every point of the grid (each within ``max_memory``, as analyze is), ``jobs``
-    points at a time.
+              overrides: tuple[Override, ...] = (), jobs: int | None = None,
+              trials: int = 0, max_memory: int | None = None,
+              progress: Callable[[int, int], None] | None = None,
+              executor: str = "local") -> Sweep:
+    """Analyse every point of the grid (each within ``max_memory``, as analyze is), on
+    ``executor`` (see :func:`~.executors.parse_executor`), ``jobs`` points at a time.
 
     ``config`` read once (a path) or as :func:`check_points` read it: the spec itself is
-    what each point receives, so that it runs as it was checked."""
+    what each point receives, so that it runs as it was checked, and a cluster worker
+    needs only the data and weights files it names (at the same paths)."""
+    from .. import __version__
     from .executors import collect, open_runner
     source = _source(config)
     points = grid(axes)
-    tasks = [PointTask(values, tuple(overrides), trials, max_memory) for values in points]
-    with open_runner(jobs, len(points)) as runner:
-        done = collect(runner, _analyse_point, source, tasks, progress)
+    with open_runner(executor, jobs, len(points)) as runner:
+        tasks = [PointTask(values, tuple(overrides), trials, max_memory, runner.on_dask,
+                           __version__) for values in points]
+        done = collect(runner, _analyse_point, runner.share(source), tasks, points,
+                       progress)
     return Sweep(config=source.name, axes=axes, points=done,
                  boundaries=boundaries(axes, done))
 
