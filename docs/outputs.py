@@ -100,6 +100,18 @@ def elide(first: str, last: str) -> Callable[[list[str]], list[str]]:
     return pick
 
 
+def failing_case(out: list[str]) -> list[str]:
+    """A JUnit document cut to its suite's head and its first failing test case, the rest
+    (properties, the passing cases) made ``...``."""
+    lines = elide("<properties>", "</properties>")(out)
+    failing = next(k for k, line in enumerate(lines) if "<failure" in line)
+    start = max(k for k in range(failing) if "<testcase" in lines[k])
+    stop = next(k for k in range(failing, len(lines)) if "</testcase>" in lines[k])
+    head = next(k for k, line in enumerate(lines) if line.strip() == "...")
+    indent = lines[start][:len(lines[start]) - len(lines[start].lstrip())]
+    return [*lines[:head + 1], *lines[start:stop + 1], indent + "...", *lines[-2:]]
+
+
 SECONDS = re.compile(r'time="\d+\.\d+"')
 """A JUnit document's times: the machine's, not the model's."""
 
@@ -140,7 +152,7 @@ BLOCKS: dict[str, Block] = {
     "ci-github": Block(["gradcheck analyze sample_configs/gru_exploding.yaml "
                         f"{LSTM_HEALTHY} --trials 0 --format github"], prompt=True),
     "ci-junit": Block(["gradcheck analyze sample_configs/gru_exploding.yaml --trials 0 "
-                       "--format junit"], elide("<properties>", "</properties>"),
+                       "--format junit"], failing_case,
                       prompt=True, volatile=SECONDS),
     "memory": Block([f"gradcheck analyze {LSTM_HEALTHY} --set sequence.length=100000000 "
                      "--max-memory 8G"], prompt=True),

@@ -734,13 +734,35 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
     sys.exit(1 if sim.fails(fail_on) else 0)
 
 
+def _executor(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--executor as :func:`executors.parse_executor` reads it; a Dask one refused at once
+    when the extra is not installed."""
+    from .commands.executors import parse_executor, require_dask
+    try:
+        executor = parse_executor(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    require_dask(executor)
+    return executor
+
+
 @cli.command(epilog=OUTPUTS_HELP)
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--vary", "varies", multiple=True, required=True, metavar="KEY=A:B:N[:log]|V1,V2",
               help="A spec value to vary: N values from A to B (evenly, or evenly in log), "
                    "or a list. Repeat for a grid of every combination.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Points analysed in parallel, in separate processes.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Points analysed at once: local processes, or dask-local's workers "
+                   "(default 1); on a Dask scheduler, at most N at once (default: as many "
+                   "as its workers take).")
+@click.option("--executor", default="local", show_default=True,
+              metavar="local|dask-local|dask://HOST:PORT", callback=_executor,
+              help="Where the points run: local (this machine), dask-local (a Dask "
+                   "LocalCluster of --jobs worker processes, started and closed here) or "
+                   "dask://HOST:PORT (a running Dask scheduler's workers; tcp://HOST:PORT "
+                   "too). Dask needs an extra: pip install 'gradcheck[distributed]'; every "
+                   "worker needs gradcheck (the same version) and the spec's data and "
+                   "weights files at the same paths as here.")
 @click.option("--trials", type=click.IntRange(min=0, max=MAX_TRIALS), default=0,
               show_default=True,
               help="Clip trials per point (the verdicts need none).")
@@ -753,14 +775,20 @@ def simulate(config: Path, steps: int | None, optimizer: str | None, lr: float |
               help="Also draw the growth factor over the grid (a heat map for two keys); "
                    "needs the plot extra.")
 @_threads_option
-@_max_memory_option
+@click.option("--max-memory", metavar="SIZE",
+              help="Refuse points estimated to need more than SIZE (e.g. 2G, 512M); the "
+                   "memory where each runs (this machine's available memory, or its Dask "
+                   "worker's) is always a limit.")
 @_overrides_option
-def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: str,
-          output: str | None, plot: str | None, max_memory: str | None,
-          overrides: tuple[str, ...]) -> None:
+def sweep(config: Path, varies: tuple[str, ...], jobs: int | None, executor: str,
+          trials: int, fmt: str, output: str | None, plot: str | None,
+          max_memory: str | None, overrides: tuple[str, ...]) -> None:
     """Analyse CONFIG at every combination of the --vary values, and name the region where
     the gradient neither explodes nor vanishes. Exit status 0 when the sweep ran, 2 when a
-    point's spec is invalid (every point is checked before any runs)."""
+    point's spec is invalid (every point is checked before any runs, its memory against
+    --max-memory and, unless it runs on a Dask scheduler's workers, this machine's), when
+    a point does not fit the memory of the Dask worker it runs on, or when the scheduler
+    cannot be reached."""
     from .commands.sweep import check_grid, check_points, parse_axis, run_sweep
     try:
         axes = [parse_axis(v) for v in varies]
@@ -773,17 +801,21 @@ def sweep(config: Path, varies: tuple[str, ...], jobs: int, trials: int, fmt: st
     limit = _memory_limit(max_memory)
     if plot is not None:
         _check_plot(plot)
+    from .commands.executors import DASK_LOCAL, LOCAL
     from .io.files import check_regular
+    from .io.resolve import SpecFile
     check_regular(config)
     _plan([config], output=output or "-", plot=plot)      # a bad output: before the points
+    source = SpecFile.read(config)                        # what every point runs
     inputs: list[Path] = []
-    check_points(config, overrides, axes, limit,
+    check_points(source, overrides, axes, limit, trials=trials,
+                 machine=executor in (LOCAL, DASK_LOCAL),
                  seen=lambda spec: inputs.extend(_inputs(spec, config)))
     # the weights and data every point reads (a --vary may name others): none is written
     targets = _plan(list(dict.fromkeys(inputs)) or [config], output=output or "-", plot=plot)
     with _progress(total) as progress:
-        result = run_sweep(config, axes, overrides=overrides, jobs=jobs, trials=trials,
-                           max_memory=limit, progress=progress)
+        result = run_sweep(source, axes, overrides=overrides, jobs=jobs, trials=trials,
+                           max_memory=limit, progress=progress, executor=executor)
     if plot is not None:
         from .render.plot import save, sweep_figure
         save(sweep_figure(result), targets["--plot"])

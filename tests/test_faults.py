@@ -345,12 +345,13 @@ def test_many_truncation_windows_hold_no_more_than_one_pass(tmp_path):
 
 def test_a_sweep_grid_is_counted_before_it_is_built_and_workers_are_capped():
     """Before, three 1000-value axes reached 6 GB at 50 s, and --jobs 3000 forked 3000."""
-    from gradcheck_cli.commands import sweep
+    from gradcheck_cli.commands import executors
     result = run("sweep", SAMPLE["rnn_healthy"], "--vary", "seed=1:1000:1000", "--vary",
                  "model.hidden_size=1:1000:1000", "--vary", "sequence.length=1:1000:1000")
     assert_clean_error(result, "the grid has 1,000,000,000 points (1000 × 1000 × 1000)")
-    assert sweep.workers(3000, 2) == 2
-    assert sweep.workers(3000, 10 ** 6) == sweep.WORKERS_PER_CORE * (os.cpu_count() or 1)
+    assert executors.workers(3000, 2) == 2
+    assert executors.workers(3000, 10 ** 6) == \
+        executors.WORKERS_PER_CORE * (os.cpu_count() or 1)
     ok = run("sweep", SAMPLE["rnn_healthy"], "--vary", "seed=1,2", "--jobs", "3000", "--set",
              "sequence.length=5")
     assert ok.exit_code == 0, ok.output
@@ -789,7 +790,7 @@ def test_a_hangup_under_nohup_ends_nothing(tmp_path):
     assert out.read_text().startswith("gradcheck ")
     worker = subprocess.run(
         [sys.executable, "-c", "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
-         "from gradcheck_cli.commands.sweep import _worker_start; _worker_start(); "
+         "from gradcheck_cli.commands.executors import worker_start; worker_start(); "
          "print(signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)"],
         stdout=subprocess.PIPE, text=True, timeout=TIMEOUT)
     assert worker.stdout.strip() == "True"

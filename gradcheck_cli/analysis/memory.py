@@ -196,9 +196,11 @@ def with_data(est: Estimate, spec) -> Estimate:
 
 
 def plan(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
-         trials: int = 0, machine: bool = True) -> tuple[Estimate, list[tuple[int, str]]]:
+         trials: int = 0, machine: bool = True,
+         host: tuple[int, str] | None = None) -> tuple[Estimate, list[tuple[int, str]]]:
     """The estimate a run goes by, and the limits it is held to (``max_memory``, and with
-    ``machine`` what the machine has available).
+    ``machine`` what the machine has available, or ``host``: the bytes the place the run
+    runs on allows it, and how a message names them, such as a cluster worker's limit).
 
     A run that fits only with its main pass's output gradients one after another (see
     :func:`main_streams`) is planned so: the estimate says so (``streams``), and the run
@@ -207,8 +209,10 @@ def plan(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
     est = with_data(estimate(arch, spec.length, spec.batch_size, spec.dtype,
                              optimizer_state=optimizer_state, trials=trials,
                              streams=1 if spec.loss.timesteps == "last" else None), spec)
-    free = available() if machine else None
+    free = available() if machine and host is None else None
     limits = [(max_memory, "--max-memory")] if max_memory is not None else []
+    if host is not None:
+        limits.append(host)
     if free is not None:
         limits.append((free, "available on this machine"))
     if est.streams > 1 and any(est.total > limit for limit, _ in limits):
@@ -218,11 +222,12 @@ def plan(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
 
 
 def check(spec, *, max_memory: int | None = None, optimizer_state: bool = False,
-          trials: int = 0, machine: bool = True) -> Estimate:
+          trials: int = 0, machine: bool = True,
+          host: tuple[int, str] | None = None) -> Estimate:
     """:func:`plan`, and refuse (GradcheckError) a run whose estimate exceeds a limit,
     naming the estimate and the spec values behind it."""
     est, limits = plan(spec, max_memory=max_memory, optimizer_state=optimizer_state,
-                       trials=trials, machine=machine)
+                       trials=trials, machine=machine, host=host)
     arch = Architecture.from_spec(spec.model)
     for limit, what in limits:
         if est.total > limit:

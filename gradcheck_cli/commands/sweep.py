@@ -4,10 +4,11 @@
     --vary model.init.gain=0.01:100:9:log      9 values, evenly spaced in log
     --vary sequence.length=10,100,1000         a list
 
-Every point is a full ``analyze`` (without clip trials by default), run in parallel across
-local processes. The healthy region is reported per varied key: for each combination of the
-other keys, the ranges of its grid values where no exploding, vanishing or non-finite finding
-was made, and what lies on either side.
+Every point is a full ``analyze`` (without clip trials by default), run here, in parallel
+across local processes, or on a Dask cluster (see :mod:`.executors`). The healthy region is
+reported per varied key: for each combination of the other keys, the ranges of its grid
+values where no exploding, vanishing or non-finite finding was made, and what lies on
+either side.
 """
 
 from __future__ import annotations
@@ -15,20 +16,21 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..io.resolve import SpecFile
+    from ..spec.yaml import Override
 
 MAX_POINTS = 10_000
 """Points a sweep may have: each is a full analysis."""
 MAX_VALUES = 1_000
 """Values one --vary may give."""
-WORKERS_PER_CORE = 4
-"""--jobs beyond this many per core only adds processes that wait."""
 
 
 @dataclass(frozen=True)
@@ -157,12 +159,6 @@ def check_grid(axes: list[Axis]) -> int:
     return size
 
 
-def workers(jobs: int, points: int) -> int:
-    """Processes to start for ``jobs`` and ``points``: no more than there are points, nor
-    than :data:`WORKERS_PER_CORE` per core."""
-    return max(1, min(jobs, points, WORKERS_PER_CORE * (os.cpu_count() or 1)))
-
-
 def grid(axes: list[Axis]) -> list[dict[str, Any]]:
     return [dict(zip([a.key for a in axes], combo, strict=True))
             for combo in itertools.product(*[a.values for a in axes])]
@@ -175,31 +171,46 @@ def _override(key: str, value: Any) -> tuple[str, str]:
     return f"--vary {shorten(item)}", item
 
 
-def _worker_start() -> None:
-    """Workers leave Ctrl-C to the parent, which ends them and the sweep with one line; they
-    die of SIGTERM at once, and (on Linux) when the parent dies, however it dies."""
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:   # under nohup: ignored still
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    try:
-        import ctypes
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):     # not Linux: the parent's own clean-up remains
-        pass
+class PointTask(NamedTuple):
+    """What a point's run needs besides the spec file (sent once, see :func:`run_sweep`)."""
+
+    values: dict[str, Any]
+    overrides: tuple[Override, ...]
+    trials: int
+    max_memory: int | None
+    on_dask: bool
+    version: str
+    """gradcheck's version where the sweep was started: a Dask worker with another one
+    refuses the point, which it might measure otherwise."""
 
 
-def _analyse_point(task: tuple[str, tuple[str, ...], dict[str, Any], int, int | None]
-                   ) -> Point:
-    config, overrides, values, trials, max_memory = task
+def _analyse_point(source: SpecFile, task: PointTask) -> Point:
+    """One point, where it runs: here, in a local process, or on a Dask worker, whose
+    memory it is checked against there (see :func:`~.executors.on_worker`) as this
+    machine's was for every point before any ran."""
     from ..analysis.analyze import analyze_spec
-    from ..io.resolve import load_spec
-    spec = load_spec(config, [*overrides, *(_override(k, v) for k, v in values.items())])
-    report = analyze_spec(spec, trials=trials, windows=[], max_memory=max_memory)
+    from ..analysis.memory import check
+    overrides = [*task.overrides, *(_override(k, v) for k, v in task.values.items())]
+    limit = task.max_memory
+    if task.on_dask:
+        from ..errors import GradcheckError
+        from .executors import on_worker
+        worker, host = on_worker(task.version)
+        try:
+            spec = source.load(overrides, budget=host[0] if host else None,
+                               guard=lambda spec: check(spec, max_memory=task.max_memory,
+                                                        trials=task.trials, host=host))
+        except GradcheckError as exc:          # a file missing there, say: which worker's
+            if worker in str(exc):
+                raise
+            raise GradcheckError(f"{exc} (on Dask worker {worker})") from None
+        if host is not None:     # the streams analyze plans for: within the worker's memory
+            limit = host[0] if limit is None else min(limit, host[0])
+    else:
+        spec = source.load(overrides)
+    report = analyze_spec(spec, trials=task.trials, windows=[], max_memory=limit)
     top = max(i for i, layer in enumerate(report.layers) if layer.direction != "reverse")
-    return Point(values=values, codes=[f.code for f in report.findings], top=top,
+    return Point(values=task.values, codes=[f.code for f in report.findings], top=top,
                  growth_factor=[layer.growth_factor for layer in report.layers],
                  ratio=[layer.ratio for layer in report.layers],
                  horizon=[layer.horizon for layer in report.layers])
@@ -215,62 +226,59 @@ def probes(axes: list[Axis]) -> list[dict[str, Any]]:
     return out
 
 
-def check_points(config: str | Path, overrides: tuple[str, ...], axes: list[Axis],
-                 max_memory: int | None = None, *,
-                 seen: Callable[[Any], object] | None = None) -> int:
+def _source(config: str | Path | SpecFile) -> SpecFile:
+    from ..io.resolve import SpecFile
+    return config if isinstance(config, SpecFile) else SpecFile.read(config)
+
+
+def check_points(config: str | Path | SpecFile, overrides: tuple[Override, ...],
+                 axes: list[Axis], max_memory: int | None = None, *, trials: int = 0,
+                 machine: bool = True, seen: Callable[[Any], object] | None = None) -> int:
     """Validate every point's spec (and its memory, before its files' values are read:
-    see :func:`~gradcheck_cli.analysis.memory.check`) before anything runs, and return how
-    many points there are. Each value is tried on its own first (see :func:`probes`), so
-    that a bad one is refused at once wherever it is in the grid; the file is parsed once.
-    ``seen``: called with every point's spec, resolved from its files' headers (the
-    caller collects the files a point reads)."""
+    see :func:`~gradcheck_cli.analysis.memory.check`; ``machine``: against this machine's
+    too, where the points will run) before anything runs, and return how many points there
+    are. Each value is tried on its own first (see :func:`probes`), so that a bad one is
+    refused at once wherever it is in the grid; the file is parsed once. ``seen``: called
+    with every point's spec, resolved from its files' headers (the caller collects the
+    files a point reads)."""
     from ..analysis.memory import check
-    from ..io.resolve import spec_loader
     check_grid(axes)
-    load = spec_loader(config)
+    source = _source(config)
 
     def guard(spec: Any) -> None:
         if seen is not None:
             seen(spec)
-        check(spec, max_memory=max_memory)
+        check(spec, max_memory=max_memory, trials=trials, machine=machine)
 
     points = grid(axes)
     for values in [*(probes(axes) if len(axes) > 1 else []), *points]:
-        load([*overrides, *(_override(k, v) for k, v in values.items())], guard=guard)
+        source.load([*overrides, *(_override(k, v) for k, v in values.items())],
+                    guard=guard)
     return len(points)
 
 
-def run_sweep(config: str | Path, axes: list[Axis], *, overrides: tuple[str, ...] = (),
-              jobs: int = 1, trials: int = 0, max_memory: int | None = None,
-              progress: Callable[[int, int], None] | None = None) -> Sweep:
-    """Analyse every point of the grid (each within ``max_memory``, as analyze is)."""
-    tasks = [(str(config), tuple(overrides), values, trials, max_memory)
-             for values in grid(axes)]
-    points: list[Point] = []
-    processes = workers(jobs, len(tasks))
-    if processes <= 1:
-        for task in tasks:
-            points.append(_analyse_point(task))
-            if progress:
-                progress(len(points), len(tasks))
-    else:
-        import multiprocessing
-        pool = multiprocessing.Pool(processes, initializer=_worker_start)
-        try:
-            for point in pool.imap(_analyse_point, tasks):
-                points.append(point)
-                if progress:
-                    progress(len(points), len(tasks))
-        except BaseException:        # an error, Ctrl-C, SIGTERM: no worker is left running
-            pool.terminate()
-            raise
-        else:
-            pool.close()
-        finally:
-            pool.join()
-    from ..io.files import shown
-    return Sweep(config=shown(config), axes=axes, points=points,
-                 boundaries=boundaries(axes, points))
+def run_sweep(config: str | Path | SpecFile, axes: list[Axis], *,
+              overrides: tuple[Override, ...] = (), jobs: int | None = None,
+              trials: int = 0, max_memory: int | None = None,
+              progress: Callable[[int, int], None] | None = None,
+              executor: str = "local") -> Sweep:
+    """Analyse every point of the grid (each within ``max_memory``, as analyze is), on
+    ``executor`` (see :func:`~.executors.parse_executor`), ``jobs`` points at a time.
+
+    ``config`` read once (a path) or as :func:`check_points` read it: the spec itself is
+    what each point receives, so that it runs as it was checked, and a cluster worker
+    needs only the data and weights files it names (at the same paths)."""
+    from .. import __version__
+    from .executors import collect, open_runner
+    source = _source(config)
+    points = grid(axes)
+    with open_runner(executor, jobs, len(points)) as runner:
+        tasks = [PointTask(values, tuple(overrides), trials, max_memory, runner.on_dask,
+                           __version__) for values in points]
+        done = collect(runner, _analyse_point, runner.share(source), tasks, points,
+                       progress)
+    return Sweep(config=source.name, axes=axes, points=done,
+                 boundaries=boundaries(axes, done))
 
 
 def boundaries(axes: list[Axis], points: list[Point]) -> list[Boundary]:

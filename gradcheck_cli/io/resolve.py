@@ -433,26 +433,40 @@ def load_spec(path: str | Path, overrides: Sequence[Override] = (), *,
     """Read, validate and resolve a spec file; raises :class:`SpecError` on any problem
     (``guard``, ``budget``: see :func:`spec_from_data`). Overrides are ``--set`` values, or
     ``(where, value)`` pairs naming the option they come from."""
-    return spec_loader(path)(overrides, guard=guard, budget=budget)
+    return SpecFile.read(path).load(overrides, guard=guard, budget=budget)
 
 
-def spec_loader(path: str | Path) -> Callable[..., Spec]:
-    """:func:`load_spec` for one file under many overrides (a sweep's points): the file is
-    read and parsed once, each call validates a copy. The spec's name, as reports and
-    errors show it, is printable whatever bytes the file's name holds."""
-    import copy
+@dataclasses.dataclass(frozen=True)
+class SpecFile:
+    """A spec file read and parsed once, for :func:`load_spec` under many overrides (a
+    sweep's points): each :meth:`load` validates a copy. Plain data (the YAML's values,
+    the line of every key, the name reports and errors show, the folder relative paths
+    resolve from), so a sweep sends it to the processes and cluster workers that run its
+    points: they need not read the spec file, and every point runs the spec as it was
+    checked, whatever happens to the file meanwhile. The files it names are read where the
+    point runs."""
 
-    from .files import shown
-    path = Path(path)
-    parsed, lines = read_yaml(path)
-    base_dir = path.resolve().parent
+    parsed: Any
+    lines: Mapping[Key, int]
+    name: str
+    base_dir: Path
 
-    def load(overrides: Sequence[Override] = (), *, guard: Guard | None = None,
+    @classmethod
+    def read(cls, path: str | Path) -> SpecFile:
+        """The spec at ``path``; its name, as reports and errors show it, is printable
+        whatever bytes the file's name holds."""
+        from .files import shown
+        path = Path(path)
+        parsed, lines = read_yaml(path)
+        return cls(parsed=parsed, lines=lines, name=shown(path),
+                   base_dir=path.resolve().parent)
+
+    def load(self, overrides: Sequence[Override] = (), *, guard: Guard | None = None,
              budget: int | None = None) -> Spec:
-        data, origins = apply_overrides(copy.deepcopy(parsed), overrides)
-        return spec_from_data(data, name=shown(path), base_dir=base_dir, lines=lines,
-                              origins=origins, guard=guard, budget=budget)
-    return load
+        import copy
+        data, origins = apply_overrides(copy.deepcopy(self.parsed), overrides)
+        return spec_from_data(data, name=self.name, base_dir=self.base_dir,
+                              lines=self.lines, origins=origins, guard=guard, budget=budget)
 
 
 # ----------------------------------------------------------------------------- JSON Schema
