@@ -298,13 +298,19 @@ def _through(path: Path, data: bytes) -> None:
             raise GradcheckError(f"{shown(path)}: cannot write: no device behind it "
                                  f"({exc.strerror})") from None
         raise GradcheckError(f"{shown(path)}: cannot write: {exc.strerror}") from None
+    _write_all(fd, data, path)
+
+
+def _write_all(fd: int, data: bytes, name: str | Path) -> None:
+    """Every byte of ``data`` to ``fd`` (made blocking: a FIFO was opened without), which
+    is closed after; an error names ``name``."""
     try:
         os.set_blocking(fd, True)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
     except OSError as exc:
-        raise GradcheckError(f"{shown(path)}: cannot write: {exc.strerror}") from None
+        raise GradcheckError(f"{shown(name)}: cannot write: {exc.strerror}") from None
     finally:
         os.close(fd)
 
@@ -366,14 +372,7 @@ def append_text(target: Target, text: str) -> None:
         fd = os.open(target.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     except OSError as exc:
         raise GradcheckError(f"{shown(target.given)}: cannot write: {exc.strerror}") from None
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    except OSError as exc:
-        raise GradcheckError(f"{shown(target.given)}: cannot write: {exc.strerror}") from None
-    finally:
-        os.close(fd)
+    _write_all(fd, data, target.given)
 
 
 def _blank_line_after(path: Path) -> bytes:

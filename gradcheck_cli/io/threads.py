@@ -16,8 +16,8 @@ and each other: a pass takes several times its quiet time. So, per run (:func:`d
 4. Otherwise as many threads as there are cores free: the cores this process may use
    (its CPU affinity and its cgroup's CPU quota) less the processes already running on the
    machine (the kernel's count of runnable processes, ``procs_running`` in ``/proc/stat``,
-   read a few times; the one-minute load average where there is no ``/proc``), and at
-   least one.
+   the fewest of a few reads 2 ms apart; the one-minute load average where there is no
+   ``/proc``), and at least one.
 
 The decision is made at the start of each analysis, verification or simulation, and held
 for it (:func:`limited`). ``threadpoolctl`` applies it to whatever BLAS NumPy loaded.
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,17 +44,19 @@ BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                   "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "GOTO_NUM_THREADS")
 """Variables by which a user sets a BLAS's threads themselves."""
 
-SMALL_PRODUCT = {"float64": 2 ** 18, "float32": 2 ** 21}
+SMALL_PRODUCT = {"float64": 2 ** 18, "float32": 2 ** 19}
 """Multiply-adds of one step's recurrent product (batch × state × gates·hidden) below
 which the BLAS runs on one thread. Measured with ``benchmarks/bench_bptt.py --only
-threads`` on the per-step analysis of 2-layer RNN, LSTM and GRU stacks, batch 8 to 64,
-hidden 64 to 512: below these sizes a second thread made a pass 0.94–1.15 × its
-one-thread time; above them, 0.62–0.90 × (float32's products run twice as fast, so they
-need twice the work and more before a second thread pays)."""
+threads`` on 2 cores (the per-step analysis of 2-layer RNN, LSTM and GRU stacks, batch 8
+to 64, hidden 64 to 512, 50 steps; docs/performance.md): below these sizes a second thread
+made a pass 0.88–0.97 × its one-thread time in float64 (0.81–1.02 × in float32), above them
+0.63–0.91 × (0.65–1.03 ×), mostly 0.7–0.8 ×; float32's products run twice as fast, so they
+need about twice the work before a second thread pays (runs differ by about 0.1 here)."""
 
-SAMPLES = 3
-"""Reads of the running processes; their median is taken (one read can catch a process
-that is about to sleep)."""
+SAMPLES = 5
+SPACING = 0.002
+"""Reads of the running processes, this many seconds apart; the fewest is taken: a process
+that runs for a moment (a shell, a daemon waking) shows in one read, a busy one in all."""
 
 
 @dataclass(frozen=True)
@@ -139,11 +141,14 @@ def cgroup_quota() -> float | None:
 
 
 def other_running() -> int:
-    """Processes running on the machine other than this one: the median of a few reads of
-    ``procs_running`` less this process's own running threads (a BLAS's threads spin for a
-    while after a product), else the one-minute load average rounded."""
+    """Processes running on the machine other than this one: the fewest of a few reads of
+    ``procs_running`` (:data:`SAMPLES`, :data:`SPACING` apart), each less this process's
+    own running threads (a BLAS's threads spin for a while after a product), else the
+    one-minute load average rounded."""
     counts = []
-    for _ in range(SAMPLES):
+    for sample in range(SAMPLES):
+        if sample:
+            time.sleep(SPACING)
         try:
             with open("/proc/stat", "rb") as fh:
                 for line in fh:
@@ -153,7 +158,7 @@ def other_running() -> int:
         except (OSError, ValueError, IndexError):
             break
     if counts:
-        return max(0, int(statistics.median(counts)))
+        return max(0, min(counts))
     try:
         return max(0, round(os.getloadavg()[0]))
     except (AttributeError, OSError):
