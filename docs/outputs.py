@@ -127,6 +127,9 @@ BLOCKS: dict[str, Block] = {
                     volatile=ROUNDING),
     "tagger": Block(["gradcheck analyze docs/examples/tagger/tagger.yaml"], until("Per step")),
     "lm": Block(["gradcheck analyze docs/examples/lm/lm.yaml"], until("Per step")),
+    "readme-truncation": Block(["gradcheck analyze sample_configs/lstm_vanishing.yaml "
+                                "--windows search --trials 0"], between("Truncation:", "h = None"),
+                               prompt=True),
     "compare": Block([f"gradcheck analyze {LSTM_HEALTHY} -f json -o baseline.json",
                       f"gradcheck analyze {LSTM_HEALTHY} -f json -o new.json --set "
                       "model.init.forget_bias=0 --fail-on never",
