@@ -183,14 +183,14 @@ def _mitigation_overrides(mitigation: str | None) -> tuple[tuple[str, str], ...]
 def _threads(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """--threads sets GRADCHECK_THREADS for the run (and a sweep's workers); without it, a
     GRADCHECK_THREADS in the environment is checked here, before any work."""
-    from .io.threads import VARIABLE, ThreadsError, requested
+    from .io.threads import MOST, VARIABLE, ThreadsError, requested
     if value is not None:
         try:
             requested({VARIABLE: value})
         except ThreadsError:
             from .spec.yaml import shorten
             raise click.BadParameter(f"{shorten(value)!r}: expected a whole number of "
-                                     "threads (1 or more) or auto") from None
+                                     f"threads (1 to {MOST}) or auto") from None
         os.environ[VARIABLE] = value
     requested()
     return value

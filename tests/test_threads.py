@@ -26,7 +26,7 @@ def test_the_override_is_a_count_or_auto(text, count):
     assert requested({threads.VARIABLE: text}) == count
 
 
-@pytest.mark.parametrize("text", ["0", "-1", "two", "1.5", "٣", "1e3"])
+@pytest.mark.parametrize("text", ["0", "-1", "two", "1.5", "٣", "1e3", "4097", "9" * 5000])
 def test_a_bad_override_is_refused_naming_the_variable(text):
     with pytest.raises(ThreadsError, match=threads.VARIABLE):
         requested({threads.VARIABLE: text})

@@ -39,6 +39,8 @@ from ..errors import GradcheckError
 
 VARIABLE = "GRADCHECK_THREADS"
 """The override: a whole number of threads, or ``auto``."""
+MOST = 4096
+"""The most threads the override takes (more than any BLAS starts)."""
 
 BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                   "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "GOTO_NUM_THREADS")
@@ -77,9 +79,9 @@ def requested(environ: os._Environ[str] | dict[str, str] = os.environ) -> int | 
     text = environ.get(VARIABLE, "").strip()
     if text.lower() in ("", "auto"):
         return None
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text[:8]) <= MOST:
         raise ThreadsError(f"{VARIABLE}={text[:40]!r}: expected a whole number of threads "
-                           "(1 or more) or auto")
+                           f"(1 to {MOST}) or auto")
     return int(text)
 
 
